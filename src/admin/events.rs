@@ -1,0 +1,123 @@
+//! `/admin/routes` and `/admin/events…`: what happened to any event, and replay.
+
+use http::StatusCode;
+use serde::Serialize;
+
+use super::{error, ok_json, Admin};
+use crate::forward::worker::now_ms;
+use crate::ingress::reject::Reply;
+use crate::store::{ListQuery, State};
+
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 1000;
+
+#[derive(Serialize)]
+struct RouteView<'a> {
+    name: &'a str,
+    path: &'a str,
+    verify: &'static str,
+    sink: &'static str,
+    pending: u64,
+    delivered: u64,
+    dead: u64,
+}
+
+pub async fn routes(admin: &Admin) -> Reply {
+    let mut out = Vec::new();
+    for r in &admin.routes {
+        let c = match admin.store.counts(&r.name).await {
+            Ok(c) => c,
+            Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+        };
+        out.push(RouteView {
+            name: &r.name,
+            path: &r.path,
+            verify: r.verifier.scheme(),
+            sink: r.forward.target.kind(),
+            pending: c.pending,
+            delivered: c.delivered,
+            dead: c.dead,
+        });
+    }
+    ok_json(StatusCode::OK, &serde_json::json!({ "routes": out }))
+}
+
+pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
+    let mut q = ListQuery {
+        route: None,
+        state: None,
+        limit: DEFAULT_LIMIT,
+    };
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "route" if !v.is_empty() => {
+                if !admin.routes.iter().any(|r| r.name == v) {
+                    return error(StatusCode::NOT_FOUND, "unknown_route");
+                }
+                q.route = Some(v.into_owned());
+            }
+            "state" if !v.is_empty() => match State::parse(&v) {
+                Some(s) => q.state = Some(s),
+                None => return error(StatusCode::BAD_REQUEST, "invalid_state"),
+            },
+            "limit" if !v.is_empty() => match v.parse::<usize>() {
+                Ok(n) if n >= 1 => q.limit = n.min(MAX_LIMIT),
+                _ => return error(StatusCode::BAD_REQUEST, "invalid_limit"),
+            },
+            _ => {}
+        }
+    }
+    match admin.store.list(&q).await {
+        Ok(events) => ok_json(StatusCode::OK, &serde_json::json!({ "events": events })),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+    }
+}
+
+pub async fn show(admin: &Admin, id: &str) -> Reply {
+    match admin.store.get(id).await {
+        Ok(Some(ev)) => ok_json(StatusCode::OK, &ev),
+        Ok(None) => error(StatusCode::NOT_FOUND, "unknown_event"),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+    }
+}
+
+pub async fn replay(admin: &Admin, id: &str) -> Reply {
+    let route = match admin.store.get(id).await {
+        Ok(Some(ev)) => ev.summary.route,
+        Ok(None) => return error(StatusCode::NOT_FOUND, "unknown_event"),
+        Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+    };
+    match admin.store.replay(id, now_ms()).await {
+        Ok(true) => {
+            if let Some(w) = admin.wake.get(&route) {
+                w.notify_one();
+            }
+            tracing::info!(route = %route, event_id = %id, "replay requested");
+            ok_json(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({ "status": "replaying", "event_id": id }),
+            )
+        }
+        Ok(false) => error(StatusCode::NOT_FOUND, "unknown_event"),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+    }
+}
+
+pub async fn replay_dead(admin: &Admin, name: &str) -> Reply {
+    if !admin.routes.iter().any(|r| r.name == name) {
+        return error(StatusCode::NOT_FOUND, "unknown_route");
+    }
+    match admin.store.replay_dead(name, now_ms()).await {
+        Ok(n) => {
+            if let Some(w) = admin.wake.get(name) {
+                w.notify_one();
+            }
+            tracing::info!(route = %name, replayed = n, "dead events redriven");
+            ok_json(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({ "status": "replaying", "replayed": n }),
+            )
+        }
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+    }
+}

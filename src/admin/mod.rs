@@ -1,0 +1,143 @@
+//! The admin listener (never the public port): `/metrics`, `/healthz`, `/readyz` and the
+//! `/admin/*` API of SPEC §7. With `server.admin_token`, `/admin/*` needs
+//! `Authorization: Bearer <token>` (compared in constant time); probes and metrics do not.
+
+mod events;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use crate::config::{RouteConfig, Secret};
+use crate::ingress::reject::{json, Reply};
+use crate::store::Store;
+
+pub struct Admin {
+    pub store: Arc<dyn Store>,
+    pub routes: Vec<Arc<RouteConfig>>,
+    pub wake: HashMap<String, Arc<Notify>>,
+    pub token: Option<Secret>,
+    pub metrics: PrometheusHandle,
+    /// Set once the store is open, recovery done and every worker started.
+    pub ready: AtomicBool,
+}
+
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let admin = admin.clone();
+                let svc = service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(route(&admin, req).await) }
+                });
+                tokio::spawn(async move {
+                    let _ = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(std::time::Duration::from_secs(10))
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+pub fn error(status: StatusCode, code: &str) -> Reply {
+    json(status, serde_json::json!({ "error": code }).to_string())
+}
+
+pub fn ok_json(status: StatusCode, v: &impl serde::Serialize) -> Reply {
+    json(
+        status,
+        serde_json::to_string(v).unwrap_or_else(|_| "{}".into()),
+    )
+}
+
+fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
+    let Some(token) = &admin.token else {
+        return true;
+    };
+    let given = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    crate::verify::ct_eq(given.trim().as_bytes(), token.expose())
+}
+
+async fn route(admin: &Admin, req: Request<Incoming>) -> Reply {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (req.method(), segments.as_slice()) {
+        (&Method::GET, ["metrics"]) => {
+            let mut r = json(StatusCode::OK, admin.metrics.render());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        (&Method::GET, ["healthz"]) => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        (&Method::GET, ["readyz"]) => {
+            if !admin.ready.load(Ordering::Acquire) {
+                return error(StatusCode::SERVICE_UNAVAILABLE, "starting");
+            }
+            match admin.store.ping().await {
+                Ok(()) => json(StatusCode::OK, r#"{"status":"ready"}"#.into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "readyz: store unreachable");
+                    error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+                }
+            }
+        }
+        (_, ["admin", ..]) if !authorized(admin, &req) => {
+            let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized");
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            r
+        }
+        (&Method::GET, ["admin", "routes"]) => events::routes(admin).await,
+        (&Method::GET, ["admin", "events"]) => events::list(admin, req.uri().query()).await,
+        (&Method::GET, ["admin", "events", id]) => events::show(admin, id).await,
+        (&Method::POST, ["admin", "events", id, "replay"]) => events::replay(admin, id).await,
+        (&Method::POST, ["admin", "routes", name, "replay-dead"]) => {
+            events::replay_dead(admin, name).await
+        }
+        (_, ["metrics" | "healthz" | "readyz"]) | (_, ["admin", ..]) if known_path(&segments) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+        }
+        _ => error(StatusCode::NOT_FOUND, "not_found"),
+    }
+}
+
+fn known_path(s: &[&str]) -> bool {
+    matches!(
+        s,
+        ["metrics" | "healthz" | "readyz"]
+            | ["admin", "routes"]
+            | ["admin", "events"]
+            | ["admin", "events", _]
+            | ["admin", "events", _, "replay"]
+            | ["admin", "routes", _, "replay-dead"]
+    )
+}
+
+pub type Body = Full<Bytes>;

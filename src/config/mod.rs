@@ -1,0 +1,218 @@
+//! Configuration: `raw` mirrors the TOML, `validate` turns it into the typed values below,
+//! reporting every problem with its key path (`route[0].verify.secrets[0]: …`). Nothing
+//! downstream re-parses a string per request: durations, sizes, header names, URLs, secrets
+//! and the verifier itself are built here, once.
+
+pub mod raw;
+pub mod secret;
+pub mod units;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use ipnet::IpNet;
+
+pub use secret::Secret;
+pub(crate) use validate::resolve_secret as resolve_secret_at;
+pub use validate::validate;
+
+use crate::verify::Verifier;
+
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub routes: Vec<Arc<RouteConfig>>,
+}
+
+#[derive(Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub max_body: usize,
+    pub admin_token: Option<Secret>,
+    pub public_url: Option<String>,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    /// How long delivered and dead events (and their attempt logs) are kept.
+    pub retention: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreBackend {
+    Embedded { path: PathBuf },
+    Redis { url: String, key_prefix: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Record, answer 202, deliver later.
+    Async,
+    /// Verify, forward at once and relay the upstream's answer.
+    Proxy,
+}
+
+#[derive(Debug)]
+pub struct RouteConfig {
+    pub name: String,
+    pub path: String,
+    pub methods: Vec<Method>,
+    pub mode: Mode,
+    pub max_body: usize,
+    pub allow_ips: Vec<IpNet>,
+    pub rate_limit: Option<RateLimit>,
+    pub verifier: Arc<dyn Verifier>,
+    pub dedupe: DedupeConfig,
+    pub forward: ForwardConfig,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct DedupeConfig {
+    pub key: DedupeKeySpec,
+    pub ttl: Duration,
+    pub required: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DedupeKeySpec {
+    /// The verifier's event id, else the `Idempotency-Key` header, else the body's SHA-256.
+    Auto,
+    Header(HeaderName),
+    /// An RFC 6901 JSON pointer into the body.
+    Json(String),
+    BodySha256,
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    pub target: SinkTarget,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub max_age: Option<Duration>,
+    pub concurrency: usize,
+    pub sign: Option<ForwardSign>,
+}
+
+/// The sink, chosen by `forward.url`'s scheme (SPEC §6).
+#[derive(Debug, Clone)]
+pub enum SinkTarget {
+    Http {
+        url: reqwest::Url,
+    },
+    RedisStream {
+        url: String,
+        stream: String,
+        maxlen: Option<u64>,
+    },
+    Nats {
+        url: String,
+        subject: String,
+    },
+    Amqp {
+        url: String,
+        exchange: String,
+        routing_key: String,
+    },
+}
+
+impl SinkTarget {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkTarget::Http { .. } => "http",
+            SinkTarget::RedisStream { .. } => "redis",
+            SinkTarget::Nats { .. } => "nats",
+            SinkTarget::Amqp { .. } => "amqp",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ForwardSign {
+    pub scheme: String,
+    pub secret: Secret,
+}
+
+/// Every problem found in a config, errors and warnings, each with its key path.
+#[derive(Debug, Default)]
+pub struct Problems {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl Problems {
+    pub fn error(&mut self, path: impl fmt::Display, msg: impl fmt::Display) {
+        self.errors.push(format!("{path}: {msg}"));
+    }
+
+    pub fn warn(&mut self, path: impl fmt::Display, msg: impl fmt::Display) {
+        self.warnings.push(format!("{path}: {msg}"));
+    }
+}
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for e in &self.errors {
+            writeln!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads, parses and validates a config file. On success returns the warnings too.
+pub fn load(path: &Path) -> Result<(Config, Vec<String>), Problems> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let mut p = Problems::default();
+        p.error(path.display(), format!("cannot read config: {e}"));
+        p
+    })?;
+    parse(&text)
+}
+
+/// Parses and validates config text.
+pub fn parse(text: &str) -> Result<(Config, Vec<String>), Problems> {
+    let de = toml::Deserializer::new(text);
+    let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut p = Problems::default();
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = inner.message().to_string();
+        let line = inner
+            .span()
+            .map(|s| {
+                format!(
+                    " (line {})",
+                    text[..s.start.min(text.len())].matches('\n').count() + 1
+                )
+            })
+            .unwrap_or_default();
+        let path = if path == "." || path.is_empty() {
+            "config".to_string()
+        } else {
+            path
+        };
+        p.error(path, format!("{msg}{line}"));
+        p
+    })?;
+    validate(raw)
+}

@@ -1,0 +1,644 @@
+//! Raw → validated. Each `check_*` function reads one raw section, records every problem in
+//! `Problems` with its key path, and returns the typed value (or `None` when it could not).
+//! Validation continues past the first error so `hookgate check` reports them all at once.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use ipnet::IpNet;
+
+use super::raw::*;
+use super::secret::{self, SecretSource};
+use super::units::{parse_duration, parse_size};
+use super::*;
+use crate::verify;
+
+pub fn validate(raw: RawConfig) -> Result<(Config, Vec<String>), Problems> {
+    let mut p = Problems::default();
+    let server = check_server(&raw.server, &mut p);
+    let store = check_store(&raw.store, &mut p);
+    let public_url = server.as_ref().and_then(|s| s.public_url.clone());
+    let default_max_body = server.as_ref().map(|s| s.max_body).unwrap_or(1 << 20);
+
+    if raw.routes.is_empty() {
+        p.error("route", "at least one [[route]] is required");
+    }
+    let mut names = HashSet::new();
+    let mut paths = HashSet::new();
+    let mut routes = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let at = format!("route[{i}]");
+        if let Some(route) = check_route(r, &at, public_url.as_deref(), default_max_body, &mut p) {
+            if !names.insert(route.name.clone()) {
+                p.error(
+                    format!("{at}.name"),
+                    format!("duplicate route name {:?}", route.name),
+                );
+            }
+            if !paths.insert(route.path.clone()) {
+                p.error(
+                    format!("{at}.path"),
+                    format!("duplicate route path {:?}", route.path),
+                );
+            }
+            routes.push(Arc::new(route));
+        }
+    }
+
+    match (server, store) {
+        (Some(server), Some(store)) if p.errors.is_empty() => Ok((
+            Config {
+                server,
+                store,
+                routes,
+            },
+            p.warnings,
+        )),
+        _ => Err(p),
+    }
+}
+
+fn duration(v: &Option<String>, at: &str, default: Duration, p: &mut Problems) -> Duration {
+    match v {
+        None => default,
+        Some(s) => match parse_duration(s) {
+            Ok(d) => d,
+            Err(e) => {
+                p.error(at, e);
+                default
+            }
+        },
+    }
+}
+
+fn size(v: &Option<String>, at: &str, default: usize, p: &mut Problems) -> usize {
+    match v {
+        None => default,
+        Some(s) => match parse_size(s) {
+            Ok(0) => {
+                p.error(at, "must be greater than 0");
+                default
+            }
+            Ok(n) => n,
+            Err(e) => {
+                p.error(at, e);
+                default
+            }
+        },
+    }
+}
+
+fn addr(v: &Option<String>, at: &str, default: &str, p: &mut Problems) -> Option<SocketAddr> {
+    let s = v.as_deref().unwrap_or(default);
+    match s.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.error(
+                at,
+                format!("invalid address {s:?} (expected host:port, e.g. 0.0.0.0:8080)"),
+            );
+            None
+        }
+    }
+}
+
+/// Resolves a secret spec, warning on a literal (it ends up in the config file).
+pub(crate) fn resolve_secret(spec: &str, at: &str, p: &mut Problems) -> Option<Secret> {
+    match secret::resolve(spec) {
+        Ok((s, SecretSource::Literal)) => {
+            p.warn(
+                at,
+                "secret is a literal in the config file; prefer \"env:NAME\" or \"file:/path\"",
+            );
+            Some(s)
+        }
+        Ok((s, _)) => Some(s),
+        Err(e) => {
+            p.error(at, e);
+            None
+        }
+    }
+}
+
+fn cidrs(list: &[String], at: &str, p: &mut Problems) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for (i, s) in list.iter().enumerate() {
+        if let Ok(net) = s.parse::<IpNet>() {
+            out.push(net);
+        } else if let Ok(ip) = s.parse::<IpAddr>() {
+            out.push(IpNet::from(ip));
+        } else {
+            p.error(
+                format!("{at}[{i}]"),
+                format!("invalid CIDR or IP address {s:?}"),
+            );
+        }
+    }
+    out
+}
+
+fn check_server(s: &RawServer, p: &mut Problems) -> Option<ServerConfig> {
+    let listen = addr(&s.listen, "server.listen", "0.0.0.0:8080", p);
+    let admin_listen = addr(&s.admin_listen, "server.admin_listen", "127.0.0.1:9090", p);
+    if let (Some(a), Some(b)) = (listen, admin_listen) {
+        if a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified()) {
+            p.error(
+                "server.admin_listen",
+                "must differ from server.listen: admin endpoints stay off the public port",
+            );
+        }
+    }
+    let public_url = s
+        .public_url
+        .as_ref()
+        .and_then(|u| match reqwest::Url::parse(u) {
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
+                Some(u.trim_end_matches('/').to_string())
+            }
+            _ => {
+                p.error(
+                    "server.public_url",
+                    format!("invalid URL {u:?} (expected http(s)://host)"),
+                );
+                None
+            }
+        });
+    if s.tls.is_some() {
+        p.error(
+            "server.tls",
+            "TLS termination is not available in this version; terminate TLS in front of hookgate",
+        );
+    }
+    let admin_token = s
+        .admin_token
+        .as_ref()
+        .and_then(|t| resolve_secret(t, "server.admin_token", p));
+    Some(ServerConfig {
+        listen: listen?,
+        admin_listen: admin_listen?,
+        max_body: size(&s.max_body, "server.max_body", 1 << 20, p),
+        admin_token,
+        public_url,
+        header_timeout: duration(
+            &s.header_timeout,
+            "server.header_timeout",
+            Duration::from_secs(10),
+            p,
+        ),
+        body_timeout: duration(
+            &s.body_timeout,
+            "server.body_timeout",
+            Duration::from_secs(30),
+            p,
+        ),
+        shutdown_grace: duration(
+            &s.shutdown_grace,
+            "server.shutdown_grace",
+            Duration::from_secs(30),
+            p,
+        ),
+        trusted_proxies: cidrs(
+            s.trusted_proxies.as_deref().unwrap_or(&[]),
+            "server.trusted_proxies",
+            p,
+        ),
+    })
+}
+
+fn check_store(s: &RawStore, p: &mut Problems) -> Option<StoreConfig> {
+    let retention = duration(
+        &s.retention,
+        "store.retention",
+        Duration::from_secs(72 * 3600),
+        p,
+    );
+    let backend = match s.backend.as_deref().unwrap_or("embedded") {
+        "embedded" => {
+            if s.url.is_some() {
+                p.error("store.url", "only used with backend = \"redis\"");
+            }
+            if s.key_prefix.is_some() {
+                p.error("store.key_prefix", "only used with backend = \"redis\"");
+            }
+            StoreBackend::Embedded {
+                path: PathBuf::from(s.path.as_deref().unwrap_or("./hookgate-data")),
+            }
+        }
+        "redis" => {
+            if s.path.is_some() {
+                p.error("store.path", "only used with backend = \"embedded\"");
+            }
+            let url = s
+                .url
+                .clone()
+                .unwrap_or_else(|| "redis://127.0.0.1:6379/0".to_string());
+            match reqwest::Url::parse(&url) {
+                Ok(u) if matches!(u.scheme(), "redis" | "rediss") => {}
+                _ => p.error("store.url", format!("invalid Redis URL {url:?}")),
+            }
+            StoreBackend::Redis {
+                url,
+                key_prefix: s.key_prefix.clone().unwrap_or_else(|| "hookgate".into()),
+            }
+        }
+        other => {
+            p.error(
+                "store.backend",
+                format!("unknown backend {other:?} (expected \"embedded\" or \"redis\")"),
+            );
+            return None;
+        }
+    };
+    Some(StoreConfig { backend, retention })
+}
+
+fn check_route(
+    r: &RawRoute,
+    at: &str,
+    public_url: Option<&str>,
+    default_max_body: usize,
+    p: &mut Problems,
+) -> Option<RouteConfig> {
+    let name = match r.name.as_deref() {
+        None => {
+            p.error(format!("{at}.name"), "is required");
+            None
+        }
+        Some(n)
+            if n.is_empty()
+                || !n
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
+        {
+            p.error(
+                format!("{at}.name"),
+                format!("{n:?} must be non-empty and use only A-Z a-z 0-9 - _"),
+            );
+            None
+        }
+        Some(n) => Some(n.to_string()),
+    };
+    let path = match r.path.as_deref() {
+        None => {
+            p.error(format!("{at}.path"), "is required");
+            None
+        }
+        Some(s) if !s.starts_with('/') || s.contains('?') || s.contains('#') => {
+            p.error(
+                format!("{at}.path"),
+                format!("{s:?} must start with / and have no query or fragment"),
+            );
+            None
+        }
+        Some(s) => Some(s.to_string()),
+    };
+    let mode = match r.mode.as_deref().unwrap_or("async") {
+        "async" => Mode::Async,
+        "proxy" => {
+            p.error(
+                format!("{at}.mode"),
+                "mode = \"proxy\" is not available in this build yet",
+            );
+            Mode::Proxy
+        }
+        other => {
+            p.error(
+                format!("{at}.mode"),
+                format!("unknown mode {other:?} (expected \"async\" or \"proxy\")"),
+            );
+            Mode::Async
+        }
+    };
+    let verifier = match &r.verify {
+        None => {
+            p.error(
+                format!("{at}.verify"),
+                "is required; an unverified route must say scheme = \"none\"",
+            );
+            None
+        }
+        Some(v) => verify::build(
+            v,
+            &verify::BuildCtx { public_url },
+            &format!("{at}.verify"),
+            p,
+        ),
+    };
+    let methods = check_methods(r.methods.as_deref(), verifier.as_deref(), at, p);
+    let dedupe = check_dedupe(r.dedupe.as_ref(), &format!("{at}.dedupe"), p);
+    let forward = match &r.forward {
+        None => {
+            p.error(format!("{at}.forward"), "is required");
+            None
+        }
+        Some(f) => check_forward(f, &format!("{at}.forward"), mode, p),
+    };
+    let rate_limit = r.rate_limit.as_ref().and_then(|rl| {
+        if rl.per_second == 0 {
+            p.error(
+                format!("{at}.rate_limit.per_second"),
+                "must be greater than 0",
+            );
+            return None;
+        }
+        let burst = rl.burst.unwrap_or(rl.per_second);
+        if burst == 0 {
+            p.error(format!("{at}.rate_limit.burst"), "must be greater than 0");
+            return None;
+        }
+        Some(RateLimit {
+            per_second: rl.per_second,
+            burst,
+        })
+    });
+    Some(RouteConfig {
+        max_body: size(&r.max_body, &format!("{at}.max_body"), default_max_body, p),
+        allow_ips: cidrs(
+            r.allow_ips.as_deref().unwrap_or(&[]),
+            &format!("{at}.allow_ips"),
+            p,
+        ),
+        name: name?,
+        path: path?,
+        methods,
+        mode,
+        rate_limit,
+        verifier: verifier?,
+        dedupe,
+        forward: forward?,
+    })
+}
+
+fn check_methods(
+    list: Option<&[String]>,
+    verifier: Option<&dyn verify::Verifier>,
+    at: &str,
+    p: &mut Problems,
+) -> Vec<Method> {
+    let Some(list) = list else {
+        let mut m = vec![Method::POST];
+        if let Some(v) = verifier {
+            m.extend(v.extra_methods().iter().cloned());
+        }
+        return m;
+    };
+    if list.is_empty() {
+        p.error(format!("{at}.methods"), "must name at least one method");
+    }
+    list.iter()
+        .enumerate()
+        .filter_map(
+            |(i, m)| match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => Some(m),
+                Err(_) => {
+                    p.error(
+                        format!("{at}.methods[{i}]"),
+                        format!("invalid HTTP method {m:?}"),
+                    );
+                    None
+                }
+            },
+        )
+        .collect()
+}
+
+fn check_dedupe(d: Option<&RawDedupe>, at: &str, p: &mut Problems) -> DedupeConfig {
+    let default = RawDedupe::default();
+    let d = d.unwrap_or(&default);
+    let key = match d.key.as_deref().unwrap_or("auto") {
+        "auto" => DedupeKeySpec::Auto,
+        "body-sha256" => DedupeKeySpec::BodySha256,
+        "none" => DedupeKeySpec::None,
+        k if k.starts_with("header:") => {
+            match HeaderName::from_bytes(k["header:".len()..].trim().as_bytes()) {
+                Ok(h) => DedupeKeySpec::Header(h),
+                Err(_) => {
+                    p.error(format!("{at}.key"), format!("invalid header name in {k:?}"));
+                    DedupeKeySpec::Auto
+                }
+            }
+        }
+        k if k.starts_with("json:") => {
+            let ptr = &k["json:".len()..];
+            if !ptr.starts_with('/') {
+                p.error(
+                    format!("{at}.key"),
+                    format!("{k:?}: a JSON pointer starts with / (e.g. json:/id)"),
+                );
+            }
+            DedupeKeySpec::Json(ptr.to_string())
+        }
+        k => {
+            p.error(
+                format!("{at}.key"),
+                format!("unknown key {k:?} (expected auto, header:NAME, json:/pointer, body-sha256 or none)"),
+            );
+            DedupeKeySpec::Auto
+        }
+    };
+    let ttl = duration(
+        &d.ttl,
+        &format!("{at}.ttl"),
+        Duration::from_secs(24 * 3600),
+        p,
+    );
+    if ttl.is_zero() {
+        p.error(format!("{at}.ttl"), "must be greater than 0");
+    }
+    let required = d.required.unwrap_or(false);
+    if required && key == DedupeKeySpec::None {
+        p.error(
+            format!("{at}.required"),
+            "cannot be true with key = \"none\"",
+        );
+    }
+    DedupeConfig { key, ttl, required }
+}
+
+fn check_forward(f: &RawForward, at: &str, mode: Mode, p: &mut Problems) -> Option<ForwardConfig> {
+    let target = check_sink(f, at, mode, p);
+    let timeout = duration(
+        &f.timeout,
+        &format!("{at}.timeout"),
+        Duration::from_secs(10),
+        p,
+    );
+    let backoff_initial = duration(
+        &f.backoff_initial,
+        &format!("{at}.backoff_initial"),
+        Duration::from_secs(1),
+        p,
+    );
+    let backoff_max = duration(
+        &f.backoff_max,
+        &format!("{at}.backoff_max"),
+        Duration::from_secs(600),
+        p,
+    );
+    if backoff_max < backoff_initial {
+        p.error(
+            format!("{at}.backoff_max"),
+            "must be at least backoff_initial",
+        );
+    }
+    if timeout.is_zero() {
+        p.error(format!("{at}.timeout"), "must be greater than 0");
+    }
+    let max_attempts = f.max_attempts.unwrap_or(8);
+    if max_attempts == 0 {
+        p.error(format!("{at}.max_attempts"), "must be at least 1");
+    }
+    let concurrency = f.concurrency.unwrap_or(32);
+    if concurrency == 0 {
+        p.error(format!("{at}.concurrency"), "must be at least 1");
+    }
+    let max_age = f
+        .max_age
+        .as_ref()
+        .map(|_| duration(&f.max_age, &format!("{at}.max_age"), Duration::MAX, p));
+    let sign = f.sign.as_ref().and_then(|s| {
+        if !crate::forward::sign::SCHEMES.contains(&s.scheme.as_str()) {
+            p.error(
+                format!("{at}.sign.scheme"),
+                format!(
+                    "unknown scheme {:?} (expected one of {:?})",
+                    s.scheme,
+                    crate::forward::sign::SCHEMES
+                ),
+            );
+        }
+        let secret = resolve_secret(&s.secret, &format!("{at}.sign.secret"), p)?;
+        Some(ForwardSign {
+            scheme: s.scheme.clone(),
+            secret,
+        })
+    });
+    Some(ForwardConfig {
+        target: target?,
+        timeout,
+        max_attempts,
+        backoff_initial,
+        backoff_max,
+        max_age,
+        concurrency,
+        sign,
+    })
+}
+
+/// The sink from `url`'s scheme; each sink's own keys are required, the others refused.
+fn check_sink(f: &RawForward, at: &str, mode: Mode, p: &mut Problems) -> Option<SinkTarget> {
+    let Some(raw_url) = f.url.as_deref() else {
+        p.error(format!("{at}.url"), "is required");
+        return None;
+    };
+    let url = match reqwest::Url::parse(raw_url) {
+        Ok(u) => u,
+        Err(e) => {
+            p.error(format!("{at}.url"), format!("invalid URL {raw_url:?}: {e}"));
+            return None;
+        }
+    };
+    let scheme = url.scheme().to_string();
+    let mut unused = |key: &str, present: bool| {
+        if present {
+            p.error(
+                format!("{at}.{key}"),
+                format!("not used by a {scheme}:// sink"),
+            );
+        }
+    };
+    let target = match scheme.as_str() {
+        "http" | "https" => {
+            unused("stream", f.stream.is_some());
+            unused("maxlen", f.maxlen.is_some());
+            unused("subject", f.subject.is_some());
+            unused("exchange", f.exchange.is_some());
+            unused("routing_key", f.routing_key.is_some());
+            Some(SinkTarget::Http { url })
+        }
+        "redis" | "rediss" => {
+            unused("subject", f.subject.is_some());
+            unused("exchange", f.exchange.is_some());
+            unused("routing_key", f.routing_key.is_some());
+            match &f.stream {
+                Some(s) if !s.is_empty() => Some(SinkTarget::RedisStream {
+                    url: raw_url.to_string(),
+                    stream: s.clone(),
+                    maxlen: f.maxlen,
+                }),
+                _ => {
+                    p.error(
+                        format!("{at}.stream"),
+                        "is required for a redis:// sink (the stream's key)",
+                    );
+                    None
+                }
+            }
+        }
+        "nats" => {
+            unused("stream", f.stream.is_some());
+            unused("maxlen", f.maxlen.is_some());
+            unused("exchange", f.exchange.is_some());
+            unused("routing_key", f.routing_key.is_some());
+            match &f.subject {
+                Some(s) if !s.is_empty() && !s.contains([' ', '*', '>']) => {
+                    Some(SinkTarget::Nats {
+                        url: raw_url.to_string(),
+                        subject: s.clone(),
+                    })
+                }
+                Some(s) => {
+                    p.error(
+                        format!("{at}.subject"),
+                        format!("{s:?} is not a valid subject to publish to"),
+                    );
+                    None
+                }
+                None => {
+                    p.error(format!("{at}.subject"), "is required for a nats:// sink");
+                    None
+                }
+            }
+        }
+        "amqp" | "amqps" => {
+            unused("stream", f.stream.is_some());
+            unused("maxlen", f.maxlen.is_some());
+            unused("subject", f.subject.is_some());
+            if f.exchange.is_none() {
+                p.error(
+                    format!("{at}.exchange"),
+                    "is required for an amqp:// sink (\"\" for the default exchange)",
+                );
+            }
+            if f.routing_key.is_none() {
+                p.error(
+                    format!("{at}.routing_key"),
+                    "is required for an amqp:// sink",
+                );
+            }
+            Some(SinkTarget::Amqp {
+                url: raw_url.to_string(),
+                exchange: f.exchange.clone()?,
+                routing_key: f.routing_key.clone()?,
+            })
+        }
+        other => {
+            p.error(
+                format!("{at}.url"),
+                format!("unsupported scheme {other:?} (expected http, https, redis, rediss, nats, amqp, amqps)"),
+            );
+            None
+        }
+    };
+    if mode == Mode::Proxy && !matches!(target, Some(SinkTarget::Http { .. }) | None) {
+        p.error(
+            format!("{at}.url"),
+            "mode = \"proxy\" needs an http(s):// upstream",
+        );
+    }
+    target
+}

@@ -1,0 +1,154 @@
+//! Dedupe-key derivation, pure: from the route's `[route.dedupe]`, the verifier's output and
+//! the request, the key to record (prefixed by its kind so kinds never collide), `None` for
+//! `key = "none"`, or `MissingKey` when the key is required and absent.
+
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+
+use crate::config::{DedupeConfig, DedupeKeySpec};
+use crate::verify::Verified;
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct MissingKey;
+
+fn body_sha256(body: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(body)))
+}
+
+fn header_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+}
+
+fn json_value(body: &[u8], pointer: &str) -> Option<String> {
+    let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+    match doc.pointer(pointer)? {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) if s.is_empty() => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+pub fn derive(
+    cfg: &DedupeConfig,
+    verified: &Verified,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Option<String>, MissingKey> {
+    let found = match &cfg.key {
+        DedupeKeySpec::None => return Ok(None),
+        DedupeKeySpec::BodySha256 => return Ok(Some(body_sha256(body))),
+        DedupeKeySpec::Header(name) => {
+            header_value(headers, name.as_str()).map(|v| format!("header:{v}"))
+        }
+        DedupeKeySpec::Json(ptr) => json_value(body, ptr).map(|v| format!("json:{v}")),
+        DedupeKeySpec::Auto => verified
+            .event_id
+            .clone()
+            .map(|id| format!("id:{id}"))
+            .or_else(|| header_value(headers, "idempotency-key").map(|v| format!("header:{v}"))),
+    };
+    match found {
+        Some(k) => Ok(Some(k)),
+        None if cfg.required => Err(MissingKey),
+        None => Ok(Some(body_sha256(body))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn cfg(key: DedupeKeySpec, required: bool) -> DedupeConfig {
+        DedupeConfig {
+            key,
+            ttl: Duration::from_secs(60),
+            required,
+        }
+    }
+
+    fn verified(id: Option<&str>) -> Verified {
+        Verified {
+            scheme: "hmac",
+            event_id: id.map(str::to_string),
+            secret_index: None,
+        }
+    }
+
+    #[test]
+    fn kinds() {
+        let mut h = HeaderMap::new();
+        h.insert("idempotency-key", "k1".parse().unwrap());
+        let body = br#"{"data":{"id":42},"s":"x"}"#;
+        let v = verified(None);
+        assert_eq!(
+            derive(&cfg(DedupeKeySpec::Auto, false), &v, &h, body),
+            Ok(Some("header:k1".into()))
+        );
+        assert_eq!(
+            derive(
+                &cfg(DedupeKeySpec::Auto, false),
+                &verified(Some("evt_1")),
+                &h,
+                body
+            ),
+            Ok(Some("id:evt_1".into()))
+        );
+        assert_eq!(
+            derive(
+                &cfg(DedupeKeySpec::Json("/data/id".into()), true),
+                &v,
+                &h,
+                body
+            ),
+            Ok(Some("json:42".into()))
+        );
+        assert_eq!(
+            derive(&cfg(DedupeKeySpec::Json("/s".into()), true), &v, &h, body),
+            Ok(Some("json:x".into()))
+        );
+        assert_eq!(
+            derive(&cfg(DedupeKeySpec::None, false), &v, &h, body),
+            Ok(None)
+        );
+        let sha = derive(&cfg(DedupeKeySpec::BodySha256, false), &v, &h, body)
+            .unwrap()
+            .unwrap();
+        assert!(sha.starts_with("sha256:") && sha.len() == 7 + 64);
+    }
+
+    #[test]
+    fn missing_required_or_fallback() {
+        let h = HeaderMap::new();
+        let v = verified(None);
+        let hdr = DedupeKeySpec::Header("x-key".parse().unwrap());
+        assert_eq!(
+            derive(&cfg(hdr.clone(), true), &v, &h, b"{}"),
+            Err(MissingKey)
+        );
+        assert!(derive(&cfg(hdr, false), &v, &h, b"{}")
+            .unwrap()
+            .unwrap()
+            .starts_with("sha256:"));
+        // A json: key on a body that is not JSON counts as missing.
+        assert_eq!(
+            derive(
+                &cfg(DedupeKeySpec::Json("/id".into()), true),
+                &v,
+                &h,
+                b"not json"
+            ),
+            Err(MissingKey)
+        );
+        assert_eq!(
+            derive(&cfg(DedupeKeySpec::Auto, true), &v, &h, b"{}"),
+            Err(MissingKey)
+        );
+    }
+}

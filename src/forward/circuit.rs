@@ -1,0 +1,88 @@
+//! A per-route circuit breaker, pure (time is an input). After `THRESHOLD` consecutive
+//! retryable failures the circuit opens and the worker stops leasing for a cool-down that
+//! doubles on every re-open (capped); then one probe is let through. A success closes it.
+//! This keeps a dead upstream from being hammered by every pending event at once.
+
+use std::time::{Duration, Instant};
+
+const THRESHOLD: u32 = 5;
+const FIRST_COOLDOWN: Duration = Duration::from_secs(1);
+const MAX_COOLDOWN: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default)]
+pub struct Circuit {
+    failures: u32,
+    opened: u32,
+    open_until: Option<Instant>,
+    probing: bool,
+}
+
+impl Circuit {
+    /// How many events may be leased now, given `free` delivery slots.
+    pub fn allowance(&mut self, free: usize, now: Instant) -> usize {
+        match self.open_until {
+            None => free,
+            Some(t) if now < t => 0,
+            Some(_) if self.probing => 0,
+            Some(_) => {
+                self.probing = true;
+                free.min(1)
+            }
+        }
+    }
+
+    /// When the circuit lets a probe through, if it is open.
+    pub fn reopens_at(&self) -> Option<Instant> {
+        self.open_until.filter(|_| !self.probing)
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open_until.is_some()
+    }
+
+    pub fn on_success(&mut self) {
+        *self = Circuit::default();
+    }
+
+    /// A retryable failure (permanent ones say nothing about the sink's health).
+    pub fn on_failure(&mut self, now: Instant) {
+        self.failures += 1;
+        if self.probing || (self.open_until.is_none() && self.failures >= THRESHOLD) {
+            let cool = FIRST_COOLDOWN
+                .saturating_mul(2u32.saturating_pow(self.opened.min(16)))
+                .min(MAX_COOLDOWN);
+            self.opened += 1;
+            self.open_until = Some(now + cool);
+            self.probing = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_probes_and_closes() {
+        let t0 = Instant::now();
+        let mut c = Circuit::default();
+        for _ in 0..4 {
+            c.on_failure(t0);
+        }
+        assert_eq!(c.allowance(8, t0), 8);
+        c.on_failure(t0);
+        assert_eq!(c.allowance(8, t0), 0, "open after 5 failures");
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(c.allowance(8, t1), 1, "one probe after the cool-down");
+        assert_eq!(c.allowance(8, t1), 0, "only one probe at a time");
+        c.on_failure(t1);
+        assert_eq!(
+            c.allowance(8, t1 + Duration::from_millis(1999)),
+            0,
+            "cool-down doubled"
+        );
+        assert_eq!(c.allowance(8, t1 + Duration::from_secs(2)), 1);
+        c.on_success();
+        assert_eq!(c.allowance(8, t1), 8);
+    }
+}

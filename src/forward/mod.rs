@@ -1,0 +1,92 @@
+//! Delivery: a worker per route leases due events from the store and hands each to the
+//! route's `Sink` (HTTP upstream or a queue). Errors are classified where they are born (the
+//! sink says retryable or permanent); `retry` decides when; the worker records every attempt
+//! and the state it leaves the event in before releasing the lease.
+//!
+//! Promises: an event is settled (delivered, rescheduled or dead) only after its attempt is
+//! recorded; an attempt interrupted by a crash is simply made again after restart (at least
+//! once), always with the same `Hookgate-Event-Id`.
+
+pub mod circuit;
+pub mod http;
+pub mod retry;
+pub mod sign;
+pub mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::config::{RouteConfig, SinkTarget};
+use crate::store::Event;
+
+/// What a successful attempt returned, for the attempt log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Receipt {
+    pub status: Option<u16>,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeliveryError {
+    /// Worth trying again later (5xx, 408/425/429, connection errors, timeouts, broker down).
+    Retryable {
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+        detail: String,
+    },
+    /// Trying again cannot help (other 4xx, no such stream/exchange): dead at once.
+    Permanent { status: Option<u16>, detail: String },
+}
+
+impl DeliveryError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            DeliveryError::Retryable { status, .. } | DeliveryError::Permanent { status, .. } => {
+                *status
+            }
+        }
+    }
+
+    pub fn detail(&self) -> &str {
+        match self {
+            DeliveryError::Retryable { detail, .. } | DeliveryError::Permanent { detail, .. } => {
+                detail
+            }
+        }
+    }
+}
+
+#[async_trait]
+pub trait Sink: Send + Sync {
+    fn kind(&self) -> &'static str;
+    /// One attempt (`attempt` is 1-based over the event's life). The worker bounds it with
+    /// `forward.timeout`.
+    async fn deliver(&self, ev: &Event, attempt: u32) -> Result<Receipt, DeliveryError>;
+}
+
+/// Builds the sink named by the route's `forward.url`.
+pub async fn build_sink(route: &Arc<RouteConfig>) -> anyhow::Result<Arc<dyn Sink>> {
+    match &route.forward.target {
+        SinkTarget::Http { url } => Ok(Arc::new(http::HttpSink::new(route, url.clone())?)),
+        other => anyhow::bail!(
+            "route {:?}: the {}:// sink is not available in this build yet",
+            route.name,
+            other.kind()
+        ),
+    }
+}
+
+/// Cuts a response body or error to at most 1 KiB (on a char boundary) for the attempt log.
+pub fn truncate_detail(s: &str) -> String {
+    const MAX: usize = 1024;
+    if s.len() <= MAX {
+        return s.to_string();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}

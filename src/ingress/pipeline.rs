@@ -1,0 +1,137 @@
+//! One request's path: route → method → client IP → rate limit → body (limited, timed) →
+//! handshake or verify (on the raw bytes, before any parsing) → dedupe key → record (atomic
+//! with the dedupe check, durable) → 202 / 200 duplicate. Each step returns a `Reject` that
+//! maps to SPEC §5; the event is recorded only from a `Verified`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::Request;
+use hyper::body::Incoming;
+
+use super::reject::{self, Reject, Reply};
+use super::router::{client_ip, Route};
+use super::Ingress;
+use crate::dedupe;
+use crate::store::{Accept, DedupeKey, NewEvent};
+use crate::telemetry;
+
+enum Outcome {
+    Accepted(String),
+    Duplicate(String),
+    Handshake(Reply),
+}
+
+pub async fn handle(ctx: Arc<Ingress>, peer: SocketAddr, req: Request<Incoming>) -> Reply {
+    let t0 = Instant::now();
+    let (parts, body) = req.into_parts();
+    let Some(route) = ctx.router.get(parts.uri.path()).cloned() else {
+        telemetry::request("unmatched", "not_found", t0.elapsed());
+        tracing::info!(path = %parts.uri.path(), outcome = "not_found", "request");
+        return Reject::NotFound.response();
+    };
+    let name = route.cfg.name.as_str();
+    let result = process(&ctx, &route, peer, parts, body).await;
+    let elapsed = t0.elapsed();
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    match result {
+        Ok(Outcome::Accepted(id)) => {
+            telemetry::request(name, "accepted", elapsed);
+            tracing::info!(route = name, event_id = %id, outcome = "accepted", latency_ms, "request");
+            reject::accepted(&id)
+        }
+        Ok(Outcome::Duplicate(id)) => {
+            telemetry::request(name, "duplicate", elapsed);
+            tracing::info!(route = name, event_id = %id, outcome = "duplicate", latency_ms, "request");
+            reject::duplicate(&id)
+        }
+        Ok(Outcome::Handshake(reply)) => {
+            telemetry::request(name, "handshake", elapsed);
+            tracing::info!(route = name, outcome = "handshake", latency_ms, "request");
+            reply
+        }
+        Err(rej) => {
+            telemetry::request(name, rej.code(), elapsed);
+            if rej == Reject::Unavailable {
+                tracing::error!(
+                    route = name,
+                    outcome = rej.code(),
+                    latency_ms,
+                    "request: event could not be recorded"
+                );
+            } else {
+                tracing::warn!(route = name, outcome = rej.code(), client = %peer.ip(), latency_ms, "request rejected");
+            }
+            rej.response()
+        }
+    }
+}
+
+async fn process(
+    ctx: &Ingress,
+    route: &Route,
+    peer: SocketAddr,
+    parts: http::request::Parts,
+    body: Incoming,
+) -> Result<Outcome, Reject> {
+    let cfg = &route.cfg;
+    if !cfg.methods.contains(&parts.method) {
+        return Err(Reject::MethodNotAllowed(route.allow.clone()));
+    }
+    if !cfg.allow_ips.is_empty() {
+        let xff = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        if !route.ip_allowed(client_ip(peer.ip(), xff, &ctx.trusted_proxies)) {
+            return Err(Reject::Forbidden);
+        }
+    }
+    route.check_rate().map_err(Reject::RateLimited)?;
+    let body = super::body::read(body, &parts.headers, cfg.max_body, ctx.body_timeout).await?;
+    let now = SystemTime::now();
+
+    if let Some(hs) = cfg.verifier.handshake(&parts, &body, now) {
+        let hs = hs.map_err(Reject::Verify)?;
+        let mut reply = reject::json(hs.status, String::new());
+        *reply.body_mut() = http_body_util::Full::new(hs.body);
+        reply.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(hs.content_type),
+        );
+        return Ok(Outcome::Handshake(reply));
+    }
+    let verified = cfg
+        .verifier
+        .verify(&parts, &body, now)
+        .map_err(Reject::Verify)?;
+    if let Some(i) = verified.secret_index {
+        telemetry::secret_matched(&cfg.name, i);
+    }
+
+    let key = dedupe::derive(&cfg.dedupe, &verified, &parts.headers, &body)
+        .map_err(|_| Reject::MissingDedupeKey)?;
+    let received_at_ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let dedupe_key = key.map(|key| DedupeKey {
+        key,
+        expires_at_ms: received_at_ms.saturating_add(cfg.dedupe.ttl.as_millis() as i64),
+    });
+    let mut event = NewEvent::new(&cfg.name, &parts, body, &verified, received_at_ms);
+    event.dedupe_key = dedupe_key.as_ref().map(|k| k.key.clone());
+    match ctx.store.accept(event, dedupe_key).await {
+        Ok(Accept::Accepted(id)) => {
+            route.wake.notify_one();
+            Ok(Outcome::Accepted(id))
+        }
+        Ok(Accept::Duplicate(id)) => Ok(Outcome::Duplicate(id)),
+        Err(e) => {
+            metrics::counter!("hookgate_store_errors_total").increment(1);
+            tracing::error!(route = %cfg.name, error = %e, "store refused the event");
+            Err(Reject::Unavailable)
+        }
+    }
+}

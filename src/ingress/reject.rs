@@ -1,0 +1,106 @@
+//! Every answer the ingress gives besides 202/200, as one enum: status, error code (also the
+//! metric outcome) and JSON body of SPEC §5. Bodies never echo request data or secrets.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::verify::VerifyError;
+
+pub type Reply = Response<Full<Bytes>>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reject {
+    NotFound,
+    MethodNotAllowed(HeaderValue),
+    Forbidden,
+    RateLimited(Duration),
+    BodyTooLarge,
+    Verify(VerifyError),
+    MissingDedupeKey,
+    Unavailable,
+    /// The body did not arrive within `server.body_timeout`.
+    RequestTimeout,
+    /// The client broke off or sent a malformed body.
+    BadRequest,
+}
+
+impl Reject {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reject::NotFound => "not_found",
+            Reject::MethodNotAllowed(_) => "method_not_allowed",
+            Reject::Forbidden => "forbidden",
+            Reject::RateLimited(_) => "rate_limited",
+            Reject::BodyTooLarge => "body_too_large",
+            Reject::Verify(e) => e.code(),
+            Reject::MissingDedupeKey => "missing_dedupe_key",
+            Reject::Unavailable => "unavailable",
+            Reject::RequestTimeout => "request_timeout",
+            Reject::BadRequest => "bad_request",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Reject::NotFound => StatusCode::NOT_FOUND,
+            Reject::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Reject::Forbidden => StatusCode::FORBIDDEN,
+            Reject::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Reject::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Reject::Verify(_) => StatusCode::UNAUTHORIZED,
+            Reject::MissingDedupeKey | Reject::BadRequest => StatusCode::BAD_REQUEST,
+            Reject::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+
+    pub fn response(&self) -> Reply {
+        let mut r = json(self.status(), format!("{{\"error\":\"{}\"}}", self.code()));
+        let h = r.headers_mut();
+        match self {
+            Reject::MethodNotAllowed(allow) => {
+                h.insert(header::ALLOW, allow.clone());
+            }
+            Reject::RateLimited(wait) => {
+                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            Reject::Unavailable => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            Reject::BodyTooLarge | Reject::RequestTimeout | Reject::BadRequest => {
+                // The body was not read to its end: the connection cannot be reused.
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        r
+    }
+}
+
+pub fn json(status: StatusCode, body: String) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+pub fn accepted(event_id: &str) -> Reply {
+    json(
+        StatusCode::ACCEPTED,
+        format!("{{\"status\":\"accepted\",\"event_id\":\"{event_id}\"}}"),
+    )
+}
+
+pub fn duplicate(event_id: &str) -> Reply {
+    json(
+        StatusCode::OK,
+        format!("{{\"status\":\"duplicate\",\"event_id\":\"{event_id}\"}}"),
+    )
+}

@@ -1,0 +1,130 @@
+//! Exact-path routing and the per-route runtime state the ingress needs: the validated route,
+//! its rate limiter and the wake-up for its delivery worker.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use http::HeaderValue;
+use ipnet::IpNet;
+use tokio::sync::Notify;
+
+use crate::config::RouteConfig;
+
+pub struct Route {
+    pub cfg: Arc<RouteConfig>,
+    pub allow: HeaderValue,
+    limiter: Option<DefaultDirectRateLimiter>,
+    /// Wakes the route's delivery worker when an event is recorded.
+    pub wake: Arc<Notify>,
+}
+
+impl Route {
+    pub fn new(cfg: Arc<RouteConfig>, wake: Arc<Notify>) -> Self {
+        let limiter = cfg.rate_limit.and_then(|rl| {
+            let per_second = NonZeroU32::new(rl.per_second)?;
+            let burst = NonZeroU32::new(rl.burst)?;
+            Some(RateLimiter::direct(
+                Quota::per_second(per_second).allow_burst(burst),
+            ))
+        });
+        let allow = cfg
+            .methods
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let allow = HeaderValue::from_str(&allow).unwrap_or(HeaderValue::from_static("POST"));
+        Route {
+            cfg,
+            allow,
+            limiter,
+            wake,
+        }
+    }
+
+    /// `Err(wait)` when over the route's rate limit.
+    pub fn check_rate(&self) -> Result<(), Duration> {
+        match &self.limiter {
+            None => Ok(()),
+            Some(l) => l
+                .check()
+                .map_err(|nu| nu.wait_time_from(DefaultClock::default().now())),
+        }
+    }
+
+    pub fn ip_allowed(&self, ip: IpAddr) -> bool {
+        self.cfg.allow_ips.is_empty() || self.cfg.allow_ips.iter().any(|n| n.contains(&ip))
+    }
+}
+
+#[derive(Default)]
+pub struct Router {
+    by_path: HashMap<String, Arc<Route>>,
+}
+
+impl Router {
+    pub fn new(routes: impl IntoIterator<Item = Arc<Route>>) -> Self {
+        Router {
+            by_path: routes
+                .into_iter()
+                .map(|r| (r.cfg.path.clone(), r))
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Arc<Route>> {
+        self.by_path.get(path)
+    }
+}
+
+/// The client's address: the peer, or — when the peer is a trusted proxy — the right-most
+/// `X-Forwarded-For` entry that is not itself a trusted proxy.
+pub fn client_ip(peer: IpAddr, xff: Option<&str>, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let Some(xff) = xff else { return peer };
+    let mut client = peer;
+    for hop in xff.rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            client_ip(ip("1.2.3.4"), Some("9.9.9.9"), &trusted),
+            ip("1.2.3.4")
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), Some("9.9.9.9, 10.0.0.2"), &trusted),
+            ip("9.9.9.9")
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), Some("6.6.6.6, 9.9.9.9"), &trusted),
+            ip("9.9.9.9")
+        );
+        assert_eq!(client_ip(ip("10.0.0.1"), None, &trusted), ip("10.0.0.1"));
+    }
+}

@@ -1,0 +1,566 @@
+//! The embedded store: SQLite in WAL mode (rusqlite, bundled), one file under `store.path`.
+//!
+//! Durability: `PRAGMA synchronous = FULL` makes every commit fsync the WAL, so an event is on
+//! disk when `accept` returns. Group commit: one writer thread owns the write connection and
+//! drains every queued write into a single transaction (each write in its own savepoint), so
+//! concurrent requests share one fsync. Replies are sent only after COMMIT returned; if the
+//! commit fails every write in the batch is answered with an error (→ 503), never accepted.
+//!
+//! Crash behaviour: a `kill -9` loses at most writes whose transaction had not committed, and
+//! none of those were answered. Leases live in memory, so after a restart every pending event
+//! is due again: delivery is at least once. Reads (leases, admin) use a separate connection;
+//! WAL lets them run beside the writer.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::{mpsc, oneshot};
+
+use super::*;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    route TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    method TEXT NOT NULL,
+    query TEXT,
+    headers TEXT NOT NULL,
+    body BLOB NOT NULL,
+    scheme TEXT NOT NULL,
+    dedupe_key TEXT,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    cycle_attempts INTEGER NOT NULL DEFAULT 0,
+    cycle_started_at INTEGER NOT NULL,
+    next_attempt_at INTEGER,
+    updated_at INTEGER NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS events_due ON events(route, next_attempt_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS events_by_state ON events(route, state, id);
+CREATE INDEX IF NOT EXISTS events_by_age ON events(state, updated_at);
+CREATE TABLE IF NOT EXISTS dedupe (
+    route TEXT NOT NULL,
+    key TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (route, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dedupe_expiry ON dedupe(expires_at);
+CREATE TABLE IF NOT EXISTS attempts (
+    event_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    status INTEGER,
+    latency_ms INTEGER NOT NULL,
+    detail TEXT NOT NULL,
+    PRIMARY KEY (event_id, n)
+) WITHOUT ROWID;
+";
+
+/// Most writes one transaction takes; the rest wait for the next one.
+const MAX_BATCH: usize = 1024;
+/// Writes queued before `accept` answers busy (→ 503).
+const QUEUE: usize = 16 * 1024;
+
+enum Write {
+    Accept(
+        NewEvent,
+        Option<DedupeKey>,
+        oneshot::Sender<Result<Accept, String>>,
+    ),
+    Settle(String, Attempt, Next, oneshot::Sender<Result<(), String>>),
+    Replay(
+        Option<String>,
+        Option<String>,
+        i64,
+        oneshot::Sender<Result<u64, String>>,
+    ),
+    Purge(i64, oneshot::Sender<Result<(), String>>),
+}
+
+pub struct EmbeddedStore {
+    tx: mpsc::Sender<Write>,
+    reader: Arc<Mutex<Connection>>,
+    leased: Arc<Mutex<HashSet<String>>>,
+}
+
+fn open_conn(file: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(file)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+impl EmbeddedStore {
+    pub fn open(dir: &Path, retention: Duration) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("store.path: cannot create {}: {e}", dir.display()))?;
+        let file = dir.join("hookgate.db");
+        let writer = open_conn(&file)
+            .map_err(|e| anyhow::anyhow!("store.path: cannot open {}: {e}", file.display()))?;
+        writer.execute_batch(SCHEMA)?;
+        let reader = open_conn(&file)?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let retention_ms = retention.as_millis() as i64;
+        std::thread::Builder::new()
+            .name("hookgate-store".into())
+            .spawn(move || writer_loop(writer, rx, retention_ms))?;
+        Ok(EmbeddedStore {
+            tx,
+            reader: Arc::new(Mutex::new(reader)),
+            leased: Arc::default(),
+        })
+    }
+
+    async fn write<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Write,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.try_send(make(reply)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StoreError::Busy,
+            mpsc::error::TrySendError::Closed(_) => {
+                StoreError::Unavailable("writer stopped".into())
+            }
+        })?;
+        match rx.await {
+            Ok(r) => r.map_err(StoreError::Unavailable),
+            Err(_) => Err(StoreError::Unavailable("writer stopped".into())),
+        }
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader
+                .lock()
+                .map_err(|_| StoreError::Unavailable("reader poisoned".into()))?;
+            f(&conn).map_err(|e| StoreError::Unavailable(e.to_string()))
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+}
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Write>, retention_ms: i64) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&mut conn, &mut batch, retention_ms);
+    }
+}
+
+/// One transaction for the whole batch; each write in a savepoint so one failing write does
+/// not undo the others. Replies go out after COMMIT, or all fail with its error.
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<Write>, retention_ms: i64) {
+    enum Done {
+        Accept(
+            oneshot::Sender<Result<Accept, String>>,
+            Result<Accept, String>,
+        ),
+        Settle(oneshot::Sender<Result<(), String>>, Result<(), String>),
+        Replay(oneshot::Sender<Result<u64, String>>, Result<u64, String>),
+        Purge(oneshot::Sender<Result<(), String>>, Result<(), String>),
+    }
+    let mut done = Vec::with_capacity(batch.len());
+    let mut tx = match conn.transaction() {
+        Ok(tx) => tx,
+        Err(e) => {
+            let msg = e.to_string();
+            for w in batch.drain(..) {
+                fail(w, &msg);
+            }
+            return;
+        }
+    };
+    for w in batch.drain(..) {
+        let sp = match tx.savepoint() {
+            Ok(sp) => sp,
+            Err(e) => {
+                fail(w, &e.to_string());
+                continue;
+            }
+        };
+        let (d, ok) = match w {
+            Write::Accept(ev, key, reply) => {
+                let r = accept_tx(&sp, &ev, key.as_ref()).map_err(|e| e.to_string());
+                let ok = r.is_ok();
+                (Done::Accept(reply, r), ok)
+            }
+            Write::Settle(id, attempt, next, reply) => {
+                let r = settle_tx(&sp, &id, &attempt, &next).map_err(|e| e.to_string());
+                let ok = r.is_ok();
+                (Done::Settle(reply, r), ok)
+            }
+            Write::Replay(id, route, now, reply) => {
+                let r =
+                    replay_tx(&sp, id.as_deref(), route.as_deref(), now).map_err(|e| e.to_string());
+                let ok = r.is_ok();
+                (Done::Replay(reply, r), ok)
+            }
+            Write::Purge(now, reply) => {
+                let r = purge_tx(&sp, now, retention_ms).map_err(|e| e.to_string());
+                let ok = r.is_ok();
+                (Done::Purge(reply, r), ok)
+            }
+        };
+        // A failed write is rolled back alone (dropping the savepoint rolls it back).
+        let released = if ok {
+            sp.commit().map_err(|e| e.to_string())
+        } else {
+            Ok(())
+        };
+        match released {
+            Ok(()) => done.push(d),
+            Err(e) => done.push(match d {
+                Done::Accept(r, _) => Done::Accept(r, Err(e)),
+                Done::Settle(r, _) => Done::Settle(r, Err(e)),
+                Done::Replay(r, _) => Done::Replay(r, Err(e)),
+                Done::Purge(r, _) => Done::Purge(r, Err(e)),
+            }),
+        }
+    }
+    let committed = tx.commit().map_err(|e| e.to_string());
+    if let Err(e) = &committed {
+        metrics::counter!("hookgate_store_errors_total").increment(1);
+        tracing::error!(error = %e, "store: commit failed; answering the batch with errors");
+    }
+    for d in done {
+        let c = |r| match &committed {
+            Ok(()) => r,
+            Err(e) => Err(e.clone()),
+        };
+        match d {
+            Done::Accept(reply, r) => {
+                let _ = reply.send(committed.clone().and(r));
+            }
+            Done::Settle(reply, r) => {
+                let _ = reply.send(c(r));
+            }
+            Done::Replay(reply, r) => {
+                let _ = reply.send(committed.clone().and(r));
+            }
+            Done::Purge(reply, r) => {
+                let _ = reply.send(c(r));
+            }
+        }
+    }
+}
+
+fn fail(w: Write, msg: &str) {
+    let m = msg.to_string();
+    match w {
+        Write::Accept(_, _, r) => drop(r.send(Err(m))),
+        Write::Settle(_, _, _, r) => drop(r.send(Err(m))),
+        Write::Replay(_, _, _, r) => drop(r.send(Err(m))),
+        Write::Purge(_, r) => drop(r.send(Err(m))),
+    }
+}
+
+fn accept_tx(tx: &Connection, ev: &NewEvent, key: Option<&DedupeKey>) -> rusqlite::Result<Accept> {
+    if let Some(k) = key {
+        let seen: Option<String> = tx
+            .prepare_cached(
+                "SELECT event_id FROM dedupe WHERE route = ?1 AND key = ?2 AND expires_at > ?3",
+            )?
+            .query_row(params![ev.route, k.key, ev.received_at_ms], |r| r.get(0))
+            .optional()?;
+        if let Some(original) = seen {
+            return Ok(Accept::Duplicate(original));
+        }
+        tx.prepare_cached("INSERT OR REPLACE INTO dedupe (route, key, event_id, expires_at) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![ev.route, k.key, ev.id, k.expires_at_ms])?;
+    }
+    tx.prepare_cached(
+        "INSERT INTO events (id, route, received_at, method, query, headers, body, scheme, dedupe_key,
+                             state, cycle_started_at, next_attempt_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', ?3, ?3, ?3)",
+    )?
+    .execute(params![
+        ev.id,
+        ev.route,
+        ev.received_at_ms,
+        ev.method,
+        ev.query,
+        ev.headers.to_json(),
+        &ev.body[..],
+        ev.scheme,
+        key.map(|k| k.key.as_str()),
+    ])?;
+    Ok(Accept::Accepted(ev.id.clone()))
+}
+
+fn settle_tx(tx: &Connection, id: &str, a: &Attempt, next: &Next) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO attempts (event_id, n, started_at, outcome, status, latency_ms, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![id, a.n, a.started_at_ms, a.outcome, a.status, a.latency_ms as i64, a.detail])?;
+    let now = a.started_at_ms + a.latency_ms as i64;
+    let (state, next_at, err): (&str, Option<i64>, Option<&str>) = match next {
+        Next::Delivered => ("delivered", None, None),
+        Next::Retry { at_ms } => ("pending", Some(*at_ms), Some(a.detail.as_str())),
+        Next::Dead { reason } => ("dead", None, Some(reason.as_str())),
+    };
+    tx.prepare_cached(
+        "UPDATE events SET state = ?2, next_attempt_at = ?3, last_error = ?4, updated_at = ?5,
+                attempts = MAX(attempts, ?6), cycle_attempts = cycle_attempts + 1
+         WHERE id = ?1",
+    )?
+    .execute(params![id, state, next_at, err, now, a.n])?;
+    Ok(())
+}
+
+fn replay_tx(
+    tx: &Connection,
+    id: Option<&str>,
+    route: Option<&str>,
+    now: i64,
+) -> rusqlite::Result<u64> {
+    const SET: &str =
+        "UPDATE events SET state = 'pending', next_attempt_at = ?1, cycle_attempts = 0,
+                       cycle_started_at = ?1, updated_at = ?1, last_error = NULL";
+    let n = match (id, route) {
+        (Some(id), _) => tx.execute(&format!("{SET} WHERE id = ?2"), params![now, id])?,
+        (None, Some(route)) => tx.execute(
+            &format!("{SET} WHERE route = ?2 AND state = 'dead'"),
+            params![now, route],
+        )?,
+        (None, None) => 0,
+    };
+    Ok(n as u64)
+}
+
+fn purge_tx(tx: &Connection, now: i64, retention_ms: i64) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM dedupe WHERE expires_at <= ?1", params![now])?;
+    let cutoff = now - retention_ms;
+    tx.execute(
+        "DELETE FROM attempts WHERE event_id IN
+            (SELECT id FROM events WHERE state = 'delivered' AND updated_at < ?1)",
+        params![cutoff],
+    )?;
+    tx.execute(
+        "DELETE FROM events WHERE state = 'delivered' AND updated_at < ?1",
+        params![cutoff],
+    )?;
+    Ok(())
+}
+
+const SUMMARY_COLS: &str = "id, route, state, received_at, attempts, next_attempt_at, last_error, dedupe_key, scheme, length(body)";
+
+fn summary(r: &rusqlite::Row) -> rusqlite::Result<EventSummary> {
+    let state: String = r.get(2)?;
+    Ok(EventSummary {
+        event_id: r.get(0)?,
+        route: r.get(1)?,
+        state: State::parse(&state).unwrap_or(State::Pending),
+        received_at: rfc3339_ms(r.get(3)?),
+        attempts: r.get(4)?,
+        next_attempt_at: r.get::<_, Option<i64>>(5)?.map(rfc3339_ms),
+        last_error: r.get(6)?,
+        dedupe_key: r.get(7)?,
+        verified: r.get(8)?,
+        body_bytes: r.get::<_, i64>(9)? as usize,
+    })
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn accept(&self, ev: NewEvent, dedupe: Option<DedupeKey>) -> Result<Accept, StoreError> {
+        self.write(|r| Write::Accept(ev, dedupe, r)).await
+    }
+
+    async fn lease(
+        &self,
+        route: &str,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Vec<Event>, StoreError> {
+        let leased = self.leased.clone();
+        let route = route.to_string();
+        self.read(move |conn| {
+            let mut leased = leased.lock().map_err(|_| rusqlite::Error::InvalidQuery)?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, route, received_at, method, query, headers, body, scheme, attempts,
+                        cycle_attempts, cycle_started_at
+                 FROM events WHERE route = ?1 AND state = 'pending' AND next_attempt_at <= ?2
+                 ORDER BY next_attempt_at LIMIT ?3",
+            )?;
+            let rows =
+                stmt.query_map(params![route, now_ms, (limit + leased.len()) as i64], |r| {
+                    Ok(Event {
+                        id: r.get(0)?,
+                        route: r.get(1)?,
+                        received_at_ms: r.get(2)?,
+                        method: r.get(3)?,
+                        query: r.get(4)?,
+                        headers: StoredHeaders::from_json(&r.get::<_, String>(5)?),
+                        body: Bytes::from(r.get::<_, Vec<u8>>(6)?),
+                        scheme: r.get(7)?,
+                        attempts: r.get(8)?,
+                        cycle_attempts: r.get(9)?,
+                        cycle_started_at_ms: r.get(10)?,
+                    })
+                })?;
+            let mut out = Vec::new();
+            for ev in rows {
+                let ev = ev?;
+                if out.len() < limit && leased.insert(ev.id.clone()) {
+                    out.push(ev);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn next_due(&self, route: &str) -> Result<Option<i64>, StoreError> {
+        let leased = self.leased.clone();
+        let route = route.to_string();
+        self.read(move |conn| {
+            let leased = leased.lock().map_err(|_| rusqlite::Error::InvalidQuery)?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, next_attempt_at FROM events WHERE route = ?1 AND state = 'pending'
+                 ORDER BY next_attempt_at LIMIT ?2",
+            )?;
+            let mut rows = stmt.query(params![route, (leased.len() + 1) as i64])?;
+            while let Some(r) = rows.next()? {
+                let id: String = r.get(0)?;
+                if !leased.contains(&id) {
+                    return r.get(1);
+                }
+            }
+            Ok(None)
+        })
+        .await
+    }
+
+    async fn settle(&self, ev: &Event, attempt: Attempt, next: Next) -> Result<(), StoreError> {
+        let id = ev.id.clone();
+        let r = self.write(|r| Write::Settle(id, attempt, next, r)).await;
+        // Released only once the new state is committed, so no second lease can see the old one.
+        if r.is_ok() {
+            if let Ok(mut l) = self.leased.lock() {
+                l.remove(&ev.id);
+            }
+        }
+        r
+    }
+
+    async fn get(&self, event_id: &str) -> Result<Option<EventDetail>, StoreError> {
+        let id = event_id.to_string();
+        self.read(move |conn| {
+            let found = conn
+                .query_row(
+                    &format!("SELECT {SUMMARY_COLS}, method, query, headers FROM events WHERE id = ?1"),
+                    params![id],
+                    |r| Ok((summary(r)?, r.get::<_, String>(10)?, r.get::<_, Option<String>>(11)?, r.get::<_, String>(12)?)),
+                )
+                .optional()?;
+            let Some((summary, method, query, headers)) = found else { return Ok(None) };
+            let mut stmt = conn.prepare_cached(
+                "SELECT n, started_at, outcome, status, latency_ms, detail FROM attempts WHERE event_id = ?1 ORDER BY n",
+            )?;
+            let attempt_log = stmt
+                .query_map(params![id], |r| {
+                    let outcome: String = r.get(2)?;
+                    Ok(Attempt {
+                        n: r.get(0)?,
+                        started_at_ms: r.get(1)?,
+                        outcome: match outcome.as_str() {
+                            "delivered" => "delivered",
+                            "dead" => "dead",
+                            _ => "retry",
+                        },
+                        status: r.get(3)?,
+                        latency_ms: r.get::<_, i64>(4)? as u64,
+                        detail: r.get(5)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let headers = serde_json::from_str(&headers).unwrap_or(serde_json::Value::Null);
+            Ok(Some(EventDetail { summary, method, query, headers, attempt_log }))
+        })
+        .await
+    }
+
+    async fn list(&self, q: &ListQuery) -> Result<Vec<EventSummary>, StoreError> {
+        let q = q.clone();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {SUMMARY_COLS} FROM events
+                 WHERE (?1 IS NULL OR route = ?1) AND (?2 IS NULL OR state = ?2)
+                 ORDER BY id DESC LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(
+                params![q.route, q.state.map(State::as_str), q.limit as i64],
+                summary,
+            )?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn counts(&self, route: &str) -> Result<RouteCounts, StoreError> {
+        let route = route.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT state, COUNT(*) FROM events WHERE route = ?1 GROUP BY state",
+            )?;
+            let mut c = RouteCounts::default();
+            let mut rows = stmt.query(params![route])?;
+            while let Some(r) = rows.next()? {
+                let n = r.get::<_, i64>(1)? as u64;
+                match State::parse(&r.get::<_, String>(0)?) {
+                    Some(State::Pending) => c.pending = n,
+                    Some(State::Delivered) => c.delivered = n,
+                    Some(State::Dead) => c.dead = n,
+                    None => {}
+                }
+            }
+            Ok(c)
+        })
+        .await
+    }
+
+    async fn replay(&self, event_id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let id = event_id.to_string();
+        Ok(self
+            .write(|r| Write::Replay(Some(id), None, now_ms, r))
+            .await?
+            > 0)
+    }
+
+    async fn replay_dead(&self, route: &str, now_ms: i64) -> Result<u64, StoreError> {
+        let route = route.to_string();
+        self.write(|r| Write::Replay(None, Some(route), now_ms, r))
+            .await
+    }
+
+    async fn purge(&self, now_ms: i64) -> Result<(), StoreError> {
+        self.write(|r| Write::Purge(now_ms, r)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
+            .await
+    }
+}

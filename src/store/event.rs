@@ -1,0 +1,153 @@
+//! An event as recorded: the request exactly as received (method, query, headers, raw body)
+//! plus what the gateway knows of it. `NewEvent` can only be built from a `Verified`, so
+//! nothing unverified is ever recorded.
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use serde::{Deserialize, Serialize};
+
+use crate::verify::Verified;
+
+pub type EventId = String;
+
+/// A new time-sortable event id (UUIDv7).
+pub fn new_event_id() -> EventId {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Header values as stored: text when they are UTF-8, else their bytes (lossless).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+enum Value {
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+/// The request's headers in order, as a JSON array of `[name, value]` pairs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct StoredHeaders(Vec<(String, Value)>);
+
+impl StoredHeaders {
+    /// Keeps every header except `Hookgate-*` ones, which no sender may forge.
+    pub fn from_map(map: &HeaderMap) -> Self {
+        StoredHeaders(
+            map.iter()
+                .filter(|(k, _)| !k.as_str().starts_with("hookgate-"))
+                .map(|(k, v)| {
+                    let val = match v.to_str() {
+                        Ok(s) => Value::Text(s.to_string()),
+                        Err(_) => Value::Bytes(v.as_bytes().to_vec()),
+                    };
+                    (k.as_str().to_string(), val)
+                })
+                .collect(),
+        )
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "[]".into())
+    }
+
+    pub fn from_json(s: &str) -> Self {
+        serde_json::from_str(s).unwrap_or_default()
+    }
+
+    pub fn to_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.0.len());
+        for (k, v) in &self.0 {
+            let value = match v {
+                Value::Text(s) => HeaderValue::from_str(s),
+                Value::Bytes(b) => HeaderValue::from_bytes(b),
+            };
+            if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(k.as_bytes()), value) {
+                map.append(name, value);
+            }
+        }
+        map
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| match v {
+                Value::Text(s) => Some(s.as_str()),
+                Value::Bytes(_) => None,
+            })
+    }
+}
+
+/// A verified request, ready to be recorded.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: EventId,
+    pub route: String,
+    pub received_at_ms: i64,
+    pub method: String,
+    pub query: Option<String>,
+    pub headers: StoredHeaders,
+    pub body: Bytes,
+    pub scheme: &'static str,
+    pub dedupe_key: Option<String>,
+}
+
+impl NewEvent {
+    pub fn new(
+        route: &str,
+        req: &Parts,
+        body: Bytes,
+        verified: &Verified,
+        received_at_ms: i64,
+    ) -> Self {
+        NewEvent {
+            id: new_event_id(),
+            route: route.to_string(),
+            received_at_ms,
+            method: req.method.as_str().to_string(),
+            query: req.uri.query().map(str::to_string),
+            headers: StoredHeaders::from_map(&req.headers),
+            body,
+            scheme: verified.scheme,
+            dedupe_key: None,
+        }
+    }
+}
+
+/// A recorded event leased for delivery.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: EventId,
+    pub route: String,
+    pub received_at_ms: i64,
+    pub method: String,
+    pub query: Option<String>,
+    pub headers: StoredHeaders,
+    pub body: Bytes,
+    pub scheme: String,
+    /// Attempts made so far over the event's life (the next is `attempts + 1`).
+    pub attempts: u32,
+    /// Attempts since the last replay, counted against `max_attempts`.
+    pub cycle_attempts: u32,
+    /// Start of the current retry budget (received, or last replayed), for `max_age`.
+    pub cycle_started_at_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_lossless_and_drop_hookgate() {
+        let mut m = HeaderMap::new();
+        m.append("x-a", HeaderValue::from_static("1"));
+        m.append("x-a", HeaderValue::from_static("2"));
+        m.append("x-bin", HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        m.append("hookgate-event-id", HeaderValue::from_static("forged"));
+        let s = StoredHeaders::from_map(&m);
+        let back = StoredHeaders::from_json(&s.to_json()).to_map();
+        assert_eq!(back.get_all("x-a").iter().count(), 2);
+        assert_eq!(back.get("x-bin").unwrap().as_bytes(), b"caf\xe9");
+        assert!(back.get("hookgate-event-id").is_none());
+    }
+}

@@ -1,0 +1,184 @@
+//! The durable record of every accepted event, its dedupe key, its delivery state and every
+//! attempt. Two backends share this trait: `embedded` (SQLite, one node) and `redis` (shared
+//! by replicas).
+//!
+//! Invariants every backend keeps:
+//! - `accept` returns only once the event is durable (fsync'd / acknowledged); only then may
+//!   the ingress answer 2xx.
+//! - Recording and de-duplication are one atomic step: a key is never marked seen without its
+//!   event recorded, and two concurrent requests with one key get one `Accepted`.
+//! - An event is leased to at most one delivery at a time under normal operation; a crash
+//!   releases every lease, so pending events are delivered again after restart (at least once).
+
+pub mod embedded;
+mod event;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+pub use event::{Event, EventId, NewEvent, StoredHeaders};
+
+use crate::config::{StoreBackend, StoreConfig};
+
+/// A dedupe key scoped to its route, with the instant it stops counting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupeKey {
+    pub key: String,
+    pub expires_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accept {
+    Accepted(EventId),
+    /// The key was seen within its window; the original's id.
+    Duplicate(EventId),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store busy: too many writes queued")]
+    Busy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Pending,
+    Delivered,
+    Dead,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Delivered => "delivered",
+            State::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        match s {
+            "pending" => Some(State::Pending),
+            "delivered" => Some(State::Delivered),
+            "dead" => Some(State::Dead),
+            _ => None,
+        }
+    }
+}
+
+/// What one delivery attempt did, as logged and shown by the admin API.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    /// 1-based, counted over the event's whole life (replays continue the count).
+    pub n: u32,
+    pub started_at_ms: i64,
+    /// `delivered`, `retry` or `dead`.
+    pub outcome: &'static str,
+    pub status: Option<u16>,
+    pub latency_ms: u64,
+    /// Up to 1 KiB of the response body, or the error.
+    pub detail: String,
+}
+
+/// The state an attempt leaves the event in.
+#[derive(Debug, Clone)]
+pub enum Next {
+    Delivered,
+    Retry { at_ms: i64 },
+    Dead { reason: String },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventSummary {
+    pub event_id: String,
+    pub route: String,
+    pub state: State,
+    pub received_at: String,
+    pub attempts: u32,
+    pub next_attempt_at: Option<String>,
+    pub last_error: Option<String>,
+    pub dedupe_key: Option<String>,
+    pub verified: String,
+    pub body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventDetail {
+    #[serde(flatten)]
+    pub summary: EventSummary,
+    pub method: String,
+    pub query: Option<String>,
+    pub headers: serde_json::Value,
+    pub attempt_log: Vec<Attempt>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RouteCounts {
+    pub pending: u64,
+    pub delivered: u64,
+    pub dead: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub route: Option<String>,
+    pub state: Option<State>,
+    pub limit: usize,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Durable when it returns: records the event and its key in one atomic step.
+    async fn accept(&self, ev: NewEvent, dedupe: Option<DedupeKey>) -> Result<Accept, StoreError>;
+
+    /// Up to `limit` pending events of `route` due at `now_ms`, leased to the caller until
+    /// `settle`. A leased event is not returned again.
+    async fn lease(&self, route: &str, limit: usize, now_ms: i64)
+        -> Result<Vec<Event>, StoreError>;
+
+    /// When the earliest pending, unleased event of `route` is due.
+    async fn next_due(&self, route: &str) -> Result<Option<i64>, StoreError>;
+
+    /// Records one attempt and the state it leaves the event in; releases the lease.
+    async fn settle(&self, ev: &Event, attempt: Attempt, next: Next) -> Result<(), StoreError>;
+
+    async fn get(&self, event_id: &str) -> Result<Option<EventDetail>, StoreError>;
+    async fn list(&self, q: &ListQuery) -> Result<Vec<EventSummary>, StoreError>;
+    async fn counts(&self, route: &str) -> Result<RouteCounts, StoreError>;
+
+    /// Makes the event pending again, due now, with a fresh retry budget. `false`: no such event.
+    async fn replay(&self, event_id: &str, now_ms: i64) -> Result<bool, StoreError>;
+    /// Replays every dead event of the route; returns how many.
+    async fn replay_dead(&self, route: &str, now_ms: i64) -> Result<u64, StoreError>;
+
+    /// Forgets expired dedupe keys and delivered events older than the retention.
+    async fn purge(&self, now_ms: i64) -> Result<(), StoreError>;
+
+    /// Reachable and writable, for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Opens the configured backend; recovery (if any) is done when this returns.
+pub async fn open(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
+    match &cfg.backend {
+        StoreBackend::Embedded { path } => {
+            let store = embedded::EmbeddedStore::open(path, cfg.retention)?;
+            Ok(Arc::new(store))
+        }
+        StoreBackend::Redis { .. } => {
+            anyhow::bail!("store.backend = \"redis\" is not available in this build yet")
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch → RFC 3339 (UTC, millisecond precision).
+pub fn rfc3339_ms(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}

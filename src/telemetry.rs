@@ -1,0 +1,114 @@
+//! Metrics and logs. Every metric of SPEC §8 is declared here once, with bounded labels:
+//! `route` comes from config (or `unmatched`), `outcome` from fixed enums — never from request
+//! data. `docs/METRICS.md` lists the same names.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Installs the Prometheus recorder (once per process) and declares every metric.
+pub fn init() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), LATENCY_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(
+        "hookgate_requests_total",
+        "Ingress requests by route and outcome (accepted, duplicate or the error code)."
+    );
+    describe_histogram!(
+        "hookgate_request_duration_seconds",
+        Unit::Seconds,
+        "Ingress request latency, from head received to answer."
+    );
+    describe_counter!(
+        "hookgate_deliveries_total",
+        "Delivery attempts by route and outcome (delivered, retry, dead)."
+    );
+    describe_histogram!(
+        "hookgate_delivery_duration_seconds",
+        Unit::Seconds,
+        "Latency of one delivery attempt."
+    );
+    describe_gauge!(
+        "hookgate_pending_events",
+        "Events recorded and not yet delivered or dead."
+    );
+    describe_gauge!(
+        "hookgate_dead_events",
+        "Dead-lettered events awaiting replay."
+    );
+    describe_counter!(
+        "hookgate_store_errors_total",
+        "Store operations that failed."
+    );
+    describe_counter!(
+        "hookgate_config_reloads_total",
+        "Config reloads by result (ok, error)."
+    );
+    describe_gauge!("hookgate_build_info", "Build information; always 1.");
+    describe_counter!(
+        "hookgate_secret_matches_total",
+        "Verified requests by route and index of the secret that matched."
+    );
+    gauge!("hookgate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    counter!("hookgate_store_errors_total").absolute(0);
+}
+
+pub fn request(route: &str, outcome: &'static str, elapsed: Duration) {
+    counter!("hookgate_requests_total", "route" => route.to_string(), "outcome" => outcome)
+        .increment(1);
+    histogram!("hookgate_request_duration_seconds", "route" => route.to_string())
+        .record(elapsed.as_secs_f64());
+}
+
+pub fn secret_matched(route: &str, index: usize) {
+    counter!("hookgate_secret_matches_total", "route" => route.to_string(), "secret_index" => index.to_string()).increment(1);
+}
+
+pub fn delivery(route: &str, outcome: &'static str, elapsed: Duration) {
+    counter!("hookgate_deliveries_total", "route" => route.to_string(), "outcome" => outcome)
+        .increment(1);
+    histogram!("hookgate_delivery_duration_seconds", "route" => route.to_string())
+        .record(elapsed.as_secs_f64());
+}
+
+pub fn event_counts(route: &str, pending: u64, dead: u64) {
+    gauge!("hookgate_pending_events", "route" => route.to_string()).set(pending as f64);
+    gauge!("hookgate_dead_events", "route" => route.to_string()).set(dead as f64);
+}
+
+/// Logs: `HOOKGATE_LOG` sets the filter (default `info`), `HOOKGATE_LOG_FORMAT=json` JSON lines.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HOOKGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if std::env::var("HOOKGATE_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
