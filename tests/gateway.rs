@@ -1,0 +1,550 @@
+//! End-to-end tests of the core loop (issue 2): the real binary, real sockets, a real upstream.
+//! Tests of store-dependent behaviour take a `Backend` so they run against every store.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const SECRET: &str = "s3cr3t-new";
+const OLD_SECRET: &str = "s3cr3t-old";
+
+fn hmac_route(name: &str, upstream: &str, extra_forward: &str, dedupe: &str) -> String {
+    let backoff_max = if extra_forward.contains("backoff_max") {
+        ""
+    } else {
+        "backoff_max = \"200ms\""
+    };
+    format!(
+        r#"
+[[route]]
+name = "{name}"
+path = "/hooks/{name}"
+max_body = "4KiB"
+[route.verify]
+scheme = "hmac"
+secrets = ["{OLD_SECRET}", "{SECRET}"]
+{dedupe}
+[route.forward]
+url = "{upstream}"
+timeout = "2s"
+backoff_initial = "20ms"
+{backoff_max}
+{extra_forward}
+"#
+    )
+}
+
+async fn json(resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Runs an async test body once per backend available.
+macro_rules! backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::support::Backend::Embedded).await })*
+        }
+    };
+}
+
+backends!(
+    dedupe_same_key_twice_delivers_once,
+    dedupe_twenty_parallel_requests_deliver_once,
+    dedupe_survives_restart,
+    delivery_retries_then_delivers_at_attempt_three,
+    delivery_permanent_4xx_is_dead_at_once,
+    delivery_honours_retry_after,
+    delivery_timeout_is_retried,
+    delivery_attempts_exhausted_is_dead,
+    hundred_events_with_twenty_percent_failures_all_delivered_once,
+    sigkill_loses_no_acknowledged_event,
+    replay_and_redrive_dead,
+);
+
+async fn dedupe_same_key_twice_delivers_once(b: Backend) {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    let gw = Gateway::start(
+        dir.path(),
+        &config(&b, dir.path(), "", &hmac_route("r", &up.url("/in"), "", "")),
+    );
+    let c = reqwest::Client::new();
+    let send = || {
+        signed(&c, &gw.url("/hooks/r"), SECRET, "{\"n\":1}")
+            .header("Idempotency-Key", "k-1")
+            .send()
+    };
+    let (s1, b1) = json(send().await.unwrap()).await;
+    let (s2, b2) = json(send().await.unwrap()).await;
+    assert_eq!((s1, b1["status"].as_str()), (202, Some("accepted")));
+    assert_eq!((s2, b2["status"].as_str()), (200, Some("duplicate")));
+    assert_eq!(
+        b1["event_id"], b2["event_id"],
+        "a duplicate names the original"
+    );
+    up.wait_delivered(1, Duration::from_secs(10)).await;
+    gw.wait_event_state(
+        b1["event_id"].as_str().unwrap(),
+        "delivered",
+        Duration::from_secs(5),
+    )
+    .await;
+    // A third copy after delivery is still a duplicate, and nothing more is forwarded.
+    let (s3, _) = json(send().await.unwrap()).await;
+    assert_eq!(s3, 200);
+    assert_eq!(up.received().len(), 1);
+}
+
+async fn dedupe_twenty_parallel_requests_deliver_once(b: Backend) {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    let gw = Gateway::start(
+        dir.path(),
+        &config(&b, dir.path(), "", &hmac_route("r", &up.url("/in"), "", "")),
+    );
+    let c = reqwest::Client::new();
+    let body = b"{\"same\":true}".to_vec();
+    let reqs = (0..20).map(|_| {
+        signed(&c, &gw.url("/hooks/r"), SECRET, body.clone())
+            .header("Idempotency-Key", "same")
+            .send()
+    });
+    let answers = futures_join_all(reqs).await;
+    let mut ids = std::collections::HashSet::new();
+    let (mut accepted, mut dups) = (0, 0);
+    for r in answers {
+        let (s, v) = json(r.unwrap()).await;
+        match s {
+            202 => accepted += 1,
+            200 => dups += 1,
+            other => panic!("unexpected {other}: {v}"),
+        }
+        ids.insert(v["event_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!((accepted, dups), (1, 19));
+    assert_eq!(ids.len(), 1, "every answer names the one recorded event");
+    let id = ids.into_iter().next().unwrap();
+    gw.wait_event_state(&id, "delivered", Duration::from_secs(10))
+        .await;
+    assert_eq!(up.received().len(), 1);
+}
+
+async fn dedupe_survives_restart(b: Backend) {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    let cfg = config(&b, dir.path(), "", &hmac_route("r", &up.url("/in"), "", ""));
+    let c = reqwest::Client::new();
+    let mut gw = Gateway::start(dir.path(), &cfg);
+    let (s, first) = json(
+        signed(&c, &gw.url("/hooks/r"), SECRET, "x")
+            .header("Idempotency-Key", "k")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 202);
+    up.wait_delivered(1, Duration::from_secs(10)).await;
+    assert!(gw.terminate().success());
+    let gw = Gateway::start(dir.path(), &cfg);
+    let (s, again) = json(
+        signed(&c, &gw.url("/hooks/r"), SECRET, "x")
+            .header("Idempotency-Key", "k")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((s, &again["event_id"]), (200, &first["event_id"]));
+    assert_eq!(up.received().len(), 1);
+}
+
+async fn delivery_retries_then_delivers_at_attempt_three(b: Backend) {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    up.fail_next(2, 500);
+    let gw = Gateway::start(
+        dir.path(),
+        &config(&b, dir.path(), "", &hmac_route("r", &up.url("/in"), "", "")),
+    );
+    let c = reqwest::Client::new();
+    let (_, v) = json(
+        signed(&c, &gw.url("/hooks/r"), SECRET, "retry me")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let id = v["event_id"].as_str().unwrap();
+    let got = up.wait_delivered(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].header("hookgate-attempt"), Some("3"));
+    let all = up.received();
+    assert_eq!(
+        all.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![500, 500, 200]
+    );
+    assert!(
+        all.iter()
+            .all(|r| r.header("hookgate-event-id") == Some(id)),
+        "same event id on every attempt"
+    );
+    let ev = gw
+        .wait_event_state(id, "delivered", Duration::from_secs(5))
+        .await;
+    let log = ev["attempt_log"].as_array().unwrap();
+    let outcomes: Vec<_> = log
+        .iter()
+        .map(|a| {
+            (
+                a["n"].as_u64().unwrap(),
+                a["outcome"].as_str().unwrap(),
+                a["status"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            (1, "retry", Some(500)),
+            (2, "retry", Some(500)),
+            (3, "delivered", Some(200))
+        ]
+    );
+    assert_eq!(log[0]["detail"], "HTTP 500: upstream says 500");
+    assert!(log
+        .iter()
+        .all(|a| a["latency_ms"].is_u64() && a["started_at_ms"].is_i64()));
+}
+
+async fn delivery_permanent_4xx_is_dead_at_once(b: Backend) {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    up.fail_next(1, 400);
+    let gw = Gateway::start(
+        dir.path(),
+        &config(&b, dir.path(), "", &hmac_route("r", &up.url("/in"), "", "")),
+    );
+    let c = reqwest::Client::new();
+    let (_, v) = json(
+        signed(&c, &gw.url("/hooks/r"), SECRET, "bad for upstream")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let ev = gw
+        .wait_event_state(
+            v["event_id"].as_str().unwrap(),
+            "dead",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(ev["attempt_log"].as_array().unwrap().len(), 1);
+    assert!(
+        ev["last_error"].as_str().unwrap().contains("HTTP 400"),
+        "{ev}"
+    );
+    assert_eq!(up.received().len(), 1, "a permanent failure is not retried");
+    let dead = gw.admin_json("/admin/events?route=r&state=dead").await;
+    assert_eq!(dead["events"][0]["event_id"], v["event_id"]);
+}
+
+async fn delivery_honours_retry_after(b: Backend) {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    up.push(Plan::RetryAfter(429, 1));
+    let gw = Gateway::start(
+        dir.path(),
+        &config(
+            &b,
+            dir.path(),
+            "",
+            &hmac_route("r", &up.url("/in"), "backoff_max = \"5s\"", ""),
+        ),
+    );
+    let c = reqwest::Client::new();
+    signed(&c, &gw.url("/hooks/r"), SECRET, "slow down")
+        .send()
+        .await
+        .unwrap();
+    let got = up.wait_delivered(1, Duration::from_secs(10)).await;
+    let all = up.received();
+    assert_eq!(all.len(), 2);
+    let gap = got[0].at.duration_since(all[0].at);
+    // backoff_initial is 20ms; only Retry-After explains a wait of about a second.
+    assert!(
+        gap >= Duration::from_millis(900),
+        "retried after {gap:?}, before Retry-After: 1"
+    );
+}
+
+async fn delivery_timeout_is_retried(b: Backend) {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    up.push(Plan::Delay(Duration::from_secs(3), 200));
+    let gw = Gateway::start(
+        dir.path(),
+        &config(&b, dir.path(), "", &hmac_route("r", &up.url("/in"), "", "")),
+    );
+    let c = reqwest::Client::new();
+    let (_, v) = json(
+        signed(&c, &gw.url("/hooks/r"), SECRET, "patience")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let ev = gw
+        .wait_event_state(
+            v["event_id"].as_str().unwrap(),
+            "delivered",
+            Duration::from_secs(15),
+        )
+        .await;
+    let log = ev["attempt_log"].as_array().unwrap();
+    assert_eq!(log.len(), 2, "{ev:#}");
+    assert_eq!(log[0]["outcome"], "retry");
+    assert!(
+        log[0]["detail"].as_str().unwrap().contains("timed out")
+            || log[0]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("request failed"),
+        "{ev:#}"
+    );
+    assert!(log[0]["status"].is_null());
+}
+
+async fn delivery_attempts_exhausted_is_dead(b: Backend) {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    up.always(503);
+    let gw = Gateway::start(
+        dir.path(),
+        &config(
+            &b,
+            dir.path(),
+            "",
+            &hmac_route("r", &up.url("/in"), "max_attempts = 3", ""),
+        ),
+    );
+    let c = reqwest::Client::new();
+    let (_, v) = json(
+        signed(&c, &gw.url("/hooks/r"), SECRET, "doomed")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let ev = gw
+        .wait_event_state(
+            v["event_id"].as_str().unwrap(),
+            "dead",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(ev["attempt_log"].as_array().unwrap().len(), 3);
+    assert!(
+        ev["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("max_attempts (3)"),
+        "{ev}"
+    );
+    assert_eq!(up.received().len(), 3);
+}
+
+async fn hundred_events_with_twenty_percent_failures_all_delivered_once(b: Backend) {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    up.random_failure(0.2, 503);
+    let gw = Gateway::start(
+        dir.path(),
+        &config(
+            &b,
+            dir.path(),
+            "",
+            &hmac_route("r", &up.url("/in"), "max_attempts = 30", ""),
+        ),
+    );
+    let c = reqwest::Client::new();
+    let mut ids = std::collections::HashSet::new();
+    for i in 0..100 {
+        let (s, v) = json(
+            signed(&c, &gw.url("/hooks/r"), SECRET, format!("{{\"i\":{i}}}"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(s, 202);
+        ids.insert(v["event_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 100);
+    up.wait_delivered(100, Duration::from_secs(60)).await;
+    wait_until(
+        Duration::from_secs(10),
+        "all 100 recorded as delivered",
+        || async { gw.admin_json("/admin/routes").await["routes"][0]["delivered"] == 100 },
+    )
+    .await;
+    let delivered = up.delivered();
+    let mut seen = std::collections::HashMap::new();
+    for r in &delivered {
+        *seen
+            .entry(r.header("hookgate-event-id").unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 100, "every event delivered");
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "none delivered twice: {seen:?}"
+    );
+    assert!(seen.keys().all(|id| ids.contains(id)));
+    assert!(
+        up.received().len() > 100,
+        "some attempts failed and were retried"
+    );
+}
+
+async fn sigkill_loses_no_acknowledged_event(b: Backend) {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    up.always(503);
+    let cfg = config(
+        &b,
+        dir.path(),
+        "",
+        &hmac_route(
+            "r",
+            &up.url("/in"),
+            "max_attempts = 100\nbackoff_max = \"100ms\"",
+            "",
+        ),
+    );
+    let mut gw = Gateway::start(dir.path(), &cfg);
+    let c = reqwest::Client::new();
+    let mut acked = std::collections::HashSet::new();
+    for i in 0..50 {
+        let (s, v) = json(
+            signed(&c, &gw.url("/hooks/r"), SECRET, format!("event {i}"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(s, 202);
+        acked.insert(v["event_id"].as_str().unwrap().to_string());
+    }
+    gw.kill9();
+    up.always(200);
+    let _gw = Gateway::start(dir.path(), &cfg);
+    up.wait_delivered(50, Duration::from_secs(30)).await;
+    let delivered: std::collections::HashSet<String> = up
+        .delivered()
+        .iter()
+        .map(|r| r.header("hookgate-event-id").unwrap().to_string())
+        .collect();
+    assert_eq!(
+        delivered, acked,
+        "every acknowledged event delivered after the restart"
+    );
+}
+
+async fn replay_and_redrive_dead(b: Backend) {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    up.fail_next(2, 410);
+    let gw = Gateway::start(
+        dir.path(),
+        &config(&b, dir.path(), "", &hmac_route("r", &up.url("/in"), "", "")),
+    );
+    let c = reqwest::Client::new();
+    let (_, a) = json(
+        signed(&c, &gw.url("/hooks/r"), SECRET, "a")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let (_, bb) = json(
+        signed(&c, &gw.url("/hooks/r"), SECRET, "b")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let (a, bb) = (
+        a["event_id"].as_str().unwrap().to_string(),
+        bb["event_id"].as_str().unwrap().to_string(),
+    );
+    gw.wait_event_state(&a, "dead", Duration::from_secs(10))
+        .await;
+    gw.wait_event_state(&bb, "dead", Duration::from_secs(10))
+        .await;
+    let r = c
+        .post(gw.admin_url("/admin/routes/r/replay-dead"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.json::<Value>().await.unwrap()["replayed"], 2);
+    gw.wait_event_state(&a, "delivered", Duration::from_secs(10))
+        .await;
+    let ev = gw
+        .wait_event_state(&bb, "delivered", Duration::from_secs(10))
+        .await;
+    assert_eq!(ev["attempts"], 2);
+    // Replaying a delivered event delivers it again, with the next attempt number.
+    let r = c
+        .post(gw.admin_url(&format!("/admin/events/{a}/replay")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    wait_until(
+        Duration::from_secs(10),
+        "replayed event delivered again",
+        || async {
+            up.delivered()
+                .iter()
+                .filter(|r| r.header("hookgate-event-id") == Some(a.as_str()))
+                .count()
+                == 2
+        },
+    )
+    .await;
+    let again = up
+        .delivered()
+        .into_iter()
+        .filter(|r| r.header("hookgate-event-id") == Some(a.as_str()))
+        .last()
+        .unwrap();
+    assert_eq!(again.header("hookgate-attempt"), Some("3"));
+    let unknown = c
+        .post(gw.admin_url("/admin/events/nope/replay"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+}
+
+/// `futures::future::join_all` without the dependency: spawn and await in order.
+async fn futures_join_all<F>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}

@@ -1,0 +1,330 @@
+//! Test harness: the real `hookgate` binary on 127.0.0.1:0 with a temp data dir, a scriptable
+//! upstream HTTP server on loopback, signers, and waiting helpers that poll a condition with a
+//! deadline (never a bare sleep).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod upstream;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+#[allow(unused_imports)]
+pub use upstream::{Plan, Received, Upstream};
+
+/// Which store a gateway under test uses.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Embedded,
+    /// A Redis URL, e.g. of a private `redis-server` started by the test.
+    Redis(String),
+}
+
+impl Backend {
+    pub fn store_toml(&self, dir: &Path) -> String {
+        match self {
+            Backend::Embedded => format!(
+                "[store]\nbackend = \"embedded\"\npath = {:?}\n",
+                dir.join("data")
+            ),
+            Backend::Redis(url) => {
+                let prefix = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                format!(
+                    "[store]\nbackend = \"redis\"\nurl = {url:?}\nkey_prefix = \"hg-{prefix}\"\n"
+                )
+            }
+        }
+    }
+}
+
+/// A full config: loopback listeners on free ports, the backend's store, then `routes`.
+pub fn config(backend: &Backend, dir: &Path, server_extra: &str, routes: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n{server_extra}\n{}\n{routes}",
+        backend.store_toml(dir)
+    )
+}
+
+pub struct Gateway {
+    child: Option<Child>,
+    pub ingress: SocketAddr,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+}
+
+static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Gateway {
+    /// Writes `config` to `dir/hookgate.toml` and starts `hookgate serve` on it.
+    pub fn start(dir: &Path, config: &str) -> Gateway {
+        let config_path = dir.join("hookgate.toml");
+        std::fs::write(&config_path, config).unwrap();
+        Self::start_with(&config_path, &[])
+    }
+
+    pub fn start_with(config_path: &Path, env: &[(&str, &str)]) -> Gateway {
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = config_path.parent().unwrap();
+        let log_path = dir.join(format!("gateway-{n}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookgate"));
+        cmd.arg("serve")
+            .arg("-c")
+            .arg(config_path)
+            .env("HOOKGATE_LOG", "info,hookgate=debug");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn hookgate");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("hookgate listening") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "hookgate did not start; log:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+        };
+        let addr = |key: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        Gateway {
+            ingress: addr("ingress="),
+            admin: addr("admin="),
+            child: Some(child),
+            config_path: config_path.to_path_buf(),
+            log_path,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.ingress, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        reqwest::get(self.admin_url(path))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The event's admin record, once it is in `state`.
+    pub async fn wait_event_state(
+        &self,
+        id: &str,
+        state: &str,
+        within: Duration,
+    ) -> serde_json::Value {
+        let path = format!("/admin/events/{id}");
+        let mut last = serde_json::Value::Null;
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            last = self.admin_json(&path).await;
+            if last["state"] == state {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("event {id} not {state} within {within:?}; last: {last:#}");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        signal(c.id(), "TERM");
+        c.wait().unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid} failed");
+}
+
+pub fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The generic `hmac` scheme's signature with its defaults: hex HMAC-SHA256 of "{ts}.{body}".
+/// Computed here independently of hookgate's own code.
+pub fn hmac_sign(secret: &str, ts: i64, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    m.update(ts.to_string().as_bytes());
+    m.update(b".");
+    m.update(body);
+    hex::encode(m.finalize().into_bytes())
+}
+
+/// A request signed for the default `hmac` scheme, timestamped now.
+pub fn signed(
+    client: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    body: impl Into<Vec<u8>>,
+) -> reqwest::RequestBuilder {
+    let body = body.into();
+    let ts = now_secs();
+    client
+        .post(url)
+        .header("X-Timestamp", ts.to_string())
+        .header("X-Signature", hmac_sign(secret, ts, &body))
+        .body(body)
+}
+
+/// Polls `cond` every 20 ms until it holds or `within` passes (then panics with `what`).
+pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out after {within:?} waiting for: {what}");
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("hookgate-test-")
+        .tempdir()
+        .unwrap()
+}
+
+/// A private `redis-server` on a free port, stopped on drop (for the Redis backend and sink).
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> RedisServer {
+        let dir = tempdir();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        RedisServer {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
