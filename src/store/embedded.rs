@@ -94,7 +94,8 @@ pub struct EmbeddedStore {
 
 fn open_conn(file: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(file)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
+    // A locked database answers 503 after this long instead of holding the request.
+    conn.busy_timeout(Duration::from_secs(2))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(conn)

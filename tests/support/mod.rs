@@ -178,6 +178,11 @@ impl Gateway {
         c.wait().unwrap()
     }
 
+    /// Waits for an exit already under way (after a signal sent with `signal`).
+    pub fn terminate_wait(&mut self) -> ExitStatus {
+        self.child.take().expect("running").wait().unwrap()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }

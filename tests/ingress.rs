@@ -1,0 +1,491 @@
+//! End-to-end tests of the ingress contract (SPEC §5–6): every row of the status table, the
+//! raw body and headers as forwarded, slow clients, fail-closed recording, admin and shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+const SECRET: &str = "topsecret-value-1";
+const OLD: &str = "oldsecret-value-0";
+
+fn routes(up: &str) -> String {
+    format!(
+        r#"
+[[route]]
+name = "orders"
+path = "/hooks/orders"
+methods = ["POST", "PUT"]
+max_body = "4KiB"
+[route.verify]
+scheme = "hmac"
+secrets = ["{OLD}", "{SECRET}"]
+[route.dedupe]
+key = "header:Idempotency-Key"
+required = true
+[route.forward]
+url = "{up}/base?fixed=1"
+backoff_initial = "20ms"
+backoff_max = "100ms"
+
+[[route]]
+name = "limited"
+path = "/hooks/limited"
+rate_limit = {{ per_second = 1, burst = 1 }}
+[route.verify]
+scheme = "none"
+[route.forward]
+url = "{up}/limited"
+
+[[route]]
+name = "private"
+path = "/hooks/private"
+allow_ips = ["10.0.0.0/8"]
+[route.verify]
+scheme = "none"
+[route.forward]
+url = "{up}/private"
+"#
+    )
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    up: Upstream,
+    gw: Gateway,
+    c: reqwest::Client,
+}
+
+async fn fixture(server_extra: &str) -> Fixture {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    let cfg = config(
+        &Backend::Embedded,
+        dir.path(),
+        server_extra,
+        &routes(&format!("http://{}", up.addr)),
+    );
+    let gw = Gateway::start(dir.path(), &cfg);
+    Fixture {
+        _dir: dir,
+        up,
+        gw,
+        c: reqwest::Client::new(),
+    }
+}
+
+async fn answer(r: reqwest::RequestBuilder) -> (u16, Value, reqwest::header::HeaderMap) {
+    let resp = r.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, resp.json().await.unwrap_or(Value::Null), headers)
+}
+
+fn error_of(v: &Value) -> &str {
+    v["error"].as_str().unwrap_or("<none>")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_row_of_the_status_table() {
+    let f = fixture("trusted_proxies = [\"127.0.0.1/32\"]").await;
+    let url = f.gw.url("/hooks/orders");
+    let now = now_secs();
+    let body = b"{\"order\":1}".to_vec();
+    let keyed = |ts: i64, sig: String, key: &str| {
+        f.c.post(&url)
+            .header("X-Timestamp", ts.to_string())
+            .header("X-Signature", sig)
+            .header("Idempotency-Key", key)
+            .body(body.clone())
+    };
+    let req = |ts: i64, sig: String| keyed(ts, sig, "k1");
+
+    let (s, v, _) = answer(req(now, hmac_sign(SECRET, now, &body))).await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["status"], "accepted");
+    let id = v["event_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        uuid::Uuid::parse_str(&id).unwrap().get_version_num(),
+        7,
+        "event ids are UUIDv7"
+    );
+
+    let (s, v, _) = answer(req(now, hmac_sign(SECRET, now, &body))).await;
+    assert_eq!(
+        (s, v["status"].as_str(), v["event_id"].as_str()),
+        (200, Some("duplicate"), Some(id.as_str()))
+    );
+
+    // Rotation: the old secret still passes.
+    let (s, _, _) = answer(keyed(now, hmac_sign(OLD, now, &body), "k2")).await;
+    assert_eq!(s, 202);
+
+    let (s, v, _) = answer(
+        f.c.post(&url)
+            .header("X-Timestamp", now.to_string())
+            .header("Idempotency-Key", "k3")
+            .body(body.clone()),
+    )
+    .await;
+    assert_eq!((s, error_of(&v)), (401, "missing_signature"));
+
+    let (s, v, _) = answer(keyed(now, hmac_sign("wrong-secret", now, &body), "k4")).await;
+    assert_eq!((s, error_of(&v)), (401, "invalid_signature"));
+
+    // Tampered body: signature of another body.
+    let (s, v, _) = answer(keyed(now, hmac_sign(SECRET, now, b"{\"order\":2}"), "k5")).await;
+    assert_eq!((s, error_of(&v)), (401, "invalid_signature"));
+
+    for ts in [now - 301, now + 301] {
+        let (s, v, _) = answer(keyed(ts, hmac_sign(SECRET, ts, &body), "k6")).await;
+        assert_eq!(
+            (s, error_of(&v)),
+            (401, "stale_timestamp"),
+            "timestamp {ts} vs now {now}"
+        );
+    }
+    let (s, v, _) = answer(
+        f.c.post(&url)
+            .header("X-Signature", hmac_sign(SECRET, now, &body))
+            .body(body.clone()),
+    )
+    .await;
+    assert_eq!(
+        (s, error_of(&v)),
+        (401, "stale_timestamp"),
+        "missing timestamp"
+    );
+
+    let (s, v, _) = answer(signed(&f.c, &url, SECRET, body.clone())).await;
+    assert_eq!((s, error_of(&v)), (400, "missing_dedupe_key"));
+
+    let big = vec![b'x'; 4097];
+    let (s, v, _) = answer(signed(&f.c, &url, SECRET, big).header("Idempotency-Key", "k7")).await;
+    assert_eq!((s, error_of(&v)), (413, "body_too_large"));
+    let exact = vec![b'x'; 4096];
+    let (s, _, _) = answer(signed(&f.c, &url, SECRET, exact).header("Idempotency-Key", "k8")).await;
+    assert_eq!(s, 202, "a body of exactly max_body passes");
+
+    let (s, v, _) = answer(f.c.post(f.gw.url("/hooks/nope")).body("x")).await;
+    assert_eq!((s, error_of(&v)), (404, "not_found"));
+
+    let (s, v, h) = answer(f.c.get(&url)).await;
+    assert_eq!((s, error_of(&v)), (405, "method_not_allowed"));
+    assert_eq!(h["allow"], "POST, PUT");
+
+    let (s, v, _) = answer(f.c.post(f.gw.url("/hooks/private")).body("x")).await;
+    assert_eq!((s, error_of(&v)), (403, "forbidden"));
+    // From a trusted proxy, X-Forwarded-For names the client.
+    let (s, _, _) = answer(
+        f.c.post(f.gw.url("/hooks/private"))
+            .header("X-Forwarded-For", "10.1.2.3")
+            .body("x"),
+    )
+    .await;
+    assert_eq!(s, 202);
+
+    let (s1, _, _) = answer(f.c.post(f.gw.url("/hooks/limited")).body("a")).await;
+    let (s2, v, h) = answer(f.c.post(f.gw.url("/hooks/limited")).body("b")).await;
+    assert_eq!((s1, s2, error_of(&v)), (202, 429, "rate_limited"));
+    assert!(h["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+
+    // Every response is JSON, and none reveals a secret or an expected signature.
+    let metrics = reqwest::get(f.gw.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        r#"hookgate_requests_total{route="orders",outcome="accepted"} 3"#,
+        r#"hookgate_requests_total{route="orders",outcome="duplicate"} 1"#,
+        r#"hookgate_requests_total{route="orders",outcome="invalid_signature"} 2"#,
+        r#"hookgate_requests_total{route="orders",outcome="stale_timestamp"} 3"#,
+        r#"hookgate_requests_total{route="unmatched",outcome="not_found"} 1"#,
+        r#"hookgate_requests_total{route="limited",outcome="rate_limited"} 1"#,
+        r#"hookgate_secret_matches_total{route="orders",secret_index="0"} 1"#,
+        "hookgate_request_duration_seconds_bucket",
+        "hookgate_build_info{version=",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "metrics lack {needle}:\n{metrics}"
+        );
+    }
+    assert!(
+        !metrics.contains(SECRET) && !f.gw.log().contains(SECRET) && !f.gw.log().contains(OLD),
+        "a secret leaked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_body_and_headers_arrive_as_specified() {
+    let f = fixture("").await;
+    let body: &[u8] = b"  {\"caf\xc3\xa9\" : \"\xe2\x9c\x93\"}\r\n\t \x00\xff trailing  ";
+    let ts = now_secs();
+    let (s, v, _) = answer(
+        f.c.put(f.gw.url("/hooks/orders?b=%20x&a=1"))
+            .header("X-Timestamp", ts.to_string())
+            .header("X-Signature", hmac_sign(SECRET, ts, body))
+            .header("Idempotency-Key", "raw-1")
+            .header("X-Custom", "kept")
+            .header("Content-Type", "application/octet-stream")
+            .header("Hookgate-Event-Id", "forged")
+            .header("Hookgate-Verified", "forged")
+            .header("Proxy-Authorization", "hop")
+            .body(body.to_vec()),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["event_id"].as_str().unwrap();
+    let got =
+        f.up.wait_delivered(1, Duration::from_secs(10))
+            .await
+            .remove(0);
+    assert_eq!(&got.body[..], body, "raw body byte for byte");
+    assert_eq!(got.method, "PUT", "original method");
+    assert_eq!(
+        got.uri, "/base?fixed=1&b=%20x&a=1",
+        "original query appended"
+    );
+    assert_eq!(got.header("x-custom"), Some("kept"));
+    assert_eq!(got.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(
+        got.header("x-signature").map(str::len),
+        Some(64),
+        "original signature headers kept"
+    );
+    assert_eq!(
+        got.header("hookgate-event-id"),
+        Some(id),
+        "client-sent Hookgate-* dropped"
+    );
+    assert_eq!(got.header("hookgate-verified"), Some("hmac"));
+    assert_eq!(got.header("hookgate-route"), Some("orders"));
+    assert_eq!(got.header("hookgate-attempt"), Some("1"));
+    assert!(humantime::parse_rfc3339(got.header("hookgate-received-at").unwrap()).is_ok());
+    assert_eq!(got.headers.get_all("hookgate-event-id").iter().count(), 1);
+    assert!(
+        got.header("proxy-authorization").is_none(),
+        "hop-by-hop dropped"
+    );
+    assert_eq!(
+        got.header("host"),
+        Some(f.up.addr.to_string().as_str()),
+        "Host is the upstream's"
+    );
+
+    let ev =
+        f.gw.wait_event_state(id, "delivered", Duration::from_secs(5))
+            .await;
+    assert_eq!(ev["route"], "orders");
+    assert_eq!(ev["dedupe_key"], "header:raw-1");
+    assert_eq!(ev["body_bytes"], body.len());
+    let list =
+        f.gw.admin_json("/admin/events?route=orders&state=delivered&limit=5")
+            .await;
+    assert_eq!(list["events"][0]["event_id"], id);
+    let bad = reqwest::get(f.gw.admin_url("/admin/events?state=lost"))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}
+
+fn raw_exchange(
+    addr: std::net::SocketAddr,
+    parts: &[&[u8]],
+    pause: Duration,
+) -> (String, Duration) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t0 = Instant::now();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(pause);
+        }
+        if s.write_all(p).is_err() {
+            break;
+        }
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    (String::from_utf8_lossy(&out).into_owned(), t0.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_enforced_while_reading() {
+    let f = fixture("header_timeout = \"1s\"\nbody_timeout = \"1s\"").await;
+    let addr = f.gw.ingress;
+    let resp = tokio::task::spawn_blocking(move || {
+        // Chunked, no Content-Length: cut off once past 4 KiB.
+        let chunk = format!("{:x}\r\n{}\r\n", 3000, "y".repeat(3000));
+        let head = b"POST /hooks/orders HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nIdempotency-Key: c\r\n\r\n";
+        let (chunked, _) = raw_exchange(addr, &[head, chunk.as_bytes(), chunk.as_bytes(), b"0\r\n\r\n"], Duration::ZERO);
+        // A body that stops arriving: 408 after body_timeout.
+        let head = b"POST /hooks/orders HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789";
+        let (stalled, took) = raw_exchange(addr, &[head], Duration::ZERO);
+        // A head that never ends: the connection is closed after header_timeout.
+        let (slow_head, head_took) = raw_exchange(addr, &[b"POST /hooks/orders HTTP/1.1\r\nHost: x\r\n"], Duration::ZERO);
+        (chunked, stalled, took, slow_head, head_took)
+    })
+    .await
+    .unwrap();
+    let (chunked, stalled, took, slow_head, head_took) = resp;
+    assert!(chunked.starts_with("HTTP/1.1 413"), "{chunked}");
+    assert!(chunked.contains("body_too_large"));
+    assert!(stalled.starts_with("HTTP/1.1 408"), "{stalled}");
+    assert!(stalled.contains("request_timeout"));
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert!(!slow_head.contains("202"), "{slow_head}");
+    assert!(
+        head_took < Duration::from_secs(5),
+        "slow head cut off after {head_took:?}"
+    );
+    assert!(f.up.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fails_closed_with_503_when_the_event_cannot_be_recorded() {
+    let f = fixture("").await;
+    let db = f._dir.path().join("data").join("hookgate.db");
+    // Another process holding the database's write lock: the gateway cannot record.
+    let locker = rusqlite::Connection::open(&db).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let (s, v, h) = answer(
+        signed(&f.c, &f.gw.url("/hooks/orders"), SECRET, "x").header("Idempotency-Key", "locked"),
+    )
+    .await;
+    assert_eq!((s, error_of(&v)), (503, "unavailable"));
+    assert_eq!(h["retry-after"], "5");
+    locker.execute_batch("ROLLBACK").unwrap();
+    // Nothing half-recorded: the same key is accepted (not a duplicate) once the store is back.
+    let (s, v, _) = answer(
+        signed(&f.c, &f.gw.url("/hooks/orders"), SECRET, "x").header("Idempotency-Key", "locked"),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    let metrics = reqwest::get(f.gw.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"hookgate_requests_total{route="orders",outcome="unavailable"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("hookgate_store_errors_total 0"),
+        "store errors counted:\n{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_is_separate_and_token_protected() {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    let cfg = config(
+        &Backend::Embedded,
+        dir.path(),
+        "admin_token = \"env:HG_TEST_ADMIN_TOKEN\"",
+        &routes(&format!("http://{}", up.addr)),
+    );
+    std::fs::write(dir.path().join("hookgate.toml"), cfg).unwrap();
+    let gw = Gateway::start_with(
+        &dir.path().join("hookgate.toml"),
+        &[("HG_TEST_ADMIN_TOKEN", "adm1n-t0ken")],
+    );
+    let c = reqwest::Client::new();
+    assert_eq!(
+        c.get(gw.admin_url("/admin/routes"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        c.get(gw.admin_url("/admin/routes"))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let ok = c
+        .get(gw.admin_url("/admin/routes"))
+        .bearer_auth("adm1n-t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let routes: Value = ok.json().await.unwrap();
+    assert_eq!(routes["routes"].as_array().unwrap().len(), 3);
+    assert_eq!(routes["routes"][0]["name"], "orders");
+    for probe in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(
+            c.get(gw.admin_url(probe)).send().await.unwrap().status(),
+            200,
+            "{probe} needs no token"
+        );
+    }
+    // Admin endpoints are not on the public port.
+    for path in ["/metrics", "/admin/routes", "/healthz"] {
+        assert_eq!(
+            c.get(gw.url(path)).send().await.unwrap().status(),
+            404,
+            "{path} on the public port"
+        );
+    }
+    let unknown = c
+        .get(gw.admin_url("/admin/events/does-not-exist"))
+        .bearer_auth("adm1n-t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
+    let mut f = fixture("").await;
+    let addr = f.gw.ingress;
+    let body = b"in flight".to_vec();
+    let ts = now_secs();
+    let head = format!(
+        "POST /hooks/orders HTTP/1.1\r\nHost: x\r\nX-Timestamp: {ts}\r\nX-Signature: {}\r\nIdempotency-Key: inflight\r\nContent-Length: {}\r\n\r\n",
+        hmac_sign(SECRET, ts, &body),
+        body.len()
+    );
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&body[..3]).unwrap();
+    // Give the server time to read the head, so the request is in flight when TERM arrives
+    // (too short a pause makes this test fail, never pass wrongly).
+    std::thread::sleep(Duration::from_millis(300));
+    signal(f.gw.pid(), "TERM");
+    std::thread::sleep(Duration::from_millis(200));
+    s.write_all(&body[3..]).unwrap();
+    let mut out = vec![0u8; 4096];
+    let n = s.read(&mut out).unwrap();
+    let resp = String::from_utf8_lossy(&out[..n]);
+    assert!(
+        resp.starts_with("HTTP/1.1 202"),
+        "in-flight request finished: {resp}"
+    );
+    let t0 = Instant::now();
+    let status = f.gw.terminate_wait();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(t0.elapsed() < Duration::from_secs(6));
+    assert!(TcpStream::connect(addr).is_err(), "no longer accepting");
+}
