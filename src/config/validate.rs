@@ -642,3 +642,127 @@ fn check_sink(f: &RawForward, at: &str, mode: Mode, p: &mut Problems) -> Option<
     }
     target
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse;
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse(text) {
+            Ok(_) => Vec::new(),
+            Err(p) => p.errors,
+        }
+    }
+
+    const ROUTE: &str = r#"
+[[route]]
+name = "orders"
+path = "/hooks/orders"
+[route.verify]
+scheme = "none"
+[route.forward]
+url = "http://127.0.0.1:3000/x"
+"#;
+
+    #[test]
+    fn a_minimal_config_is_valid_with_defaults() {
+        let (cfg, warnings) = parse(ROUTE).unwrap();
+        assert!(warnings.is_empty());
+        assert_eq!(cfg.server.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(cfg.server.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(cfg.server.max_body, 1 << 20);
+        let r = &cfg.routes[0];
+        assert_eq!(r.methods, vec![http::Method::POST]);
+        assert_eq!(r.forward.max_attempts, 8);
+        assert_eq!(r.forward.concurrency, 32);
+        assert_eq!(r.dedupe.ttl, std::time::Duration::from_secs(86400));
+        assert_eq!(r.verifier.scheme(), "none");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let text = r#"
+[server]
+max_body = "lots"
+admin_listen = "0.0.0.0:8080"
+[store]
+retention = "forever"
+[[route]]
+name = "a"
+path = "nope"
+methods = ["P OST"]
+[route.verify]
+scheme = "hmac"
+secrets = ["env:HOOKGATE_TEST_UNSET_VAR"]
+algorithm = "md5"
+[route.dedupe]
+key = "cookie:x"
+[route.forward]
+url = "ftp://x"
+max_attempts = 0
+backoff_initial = "10s"
+backoff_max = "1s"
+[[route]]
+name = "a"
+path = "/b"
+[route.forward]
+url = "redis://localhost"
+"#;
+        let e = errors(text).join("\n");
+        for expected in [
+            "server.max_body: invalid size \"lots\"",
+            "server.admin_listen: must differ from server.listen",
+            "store.retention: invalid duration \"forever\"",
+            "route[0].path: \"nope\" must start with /",
+            "route[0].methods[0]: invalid HTTP method \"P OST\"",
+            "route[0].verify.secrets[0]: environment variable HOOKGATE_TEST_UNSET_VAR is not set",
+            "route[0].verify.algorithm: unknown algorithm \"md5\"",
+            "route[0].dedupe.key: unknown key \"cookie:x\"",
+            "route[0].forward.url: unsupported scheme \"ftp\"",
+            "route[0].forward.max_attempts: must be at least 1",
+            "route[0].forward.backoff_max: must be at least backoff_initial",
+            "route[1].verify: is required; an unverified route must say scheme = \"none\"",
+            "route[1].forward.stream: is required for a redis:// sink",
+        ] {
+            assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn duplicates_unknown_keys_and_literal_secrets() {
+        let two = format!("{ROUTE}{ROUTE}");
+        let e = errors(&two).join("\n");
+        assert!(
+            e.contains("route[1].name: duplicate route name \"orders\""),
+            "{e}"
+        );
+        assert!(
+            e.contains("route[1].path: duplicate route path \"/hooks/orders\""),
+            "{e}"
+        );
+        let typo = ROUTE.replace("[route.forward]", "[route.forward]\nretries = 3");
+        let e = errors(&typo).join("\n");
+        assert!(
+            e.starts_with("route[0].forward.retries: unknown field `retries`"),
+            "{e}"
+        );
+        assert!(e.contains("(line 8)"), "{e}");
+        let literal = ROUTE.replace(
+            "scheme = \"none\"",
+            "scheme = \"hmac\"\nsecrets = [\"plain\"]",
+        );
+        let (_, warnings) = parse(&literal).unwrap();
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].starts_with("route[0].verify.secrets[0]: secret is a literal"),
+            "{warnings:?}"
+        );
+        assert!(
+            !warnings[0].contains("plain"),
+            "a warning never shows the secret"
+        );
+        assert!(errors("")
+            .join("")
+            .contains("route: at least one [[route]] is required"));
+    }
+}

@@ -1,0 +1,68 @@
+//! The command line (SPEC §2): `check` exit codes and messages, `serve` refusing bad configs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+fn hookgate(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(args)
+        .env_remove("HOOKGATE_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn check_accepts_the_example_config_with_a_warning_for_its_literal_secret() {
+    let (code, out, err) = hookgate(&["check", "-c", "config/hookgate.toml"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok"));
+    assert!(
+        err.contains("warning: route[0].verify.secrets[0]: secret is a literal"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_prints_one_line_per_problem_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(
+        &p,
+        "[[route]]\nname = \"orders\"\npath = \"/o\"\n[route.verify]\nscheme = \"hmac\"\nsecrets = [\"env:ORDERS_SECRET_UNSET_FOR_TEST\"]\n[route.forward]\nurl = \"http://x\"\ntimeout = \"10 parsecs\"\n",
+    )
+    .unwrap();
+    let (code, out, _) = hookgate(&["check", "-c", p.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            "route[0].verify.secrets[0]: environment variable ORDERS_SECRET_UNSET_FOR_TEST is not set",
+            "route[0].forward.timeout: invalid duration \"10 parsecs\"",
+        ]
+    );
+}
+
+#[test]
+fn check_reports_a_missing_file_and_serve_refuses_a_bad_config() {
+    let (code, out, _) = hookgate(&["check", "-c", "/nonexistent/hookgate.toml"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("/nonexistent/hookgate.toml: cannot read config"),
+        "{out}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(&p, "[server]\nlisten = \"nowhere\"\n").unwrap();
+    let (code, _, err) = hookgate(&["serve", "-c", p.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("refusing to start") && err.contains("server.listen: invalid address"),
+        "{err}"
+    );
+}
