@@ -12,7 +12,8 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, Admin};
-use crate::config::Config;
+use crate::config::{Config, Mode, SinkTarget};
+use crate::forward::http::HttpSink;
 use crate::forward::{self, worker::Worker};
 use crate::ingress::{self, router::Route, Ingress};
 use crate::store::{self, Store};
@@ -42,18 +43,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     for cfg in &config.routes {
         let notify = Arc::new(Notify::new());
         wake.insert(cfg.name.clone(), notify.clone());
-        routes.push(Arc::new(Route::new(cfg.clone(), notify.clone())));
-        if cfg.mode == crate::config::Mode::Async {
-            let sink = forward::build_sink(cfg).await?;
-            let worker = Worker {
-                route: cfg.clone(),
-                store: store.clone(),
-                sink,
-                wake: notify,
-                stop: stop_rx.clone(),
-            };
-            workers.push(tokio::spawn(worker.run()));
+        let mut route = Route::new(cfg.clone(), notify.clone());
+        match (&cfg.mode, &cfg.forward.target) {
+            (Mode::Proxy, SinkTarget::Http { url }) => {
+                route.proxy = Some(Arc::new(HttpSink::new(cfg, url.clone())?));
+            }
+            _ => {
+                let sink = forward::build_sink(cfg).await?;
+                let worker = Worker {
+                    route: cfg.clone(),
+                    store: store.clone(),
+                    sink,
+                    wake: notify,
+                    stop: stop_rx.clone(),
+                };
+                workers.push(tokio::spawn(worker.run()));
+            }
         }
+        routes.push(Arc::new(route));
     }
 
     let admin_listener = ingress::bind(config.server.admin_listen, "server.admin_listen").await?;

@@ -298,13 +298,7 @@ fn check_route(
     };
     let mode = match r.mode.as_deref().unwrap_or("async") {
         "async" => Mode::Async,
-        "proxy" => {
-            p.error(
-                format!("{at}.mode"),
-                "mode = \"proxy\" is not available in this build yet",
-            );
-            Mode::Proxy
-        }
+        "proxy" => Mode::Proxy,
         other => {
             p.error(
                 format!("{at}.mode"),

@@ -178,6 +178,62 @@ impl Sink for HttpSink {
     }
 }
 
+/// Why a proxied request got no upstream answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    /// Connection refused, reset, DNS, TLS…: 502.
+    Unreachable,
+    /// No answer within `forward.timeout`: 504.
+    Timeout,
+}
+
+/// The most of an upstream's answer relayed in proxy mode.
+const MAX_PROXY_BODY: usize = 10 << 20;
+
+impl HttpSink {
+    /// `mode = "proxy"`: one request now, the upstream's status, headers and body relayed.
+    pub async fn proxy(&self, ev: &Event) -> Result<http::Response<bytes::Bytes>, ProxyError> {
+        let method = Method::from_bytes(ev.method.as_bytes()).unwrap_or(Method::POST);
+        let mut headers = forward_headers(ev, &self.route, 1);
+        if let Some(s) = &self.sign {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            sign::sign(&s.scheme, &s.secret, &ev.id, now, &ev.body, &mut headers);
+        }
+        let req = self
+            .client
+            .request(method, self.target(ev.query.as_deref()))
+            .headers(headers)
+            .body(ev.body.clone());
+        let classify = |e: reqwest::Error| {
+            if e.is_timeout() {
+                ProxyError::Timeout
+            } else {
+                ProxyError::Unreachable
+            }
+        };
+        let mut resp = req.send().await.map_err(classify)?;
+        let status = resp.status();
+        let mut out_headers = resp.headers().clone();
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(classify)? {
+            if body.len() + chunk.len() > MAX_PROXY_BODY {
+                return Err(ProxyError::Unreachable);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        for name in HOP_BY_HOP {
+            out_headers.remove(*name);
+        }
+        let mut out = http::Response::new(bytes::Bytes::from(body));
+        *out.status_mut() = status;
+        *out.headers_mut() = out_headers;
+        Ok(out)
+    }
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();

@@ -21,6 +21,8 @@ enum Outcome {
     Accepted(String),
     Duplicate(String),
     Handshake(Reply),
+    /// `mode = "proxy"`: the upstream's answer (status), or why there was none.
+    Proxied(String, Reply),
 }
 
 pub async fn handle(ctx: Arc<Ingress>, peer: SocketAddr, req: Request<Incoming>) -> Reply {
@@ -45,6 +47,16 @@ pub async fn handle(ctx: Arc<Ingress>, peer: SocketAddr, req: Request<Incoming>)
             telemetry::request(name, "duplicate", elapsed);
             tracing::info!(route = name, event_id = %id, outcome = "duplicate", latency_ms, "request");
             reject::duplicate(&id)
+        }
+        Ok(Outcome::Proxied(id, reply)) => {
+            let outcome = match reply.status().as_u16() {
+                502 => "bad_gateway",
+                504 => "gateway_timeout",
+                _ => "proxied",
+            };
+            telemetry::request(name, outcome, elapsed);
+            tracing::info!(route = name, event_id = %id, outcome, status = reply.status().as_u16(), latency_ms, "request");
+            reply
         }
         Ok(Outcome::Handshake(reply)) => {
             telemetry::request(name, "handshake", elapsed);
@@ -110,6 +122,10 @@ async fn process(
         telemetry::secret_matched(&cfg.name, i);
     }
 
+    if let Some(upstream) = &route.proxy {
+        return Ok(proxy(upstream, &cfg.name, &parts, body, &verified, now).await);
+    }
+
     let key = dedupe::derive(&cfg.dedupe, &verified, &parts.headers, &body)
         .map_err(|_| Reject::MissingDedupeKey)?;
     let received_at_ms = now
@@ -134,4 +150,34 @@ async fn process(
             Err(Reject::Unavailable)
         }
     }
+}
+
+/// Proxy mode: forward now, relay the upstream's answer; 502 unreachable, 504 too slow.
+async fn proxy(
+    upstream: &crate::forward::http::HttpSink,
+    route: &str,
+    parts: &http::request::Parts,
+    body: bytes::Bytes,
+    verified: &crate::verify::Verified,
+    now: SystemTime,
+) -> Outcome {
+    use crate::forward::http::ProxyError;
+    let received_at_ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let ev = NewEvent::new(route, parts, body, verified, received_at_ms).into_event();
+    let id = ev.id.clone();
+    let reply = match upstream.proxy(&ev).await {
+        Ok(resp) => resp.map(http_body_util::Full::new),
+        Err(ProxyError::Unreachable) => reject::json(
+            http::StatusCode::BAD_GATEWAY,
+            r#"{"error":"bad_gateway"}"#.into(),
+        ),
+        Err(ProxyError::Timeout) => reject::json(
+            http::StatusCode::GATEWAY_TIMEOUT,
+            r#"{"error":"gateway_timeout"}"#.into(),
+        ),
+    };
+    Outcome::Proxied(id, reply)
 }

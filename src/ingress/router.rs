@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use tokio::sync::Notify;
 
 use crate::config::RouteConfig;
+use crate::forward::http::HttpSink;
 
 pub struct Route {
     pub cfg: Arc<RouteConfig>,
@@ -21,6 +22,8 @@ pub struct Route {
     limiter: Option<DefaultDirectRateLimiter>,
     /// Wakes the route's delivery worker when an event is recorded.
     pub wake: Arc<Notify>,
+    /// `mode = "proxy"`: the upstream each verified request is forwarded to at once.
+    pub proxy: Option<Arc<HttpSink>>,
 }
 
 impl Route {
@@ -44,6 +47,7 @@ impl Route {
             allow,
             limiter,
             wake,
+            proxy: None,
         }
     }
 

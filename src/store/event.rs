@@ -114,6 +114,25 @@ impl NewEvent {
     }
 }
 
+impl NewEvent {
+    /// The event as a sink sees it, without recording it (proxy mode).
+    pub fn into_event(self) -> Event {
+        Event {
+            id: self.id,
+            route: self.route,
+            received_at_ms: self.received_at_ms,
+            method: self.method,
+            query: self.query,
+            headers: self.headers,
+            body: self.body,
+            scheme: self.scheme.to_string(),
+            attempts: 0,
+            cycle_attempts: 0,
+            cycle_started_at_ms: self.received_at_ms,
+        }
+    }
+}
+
 /// A recorded event leased for delivery.
 #[derive(Debug, Clone)]
 pub struct Event {

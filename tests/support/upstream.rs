@@ -196,6 +196,8 @@ async fn handle(
     st.notify.notify_waiters();
     let mut resp = Response::new(Full::new(Bytes::from(format!("upstream says {status}"))));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+    resp.headers_mut()
+        .insert("x-upstream", "test-upstream".parse().unwrap());
     if let Some(s) = retry_after {
         resp.headers_mut().insert("retry-after", s.into());
     }
