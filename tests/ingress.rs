@@ -141,7 +141,8 @@ async fn every_row_of_the_status_table() {
     let (s, v, _) = answer(keyed(now, hmac_sign(SECRET, now, b"{\"order\":2}"), "k5")).await;
     assert_eq!((s, error_of(&v)), (401, "invalid_signature"));
 
-    for ts in [now - 301, now + 301] {
+    // Clear margins: the exact boundary is unit-tested with time as an input.
+    for ts in [now - 400, now + 400] {
         let (s, v, _) = answer(keyed(ts, hmac_sign(SECRET, ts, &body), "k6")).await;
         assert_eq!(
             (s, error_of(&v)),
