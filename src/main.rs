@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use hookgate::cli::{Cli, Command};
+use hookgate::cli::{Cli, Command, EventsArgs, EventsCommand};
 use hookgate::{app, config, telemetry};
 
 fn main() -> ExitCode {
@@ -26,6 +26,13 @@ fn main() -> ExitCode {
                 for e in &problems.errors {
                     println!("{e}");
                 }
+                ExitCode::FAILURE
+            }
+        },
+        Command::Events(args) => match runtime().map(|rt| rt.block_on(events(args))) {
+            Ok(Ok(())) => ExitCode::SUCCESS,
+            Ok(Err(e)) | Err(e) => {
+                eprintln!("hookgate events: {e:#}");
                 ExitCode::FAILURE
             }
         },
@@ -65,6 +72,48 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn events(args: EventsArgs) -> anyhow::Result<()> {
+    use hookgate::admin::client::{call, q, target};
+    use reqwest::Method;
+    let t = target(&args.config.config, args.admin, args.token)?;
+    let (method, path) = match args.command {
+        EventsCommand::List {
+            route,
+            state,
+            limit,
+        } => {
+            let mut path = format!("/admin/events?limit={limit}");
+            if let Some(r) = route {
+                path.push_str(&format!("&route={}", q(&r)));
+            }
+            if let Some(s) = state {
+                path.push_str(&format!("&state={}", q(&s)));
+            }
+            (Method::GET, path)
+        }
+        EventsCommand::Show { event_id } => {
+            (Method::GET, format!("/admin/events/{}", q(&event_id)))
+        }
+        EventsCommand::Replay { event_id } => (
+            Method::POST,
+            format!("/admin/events/{}/replay", q(&event_id)),
+        ),
+        EventsCommand::ReplayDead { route } => (
+            Method::POST,
+            format!("/admin/routes/{}/replay-dead", q(&route)),
+        ),
+    };
+    let v = call(&t, method, &path).await?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
 }
 
 async fn serve(cfg: config::Config) -> anyhow::Result<()> {

@@ -447,6 +447,57 @@ async fn admin_is_separate_and_token_protected() {
             "{path} on the public port"
         );
     }
+    // The operator's client: address and token from the config file.
+    let (_, v, _) = answer(c.post(gw.url("/hooks/limited")).body("via cli")).await;
+    let id = v["event_id"].as_str().unwrap().to_string();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+            .args(args)
+            .env("HG_TEST_ADMIN_TOKEN", "adm1n-t0ken")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let cfg_path = dir.path().join("hookgate.toml");
+    let cfg_arg = cfg_path.to_str().unwrap();
+    // The config says 127.0.0.1:0; point the client at the real port.
+    let admin = format!("http://{}", gw.admin);
+    let (code, out, err) = cli(&[
+        "events",
+        "-c",
+        cfg_arg,
+        "--admin",
+        &admin,
+        "--token",
+        "adm1n-t0ken",
+        "list",
+        "--route",
+        "limited",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&id), "{out}");
+    let (code, out, _) = cli(&[
+        "events",
+        "-c",
+        cfg_arg,
+        "--admin",
+        &admin,
+        "--token",
+        "adm1n-t0ken",
+        "show",
+        &id,
+    ]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("\"attempt_log\""), "{out}");
+    let (code, _, err) = cli(&[
+        "events", "-c", cfg_arg, "--admin", &admin, "--token", "wrong", "show", &id,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("401"), "{err}");
     let unknown = c
         .get(gw.admin_url("/admin/events/does-not-exist"))
         .bearer_auth("adm1n-t0ken")

@@ -2,6 +2,7 @@
 //! `/admin/*` API of SPEC §7. With `server.admin_token`, `/admin/*` needs
 //! `Authorization: Bearer <token>` (compared in constant time); probes and metrics do not.
 
+pub mod client;
 mod events;
 
 use std::collections::HashMap;
