@@ -12,10 +12,13 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, Admin};
-use crate::config::{Config, Mode, SinkTarget};
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, Mode, RouteConfig, SinkTarget};
 use crate::forward::http::HttpSink;
 use crate::forward::{self, worker::Worker};
-use crate::ingress::{self, router::Route, Ingress};
+use crate::ingress::router::{Route, Router};
+use crate::ingress::{self, Ingress};
 use crate::store::{self, Store};
 use crate::telemetry;
 
@@ -27,19 +30,45 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     stop: watch::Sender<bool>,
     ingress: JoinHandle<()>,
-    workers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
     grace: Duration,
+    store: Arc<dyn Store>,
+    table: Arc<ArcSwap<RouteTable>>,
+    generation: tokio::sync::Mutex<Generation>,
+    /// What a reload cannot change (listeners, store): compared to warn that it needs a restart.
+    fixed: String,
 }
 
-pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let metrics = telemetry::init();
-    let store = store::open(&config.store).await?;
-    let (stop, stop_rx) = watch::channel(false);
+/// The routes of one config generation, swapped atomically on reload.
+pub struct RouteTable {
+    pub router: Router,
+    pub routes: Vec<Arc<RouteConfig>>,
+    pub wake: HashMap<String, Arc<Notify>>,
+}
 
+/// The delivery workers of one config generation.
+struct Generation {
+    stop: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+fn fixed_part(config: &Config) -> String {
+    let s = &config.server;
+    format!(
+        "{} {} {:?} {:?} {:?} {:?}",
+        s.listen, s.admin_listen, config.store, s.trusted_proxies, s.body_timeout, s.header_timeout
+    )
+}
+
+/// Builds a generation's routes (proxy sinks included) and starts its delivery workers.
+async fn build(
+    config: &Config,
+    store: &Arc<dyn Store>,
+) -> anyhow::Result<(RouteTable, Generation)> {
+    let (stop, stop_rx) = watch::channel(false);
     let mut wake = HashMap::new();
     let mut routes = Vec::new();
-    let mut workers = Vec::new();
+    let mut sinks = Vec::new();
     for cfg in &config.routes {
         let notify = Arc::new(Notify::new());
         wake.insert(cfg.name.clone(), notify.clone());
@@ -48,20 +77,38 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             (Mode::Proxy, SinkTarget::Http { url }) => {
                 route.proxy = Some(Arc::new(HttpSink::new(cfg, url.clone())?));
             }
-            _ => {
-                let sink = forward::build_sink(cfg).await?;
-                let worker = Worker {
-                    route: cfg.clone(),
-                    store: store.clone(),
-                    sink,
-                    wake: notify,
-                    stop: stop_rx.clone(),
-                };
-                workers.push(tokio::spawn(worker.run()));
-            }
+            _ => sinks.push((cfg.clone(), forward::build_sink(cfg).await?, notify)),
         }
         routes.push(Arc::new(route));
     }
+    // Workers start only once every sink was built, so a failed build starts nothing.
+    let workers = sinks
+        .into_iter()
+        .map(|(route, sink, wake)| {
+            let worker = Worker {
+                route,
+                store: store.clone(),
+                sink,
+                wake,
+                stop: stop_rx.clone(),
+            };
+            tokio::spawn(worker.run())
+        })
+        .collect();
+    let table = RouteTable {
+        router: Router::new(routes),
+        routes: config.routes.clone(),
+        wake,
+    };
+    Ok((table, Generation { stop, workers }))
+}
+
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let metrics = telemetry::init();
+    let store = store::open(&config.store).await?;
+    let (stop, stop_rx) = watch::channel(false);
+    let (table, generation) = build(&config, &store).await?;
+    let table = Arc::new(ArcSwap::from_pointee(table));
 
     let admin_listener = ingress::bind(config.server.admin_listen, "server.admin_listen").await?;
     let ingress_listener = ingress::bind(config.server.listen, "server.listen").await?;
@@ -70,25 +117,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let admin = Arc::new(Admin {
         store: store.clone(),
-        routes: config.routes.clone(),
-        wake,
+        table: table.clone(),
         token: config.server.admin_token.clone(),
         metrics,
         ready: Default::default(),
     });
-    let mut background = vec![
+    let background = vec![
         tokio::spawn(admin::serve(admin_listener, admin.clone(), stop_rx.clone())),
         tokio::spawn(purge_loop(store.clone(), stop_rx.clone())),
-        tokio::spawn(gauge_loop(
-            store.clone(),
-            config.routes.iter().map(|r| r.name.clone()).collect(),
-            stop_rx.clone(),
-        )),
+        tokio::spawn(gauge_loop(store.clone(), table.clone(), stop_rx.clone())),
     ];
 
     let ctx = Arc::new(Ingress {
-        router: ingress::router::Router::new(routes),
-        store,
+        table: table.clone(),
+        store: store.clone(),
         trusted_proxies: config.server.trusted_proxies.clone(),
         body_timeout: config.server.body_timeout,
     });
@@ -100,26 +142,79 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         stop_rx,
     ));
     admin.ready.store(true, Ordering::Release);
-    background.shrink_to_fit();
     Ok(Running {
         ingress_addr,
         admin_addr,
         stop,
         ingress,
-        workers,
         background,
         grace: config.server.shutdown_grace,
+        store,
+        table,
+        generation: tokio::sync::Mutex::new(generation),
+        fixed: fixed_part(&config),
     })
 }
 
 impl Running {
+    /// Reloads routes from `path` (SIGHUP or a changed file): an invalid config is refused and
+    /// logged and the old one keeps serving; a valid one is swapped in atomically — requests
+    /// see either the old routes or the new, never a mix — and the old workers stop after their
+    /// in-flight attempts. Pending events are untouched (they live in the store). Listener and
+    /// store settings need a restart; a change to them is logged as such.
+    pub async fn reload(&self, path: &std::path::Path) -> bool {
+        let config = match crate::config::load(path) {
+            Ok((config, warnings)) => {
+                for w in warnings {
+                    tracing::warn!("config: {w}");
+                }
+                config
+            }
+            Err(problems) => {
+                for e in &problems.errors {
+                    tracing::error!(problem = %e, "config reload refused; the previous config keeps serving");
+                }
+                metrics::counter!("hookgate_config_reloads_total", "result" => "error")
+                    .increment(1);
+                return false;
+            }
+        };
+        let mut current = self.generation.lock().await;
+        let (table, generation) = match build(&config, &self.store).await {
+            Ok(built) => built,
+            Err(e) => {
+                tracing::error!(error = %e, "config reload refused; the previous config keeps serving");
+                metrics::counter!("hookgate_config_reloads_total", "result" => "error")
+                    .increment(1);
+                return false;
+            }
+        };
+        if fixed_part(&config) != self.fixed {
+            tracing::warn!("config reload: [server] listeners, timeouts, trusted_proxies and [store] changes take effect only after a restart");
+        }
+        let routes = table.routes.len();
+        self.table.store(Arc::new(table));
+        let old = std::mem::replace(&mut *current, generation);
+        let _ = old.stop.send(true);
+        tokio::spawn(async move {
+            for w in old.workers {
+                let _ = w.await;
+            }
+        });
+        metrics::counter!("hookgate_config_reloads_total", "result" => "ok").increment(1);
+        tracing::info!(routes, "config reloaded");
+        true
+    }
+
     /// Stops accepting, finishes in-flight requests, stops workers after their in-flight
     /// attempts — all within the grace period. Pending events stay in the store.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let deadline = tokio::time::Instant::now() + self.grace;
         let _ = tokio::time::timeout_at(deadline, self.ingress).await;
-        for w in self.workers {
+        let generation = self.generation.into_inner();
+        let _ = generation.stop.send(true);
+        for w in generation.workers {
             if tokio::time::timeout_at(deadline, w).await.is_err() {
                 tracing::warn!("a delivery worker did not stop within the grace period; its attempts will be made again after restart");
             }
@@ -143,8 +238,13 @@ async fn purge_loop(store: Arc<dyn Store>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-async fn gauge_loop(store: Arc<dyn Store>, routes: Vec<String>, mut stop: watch::Receiver<bool>) {
+async fn gauge_loop(
+    store: Arc<dyn Store>,
+    table: Arc<ArcSwap<RouteTable>>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
+        let routes: Vec<String> = table.load().routes.iter().map(|r| r.name.clone()).collect();
         for r in &routes {
             if let Ok(c) = store.counts(r).await {
                 telemetry::event_counts(r, c.pending, c.dead);

@@ -63,7 +63,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(serve(cfg)) {
+            match rt.block_on(serve(cfg, c.config.clone())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("hookgate: {e:#}");
@@ -116,7 +116,8 @@ async fn events(args: EventsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(cfg: config::Config) -> anyhow::Result<()> {
+async fn serve(cfg: config::Config, path: std::path::PathBuf) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
     let running = app::start(cfg).await?;
     tracing::info!(ingress = %running.ingress_addr, admin = %running.admin_addr, version = env!("CARGO_PKG_VERSION"), "hookgate ready");
     // One machine-readable line on stdout, for scripts and tests that bind port 0.
@@ -124,20 +125,35 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
         "hookgate listening ingress={} admin={}",
         running.ingress_addr, running.admin_addr
     );
-    wait_for_signal().await?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    // The file is compared by content, so a Kubernetes ConfigMap's symlink swap counts too.
+    let mut last = std::fs::read(&path).ok();
+    let mut tick = tokio::time::interval(CONFIG_POLL);
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading config");
+                last = std::fs::read(&path).ok();
+                running.reload(&path).await;
+            }
+            _ = tick.tick() => {
+                let now = std::fs::read(&path).ok();
+                if now.is_some() && now != last {
+                    tracing::info!(path = %path.display(), "config file changed: reloading");
+                    last = now;
+                    running.reload(&path).await;
+                }
+            }
+        }
+    }
     tracing::info!("shutting down");
     running.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
-}
+const CONFIG_POLL: std::time::Duration = std::time::Duration::from_secs(2);

@@ -24,7 +24,8 @@ struct RouteView<'a> {
 
 pub async fn routes(admin: &Admin) -> Reply {
     let mut out = Vec::new();
-    for r in &admin.routes {
+    let table = admin.table.load_full();
+    for r in &table.routes {
         let c = match admin.store.counts(&r.name).await {
             Ok(c) => c,
             Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
@@ -51,7 +52,7 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match k.as_ref() {
             "route" if !v.is_empty() => {
-                if !admin.routes.iter().any(|r| r.name == v) {
+                if !admin.table.load().routes.iter().any(|r| r.name == v) {
                     return error(StatusCode::NOT_FOUND, "unknown_route");
                 }
                 q.route = Some(v.into_owned());
@@ -89,7 +90,7 @@ pub async fn replay(admin: &Admin, id: &str) -> Reply {
     };
     match admin.store.replay(id, now_ms()).await {
         Ok(true) => {
-            if let Some(w) = admin.wake.get(&route) {
+            if let Some(w) = admin.table.load().wake.get(&route).cloned() {
                 w.notify_one();
             }
             tracing::info!(route = %route, event_id = %id, "replay requested");
@@ -104,12 +105,12 @@ pub async fn replay(admin: &Admin, id: &str) -> Reply {
 }
 
 pub async fn replay_dead(admin: &Admin, name: &str) -> Reply {
-    if !admin.routes.iter().any(|r| r.name == name) {
+    if !admin.table.load().routes.iter().any(|r| r.name == name) {
         return error(StatusCode::NOT_FOUND, "unknown_route");
     }
     match admin.store.replay_dead(name, now_ms()).await {
         Ok(n) => {
-            if let Some(w) = admin.wake.get(name) {
+            if let Some(w) = admin.table.load().wake.get(name).cloned() {
                 w.notify_one();
             }
             tracing::info!(route = %name, replayed = n, "dead events redriven");

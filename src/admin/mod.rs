@@ -5,7 +5,6 @@
 pub mod client;
 mod events;
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,16 +18,16 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
-use crate::config::{RouteConfig, Secret};
+use crate::config::Secret;
 use crate::ingress::reject::{json, Reply};
 use crate::store::Store;
 
 pub struct Admin {
     pub store: Arc<dyn Store>,
-    pub routes: Vec<Arc<RouteConfig>>,
-    pub wake: HashMap<String, Arc<Notify>>,
+    /// The current routes (swapped on reload).
+    pub table: Arc<arc_swap::ArcSwap<crate::app::RouteTable>>,
     pub token: Option<Secret>,
     pub metrics: PrometheusHandle,
     /// Set once the store is open, recovery done and every worker started.

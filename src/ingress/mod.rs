@@ -22,7 +22,8 @@ use tokio::sync::watch;
 use crate::store::Store;
 
 pub struct Ingress {
-    pub router: router::Router,
+    /// The current routes; swapped whole on reload.
+    pub table: Arc<arc_swap::ArcSwap<crate::app::RouteTable>>,
     pub store: Arc<dyn Store>,
     pub trusted_proxies: Vec<IpNet>,
     pub body_timeout: Duration,

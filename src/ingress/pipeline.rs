@@ -28,7 +28,7 @@ enum Outcome {
 pub async fn handle(ctx: Arc<Ingress>, peer: SocketAddr, req: Request<Incoming>) -> Reply {
     let t0 = Instant::now();
     let (parts, body) = req.into_parts();
-    let Some(route) = ctx.router.get(parts.uri.path()).cloned() else {
+    let Some(route) = ctx.table.load().router.get(parts.uri.path()).cloned() else {
         telemetry::request("unmatched", "not_found", t0.elapsed());
         tracing::info!(path = %parts.uri.path(), outcome = "not_found", "request");
         return Reject::NotFound.response();
