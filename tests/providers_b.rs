@@ -462,7 +462,34 @@ async fn hubspot() {
         ("X-HubSpot-Request-Timestamp", ts.as_str()),
     ];
     let path = "/hubspot?portal=62515&t=a%3Ab%40c";
-    gw.accepted(&gw.send("POST", path, &h, body).await);
+    let id = gw.accepted(&gw.send("POST", path, &h, body).await);
+    // HubSpot's retry of the same batch: attemptNumber grows, the event does not.
+    let retry = String::from_utf8(body.to_vec())
+        .unwrap()
+        .replace("\"attemptNumber\":0", "\"attemptNumber\":1");
+    let retry_sig = sdk(
+        "hubspot",
+        json!({
+            "secret": "hs-client-secret",
+            "method": "POST",
+            "uri": "https://hooks.example.com/hubspot?portal=62515&t=a:b@c",
+            "body": b64(retry.as_bytes()),
+            "timestamp": ts,
+        }),
+    );
+    let rh = [
+        (
+            "X-HubSpot-Signature-v3",
+            retry_sig["signature"].as_str().unwrap(),
+        ),
+        ("X-HubSpot-Request-Timestamp", ts.as_str()),
+    ];
+    let r = gw.send("POST", path, &rh, retry.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body,
+        format!("{{\"status\":\"duplicate\",\"event_id\":\"{id}\"}}")
+    );
     gw.rejected(
         &gw.send("POST", path, &h, &body[..body.len() - 1]).await,
         "invalid_signature",

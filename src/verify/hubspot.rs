@@ -9,8 +9,10 @@
 //! The older v1/v2 signatures (`X-HubSpot-Signature`) sign no timestamp, and v1 not even the
 //! URL, so a captured request could be replayed forever; they are not accepted.
 //!
-//! The body is a JSON array of events; the event id is their `eventId`s (see `kit::batch_id`),
-//! so a retried batch (same events, higher `attemptNumber`) is a duplicate.
+//! The body is a JSON array of events; the event id is, per event, `portalId:subscriptionId:
+//! eventId:occurredAt` (see `kit::batch_id`). HubSpot says `eventId` alone is not guaranteed
+//! unique, and a false duplicate would drop a real event; these fields stay the same when a
+//! batch is retried (only `attemptNumber` grows), so a retry is still a duplicate.
 
 use std::time::{Duration, SystemTime};
 
@@ -109,7 +111,10 @@ impl super::Verifier for HubspotVerifier {
             .ok_or(VerifyError::InvalidSignature)?;
         Ok(Verified {
             scheme: SCHEME,
-            event_id: batch_id(body, "eventId"),
+            event_id: batch_id(
+                body,
+                &["portalId", "subscriptionId", "eventId", "occurredAt"],
+            ),
             secret_index: Some(i),
         })
     }
@@ -163,7 +168,7 @@ mod tests {
             .verify(&r, BODY, at_ms(TS + 1000))
             .unwrap();
         assert_eq!(ok.secret_index, Some(1));
-        assert_eq!(ok.event_id.as_deref(), Some("1"));
+        assert_eq!(ok.event_id.as_deref(), Some("62515:12345:1:1564113600000"));
     }
 
     #[test]

@@ -116,13 +116,20 @@ fn scalar(v: &serde_json::Value) -> Option<String> {
     }
 }
 
-/// The id of a batch body (a JSON array of events, each with its own id `field`): the ids
-/// joined with `,` in body order; `None` unless every event has one. A redelivered batch has
-/// the same ids, so it de-duplicates even when other fields (attempt numbers) change.
-pub(crate) fn batch_id(body: &[u8], field: &str) -> Option<String> {
+/// The id of a batch body (a JSON array of events): for each event its `fields` joined with
+/// `:`, the events joined with `,` in body order (hashed when long); `None` unless every event
+/// has every field. A redelivered batch has the same ids, so it de-duplicates even when other
+/// fields (attempt numbers) change.
+pub(crate) fn batch_id(body: &[u8], fields: &[&str]) -> Option<String> {
     let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
     let items = doc.as_array().filter(|a| !a.is_empty())?;
-    let ids: Option<Vec<String>> = items.iter().map(|e| scalar(e.get(field)?)).collect();
+    let ids: Option<Vec<String>> = items
+        .iter()
+        .map(|e| {
+            let parts: Option<Vec<String>> = fields.iter().map(|f| scalar(e.get(*f)?)).collect();
+            parts.map(|p| p.join(":"))
+        })
+        .collect();
     let joined = ids?.join(",");
     if joined.len() <= 256 {
         Some(joined)
@@ -201,15 +208,20 @@ mod tests {
     #[test]
     fn batch_ids() {
         assert_eq!(
-            batch_id(br#"[{"eventId":1},{"eventId":"b"}]"#, "eventId").as_deref(),
+            batch_id(br#"[{"eventId":1},{"eventId":"b"}]"#, &["eventId"]).as_deref(),
             Some("1,b")
         );
-        assert_eq!(batch_id(br#"[{"eventId":1},{"x":2}]"#, "eventId"), None);
-        assert_eq!(batch_id(br#"{"eventId":1}"#, "eventId"), None);
-        assert_eq!(batch_id(b"[]", "eventId"), None);
+        assert_eq!(
+            batch_id(br#"[{"a":1,"b":"x","c":0},{"a":2,"b":"y"}]"#, &["a", "b"]).as_deref(),
+            Some("1:x,2:y")
+        );
+        assert_eq!(batch_id(br#"[{"a":1,"b":"x"},{"a":2}]"#, &["a", "b"]), None);
+        assert_eq!(batch_id(br#"[{"eventId":1},{"x":2}]"#, &["eventId"]), None);
+        assert_eq!(batch_id(br#"{"eventId":1}"#, &["eventId"]), None);
+        assert_eq!(batch_id(b"[]", &["eventId"]), None);
         let many: Vec<String> = (0..100).map(|i| format!(r#"{{"id":{i}}}"#)).collect();
         let body = format!("[{}]", many.join(","));
-        assert!(batch_id(body.as_bytes(), "id")
+        assert!(batch_id(body.as_bytes(), &["id"])
             .unwrap()
             .starts_with("sha256-of-ids:"));
     }
