@@ -574,6 +574,9 @@ async fn msgraph() {
         r.body,
         "Validation: Testing client application reachability"
     );
+    // Nothing to echo: refused, not recorded.
+    let r = gw.send("POST", "/msgraph?validationToken=", &[], b"").await;
+    assert_eq!(r.status, 400, "{}", r.body);
 }
 
 #[tokio::test]
