@@ -28,6 +28,24 @@ pub(crate) fn match_secret(
     })
 }
 
+/// Equality of a sent token with a configured one that reveals neither content nor length
+/// through timing: the SHA-256 digests are compared in constant time.
+pub(crate) fn token_eq(sent: &[u8], expected: &[u8]) -> bool {
+    use sha2::Digest;
+    crypto::ct_eq(&sha2::Sha256::digest(sent), &sha2::Sha256::digest(expected))
+}
+
+/// The index of the first of `secrets` equal to `sent` (see [`token_eq`]); all are compared.
+pub(crate) fn match_token(secrets: &[Secret], sent: &[u8]) -> Option<usize> {
+    let mut found = None;
+    for (i, s) in secrets.iter().enumerate() {
+        if token_eq(sent, s.expose()) && found.is_none() {
+            found = Some(i);
+        }
+    }
+    found
+}
+
 /// `tolerance` as configured, else the provider's documented default.
 pub(crate) fn tolerance(
     raw: &RawVerify,
@@ -203,6 +221,15 @@ mod tests {
             fresh_millis(Some("1000"), at(1000), tol).is_err(),
             "seconds given as millis"
         );
+    }
+
+    #[test]
+    fn tokens() {
+        let secrets = [Secret::new("a"), Secret::new("bb"), Secret::new("bb")];
+        assert_eq!(match_token(&secrets, b"bb"), Some(1));
+        assert_eq!(match_token(&secrets, b"b"), None);
+        assert_eq!(match_token(&secrets, b""), None);
+        assert!(token_eq(b"x", b"x") && !token_eq(b"x", b"X"));
     }
 
     #[test]

@@ -15,8 +15,8 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{Method, StatusCode};
 
-use super::kit::{query_param, BodyMac};
-use super::{ct_eq, only_keys, secrets, Algorithm, Encoding, Handshake, Verified, VerifyError};
+use super::kit::{query_param, token_eq, BodyMac};
+use super::{only_keys, secrets, Algorithm, Encoding, Handshake, Verified, VerifyError};
 use crate::config::raw::RawVerify;
 use crate::config::{Problems, Secret};
 
@@ -61,7 +61,7 @@ impl MetaVerifier {
             .verify_token
             .as_ref()
             .ok_or(VerifyError::InvalidSignature)?;
-        if !ct_eq(sent.as_bytes(), expected.expose()) {
+        if !token_eq(sent.as_bytes(), expected.expose()) {
             return Err(VerifyError::InvalidSignature);
         }
         match query_param(req, "hub.challenge").filter(|c| !c.is_empty()) {
@@ -254,6 +254,11 @@ mod tests {
             .handshake(&parts("GET", "/wh", &[]), b"", now)
             .is_none());
         assert_eq!(good.extra_methods(), &[Method::GET]);
+        let shown = format!("{good:?}");
+        assert!(
+            !shown.contains("tok-123") && !shown.contains("meta_app_secret"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -17,8 +17,8 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::StatusCode;
 
-use super::kit::query_param;
-use super::{ct_eq, only_keys, secrets, Handshake, Verified, VerifyError};
+use super::kit::{match_token, query_param};
+use super::{only_keys, secrets, Handshake, Verified, VerifyError};
 use crate::config::raw::RawVerify;
 use crate::config::{Problems, Secret};
 
@@ -41,13 +41,7 @@ pub fn build(raw: &RawVerify, at: &str, p: &mut Problems) -> Option<MsgraphVerif
 impl MsgraphVerifier {
     /// The index of the secret equal to `sent`; every secret is compared.
     fn matching(&self, sent: &str) -> Option<usize> {
-        let mut found = None;
-        for (i, s) in self.client_states.iter().enumerate() {
-            if ct_eq(sent.as_bytes(), s.expose()) && found.is_none() {
-                found = Some(i);
-            }
-        }
-        found
+        match_token(&self.client_states, sent.as_bytes())
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Okta signs nothing: every request carries the static header configured on the hook
 //! (`Authorization` unless `signature_header` names another) with the configured value, which
-//! is compared to each of `secrets` in constant time. No timestamp. The event id is the body's
+//! is compared to each of `secrets` in constant time (digests, so not even its length leaks). No timestamp. The event id is the body's
 //! `eventId`.
 //!
 //! Handshake: Okta's one-time verification `GET` with `X-Okta-Verification-Challenge: <v>` is
@@ -16,7 +16,8 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderName, Method, StatusCode};
 
-use super::{ct_eq, header, only_keys, secrets, Handshake, Verified, VerifyError};
+use super::kit::match_token;
+use super::{header, only_keys, secrets, Handshake, Verified, VerifyError};
 use crate::config::raw::RawVerify;
 use crate::config::{Problems, Secret};
 
@@ -54,13 +55,7 @@ impl OktaVerifier {
         let sent = header(req, self.header.as_str())
             .filter(|s| !s.is_empty())
             .ok_or(VerifyError::MissingSignature)?;
-        let mut found = None;
-        for (i, s) in self.secrets.iter().enumerate() {
-            if ct_eq(sent.as_bytes(), s.expose()) && found.is_none() {
-                found = Some(i);
-            }
-        }
-        found.ok_or(VerifyError::InvalidSignature)
+        match_token(&self.secrets, sent.as_bytes()).ok_or(VerifyError::InvalidSignature)
     }
 }
 
@@ -232,5 +227,11 @@ mod tests {
             .handshake(&parts("GET", "/okta", &[]), b"", now)
             .is_none());
         assert_eq!(v().extra_methods(), &[Method::GET]);
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let shown = format!("{:?}", v());
+        assert!(!shown.contains("shared-secret"), "{shown}");
     }
 }
