@@ -9,6 +9,19 @@ mod crypto;
 mod hmac;
 mod none;
 
+// Provider presets (issue 3, part b).
+mod calendly;
+mod hubspot;
+mod intercom;
+mod kit;
+mod meta;
+mod msgraph;
+mod okta;
+mod razorpay;
+mod sendgrid;
+mod twitch;
+mod typeform;
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -103,6 +116,16 @@ pub fn build(
     match scheme {
         "hmac" => hmac::build(raw, ctx, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
         "none" => none::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
+        "typeform" => typeform::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
+        "razorpay" => razorpay::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
+        "twitch" => twitch::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
+        "meta" => meta::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
+        "intercom" => intercom::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
+        "calendly" => calendly::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
+        "hubspot" => hubspot::build(raw, ctx, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
+        "sendgrid" => sendgrid::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
+        "msgraph" => msgraph::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
+        "okta" => okta::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
         other => {
             p.error(format!("{at}.scheme"), format!("unknown scheme {other:?}"));
             None
