@@ -541,3 +541,32 @@ async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     assert!(t0.elapsed() < Duration::from_secs(6));
     assert!(TcpStream::connect(addr).is_err(), "no longer accepting");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_are_logged_as_replay_or_provider_retry() {
+    let f = fixture("").await;
+    let url = f.gw.url("/hooks/orders");
+    let body = b"{\"order\":9}".to_vec();
+    let ts = now_secs();
+    let send = |ts: i64| {
+        f.c.post(&url)
+            .header("X-Timestamp", ts.to_string())
+            .header("X-Signature", hmac_sign(SECRET, ts, &body))
+            .header("Idempotency-Key", "evt-9")
+            .body(body.clone())
+            .send()
+    };
+    assert_eq!(send(ts).await.unwrap().status(), 202);
+    assert_eq!(send(ts).await.unwrap().status(), 200);
+    wait_until(Duration::from_secs(5), "replay logged", || async {
+        f.gw.log().contains("possible replay")
+    })
+    .await;
+    assert!(!f.gw.log().contains("a provider retry"));
+    assert_eq!(send(ts - 1).await.unwrap().status(), 200);
+    wait_until(Duration::from_secs(5), "retry logged", || async {
+        f.gw.log().contains("a provider retry")
+    })
+    .await;
+    assert_eq!(f.gw.log().matches("possible replay").count(), 1);
+}

@@ -19,7 +19,8 @@ use crate::telemetry;
 
 enum Outcome {
     Accepted(String),
-    Duplicate(String),
+    /// The original's id, and whether this copy carries the original's very signature.
+    Duplicate(String, Option<bool>),
     Handshake(Reply),
     /// `mode = "proxy"`: the upstream's answer (status), or why there was none.
     Proxied(String, Reply),
@@ -43,9 +44,15 @@ pub async fn handle(ctx: Arc<Ingress>, peer: SocketAddr, req: Request<Incoming>)
             tracing::info!(route = name, event_id = %id, outcome = "accepted", latency_ms, "request");
             reject::accepted(&id)
         }
-        Ok(Outcome::Duplicate(id)) => {
+        Ok(Outcome::Duplicate(id, same_signature)) => {
             telemetry::request(name, "duplicate", elapsed);
-            tracing::info!(route = name, event_id = %id, outcome = "duplicate", latency_ms, "request");
+            if same_signature == Some(true) {
+                // A provider retry is re-signed (new timestamp); a byte-identical copy of the
+                // signed request is what a replayed capture looks like.
+                tracing::warn!(route = name, event_id = %id, outcome = "duplicate", client = %peer.ip(), latency_ms, "request: duplicate with the original's signature: possible replay");
+            } else {
+                tracing::info!(route = name, event_id = %id, outcome = "duplicate", latency_ms, "request: duplicate re-signed by the sender: a provider retry");
+            }
             reject::duplicate(&id)
         }
         Ok(Outcome::Proxied(id, reply)) => {
@@ -143,7 +150,10 @@ async fn process(
             route.wake.notify_one();
             Ok(Outcome::Accepted(id))
         }
-        Ok(Accept::Duplicate(id)) => Ok(Outcome::Duplicate(id)),
+        Ok(Accept::Duplicate(id)) => {
+            let same = same_signature(&ctx.store, &id, &parts.headers).await;
+            Ok(Outcome::Duplicate(id, same))
+        }
         Err(e) => {
             metrics::counter!("hookgate_store_errors_total").increment(1);
             tracing::error!(route = %cfg.name, error = %e, "store refused the event");
@@ -180,4 +190,44 @@ async fn proxy(
         ),
     };
     Outcome::Proxied(id, reply)
+}
+
+/// Headers that carry a signature or its timestamp, by name, for every scheme.
+fn signature_fingerprint<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<String> {
+    let mut fp: Vec<String> = headers
+        .filter(|(k, _)| {
+            let k = k.to_ascii_lowercase();
+            k.contains("signature")
+                || k.contains("timestamp")
+                || k.contains("hmac")
+                || k == "authorization"
+        })
+        .map(|(k, v)| format!("{}={v}", k.to_ascii_lowercase()))
+        .collect();
+    fp.sort();
+    fp
+}
+
+/// Whether a duplicate carries exactly the original's signature headers (`None`: unknown).
+async fn same_signature(
+    store: &std::sync::Arc<dyn crate::store::Store>,
+    original: &str,
+    headers: &http::HeaderMap,
+) -> Option<bool> {
+    let ev = store.get(original).await.ok()??;
+    let stored: crate::store::StoredHeaders = serde_json::from_value(ev.headers).ok()?;
+    let map = stored.to_map();
+    let old = signature_fingerprint(
+        map.iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
+    );
+    let new = signature_fingerprint(
+        headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
+    );
+    if old.is_empty() {
+        return None;
+    }
+    Some(old == new)
 }
