@@ -139,6 +139,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ctx,
         config.server.header_timeout,
         config.server.shutdown_grace,
+        config.server.tls.clone(),
         stop_rx,
     ));
     admin.ready.store(true, Ordering::Release);

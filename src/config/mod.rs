@@ -5,6 +5,7 @@
 
 pub mod raw;
 pub mod secret;
+mod tls;
 pub mod units;
 mod validate;
 
@@ -41,6 +42,8 @@ pub struct ServerConfig {
     pub body_timeout: Duration,
     pub shutdown_grace: Duration,
     pub trusted_proxies: Vec<IpNet>,
+    /// `[server.tls]`, loaded and checked.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 #[derive(Debug, Clone)]

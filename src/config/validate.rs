@@ -167,12 +167,7 @@ fn check_server(s: &RawServer, p: &mut Problems) -> Option<ServerConfig> {
                 None
             }
         });
-    if s.tls.is_some() {
-        p.error(
-            "server.tls",
-            "TLS termination is not available in this version; terminate TLS in front of hookgate",
-        );
-    }
+    let tls = s.tls.as_ref().and_then(|t| super::tls::check(t, p));
     let admin_token = s
         .admin_token
         .as_ref()
@@ -201,6 +196,7 @@ fn check_server(s: &RawServer, p: &mut Problems) -> Option<ServerConfig> {
             Duration::from_secs(30),
             p,
         ),
+        tls,
         trusted_proxies: cidrs(
             s.trusted_proxies.as_deref().unwrap_or(&[]),
             "server.trusted_proxies",

@@ -15,6 +15,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::Watcher;
 use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -36,9 +37,11 @@ pub async fn serve(
     ctx: Arc<Ingress>,
     header_timeout: Duration,
     grace: Duration,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -51,20 +54,16 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let ctx = ctx.clone();
-                let svc = service_fn(move |req| {
-                    let ctx = ctx.clone();
-                    async move { Ok::<_, std::convert::Infallible>(pipeline::handle(ctx, peer, req).await) }
-                });
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout)
-                    .max_buf_size(MAX_HEAD)
-                    .serve_connection(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn);
+                let (ctx, watcher, tls) = (ctx.clone(), graceful.watcher(), tls.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                    match tls {
+                        None => connection(stream, peer, ctx, header_timeout, watcher).await,
+                        // The TLS handshake counts against header_timeout too.
+                        Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => connection(tls, peer, ctx, header_timeout, watcher).await,
+                            Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                        },
                     }
                 });
             }
@@ -77,6 +76,30 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("shutdown grace period elapsed with requests still in flight");
+    }
+}
+
+/// Serves one HTTP/1.1 connection (plain or TLS) until it closes or shutdown ends it.
+async fn connection<I>(
+    io: I,
+    peer: SocketAddr,
+    ctx: Arc<Ingress>,
+    header_timeout: Duration,
+    watcher: Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, std::convert::Infallible>(pipeline::handle(ctx, peer, req).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(io), svc);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
     }
 }
 
