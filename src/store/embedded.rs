@@ -87,6 +87,8 @@ enum Write {
 }
 
 pub struct EmbeddedStore {
+    /// Transactions committed by the writer (each one fsync): fewer than writes under load.
+    commits: Arc<std::sync::atomic::AtomicU64>,
     tx: mpsc::Sender<Write>,
     reader: Arc<Mutex<Connection>>,
     leased: Arc<Mutex<HashSet<String>>>,
@@ -112,14 +114,22 @@ impl EmbeddedStore {
         let reader = open_conn(&file)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let retention_ms = retention.as_millis() as i64;
+        let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = commits.clone();
         std::thread::Builder::new()
             .name("hookgate-store".into())
-            .spawn(move || writer_loop(writer, rx, retention_ms))?;
+            .spawn(move || writer_loop(writer, rx, retention_ms, &counter))?;
         Ok(EmbeddedStore {
+            commits,
             tx,
             reader: Arc::new(Mutex::new(reader)),
             leased: Arc::default(),
         })
+    }
+
+    /// Transactions committed so far (each one fsync).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn write<T>(
@@ -155,7 +165,12 @@ impl EmbeddedStore {
     }
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Write>, retention_ms: i64) {
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Write>,
+    retention_ms: i64,
+    commits: &std::sync::atomic::AtomicU64,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -166,6 +181,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Write>, retention_ms
             }
         }
         commit_batch(&mut conn, &mut batch, retention_ms);
+        commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -563,5 +579,111 @@ impl Store for EmbeddedStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::Verified;
+
+    fn event(route: &str, body: &'static str) -> NewEvent {
+        let parts = http::Request::post("/x?q=1")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let v = Verified {
+            scheme: "none",
+            event_id: None,
+            secret_index: None,
+        };
+        NewEvent::new(
+            route,
+            &parts,
+            Bytes::from_static(body.as_bytes()),
+            &v,
+            1_000,
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_accepts_share_commits_and_one_key_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap());
+        let before = store.commits();
+        let mut tasks = Vec::new();
+        for i in 0..400 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                // Every fourth request shares one key.
+                let key = (i % 4 == 0).then(|| DedupeKey {
+                    key: "same".into(),
+                    expires_at_ms: 10_000,
+                });
+                store.accept(event("r", "b"), key).await.unwrap()
+            }));
+        }
+        let mut accepted = 0;
+        let mut originals = HashSet::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Accept::Accepted(_) => accepted += 1,
+                Accept::Duplicate(id) => {
+                    originals.insert(id);
+                }
+            }
+        }
+        assert_eq!(accepted, 301, "300 unkeyed + one of the 100 keyed");
+        assert_eq!(
+            originals.len(),
+            1,
+            "every duplicate names the same original"
+        );
+        let commits = store.commits() - before;
+        assert!(
+            commits < 400,
+            "group commit: {commits} transactions for 400 writes"
+        );
+        assert_eq!(store.counts("r").await.unwrap().pending, 301);
+    }
+
+    #[tokio::test]
+    async fn expired_keys_count_as_new_and_are_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
+        let key = |exp| {
+            Some(DedupeKey {
+                key: "k".into(),
+                expires_at_ms: exp,
+            })
+        };
+        let mut first = event("r", "a");
+        first.received_at_ms = 1_000;
+        assert!(matches!(
+            store.accept(first, key(2_000)).await.unwrap(),
+            Accept::Accepted(_)
+        ));
+        let mut within = event("r", "a");
+        within.received_at_ms = 1_999;
+        assert!(matches!(
+            store.accept(within, key(2_999)).await.unwrap(),
+            Accept::Duplicate(_)
+        ));
+        let mut after = event("r", "a");
+        after.received_at_ms = 2_000;
+        assert!(
+            matches!(
+                store.accept(after, key(3_000)).await.unwrap(),
+                Accept::Accepted(_)
+            ),
+            "a key counts only within its window"
+        );
+        store.purge(5_000).await.unwrap();
+        let left: i64 = store
+            .read(|c| c.query_row("SELECT COUNT(*) FROM dedupe", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(left, 0, "expired keys purged");
     }
 }
