@@ -71,8 +71,10 @@ const MAX_BATCH: usize = 1024;
 const QUEUE: usize = 16 * 1024;
 
 enum Write {
+    /// The event, its headers already as JSON (serialized on the caller's task, not on the
+    /// single writer thread), and its key.
     Accept(
-        NewEvent,
+        Box<(NewEvent, String)>,
         Option<DedupeKey>,
         oneshot::Sender<Result<Accept, String>>,
     ),
@@ -218,7 +220,7 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Write>, retention_ms: i64
         };
         let (d, ok) = match w {
             Write::Accept(ev, key, reply) => {
-                let r = accept_tx(&sp, &ev, key.as_ref()).map_err(|e| e.to_string());
+                let r = accept_tx(&sp, &ev.0, &ev.1, key.as_ref()).map_err(|e| e.to_string());
                 let ok = r.is_ok();
                 (Done::Accept(reply, r), ok)
             }
@@ -292,7 +294,12 @@ fn fail(w: Write, msg: &str) {
     }
 }
 
-fn accept_tx(tx: &Connection, ev: &NewEvent, key: Option<&DedupeKey>) -> rusqlite::Result<Accept> {
+fn accept_tx(
+    tx: &Connection,
+    ev: &NewEvent,
+    headers_json: &str,
+    key: Option<&DedupeKey>,
+) -> rusqlite::Result<Accept> {
     if let Some(k) = key {
         let seen: Option<String> = tx
             .prepare_cached(
@@ -317,7 +324,7 @@ fn accept_tx(tx: &Connection, ev: &NewEvent, key: Option<&DedupeKey>) -> rusqlit
         ev.received_at_ms,
         ev.method,
         ev.query,
-        ev.headers.to_json(),
+        headers_json,
         &ev.body[..],
         ev.scheme,
         key.map(|k| k.key.as_str()),
@@ -402,7 +409,9 @@ fn summary(r: &rusqlite::Row) -> rusqlite::Result<EventSummary> {
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn accept(&self, ev: NewEvent, dedupe: Option<DedupeKey>) -> Result<Accept, StoreError> {
-        self.write(|r| Write::Accept(ev, dedupe, r)).await
+        let headers = ev.headers.to_json();
+        self.write(|r| Write::Accept(Box::new((ev, headers)), dedupe, r))
+            .await
     }
 
     async fn lease(
