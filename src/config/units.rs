@@ -39,10 +39,7 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(
-            parse_duration("10 sec").map_err(|e| e),
-            Ok(Duration::from_secs(10))
-        );
+        assert_eq!(parse_duration("10 sec"), Ok(Duration::from_secs(10)));
         assert!(parse_duration("soon").is_err());
     }
 }

@@ -57,7 +57,7 @@ fn compile(t: &str) -> Result<Vec<Part>, String> {
     let mut rest = t;
     while let Some(open) = rest.find('{') {
         if open > 0 {
-            parts.push(Part::Lit(rest[..open].as_bytes().to_vec()));
+            parts.push(Part::Lit(rest.as_bytes()[..open].to_vec()));
         }
         let close = rest[open..]
             .find('}')
