@@ -1,8 +1,11 @@
 //! The command line of SPEC §2. `main` maps each command's result to an exit code.
 
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 use clap::{Parser, Subcommand};
+
+use crate::config::Config;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,6 +31,8 @@ pub enum Command {
     Serve(ConfigArg),
     /// Validate the config and its secrets: exit 0, or 1 with one line per problem.
     Check(ConfigArg),
+    /// Print the headers and a curl command of a correctly signed request for a route.
+    Sign(SignArgs),
     /// Inspect and replay events through the admin API.
     Events(EventsArgs),
 }
@@ -72,4 +77,135 @@ pub enum EventsCommand {
         #[arg(long)]
         route: String,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SignArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The route to sign for (its `name`).
+    #[arg(long)]
+    pub route: String,
+    /// The body: a file, or `-` for stdin (default: a small JSON test event).
+    #[arg(long)]
+    pub body: Option<String>,
+}
+
+/// The output of `hookgate sign`: one `Name: value` line per header, a blank line, then a curl
+/// command that sends exactly that request to the route on `server.listen`. The route's first
+/// secret signs, at `now`. `body_file` (when the body came from a file) is referenced by curl
+/// instead of inlining the bytes.
+pub fn sign_output(
+    cfg: &Config,
+    route: &str,
+    body: &[u8],
+    body_file: Option<&str>,
+    now: SystemTime,
+) -> Result<String, String> {
+    let Some(r) = cfg.routes.iter().find(|r| r.name == route) else {
+        let names: Vec<&str> = cfg.routes.iter().map(|r| r.name.as_str()).collect();
+        return Err(format!(
+            "no route named {route:?} (routes: {})",
+            names.join(", ")
+        ));
+    };
+    let mut local = cfg.server.listen;
+    if local.ip().is_unspecified() {
+        local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let target = format!("http://{local}{}", r.path);
+    let signed_url = match &cfg.server.public_url {
+        Some(base) => format!("{base}{}", r.path),
+        None => target.clone(),
+    };
+    let scheme = r.verifier.scheme();
+    let headers = match r.verifier.sign(body, now, &signed_url) {
+        Some(h) => h,
+        None if scheme == "none" => Vec::new(),
+        None => {
+            return Err(format!(
+                "route {route:?} uses scheme {scheme:?}, which verifies with a public key: \
+                 signing needs the provider's private key, which hookgate never holds"
+            ))
+        }
+    };
+    let mut out = String::new();
+    for (k, v) in &headers {
+        out.push_str(&format!("{k}: {v}\n"));
+    }
+    out.push('\n');
+    let mut curl = format!("curl -sS -X POST {}", shell_quote(&target));
+    for (k, v) in &headers {
+        curl.push_str(&format!(" -H {}", shell_quote(&format!("{k}: {v}"))));
+    }
+    match body_file {
+        Some(f) => curl.push_str(&format!(" --data-binary @{}", shell_quote(f))),
+        None => curl.push_str(&format!(
+            " --data-binary {}",
+            shell_quote(&String::from_utf8_lossy(body))
+        )),
+    }
+    out.push_str(&curl);
+    out.push('\n');
+    Ok(out)
+}
+
+/// The default body of `hookgate sign`: a small JSON event, with a current `webhookTimestamp`
+/// (ms) so schemes that read a timestamp from the body accept it.
+pub fn default_sign_body(now: SystemTime) -> Vec<u8> {
+    let ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!("{{\"type\":\"hookgate.test\",\"webhookTimestamp\":{ms}}}").into_bytes()
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_output_for_routes() {
+        let (cfg, _) = crate::config::parse(
+            r#"
+[server]
+listen = "0.0.0.0:8080"
+[[route]]
+name = "gh"
+path = "/gh"
+verify = { scheme = "github", secrets = ["it's"] }
+forward = { url = "http://127.0.0.1:9/" }
+[[route]]
+name = "discord"
+path = "/d"
+verify = { scheme = "discord", public_key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a" }
+forward = { url = "http://127.0.0.1:9/" }
+"#,
+        )
+        .unwrap();
+        let now = SystemTime::UNIX_EPOCH;
+        let out = sign_output(&cfg, "gh", b"{}", None, now).unwrap();
+        assert!(out.starts_with("X-Hub-Signature-256: sha256="), "{out}");
+        assert!(
+            out.contains(
+                "curl -sS -X POST 'http://127.0.0.1:8080/gh' -H 'X-Hub-Signature-256: sha256="
+            ),
+            "{out}"
+        );
+        let out = sign_output(&cfg, "gh", b"it's", Some("/tmp/b c"), now).unwrap();
+        assert!(out.ends_with("--data-binary @'/tmp/b c'\n"), "{out}");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        let e = sign_output(&cfg, "discord", b"{}", None, now).unwrap_err();
+        assert!(
+            e.contains("signing needs the provider's private key"),
+            "{e}"
+        );
+        assert!(sign_output(&cfg, "nope", b"", None, now)
+            .unwrap_err()
+            .contains("routes: gh, discord"));
+    }
 }

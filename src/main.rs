@@ -29,6 +29,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Sign(a) => sign(a),
         Command::Events(args) => match runtime().map(|rt| rt.block_on(events(args))) {
             Ok(Ok(())) => ExitCode::SUCCESS,
             Ok(Err(e)) | Err(e) => {
@@ -70,6 +71,46 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn sign(a: hookgate::cli::SignArgs) -> ExitCode {
+    let cfg = match config::load(&a.config.config) {
+        Ok((cfg, _)) => cfg,
+        Err(problems) => {
+            eprintln!("hookgate: {} has problems:", a.config.config.display());
+            for e in &problems.errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let now = std::time::SystemTime::now();
+    let body = match a.body.as_deref() {
+        None => Ok(hookgate::cli::default_sign_body(now)),
+        Some("-") => {
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut b).map(|_| b)
+        }
+        Some(path) => std::fs::read(path),
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("hookgate: cannot read the body: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let file = a.body.as_deref().filter(|b| *b != "-");
+    match hookgate::cli::sign_output(&cfg, &a.route, &body, file, now) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hookgate sign: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -269,6 +269,41 @@ impl super::Verifier for HmacVerifier {
         }
         Err(VerifyError::InvalidSignature)
     }
+
+    fn sign(&self, body: &[u8], now: SystemTime, url: &str) -> Option<Vec<(String, String)>> {
+        let secret = self.secrets.first()?;
+        let ts = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+            .to_string();
+        let id = uuid::Uuid::now_v7().to_string();
+        let method = http::Method::POST.as_str().as_bytes();
+        let chunks: Vec<&[u8]> = self
+            .template
+            .iter()
+            .map(|p| match p {
+                Part::Lit(b) => b.as_slice(),
+                Part::Timestamp => ts.as_bytes(),
+                Part::Body => body,
+                Part::Id => id.as_bytes(),
+                Part::Url => url.as_bytes(),
+                Part::Method => method,
+            })
+            .collect();
+        let m = crypto::mac(self.algorithm, secret.expose(), &chunks);
+        let mut out = vec![(
+            self.signature_header.clone(),
+            format!("{}{}", self.prefix, self.encoding.encode(&m)),
+        )];
+        if self.signs(&Part::Timestamp) {
+            out.push((self.timestamp_header.clone(), ts));
+        }
+        if let Some(h) = &self.id_header {
+            out.push((h.clone(), id));
+        }
+        Some(out)
+    }
 }
 
 #[cfg(test)]
@@ -396,6 +431,22 @@ mod tests {
             v.verify(&unprefixed, b"hi", at(0)).unwrap_err(),
             VerifyError::InvalidSignature
         );
+    }
+
+    #[test]
+    fn sign_round_trips() {
+        let v = verifier("signed_payload = \"{id}.{timestamp}.{method}.{url}.{body}\"\nid_header = \"Webhook-Id\"");
+        let h = v
+            .sign(
+                b"hi",
+                at(1_700_000_000),
+                "https://hooks.example.com/hook?a=1",
+            )
+            .unwrap();
+        let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let ok = v.verify(&req(&pairs), b"hi", at(1_700_000_000)).unwrap();
+        assert_eq!(ok.secret_index, Some(0));
+        assert!(v.verify(&req(&pairs), b"ho", at(1_700_000_000)).is_err());
     }
 
     #[test]

@@ -21,6 +21,22 @@ mod razorpay;
 mod sendgrid;
 mod twitch;
 mod typeform;
+// Provider presets (issue 3). One file each; `preset` holds what they share.
+mod basic;
+mod bearer;
+mod discord;
+mod github;
+mod gitlab;
+mod linear;
+mod paddle;
+mod preset;
+mod shopify;
+mod slack;
+mod square;
+mod standard_webhooks;
+mod stripe;
+mod twilio;
+mod zoom;
 
 use std::fmt;
 use std::sync::Arc;
@@ -92,6 +108,13 @@ pub trait Verifier: Send + Sync + fmt::Debug {
     fn extra_methods(&self) -> &'static [Method] {
         &[]
     }
+
+    /// Headers of a correctly signed request for `body` at `now` (`hookgate sign`), with the
+    /// first configured secret; `url` is the public URL the provider would call. `None` when
+    /// the scheme cannot sign (public-key schemes need the provider's private key).
+    fn sign(&self, _body: &[u8], _now: SystemTime, _url: &str) -> Option<Vec<(String, String)>> {
+        None
+    }
 }
 
 /// What a scheme's builder may need besides its own keys.
@@ -126,6 +149,24 @@ pub fn build(
         "sendgrid" => sendgrid::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
         "msgraph" => msgraph::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
         "okta" => okta::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
+        "stripe" => stripe::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
+        "github" => github::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
+        "standard-webhooks" => standard_webhooks::build(raw, "standard-webhooks", at, p)
+            .map(|v| Arc::new(v) as Arc<dyn Verifier>),
+        "svix" => {
+            standard_webhooks::build(raw, "svix", at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>)
+        }
+        "slack" => slack::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
+        "shopify" => shopify::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
+        "twilio" => twilio::build(raw, ctx, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
+        "discord" => discord::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
+        "paddle" => paddle::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
+        "square" => square::build(raw, ctx, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
+        "zoom" => zoom::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
+        "linear" => linear::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
+        "gitlab" => gitlab::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
+        "basic" => basic::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
+        "bearer" => bearer::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
         other => {
             p.error(format!("{at}.scheme"), format!("unknown scheme {other:?}"));
             None

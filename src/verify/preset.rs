@@ -1,0 +1,274 @@
+//! Helpers the provider presets share: tolerance and public-URL config, timestamps, trying every
+//! secret, reading a JSON field once a body is verified, and length-hiding token equality.
+//! Each preset file stays the provider's algorithm and nothing else.
+
+use std::time::{Duration, SystemTime};
+
+use http::request::Parts;
+use sha2::{Digest, Sha256};
+
+use super::{ct_eq, BuildCtx, Verified, VerifyError};
+use crate::config::raw::RawVerify;
+use crate::config::units::parse_duration;
+use crate::config::{Problems, Secret};
+
+/// `tolerance`, or the provider's documented default.
+pub(crate) fn tolerance(
+    raw: &RawVerify,
+    default: Duration,
+    at: &str,
+    p: &mut Problems,
+) -> Duration {
+    match raw.tolerance.as_deref().map(parse_duration) {
+        None => default,
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            p.error(format!("{at}.tolerance"), e);
+            default
+        }
+    }
+}
+
+/// `server.public_url`, required by schemes that sign the URL the provider called.
+pub(crate) fn public_url(ctx: &BuildCtx, scheme: &str, at: &str, p: &mut Problems) -> String {
+    match ctx.public_url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => {
+            p.error(
+                "server.public_url",
+                format!(
+                    "is required by {at}.scheme = {scheme:?}: the provider signs the public URL it calls \
+                     (e.g. public_url = \"https://hooks.example.com\")"
+                ),
+            );
+            String::new()
+        }
+    }
+}
+
+/// The URL the provider called: public base URL + path + query as received.
+pub(crate) fn request_url(public_url: &str, req: &Parts) -> String {
+    let pq = req
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    format!("{public_url}{pq}")
+}
+
+/// A timestamp of ASCII digits (optionally signed); anything else is `StaleTimestamp`.
+pub(crate) fn parse_ts(s: &str) -> Result<i64, VerifyError> {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    if digits.is_empty() || digits.len() > 18 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(VerifyError::StaleTimestamp);
+    }
+    s.parse().map_err(|_| VerifyError::StaleTimestamp)
+}
+
+/// Checks `ts` (in `unit`s since the epoch) against `now ± tolerance`, both directions.
+pub(crate) fn check_fresh(
+    ts: i64,
+    unit: Duration,
+    now: SystemTime,
+    tolerance: Duration,
+) -> Result<(), VerifyError> {
+    let now = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_err(|_| VerifyError::StaleTimestamp)?
+        .as_nanos() as i128;
+    let ts = ts as i128 * unit.as_nanos() as i128;
+    if (now - ts).unsigned_abs() <= tolerance.as_nanos() {
+        Ok(())
+    } else {
+        Err(VerifyError::StaleTimestamp)
+    }
+}
+
+pub(crate) fn unix_secs(now: SystemTime) -> i64 {
+    now.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The index of the first secret `matches` accepts; every secret is tried (rotation).
+pub(crate) fn find_secret(
+    secrets: &[Secret],
+    mut matches: impl FnMut(&[u8]) -> bool,
+) -> Option<usize> {
+    secrets.iter().position(|s| matches(s.expose()))
+}
+
+pub(crate) fn verified(
+    scheme: &'static str,
+    event_id: Option<String>,
+    secret_index: Option<usize>,
+) -> Verified {
+    Verified {
+        scheme,
+        event_id: event_id.filter(|s| !s.is_empty()),
+        secret_index,
+    }
+}
+
+/// A top-level field of a JSON object body as text; call only on verified bytes.
+pub(crate) fn json_field(body: &[u8], key: &str) -> Option<String> {
+    let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+    match doc.get(key)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A header as text, non-empty.
+pub(crate) fn header_nonempty<'a>(req: &'a Parts, name: &str) -> Option<&'a str> {
+    super::header(req, name).filter(|s| !s.is_empty())
+}
+
+/// Whether `needle` occurs in `body`: a cheap pre-filter for handshakes, never a decision.
+pub(crate) fn contains(body: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && body.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Constant-time equality of two tokens that hides their lengths too (compares digests).
+pub(crate) fn token_eq(a: &[u8], b: &[u8]) -> bool {
+    ct_eq(&Sha256::digest(a), &Sha256::digest(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(parse_ts("1700000000"), Ok(1_700_000_000));
+        for bad in ["", "17e8", " 1", "1.5", "-", "99999999999999999999"] {
+            assert_eq!(parse_ts(bad), Err(VerifyError::StaleTimestamp), "{bad:?}");
+        }
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let s = Duration::from_secs(1);
+        let tol = Duration::from_secs(10);
+        assert!(check_fresh(990, s, now, tol).is_ok());
+        assert!(check_fresh(1010, s, now, tol).is_ok());
+        assert!(check_fresh(989, s, now, tol).is_err());
+        assert!(check_fresh(1011, s, now, tol).is_err());
+        assert!(check_fresh(i64::MAX, s, now, tol).is_err());
+        assert!(check_fresh(1_000_010, Duration::from_millis(1), now, tol).is_ok());
+        assert!(check_fresh(1_010_001, Duration::from_millis(1), now, tol).is_err());
+    }
+
+    #[test]
+    fn tokens() {
+        assert!(token_eq(b"abc", b"abc"));
+        assert!(!token_eq(b"abc", b"abcd"));
+        assert!(contains(b"xx url_verification", b"url_verification"));
+        assert!(!contains(b"", b"x"));
+    }
+}
+
+/// Resolves `public_key` (a literal, `env:` or `file:`; public, so a literal is fine).
+pub(crate) fn public_key_text(raw: &RawVerify, at: &str, p: &mut Problems) -> Option<String> {
+    let spec = raw.public_key.as_deref()?;
+    match crate::config::secret::resolve(spec) {
+        Ok((s, _)) => match s.expose_str() {
+            Some(t) => Some(t.trim().to_string()),
+            None => {
+                p.error(format!("{at}.public_key"), "is not valid UTF-8");
+                None
+            }
+        },
+        Err(e) => {
+            p.error(format!("{at}.public_key"), e);
+            None
+        }
+    }
+}
+
+/// An Ed25519 public key from its 32 bytes; `what` describes the expected form for the error.
+pub(crate) fn ed25519_key(
+    bytes: Option<Vec<u8>>,
+    what: &str,
+    at: &str,
+    p: &mut Problems,
+) -> Option<ed25519_dalek::VerifyingKey> {
+    let key = bytes
+        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+        .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok());
+    if key.is_none() {
+        p.error(
+            format!("{at}.public_key"),
+            format!("is not a valid Ed25519 public key (expected {what})"),
+        );
+    }
+    key
+}
+
+/// Ed25519 verification over the concatenation of `chunks` (strict: rejects malleable forms).
+pub(crate) fn ed25519_ok(key: &ed25519_dalek::VerifyingKey, sig: &[u8], chunks: &[&[u8]]) -> bool {
+    let Ok(sig) = ed25519_dalek::Signature::from_slice(sig) else {
+        return false;
+    };
+    let msg = chunks.concat();
+    key.verify_strict(&msg, &sig).is_ok()
+}
+
+/// Shared by the presets' tests: build a verifier from TOML, make requests, fix the time.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use http::request::Parts;
+
+    use crate::config::raw::RawVerify;
+    use crate::config::Problems;
+    use crate::verify::{build, BuildCtx, Verifier};
+
+    pub const PUBLIC_URL: &str = "https://hooks.example.com";
+
+    /// Builds `[route.verify]` from TOML; `Err` holds every problem.
+    pub fn try_build(
+        toml_text: &str,
+        public_url: Option<&str>,
+    ) -> Result<Arc<dyn Verifier>, String> {
+        let raw: RawVerify = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        let mut p = Problems::default();
+        let v = build(&raw, &BuildCtx { public_url }, "route[0].verify", &mut p);
+        match v {
+            Some(v) if p.errors.is_empty() => Ok(v),
+            _ => Err(p.errors.join("\n")),
+        }
+    }
+
+    pub fn verifier(toml_text: &str) -> Arc<dyn Verifier> {
+        match try_build(toml_text, Some(PUBLIC_URL)) {
+            Ok(v) => v,
+            Err(e) => panic!("config rejected: {e}"),
+        }
+    }
+
+    pub fn req_to(method: &str, uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut b = http::Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    pub fn req(headers: &[(&str, &str)]) -> Parts {
+        req_to("POST", "/hook", headers)
+    }
+
+    pub fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    /// Turns `sign()` output into a request.
+    pub fn signed_req(headers: &[(String, String)]) -> Parts {
+        let h: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        req(&h)
+    }
+}
