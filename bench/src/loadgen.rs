@@ -71,7 +71,7 @@ impl LoadResult {
         })
     }
 
-    fn merge(&mut self, other: LoadResult) -> anyhow::Result<()> {
+    pub fn merge(&mut self, other: LoadResult) -> anyhow::Result<()> {
         self.hist.add(&other.hist)?;
         self.ok_measured += other.ok_measured;
         self.ok_total += other.ok_total;

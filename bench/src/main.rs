@@ -119,6 +119,7 @@ fn bench(a: Args) -> anyhow::Result<()> {
         warmup: humantime::format_duration(a.warmup).to_string(),
         duration: humantime::format_duration(a.duration).to_string(),
         body_size: a.body_size,
+        loadavg_before: proc::loadavg(),
     };
     // Before the runtime exists, so every thread it makes inherits the mask.
     proc::pin_self(a.loadgen_cpu)?;

@@ -32,6 +32,7 @@ pub struct Facts {
     pub warmup: String,
     pub duration: String,
     pub body_size: usize,
+    pub loadavg_before: String,
 }
 
 fn ms(us: u64) -> String {
@@ -116,6 +117,27 @@ pub fn markdown(o: &Outcome, f: &Facts) -> String {
         row(&mut s, l.conns, "hookgate", &l.hookgate, Some(ratio(l)));
     }
     s.push('\n');
+    let drift: Vec<String> = o
+        .levels
+        .iter()
+        .map(|l| {
+            let [a, b] = l.ceiling_runs;
+            format!(
+                "{}: {} / {} ({:+.0}%)",
+                l.conns,
+                thousands(a),
+                thousands(b),
+                (b - a) / a.max(1.0) * 100.0
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "The ceiling is measured just before and just after hookgate at each level and reported combined; before / after req/s (the machine's noise): {}. Load average before / after the run: {} / {}.\n",
+        drift.join("; "),
+        f.loadavg_before,
+        o.loadavg_after,
+    );
     s.push_str("Deliveries (hookgate → upstream in the generator's process):\n\n");
     s.push_str("| conns | events acknowledged | delivered/s during load | backlog at end of load | delivered/s after load | backlog drained | duplicate deliveries | hookgate warn/error lines |\n");
     s.push_str("|---:|---:|---:|---:|---:|---|---:|---:|\n");

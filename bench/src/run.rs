@@ -47,6 +47,17 @@ pub struct Measured {
 }
 
 impl Measured {
+    /// Two windows of the same target as one (the ceiling is measured before and after
+    /// hookgate, so drift of a noisy machine shows and is averaged).
+    fn combine(mut a: Measured, b: Measured) -> anyhow::Result<Measured> {
+        a.window += b.window;
+        a.load.merge(b.load)?;
+        a.server_cpu_us += b.server_cpu_us;
+        a.loadgen_cpu_us += b.loadgen_cpu_us;
+        a.delivered_in_window += b.delivered_in_window;
+        Ok(a)
+    }
+
     pub fn rps(&self) -> f64 {
         self.load.ok_measured as f64 / self.window.as_secs_f64()
     }
@@ -77,6 +88,8 @@ pub struct Delivery {
 pub struct Level {
     pub conns: usize,
     pub ceiling: Measured,
+    /// Ceiling requests/s before and after hookgate's window.
+    pub ceiling_runs: [f64; 2],
     pub hookgate: Measured,
     pub delivery: Delivery,
     pub hookgate_warnings: usize,
@@ -87,6 +100,7 @@ pub struct Level {
 pub struct Outcome {
     pub levels: Vec<Level>,
     pub ceiling_cpus: String,
+    pub loadavg_after: String,
 }
 
 pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
@@ -117,17 +131,10 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
                 expect_status: 202,
             })
         };
-        eprintln!("== {conns} connections: ceiling");
-        let c = measure(
-            spec(ceiling.addr, format!("c{conns}-{run_tag}")),
-            conns,
-            ceiling.pid,
-            plan,
-            None,
-            None,
-        )
-        .await?;
-        eprintln!("   {:.0} req/s", c.rps());
+        eprintln!("== {conns} connections: ceiling (before)");
+        let c1_spec = spec(ceiling.addr, format!("c{conns}a-{run_tag}"));
+        let c1 = measure(c1_spec, conns, ceiling.pid, plan, None, None).await?;
+        eprintln!("   {:.0} req/s", c1.rps());
 
         eprintln!("== {conns} connections: hookgate");
         counts.reset();
@@ -154,9 +161,9 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
             .filter(|_| conns == plan.perf_level);
         let h = measure(spec(hg.addr, tag), conns, hg.pid, plan, perf, Some(&counts)).await?;
         eprintln!(
-            "   {:.0} req/s ({:.3}x)",
+            "   {:.0} req/s ({:.3}x the ceiling before)",
             h.rps(),
-            h.rps() / c.rps().max(1.0)
+            h.rps() / c1.rps().max(1.0)
         );
         let delivery = drain(&counts, &h, plan.drain_timeout).await;
         match delivery.drain {
@@ -170,9 +177,16 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
         let hookgate_log_bytes = hg.log_bytes();
         hg.stop().await.context("stopping hookgate")?;
         drop(dir);
+
+        eprintln!("== {conns} connections: ceiling (after)");
+        let c2_spec = spec(ceiling.addr, format!("c{conns}b-{run_tag}"));
+        let c2 = measure(c2_spec, conns, ceiling.pid, plan, None, None).await?;
+        eprintln!("   {:.0} req/s", c2.rps());
+        let ceiling_runs = [c1.rps(), c2.rps()];
         levels.push(Level {
             conns,
-            ceiling: c,
+            ceiling: Measured::combine(c1, c2)?,
+            ceiling_runs,
             hookgate: h,
             delivery,
             hookgate_warnings,
@@ -184,6 +198,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
     Ok(Outcome {
         levels,
         ceiling_cpus,
+        loadavg_after: proc::loadavg(),
     })
 }
 
