@@ -276,7 +276,16 @@ async fn drain(counts: &upstream::Counts, h: &Measured, timeout: Duration) -> De
 
 fn start_perf(pid: u32, out: &PathBuf) -> anyhow::Result<tokio::process::Child> {
     tokio::process::Command::new("perf")
-        .args(["record", "-e", "cpu-clock", "-F", "2000", "-g", "-o"])
+        .args([
+            "record",
+            "-e",
+            "cpu-clock",
+            "-F",
+            "499",
+            "--call-graph",
+            "dwarf,16384",
+            "-o",
+        ])
         .arg(out)
         .arg("-p")
         .arg(pid.to_string())
