@@ -152,7 +152,8 @@ fn bench(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The commit being measured, `+dirty` when the gateway's sources differ from it.
+/// The last commit of the gateway's sources (not of the benchmark), `+dirty` when the
+/// working tree's differ from it.
 fn git_commit() -> String {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
@@ -162,7 +163,16 @@ fn git_commit() -> String {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
-    let head = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let head = git(&[
+        "log",
+        "-1",
+        "--format=%h",
+        "--",
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+    ])
+    .unwrap_or_else(|| "unknown".into());
     let dirty = git(&[
         "status",
         "--porcelain",
