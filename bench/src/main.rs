@@ -1,0 +1,191 @@
+//! hookgate-bench: the accept-path benchmark of issue 2 (see docs/PERFORMANCE.md).
+//!
+//! Starts a bare hyper server (the ceiling) and, per level, a fresh release hookgate, both
+//! pinned to the server CPU; pins itself (load generator + upstream) to the other CPU; drives
+//! both with the same closed-loop load at each connection count; prints a Markdown table with
+//! throughput as a ratio to the ceiling, and optionally writes it into docs/PERFORMANCE.md.
+
+mod ceiling;
+mod loadgen;
+mod proc;
+mod report;
+mod run;
+mod target;
+mod upstream;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Accept-path benchmark of hookgate against a bare hyper ceiling")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    args: Args,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Internal: serve the ceiling (bare hyper, 202) until killed.
+    #[command(hide = true)]
+    Ceiling,
+}
+
+#[derive(clap::Args)]
+struct Args {
+    /// The hookgate binary to measure (a release build).
+    #[arg(long, default_value = "target/release/hookgate")]
+    hookgate: PathBuf,
+    /// Connection counts, one level each.
+    #[arg(long, value_delimiter = ',', default_value = "16,64,256")]
+    levels: Vec<usize>,
+    /// Load before each measured window.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Measured window per level and target.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Longest wait after the load for hookgate's deliveries to catch up.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+    /// Request body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    body_size: usize,
+    /// hookgate's store backend.
+    #[arg(long, value_enum, default_value = "embedded")]
+    backend: target::Backend,
+    /// Redis URL, with `--backend redis`.
+    #[arg(long, default_value = "redis://127.0.0.1:6379/0")]
+    redis_url: String,
+    /// `HOOKGATE_LOG` for hookgate (its log goes to a file in the temp dir).
+    #[arg(long, default_value = "warn")]
+    log: String,
+    /// CPU for the load generator and the upstream.
+    #[arg(long, default_value_t = 0)]
+    loadgen_cpu: usize,
+    /// CPU for the server under test.
+    #[arg(long, default_value_t = 1)]
+    server_cpu: usize,
+    /// Where temp configs and stores go (keep it on the repository's disk).
+    #[arg(long, default_value = "target/bench-tmp")]
+    tmp_dir: PathBuf,
+    /// Write the results into this Markdown file, between its result markers.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Profile hookgate with `perf record -g` over the measured window of `--perf-level`.
+    #[arg(long)]
+    perf_record: Option<PathBuf>,
+    #[arg(long, default_value_t = 64)]
+    perf_level: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Some(Cmd::Ceiling) => ceiling::serve(),
+        None => bench(cli.args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hookgate-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench(a: Args) -> anyhow::Result<()> {
+    if !a.hookgate.exists() {
+        anyhow::bail!(
+            "{} not found: build it with `cargo build --release` (or run scripts/bench.sh)",
+            a.hookgate.display()
+        );
+    }
+    let facts = report::Facts {
+        date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        command: std::env::var("HOOKGATE_BENCH_CMD")
+            .unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" ")),
+        nproc: proc::nproc(),
+        cpu_model: proc::cpu_model(),
+        commit: git_commit(),
+        loadgen_cpu: a.loadgen_cpu,
+        server_cpu: a.server_cpu,
+        backend: format!("{:?}", a.backend).to_lowercase(),
+        log: a.log.clone(),
+        warmup: humantime::format_duration(a.warmup).to_string(),
+        duration: humantime::format_duration(a.duration).to_string(),
+        body_size: a.body_size,
+        loadavg_before: proc::loadavg(),
+    };
+    // Before the runtime exists, so every thread it makes inherits the mask.
+    proc::pin_self(a.loadgen_cpu)?;
+    let plan = run::Plan {
+        hookgate: a.hookgate,
+        levels: a.levels,
+        warmup: a.warmup,
+        duration: a.duration,
+        drain_timeout: a.drain_timeout,
+        body_size: a.body_size,
+        backend: a.backend,
+        redis_url: a.redis_url,
+        log: a.log,
+        server_cpu: a.server_cpu,
+        tmp_dir: a.tmp_dir,
+        perf_record: a.perf_record,
+        perf_level: a.perf_level,
+    };
+    // One thread: the generator and the upstream share the generator's core.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let outcome = rt.block_on(run::run(&plan))?;
+    let md = report::markdown(&outcome, &facts);
+    println!("{md}");
+    if let Some(out) = a.out {
+        report::write_into(&out, &md)?;
+        eprintln!("results written into {}", out.display());
+    }
+    Ok(())
+}
+
+/// The last commit of the gateway's sources (not of the benchmark), `+dirty` when the
+/// working tree's differ from it.
+fn git_commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let head = git(&[
+        "log",
+        "-1",
+        "--format=%h",
+        "--",
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+    ])
+    .unwrap_or_else(|| "unknown".into());
+    let dirty = git(&[
+        "status",
+        "--porcelain",
+        "--",
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+    ])
+    .map(|s| !s.is_empty())
+    .unwrap_or(false);
+    if dirty {
+        format!("{head}+dirty")
+    } else {
+        head
+    }
+}
