@@ -85,6 +85,8 @@ impl Worker {
             }
             let sleep_for = match circuit.reopens_at() {
                 Some(t) => t.saturating_duration_since(Instant::now()),
+                // Everything due was just leased; those attempts finishing wake this loop.
+                None if leased > 0 => IDLE_POLL,
                 None => match self.store.next_due(&route).await {
                     Ok(Some(at)) => {
                         Duration::from_millis((at - now_ms()).max(0) as u64).min(IDLE_POLL)

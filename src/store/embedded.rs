@@ -89,6 +89,8 @@ enum Write {
 }
 
 pub struct EmbeddedStore {
+    /// Dropped with the store, which stops the checkpoint thread.
+    _alive: Arc<()>,
     /// Transactions committed by the writer (each one fsync): fewer than writes under load.
     commits: Arc<std::sync::atomic::AtomicU64>,
     tx: mpsc::Sender<Write>,
@@ -113,6 +115,14 @@ impl EmbeddedStore {
         let writer = open_conn(&file)
             .map_err(|e| anyhow::anyhow!("store.path: cannot open {}: {e}", file.display()))?;
         writer.execute_batch(SCHEMA)?;
+        // Checkpoints run on their own thread, so no group commit waits for one.
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let alive = Arc::new(());
+        let checkpointer = open_conn(&file)?;
+        let token = Arc::downgrade(&alive);
+        std::thread::Builder::new()
+            .name("hookgate-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, token))?;
         let reader = open_conn(&file)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let retention_ms = retention.as_millis() as i64;
@@ -122,6 +132,7 @@ impl EmbeddedStore {
             .name("hookgate-store".into())
             .spawn(move || writer_loop(writer, rx, retention_ms, &counter))?;
         Ok(EmbeddedStore {
+            _alive: alive,
             commits,
             tx,
             reader: Arc::new(Mutex::new(reader)),
@@ -174,6 +185,7 @@ fn writer_loop(
     commits: &std::sync::atomic::AtomicU64,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut synchronous_full = true;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -182,115 +194,118 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        // A batch of settles (and purges) only need not wait for its fsync: losing it in a
+        // crash means an attempt is made again, which at-least-once allows; it is made durable
+        // by the next fsync'd commit or checkpoint (the WAL is synced in order).
+        let full = batch
+            .iter()
+            .any(|w| matches!(w, Write::Accept(..) | Write::Replay(..)));
+        if full != synchronous_full {
+            let mode = if full { "FULL" } else { "NORMAL" };
+            if conn.pragma_update(None, "synchronous", mode).is_ok() {
+                synchronous_full = full;
+            }
+        }
+        if !synchronous_full && full {
+            // Could not switch back to FULL: refuse rather than answer 2xx undurably.
+            for w in batch.drain(..) {
+                reply(
+                    w,
+                    Err("cannot make the commit durable (synchronous=FULL)".into()),
+                );
+            }
+            continue;
+        }
         commit_batch(&mut conn, &mut batch, retention_ms);
         commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
-/// One transaction for the whole batch; each write in a savepoint so one failing write does
-/// not undo the others. Replies go out after COMMIT, or all fail with its error.
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<Write>, retention_ms: i64) {
-    enum Done {
-        Accept(
-            oneshot::Sender<Result<Accept, String>>,
-            Result<Accept, String>,
-        ),
-        Settle(oneshot::Sender<Result<(), String>>, Result<(), String>),
-        Replay(oneshot::Sender<Result<u64, String>>, Result<u64, String>),
-        Purge(oneshot::Sender<Result<(), String>>, Result<(), String>),
-    }
-    let mut done = Vec::with_capacity(batch.len());
-    let mut tx = match conn.transaction() {
-        Ok(tx) => tx,
-        Err(e) => {
-            let msg = e.to_string();
-            for w in batch.drain(..) {
-                fail(w, &msg);
-            }
-            return;
-        }
-    };
-    for w in batch.drain(..) {
-        let sp = match tx.savepoint() {
-            Ok(sp) => sp,
-            Err(e) => {
-                fail(w, &e.to_string());
-                continue;
-            }
-        };
-        let (d, ok) = match w {
-            Write::Accept(ev, key, reply) => {
-                let r = accept_tx(&sp, &ev.0, &ev.1, key.as_ref()).map_err(|e| e.to_string());
-                let ok = r.is_ok();
-                (Done::Accept(reply, r), ok)
-            }
-            Write::Settle(id, attempt, next, reply) => {
-                let r = settle_tx(&sp, &id, &attempt, &next).map_err(|e| e.to_string());
-                let ok = r.is_ok();
-                (Done::Settle(reply, r), ok)
-            }
-            Write::Replay(id, route, now, reply) => {
-                let r =
-                    replay_tx(&sp, id.as_deref(), route.as_deref(), now).map_err(|e| e.to_string());
-                let ok = r.is_ok();
-                (Done::Replay(reply, r), ok)
-            }
-            Write::Purge(now, reply) => {
-                let r = purge_tx(&sp, now, retention_ms).map_err(|e| e.to_string());
-                let ok = r.is_ok();
-                (Done::Purge(reply, r), ok)
-            }
-        };
-        // A failed write is rolled back alone (dropping the savepoint rolls it back).
-        let released = if ok {
-            sp.commit().map_err(|e| e.to_string())
-        } else {
-            Ok(())
-        };
-        match released {
-            Ok(()) => done.push(d),
-            Err(e) => done.push(match d {
-                Done::Accept(r, _) => Done::Accept(r, Err(e)),
-                Done::Settle(r, _) => Done::Settle(r, Err(e)),
-                Done::Replay(r, _) => Done::Replay(r, Err(e)),
-                Done::Purge(r, _) => Done::Purge(r, Err(e)),
-            }),
-        }
-    }
-    let committed = tx.commit().map_err(|e| e.to_string());
-    if let Err(e) = &committed {
-        metrics::counter!("hookgate_store_errors_total").increment(1);
-        tracing::error!(error = %e, "store: commit failed; answering the batch with errors");
-    }
-    for d in done {
-        let c = |r| match &committed {
-            Ok(()) => r,
-            Err(e) => Err(e.clone()),
-        };
-        match d {
-            Done::Accept(reply, r) => {
-                let _ = reply.send(committed.clone().and(r));
-            }
-            Done::Settle(reply, r) => {
-                let _ = reply.send(c(r));
-            }
-            Done::Replay(reply, r) => {
-                let _ = reply.send(committed.clone().and(r));
-            }
-            Done::Purge(reply, r) => {
-                let _ = reply.send(c(r));
-            }
+/// Copies committed WAL frames into the database every `CHECKPOINT_EVERY` (PASSIVE: never
+/// blocks the writer or readers); the writer then reuses the WAL from its start.
+fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<()>) {
+    while alive.strong_count() > 0 {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "store: WAL checkpoint failed");
         }
     }
 }
 
-fn fail(w: Write, msg: &str) {
-    let m = msg.to_string();
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// What a write produced, before it is sent to its caller.
+enum Out {
+    Accept(Accept),
+    Unit,
+    Count(u64),
+}
+
+fn run(tx: &Connection, w: &Write, retention_ms: i64) -> rusqlite::Result<Out> {
+    Ok(match w {
+        Write::Accept(ev, key, _) => Out::Accept(accept_tx(tx, &ev.0, &ev.1, key.as_ref())?),
+        Write::Settle(id, attempt, next, _) => {
+            settle_tx(tx, id, attempt, next)?;
+            Out::Unit
+        }
+        Write::Replay(id, route, now, _) => {
+            Out::Count(replay_tx(tx, id.as_deref(), route.as_deref(), *now)?)
+        }
+        Write::Purge(now, _) => {
+            purge_tx(tx, *now, retention_ms)?;
+            Out::Unit
+        }
+    })
+}
+
+fn reply(w: Write, r: Result<Out, String>) {
     match w {
-        Write::Accept(_, _, r) => drop(r.send(Err(m))),
-        Write::Settle(_, _, _, r) => drop(r.send(Err(m))),
-        Write::Replay(_, _, _, r) => drop(r.send(Err(m))),
-        Write::Purge(_, r) => drop(r.send(Err(m))),
+        Write::Accept(_, _, tx) => drop(tx.send(r.and_then(|o| match o {
+            Out::Accept(a) => Ok(a),
+            _ => Err("internal: wrong result".into()),
+        }))),
+        Write::Settle(_, _, _, tx) | Write::Purge(_, tx) => drop(tx.send(r.map(|_| ()))),
+        Write::Replay(_, _, _, tx) => drop(tx.send(r.map(|o| match o {
+            Out::Count(n) => n,
+            _ => 0,
+        }))),
+    }
+}
+
+/// One transaction for the whole batch (group commit); replies go out only after COMMIT.
+/// If any write fails, the whole transaction is rolled back and each write is run again in a
+/// transaction of its own, so one bad write cannot fail or half-apply the others.
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<Write>, retention_ms: i64) {
+    let fast = (|| -> rusqlite::Result<Vec<Out>> {
+        let tx = conn.transaction()?;
+        let outs = batch
+            .iter()
+            .map(|w| run(&tx, w, retention_ms))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        tx.commit()?;
+        Ok(outs)
+    })();
+    match fast {
+        Ok(outs) => {
+            for (w, o) in batch.drain(..).zip(outs) {
+                reply(w, Ok(o));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, writes = batch.len(), "store: batch failed; retrying its writes one by one");
+            for w in batch.drain(..) {
+                let r = (|| -> rusqlite::Result<Out> {
+                    let tx = conn.transaction()?;
+                    let o = run(&tx, &w, retention_ms)?;
+                    tx.commit()?;
+                    Ok(o)
+                })();
+                if r.is_err() {
+                    metrics::counter!("hookgate_store_errors_total").increment(1);
+                }
+                reply(w, r.map_err(|e| e.to_string()));
+            }
+        }
     }
 }
 
