@@ -376,3 +376,49 @@ async fn redis_down_means_503_then_recovers_without_restart() {
         "acknowledged but not delivered: {missing:?}"
     );
 }
+
+#[test]
+fn check_warns_when_redis_does_not_persist_and_fails_when_unreachable() {
+    let redis = RedisServer::start();
+    let dir = tempdir();
+    let path = dir.path().join("hookgate.toml");
+    std::fs::write(&path, replica_config(&redis, "http://127.0.0.1:9/in", "")).unwrap();
+    let check = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+            .arg("check")
+            .arg("-c")
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("does not persist"));
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("appendonly")
+        .arg("no")
+        .query(&mut con)
+        .unwrap();
+    let out = check();
+    assert!(out.status.success(), "a warning is not an error: {out:?}");
+    let expected = format!(
+        "warning: store.url: Redis at {} does not persist (appendonly no): a Redis restart loses acknowledged events",
+        redis.url()
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&expected),
+        "{out:?}"
+    );
+
+    drop(redis);
+    let out = check();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("store.url: cannot reach Redis at "),
+        "{out:?}"
+    );
+}
