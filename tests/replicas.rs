@@ -422,3 +422,36 @@ fn check_warns_when_redis_does_not_persist_and_fails_when_unreachable() {
         "{out:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_attempt_beyond_the_visibility_timeout_is_not_taken_over() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    // Three times the 3s visibility timeout, and longer than a worker's 5s idle poll.
+    up.push(Plan::Delay(Duration::from_secs(9), 200));
+    let dir = tempdir();
+    let cfg = replica_config(&redis, &up.url("/in"), "");
+    let a = start_replica(&dir.path().join("a"), &cfg);
+    let _b = start_replica(&dir.path().join("b"), &cfg);
+    let c = reqwest::Client::new();
+    let (s, v) = send(&c, &a.url("/hooks/r"), "slow".into(), None).await;
+    assert_eq!(s, 202);
+    let ev = a
+        .wait_event_state(
+            v["event_id"].as_str().unwrap(),
+            "delivered",
+            Duration::from_secs(20),
+        )
+        .await;
+    let log = ev["attempt_log"].as_array().unwrap();
+    assert_eq!(log.len(), 1, "{ev:#}");
+    assert!(
+        log[0]["latency_ms"].as_u64().unwrap() >= 8000,
+        "delivered by the slow attempt itself, not by a takeover: {ev:#}"
+    );
+    assert_eq!(
+        up.received().len(),
+        1,
+        "the attempt in flight was renewed, never handed to the other replica"
+    );
+}
