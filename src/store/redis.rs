@@ -632,3 +632,34 @@ impl Store for RedisStore {
         .await
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use crate::config::{parse, StoreBackend};
+
+    const ROUTE: &str = "[[route]]\nname = \"r\"\npath = \"/r\"\n[route.verify]\nscheme = \"none\"\n[route.forward]\nurl = \"http://127.0.0.1:9/\"\n";
+
+    #[test]
+    fn visibility_timeout_is_a_redis_key_with_a_sane_default() {
+        let (cfg, _) = parse(&format!("[store]\nbackend = \"redis\"\n{ROUTE}")).unwrap();
+        let StoreBackend::Redis {
+            visibility_timeout,
+            key_prefix,
+            ..
+        } = cfg.store.backend
+        else {
+            panic!("not redis")
+        };
+        assert_eq!(visibility_timeout, super::DEFAULT_VISIBILITY_TIMEOUT);
+        assert_eq!(key_prefix, "hookgate");
+        for (store, err) in [
+            ("visibility_timeout = \"5s\"", "store.visibility_timeout: only used with backend = \"redis\""),
+            ("backend = \"redis\"\nvisibility_timeout = \"10ms\"", "store.visibility_timeout: must be at least 1s"),
+            ("backend = \"redis\"\nkey_prefix = \"a{b}\"", "store.key_prefix: \"a{b}\" must be non-empty and contain no braces (they are the key's hash tag)"),
+        ] {
+            let problems = parse(&format!("[store]\n{store}\n{ROUTE}")).unwrap_err();
+            assert_eq!(problems.errors, vec![err.to_string()], "{store}");
+        }
+    }
+}
