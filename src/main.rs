@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hookgate::cli::{Cli, Command, EventsArgs, EventsCommand};
-use hookgate::{app, config, telemetry};
+use hookgate::{app, config, store, telemetry};
 
 // Many small allocations per request (headers, JSON, futures): mimalloc is measurably cheaper
 // than glibc's allocator here (docs/PERFORMANCE.md).
@@ -17,9 +17,17 @@ fn main() -> ExitCode {
     telemetry::init_logging();
     match cli.command {
         Command::Check(c) => match config::load(&c.config) {
-            Ok((_, warnings)) => {
+            Ok((cfg, mut warnings)) => {
+                let (store_warnings, store_errors) = store::check(&cfg.store);
+                warnings.extend(store_warnings);
                 for w in warnings {
                     eprintln!("warning: {w}");
+                }
+                if !store_errors.is_empty() {
+                    for e in &store_errors {
+                        println!("{e}");
+                    }
+                    return ExitCode::FAILURE;
                 }
                 println!("{}: ok", c.config.display());
                 ExitCode::SUCCESS

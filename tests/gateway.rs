@@ -50,6 +50,15 @@ macro_rules! backends {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() { super::$name(super::support::Backend::Embedded).await })*
         }
+        mod redis {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                // One private redis-server per test, alive until the test ends.
+                let server = super::support::RedisServer::start();
+                super::$name(super::support::Backend::Redis(server.url())).await;
+                drop(server);
+            })*
+        }
     };
 }
 

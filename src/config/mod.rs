@@ -55,8 +55,15 @@ pub struct StoreConfig {
 
 #[derive(Debug, Clone)]
 pub enum StoreBackend {
-    Embedded { path: PathBuf },
-    Redis { url: String, key_prefix: String },
+    Embedded {
+        path: PathBuf,
+    },
+    Redis {
+        url: String,
+        key_prefix: String,
+        /// A leased delivery without its replica's heartbeat this long is taken over.
+        visibility_timeout: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

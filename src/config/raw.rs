@@ -46,6 +46,9 @@ pub struct RawStore {
     pub url: Option<String>,
     pub retention: Option<String>,
     pub key_prefix: Option<String>,
+    /// Redis only: how long a leased delivery may go without its replica's heartbeat before
+    /// another replica takes it over.
+    pub visibility_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

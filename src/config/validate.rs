@@ -220,6 +220,12 @@ fn check_store(s: &RawStore, p: &mut Problems) -> Option<StoreConfig> {
             if s.key_prefix.is_some() {
                 p.error("store.key_prefix", "only used with backend = \"redis\"");
             }
+            if s.visibility_timeout.is_some() {
+                p.error(
+                    "store.visibility_timeout",
+                    "only used with backend = \"redis\"",
+                );
+            }
             StoreBackend::Embedded {
                 path: PathBuf::from(s.path.as_deref().unwrap_or("./hookgate-data")),
             }
@@ -236,9 +242,26 @@ fn check_store(s: &RawStore, p: &mut Problems) -> Option<StoreConfig> {
                 Ok(u) if matches!(u.scheme(), "redis" | "rediss") => {}
                 _ => p.error("store.url", format!("invalid Redis URL {url:?}")),
             }
+            let key_prefix = s.key_prefix.clone().unwrap_or_else(|| "hookgate".into());
+            if key_prefix.is_empty() || key_prefix.contains(['{', '}']) {
+                p.error(
+                    "store.key_prefix",
+                    format!("{key_prefix:?} must be non-empty and contain no braces (they are the key's hash tag)"),
+                );
+            }
+            let visibility_timeout = duration(
+                &s.visibility_timeout,
+                "store.visibility_timeout",
+                crate::store::redis::DEFAULT_VISIBILITY_TIMEOUT,
+                p,
+            );
+            if visibility_timeout < Duration::from_secs(1) {
+                p.error("store.visibility_timeout", "must be at least 1s");
+            }
             StoreBackend::Redis {
                 url,
-                key_prefix: s.key_prefix.clone().unwrap_or_else(|| "hookgate".into()),
+                key_prefix,
+                visibility_timeout,
             }
         }
         other => {

@@ -1,6 +1,6 @@
 //! The durable record of every accepted event, its dedupe key, its delivery state and every
 //! attempt. Two backends share this trait: `embedded` (SQLite, one node) and `redis` (shared
-//! by replicas).
+//! by replicas; see its module doc and docs/REDIS.md).
 //!
 //! Invariants every backend keeps:
 //! - `accept` returns only once the event is durable (fsync'd / acknowledged); only then may
@@ -12,6 +12,7 @@
 
 pub mod embedded;
 mod event;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -171,9 +172,25 @@ pub async fn open(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
             let store = embedded::EmbeddedStore::open(path, cfg.retention)?;
             Ok(Arc::new(store))
         }
-        StoreBackend::Redis { .. } => {
-            anyhow::bail!("store.backend = \"redis\" is not available in this build yet")
+        StoreBackend::Redis {
+            url,
+            key_prefix,
+            visibility_timeout,
+        } => {
+            let store =
+                redis::RedisStore::open(url, key_prefix, cfg.retention, *visibility_timeout)
+                    .await?;
+            Ok(Arc::new(store))
         }
+    }
+}
+
+/// For `hookgate check`: probes the configured store beyond what the config file shows.
+/// Returns (warnings, errors), each line starting with the key's path.
+pub fn check(cfg: &StoreConfig) -> (Vec<String>, Vec<String>) {
+    match &cfg.backend {
+        StoreBackend::Embedded { .. } => (Vec::new(), Vec::new()),
+        StoreBackend::Redis { url, .. } => redis::check(url),
     }
 }
 

@@ -35,8 +35,10 @@ impl Backend {
                     .file_name()
                     .map(|n| n.to_string_lossy().to_string())
                     .unwrap_or_default();
+                // A short visibility timeout, so a killed gateway's leased events are taken
+                // over within the tests' deadlines.
                 format!(
-                    "[store]\nbackend = \"redis\"\nurl = {url:?}\nkey_prefix = \"hg-{prefix}\"\n"
+                    "[store]\nbackend = \"redis\"\nurl = {url:?}\nkey_prefix = \"hg-{prefix}\"\nvisibility_timeout = \"3s\"\n"
                 )
             }
         }
@@ -278,6 +280,21 @@ impl RedisServer {
 
     pub fn start_on(port: u16) -> RedisServer {
         let dir = tempdir();
+        let child = Self::spawn(port, dir.path());
+        RedisServer {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// Starts it again after `stop`, on the same port with the same data dir (its AOF).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Self::spawn(self.port, self._dir.path());
+    }
+
+    fn spawn(port: u16, dir: &Path) -> Child {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -290,7 +307,7 @@ impl RedisServer {
                 "yes",
             ])
             .arg("--dir")
-            .arg(dir.path())
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -303,11 +320,7 @@ impl RedisServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        RedisServer {
-            child,
-            port,
-            _dir: dir,
-        }
+        child
     }
 
     pub fn url(&self) -> String {

@@ -1,0 +1,665 @@
+//! The Redis store: shared dedupe and shared delivery for several gateway replicas.
+//!
+//! **Acknowledged.** `accept` is one Lua script (`scripts::ACCEPT`): check the dedupe key,
+//! write the event's hash, add its delivery entry to the route's stream, then mark the key —
+//! atomically, so a key is never marked without its event and two replicas racing on one key
+//! get one `Accepted`. `accept` returns (and the ingress answers 202) only after Redis replied
+//! to that script. What the reply guarantees is Redis's persistence setting: with
+//! `appendonly yes` + `appendfsync always` the event is fsync'd before the reply; with
+//! `everysec` (Redis's default) a crash of the Redis *host* can lose about the last second of
+//! acknowledged events (a crash of the Redis process alone loses nothing already written to
+//! the AOF); with `appendonly no` a Redis restart loses everything, and startup and
+//! `hookgate check` warn about it. Replication to replicas is asynchronous; a failover can
+//! lose the last writes. If the reply does not arrive within `OP_TIMEOUT` the request is
+//! answered 503 and the sender retries; if Redis did apply the script, the retry is a
+//! duplicate (same key) or a second event (no key): at least once, never lost.
+//!
+//! **Delivery.** Each route has a stream with the consumer group `hookgate`; each process is
+//! one consumer (host-pid-random). `lease` (`scripts::LEASE`) moves due retries from the
+//! route's `retry` zset into the stream, reclaims entries idle longer than the visibility
+//! timeout (`XAUTOCLAIM`: a replica that died mid-attempt), and reads new entries
+//! (`XREADGROUP`). Entries of events in flight here are kept fresh by a heartbeat
+//! (`XCLAIM … JUSTID` every visibility/4), so a slow attempt is never taken over while its
+//! replica lives. `settle` logs the attempt, moves the event to its new state, and `XACK`s +
+//! `XDEL`s the entry, in one script. Under normal operation each event is delivered by one
+//! replica, once; a replica killed mid-attempt leaves its entries to be reclaimed after the
+//! visibility timeout, and those events are delivered again (at least once).
+//!
+//! **Visibility timeout** (`store.visibility_timeout`, default 30 s): how long an entry may go
+//! without a heartbeat before another replica takes it. Shorter recovers a dead replica's
+//! events sooner; longer tolerates longer stalls (GC-less, but a frozen VM, a partition from
+//! Redis) without a second delivery. 30 s is SQS's default and ~120 heartbeats of margin.
+//!
+//! **Failure.** Every call is bounded (`OP_TIMEOUT`, `SLOW_OP_TIMEOUT`): Redis down → errors
+//! within seconds (ingress 503 + Retry-After, `/readyz` 503, workers pause and retry). The
+//! connections (`ConnectionManager`) reconnect by themselves once Redis is back.
+//!
+//! Key layout: see `keys`. Retention: delivered events (hash + attempt log) get a TTL of
+//! `store.retention` and are dropped from the indexes by `purge`; pending and dead events are
+//! kept. Dedupe keys expire by themselves (`PX`).
+
+mod codec;
+mod keys;
+mod probe;
+mod scripts;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{RedisResult, Value};
+use async_trait::async_trait;
+
+pub use probe::{check, redact};
+
+use super::*;
+use codec::{array, bad, hash, int, string};
+use keys::Keys;
+
+/// The consumer group every replica joins on every route's stream.
+const GROUP: &str = "hookgate";
+/// Requests on the ingress path (accept, ping) and small reads and writes.
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Leases (bodies of up to `concurrency` events), admin scans, purge batches.
+const SLOW_OP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts kept per event (the newest); older ones are trimmed.
+const LOG_CAP: usize = 100;
+/// Events per purge / redrive script call, so no script blocks Redis for long.
+const BATCH: usize = 500;
+/// A consumer with nothing pending and idle this long is a replica that is gone.
+const STALE_CONSUMER: Duration = Duration::from_secs(3600);
+
+pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Accepts and pings only, so a large lease reply never delays a 202.
+    ingress: ConnectionManager,
+    /// Leases, settles, admin.
+    work: ConnectionManager,
+    keys: Keys,
+    consumer: String,
+    retention_ms: i64,
+    visibility: Duration,
+    /// Event id → (route, stream entry) of every event leased here and not yet settled.
+    leased: Mutex<HashMap<String, (String, String)>>,
+    /// Routes already added to the `routes` set by this process.
+    known_routes: Mutex<HashSet<String>>,
+}
+
+fn unavailable(e: ::redis::RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+/// Bounds a Redis call: an unreachable Redis is an error within `limit`, never a hang.
+async fn bounded<T>(
+    limit: Duration,
+    fut: impl Future<Output = RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r.map_err(unavailable),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "redis: no answer within {}ms",
+            limit.as_millis()
+        ))),
+    }
+}
+
+fn consumer_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "hookgate".into());
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+impl RedisStore {
+    /// Connects (failing within seconds if Redis cannot be reached) and warns when Redis is
+    /// not set up to keep acknowledged events.
+    pub async fn open(
+        url: &str,
+        key_prefix: &str,
+        retention: Duration,
+        visibility: Duration,
+    ) -> anyhow::Result<Self> {
+        let shown = redact(url);
+        let client = ::redis::Client::open(url)
+            .map_err(|e| anyhow::anyhow!("store.url: invalid Redis URL {shown}: {e}"))?;
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(1))
+            .set_response_timeout(SLOW_OP_TIMEOUT)
+            .set_number_of_retries(1)
+            .set_max_delay(500);
+        let connect = || async {
+            match tokio::time::timeout(
+                Duration::from_secs(5),
+                ConnectionManager::new_with_config(client.clone(), cfg.clone()),
+            )
+            .await
+            {
+                Ok(Ok(c)) => Ok(c),
+                Ok(Err(e)) => Err(anyhow::anyhow!(
+                    "store.url: cannot connect to Redis at {shown}: {e}"
+                )),
+                Err(_) => Err(anyhow::anyhow!(
+                    "store.url: cannot connect to Redis at {shown}: no answer within 5s"
+                )),
+            }
+        };
+        let mut ingress = connect().await?;
+        let work = connect().await?;
+        for w in probe::persistence_warnings(&mut ingress, &shown).await {
+            tracing::warn!("{w}");
+        }
+        let inner = Arc::new(Inner {
+            ingress,
+            work,
+            keys: Keys::new(key_prefix),
+            consumer: consumer_name(),
+            retention_ms: (retention.as_millis() as i64).max(1),
+            visibility,
+            leased: Mutex::default(),
+            known_routes: Mutex::default(),
+        });
+        tracing::info!(redis = %shown, consumer = %inner.consumer, visibility_ms = visibility.as_millis() as u64, "redis store connected");
+        tokio::spawn(heartbeat_loop(
+            Arc::downgrade(&inner),
+            (visibility / 4).max(Duration::from_millis(100)),
+        ));
+        Ok(RedisStore { inner })
+    }
+}
+
+/// Keeps the stream entries of attempts in flight here from looking abandoned.
+async fn heartbeat_loop(inner: Weak<Inner>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let by_route: HashMap<String, Vec<String>> = match inner.leased.lock() {
+            Ok(l) => l.values().fold(HashMap::new(), |mut m, (route, entry)| {
+                m.entry(route.clone()).or_default().push(entry.clone());
+                m
+            }),
+            Err(_) => return,
+        };
+        for (route, entries) in by_route {
+            let mut inv = scripts::HEARTBEAT.key(inner.keys.stream(&route));
+            inv.arg(GROUP).arg(&inner.consumer).arg(&entries);
+            let mut conn = inner.work.clone();
+            if let Err(e) = bounded(OP_TIMEOUT, inv.invoke_async::<i64>(&mut conn)).await {
+                tracing::warn!(route = %route, error = %e, "cannot renew leases of attempts in flight");
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Adds the route to the `routes` set once per process (admin lookups by id need it).
+    async fn remember_route(&self, route: &str) -> Result<(), StoreError> {
+        if self
+            .known_routes
+            .lock()
+            .map(|k| k.contains(route))
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+        let mut conn = self.ingress.clone();
+        bounded(
+            OP_TIMEOUT,
+            ::redis::cmd("SADD")
+                .arg(self.keys.routes())
+                .arg(route)
+                .query_async::<i64>(&mut conn),
+        )
+        .await?;
+        if let Ok(mut k) = self.known_routes.lock() {
+            k.insert(route.to_string());
+        }
+        Ok(())
+    }
+
+    async fn routes(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.work.clone();
+        let mut r: Vec<String> = bounded(
+            OP_TIMEOUT,
+            ::redis::cmd("SMEMBERS")
+                .arg(self.keys.routes())
+                .query_async(&mut conn),
+        )
+        .await?;
+        r.sort();
+        Ok(r)
+    }
+
+    /// The route an event id belongs to, if it exists.
+    async fn find(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let routes = self.routes().await?;
+        if routes.is_empty() {
+            return Ok(None);
+        }
+        let mut p = ::redis::pipe();
+        for r in &routes {
+            p.cmd("EXISTS").arg(self.keys.event(r, id));
+        }
+        let mut conn = self.work.clone();
+        let found: Vec<i64> = bounded(OP_TIMEOUT, p.query_async(&mut conn)).await?;
+        Ok(routes
+            .into_iter()
+            .zip(found)
+            .find(|(_, n)| *n > 0)
+            .map(|(r, _)| r))
+    }
+
+    fn route_keys<'a>(
+        &self,
+        inv: &mut ::redis::ScriptInvocation<'a>,
+        route: &str,
+        id: &str,
+    ) -> Vec<String> {
+        let k = &self.keys;
+        let keys = vec![
+            k.event(route, id),
+            k.log(route, id),
+            k.stream(route),
+            k.retry(route),
+            k.state(route, State::Pending),
+            k.state(route, State::Delivered),
+            k.state(route, State::Dead),
+            k.gc(route),
+        ];
+        for key in &keys {
+            inv.key(key);
+        }
+        keys
+    }
+
+    /// Forgets consumers of replicas that are gone (nothing pending, long idle).
+    async fn drop_stale_consumers(&self, route: &str) -> Result<(), StoreError> {
+        let stream = self.keys.stream(route);
+        let mut conn = self.work.clone();
+        let info: Value = match bounded(
+            OP_TIMEOUT,
+            ::redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(&stream)
+                .arg(GROUP)
+                .query_async(&mut conn),
+        )
+        .await
+        {
+            Ok(v) => v,
+            Err(_) => return Ok(()), // no stream or group yet
+        };
+        for c in array(info)? {
+            let h = hash(c)?;
+            let name = h.get("name").and_then(string).unwrap_or_default();
+            let pending = h.get("pending").and_then(int).unwrap_or(1);
+            let idle = h.get("idle").and_then(int).unwrap_or(0);
+            if name != self.consumer && pending == 0 && idle > STALE_CONSUMER.as_millis() as i64 {
+                bounded(
+                    OP_TIMEOUT,
+                    ::redis::cmd("XGROUP")
+                        .arg("DELCONSUMER")
+                        .arg(&stream)
+                        .arg(GROUP)
+                        .arg(&name)
+                        .query_async::<i64>(&mut conn),
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn accept(&self, ev: NewEvent, dedupe: Option<DedupeKey>) -> Result<Accept, StoreError> {
+        let s = &self.inner;
+        s.remember_route(&ev.route).await?;
+        let k = &s.keys;
+        let mut inv = scripts::ACCEPT.key(k.event(&ev.route, &ev.id));
+        inv.key(k.stream(&ev.route))
+            .key(k.state(&ev.route, State::Pending));
+        let ttl = match &dedupe {
+            Some(d) => {
+                inv.key(k.dedupe(&ev.route, &d.key));
+                (d.expires_at_ms - ev.received_at_ms).max(1)
+            }
+            None => 0,
+        };
+        inv.arg(&ev.id).arg(ev.received_at_ms).arg(ttl);
+        for (f, v) in codec::event_fields(&ev) {
+            inv.arg(f).arg(v);
+        }
+        let mut conn = s.ingress.clone();
+        let reply: Value = bounded(OP_TIMEOUT, inv.invoke_async(&mut conn)).await?;
+        let reply = array(reply)?;
+        let (flag, id) = match (reply.first().and_then(int), reply.get(1).and_then(string)) {
+            (Some(f), Some(id)) => (f, id),
+            _ => return Err(bad("accept")),
+        };
+        Ok(if flag == 1 {
+            Accept::Accepted(id)
+        } else {
+            Accept::Duplicate(id)
+        })
+    }
+
+    async fn lease(
+        &self,
+        route: &str,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Vec<Event>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let s = &self.inner;
+        let mut inv = scripts::LEASE.key(s.keys.stream(route));
+        inv.key(s.keys.retry(route))
+            .arg(GROUP)
+            .arg(&s.consumer)
+            .arg(now_ms)
+            .arg(limit)
+            .arg(s.visibility.as_millis() as u64)
+            .arg(s.keys.tag(route));
+        let mut conn = s.work.clone();
+        let reply: Value = bounded(SLOW_OP_TIMEOUT, inv.invoke_async(&mut conn)).await?;
+        let mut out = Vec::new();
+        let mut leased = s
+            .leased
+            .lock()
+            .map_err(|_| StoreError::Unavailable("lease table poisoned".into()))?;
+        for item in array(reply)? {
+            let mut pair = array(item)?.into_iter();
+            let (Some(entry), Some(fields)) = (pair.next(), pair.next()) else {
+                return Err(bad("lease entry"));
+            };
+            let entry = string(&entry).ok_or_else(|| bad("entry id"))?;
+            let ev = match codec::event(&hash(fields)?) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::error!(route = %route, entry = %entry, error = %e, "unreadable event in redis; left for an operator");
+                    continue;
+                }
+            };
+            // Reclaimed from ourselves (a late heartbeat): the attempt is still running here.
+            if leased.contains_key(&ev.id) {
+                continue;
+            }
+            leased.insert(ev.id.clone(), (route.to_string(), entry));
+            out.push(ev);
+        }
+        Ok(out)
+    }
+
+    async fn next_due(&self, route: &str) -> Result<Option<i64>, StoreError> {
+        let s = &self.inner;
+        let mut inv = scripts::NEXT_DUE.key(s.keys.stream(route));
+        inv.key(s.keys.retry(route))
+            .arg(GROUP)
+            .arg(crate::forward::worker::now_ms());
+        let mut conn = s.work.clone();
+        let v: Value = bounded(OP_TIMEOUT, inv.invoke_async(&mut conn)).await?;
+        Ok(int(&v))
+    }
+
+    async fn settle(&self, ev: &Event, attempt: Attempt, next: Next) -> Result<(), StoreError> {
+        let s = &self.inner;
+        let entry = s
+            .leased
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&ev.id).map(|(_, e)| e.clone()))
+            .unwrap_or_default();
+        let now = attempt.started_at_ms + attempt.latency_ms as i64;
+        let (state, next_at, error) = match &next {
+            Next::Delivered => ("delivered", 0, String::new()),
+            Next::Retry { at_ms } => ("pending", *at_ms, attempt.detail.clone()),
+            Next::Dead { reason } => ("dead", 0, reason.clone()),
+        };
+        let mut inv = scripts::SETTLE.prepare_invoke();
+        s.route_keys(&mut inv, &ev.route, &ev.id);
+        inv.arg(GROUP)
+            .arg(&entry)
+            .arg(codec::attempt_json(&attempt))
+            .arg(LOG_CAP)
+            .arg(state)
+            .arg(next_at)
+            .arg(error)
+            .arg(now)
+            .arg(attempt.n)
+            .arg(s.retention_ms)
+            .arg(&ev.id);
+        let mut conn = s.work.clone();
+        let r: i64 = bounded(OP_TIMEOUT, inv.invoke_async(&mut conn)).await?;
+        if r == 2 {
+            tracing::info!(route = %ev.route, event_id = %ev.id, "event was replayed or taken over during the attempt; its newer delivery decides its state");
+        }
+        // Released only once the new state is recorded, as in the embedded store.
+        if let Ok(mut l) = s.leased.lock() {
+            l.remove(&ev.id);
+        }
+        Ok(())
+    }
+
+    async fn get(&self, event_id: &str) -> Result<Option<EventDetail>, StoreError> {
+        let s = &self.inner;
+        let Some(route) = s.find(event_id).await? else {
+            return Ok(None);
+        };
+        let mut p = ::redis::pipe();
+        p.cmd("HMGET")
+            .arg(s.keys.event(&route, event_id))
+            .arg(&codec::SUMMARY_FIELDS[..])
+            .cmd("HMGET")
+            .arg(s.keys.event(&route, event_id))
+            .arg(&["method", "query", "headers"])
+            .cmd("LRANGE")
+            .arg(s.keys.log(&route, event_id))
+            .arg(0)
+            .arg(-1);
+        let mut conn = s.work.clone();
+        let (summary, detail, log): (Vec<Value>, Vec<Value>, Vec<Vec<u8>>) =
+            bounded(OP_TIMEOUT, p.query_async(&mut conn)).await?;
+        let Some(summary) = codec::summary(event_id, &summary) else {
+            return Ok(None);
+        };
+        let text = |i: usize| detail.get(i).and_then(string);
+        Ok(Some(EventDetail {
+            summary,
+            method: text(0).unwrap_or_default(),
+            query: text(1),
+            headers: text(2)
+                .and_then(|h| serde_json::from_str(&h).ok())
+                .unwrap_or(serde_json::Value::Null),
+            attempt_log: log
+                .iter()
+                .filter_map(|a| codec::attempt_from_json(a))
+                .collect(),
+        }))
+    }
+
+    async fn list(&self, q: &ListQuery) -> Result<Vec<EventSummary>, StoreError> {
+        let s = &self.inner;
+        let routes = match &q.route {
+            Some(r) => vec![r.clone()],
+            None => s.routes().await?,
+        };
+        let states = match q.state {
+            Some(st) => vec![st],
+            None => vec![State::Pending, State::Delivered, State::Dead],
+        };
+        if routes.is_empty() || q.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut p = ::redis::pipe();
+        let mut sources = Vec::new();
+        for r in &routes {
+            for st in &states {
+                p.cmd("ZREVRANGE")
+                    .arg(s.keys.state(r, *st))
+                    .arg(0)
+                    .arg(q.limit - 1);
+                sources.push(r.clone());
+            }
+        }
+        let mut conn = s.work.clone();
+        let found: Vec<Vec<String>> = bounded(SLOW_OP_TIMEOUT, p.query_async(&mut conn)).await?;
+        // Event ids are UUIDv7: their order is their age.
+        let mut ids: Vec<(String, String)> = sources
+            .into_iter()
+            .zip(found)
+            .flat_map(|(r, ids)| ids.into_iter().map(move |id| (id, r.clone())))
+            .collect();
+        ids.sort_by(|a, b| b.0.cmp(&a.0));
+        ids.truncate(q.limit);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = ::redis::pipe();
+        for (id, r) in &ids {
+            p.cmd("HMGET")
+                .arg(s.keys.event(r, id))
+                .arg(&codec::SUMMARY_FIELDS[..]);
+        }
+        let rows: Vec<Vec<Value>> = bounded(SLOW_OP_TIMEOUT, p.query_async(&mut conn)).await?;
+        Ok(ids
+            .iter()
+            .zip(rows)
+            .filter_map(|((id, _), vals)| codec::summary(id, &vals))
+            .collect())
+    }
+
+    async fn counts(&self, route: &str) -> Result<RouteCounts, StoreError> {
+        let s = &self.inner;
+        let mut p = ::redis::pipe();
+        for st in [State::Pending, State::Delivered, State::Dead] {
+            p.cmd("ZCARD").arg(s.keys.state(route, st));
+        }
+        let mut conn = s.work.clone();
+        let (pending, delivered, dead): (u64, u64, u64) =
+            bounded(OP_TIMEOUT, p.query_async(&mut conn)).await?;
+        Ok(RouteCounts {
+            pending,
+            delivered,
+            dead,
+        })
+    }
+
+    async fn replay(&self, event_id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let s = &self.inner;
+        let Some(route) = s.find(event_id).await? else {
+            return Ok(false);
+        };
+        let mut inv = scripts::REPLAY.prepare_invoke();
+        s.route_keys(&mut inv, &route, event_id);
+        inv.arg(s.keys.tag(&route)).arg(event_id).arg(now_ms);
+        let mut conn = s.work.clone();
+        let n: i64 = bounded(OP_TIMEOUT, inv.invoke_async(&mut conn)).await?;
+        Ok(n > 0)
+    }
+
+    async fn replay_dead(&self, route: &str, now_ms: i64) -> Result<u64, StoreError> {
+        let s = &self.inner;
+        let k = &s.keys;
+        let mut total = 0u64;
+        loop {
+            let mut inv = scripts::REPLAY_DEAD.key(k.stream(route));
+            inv.key(k.retry(route))
+                .key(k.state(route, State::Pending))
+                .key(k.state(route, State::Delivered))
+                .key(k.state(route, State::Dead))
+                .key(k.gc(route))
+                .arg(k.tag(route))
+                .arg(now_ms)
+                .arg(BATCH);
+            let mut conn = s.work.clone();
+            let n: u64 = bounded(SLOW_OP_TIMEOUT, inv.invoke_async(&mut conn)).await?;
+            total += n;
+            if n < BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn purge(&self, now_ms: i64) -> Result<(), StoreError> {
+        let s = &self.inner;
+        let cutoff = now_ms - s.retention_ms;
+        for route in s.routes().await? {
+            loop {
+                let mut inv = scripts::PURGE.key(s.keys.gc(&route));
+                inv.key(s.keys.state(&route, State::Delivered))
+                    .arg(cutoff)
+                    .arg(BATCH)
+                    .arg(s.keys.tag(&route));
+                let mut conn = s.work.clone();
+                let n: u64 = bounded(SLOW_OP_TIMEOUT, inv.invoke_async(&mut conn)).await?;
+                if n < BATCH as u64 {
+                    break;
+                }
+            }
+            s.drop_stale_consumers(&route).await?;
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let s = &self.inner;
+        let mut conn = s.ingress.clone();
+        bounded(
+            OP_TIMEOUT,
+            ::redis::cmd("SET")
+                .arg(s.keys.ping())
+                .arg(crate::forward::worker::now_ms())
+                .arg("PX")
+                .arg(60_000)
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use crate::config::{parse, StoreBackend};
+
+    const ROUTE: &str = "[[route]]\nname = \"r\"\npath = \"/r\"\n[route.verify]\nscheme = \"none\"\n[route.forward]\nurl = \"http://127.0.0.1:9/\"\n";
+
+    #[test]
+    fn visibility_timeout_is_a_redis_key_with_a_sane_default() {
+        let (cfg, _) = parse(&format!("[store]\nbackend = \"redis\"\n{ROUTE}")).unwrap();
+        let StoreBackend::Redis {
+            visibility_timeout,
+            key_prefix,
+            ..
+        } = cfg.store.backend
+        else {
+            panic!("not redis")
+        };
+        assert_eq!(visibility_timeout, super::DEFAULT_VISIBILITY_TIMEOUT);
+        assert_eq!(key_prefix, "hookgate");
+        for (store, err) in [
+            ("visibility_timeout = \"5s\"", "store.visibility_timeout: only used with backend = \"redis\""),
+            ("backend = \"redis\"\nvisibility_timeout = \"10ms\"", "store.visibility_timeout: must be at least 1s"),
+            ("backend = \"redis\"\nkey_prefix = \"a{b}\"", "store.key_prefix: \"a{b}\" must be non-empty and contain no braces (they are the key's hash tag)"),
+        ] {
+            let problems = parse(&format!("[store]\n{store}\n{ROUTE}")).unwrap_err();
+            assert_eq!(problems.errors, vec![err.to_string()], "{store}");
+        }
+    }
+}

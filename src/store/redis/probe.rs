@@ -1,0 +1,131 @@
+//! What `hookgate check` and startup say about the configured Redis: reachable at all, and
+//! set up so that "acknowledged" means durable (AOF on, nothing evicted).
+
+use std::time::Duration;
+
+use ::redis::aio::ConnectionLike;
+use ::redis::Value;
+
+use super::codec::string;
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The URL as it may be shown: the password, if any, replaced by `***`.
+pub fn redact(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "<invalid URL>".to_string(),
+    }
+}
+
+/// One warning line per setting that weakens the guarantees. A Redis that refuses `CONFIG`
+/// (managed services often rename it) gets one line saying it could not be checked.
+pub async fn persistence_warnings(conn: &mut impl ConnectionLike, shown: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    match config_get(conn, "appendonly").await {
+        Some(v) if v == "no" => out.push(format!(
+            "store.url: Redis at {shown} does not persist (appendonly no): a Redis restart loses acknowledged events"
+        )),
+        Some(_) => {}
+        None => out.push(format!(
+            "store.url: cannot read the persistence settings of Redis at {shown} (CONFIG GET refused): make sure appendonly is yes"
+        )),
+    }
+    if let Some(p) = config_get(conn, "maxmemory-policy").await {
+        if p != "noeviction" {
+            out.push(format!(
+                "store.url: Redis at {shown} has maxmemory-policy {p}: under memory pressure it may evict acknowledged events (use noeviction)"
+            ));
+        }
+    }
+    out
+}
+
+async fn config_get(conn: &mut impl ConnectionLike, key: &str) -> Option<String> {
+    let v: Value = ::redis::cmd("CONFIG")
+        .arg("GET")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .ok()?;
+    match v {
+        Value::Array(a) => a.get(1).and_then(string),
+        Value::Map(m) => m.first().and_then(|(_, v)| string(v)),
+        _ => None,
+    }
+}
+
+/// For `hookgate check`: (warnings, errors), each line starting with the key's path.
+pub fn check(url: &str) -> (Vec<String>, Vec<String>) {
+    let shown = redact(url);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return (vec![], vec![format!("store.url: cannot check Redis: {e}")]),
+    };
+    rt.block_on(async {
+        let client = match ::redis::Client::open(url) {
+            Ok(c) => c,
+            Err(e) => return (vec![], vec![format!("store.url: invalid Redis URL: {e}")]),
+        };
+        let cfg = ::redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(CHECK_TIMEOUT)
+            .set_response_timeout(CHECK_TIMEOUT);
+        let conn = tokio::time::timeout(
+            CHECK_TIMEOUT,
+            client.get_multiplexed_async_connection_with_config(&cfg),
+        )
+        .await;
+        let mut conn = match conn {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return (
+                    vec![],
+                    vec![format!("store.url: cannot reach Redis at {shown}: {e}")],
+                )
+            }
+            Err(_) => {
+                return (
+                    vec![],
+                    vec![format!(
+                        "store.url: cannot reach Redis at {shown}: no answer within {}s",
+                        CHECK_TIMEOUT.as_secs()
+                    )],
+                )
+            }
+        };
+        let pong: Result<String, _> = ::redis::cmd("PING").query_async(&mut conn).await;
+        if let Err(e) = pong {
+            return (
+                vec![],
+                vec![format!("store.url: Redis at {shown} refuses commands: {e}")],
+            );
+        }
+        (persistence_warnings(&mut conn, &shown).await, vec![])
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_shown() {
+        assert_eq!(
+            redact("rediss://user:hunter2@redis.example:6380/1"),
+            "rediss://user:***@redis.example:6380/1"
+        );
+        assert_eq!(
+            redact("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+        assert!(!redact("redis://:hunter2@h/0").contains("hunter2"));
+    }
+}

@@ -1,0 +1,253 @@
+//! The Lua scripts. Each touches the keys of one route only (one hash tag, so one Cluster
+//! slot) and runs atomically: no other command sees a half-done accept, lease or settle.
+//! Event keys are built inside a script from the route's tag (ARGV), as BullMQ does; they
+//! share the tag, so this holds on a Cluster too.
+//!
+//! Redis does not roll a script back when a command in it fails; the scripts order their
+//! writes so that a failure part-way leaves nothing a reader could misread (the dedupe key is
+//! written last in `ACCEPT`; a stream entry is created only for an event that exists).
+
+use std::sync::LazyLock;
+
+use ::redis::Script;
+
+/// KEYS: ev, stream, pending, [dedupe]. ARGV: id, received_at, ttl_ms, then the event
+/// hash's field/value pairs. Returns `{1, id}` (accepted) or `{0, original_id}` (duplicate).
+pub static ACCEPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local dd = KEYS[4]
+if dd then
+  local orig = redis.call('GET', dd)
+  if orig then return {0, orig} end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+local entry = redis.call('XADD', KEYS[2], '*', 'id', ARGV[1])
+redis.call('HSET', KEYS[1], 'entry', entry)
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+if dd then redis.call('SET', dd, ARGV[1], 'PX', ARGV[3]) end
+return {1, ARGV[1]}
+"#,
+    )
+});
+
+/// KEYS: stream, retry. ARGV: group, consumer, now, limit, min_idle_ms, tag.
+/// Moves due retries into the stream, reclaims entries idle longer than `min_idle_ms` (a dead
+/// replica's), reads new entries; drops stale entries (event gone, not pending, or replayed
+/// since). Returns `{{entry_id, {field, value, …}}, …}`.
+pub static LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local stream, retry = KEYS[1], KEYS[2]
+local group, consumer, now = ARGV[1], ARGV[2], ARGV[3]
+local limit, min_idle, tag = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', retry, '-inf', now, 'LIMIT', 0, limit)) do
+  redis.call('ZREM', retry, id)
+  local ev = tag .. 'ev:' .. id
+  if redis.call('HGET', ev, 'state') == 'pending' then
+    redis.call('HSET', ev, 'entry', redis.call('XADD', stream, '*', 'id', id))
+  end
+end
+redis.pcall('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
+local out = {}
+local function take(entries)
+  for _, e in ipairs(entries) do
+    local eid, f, id = e[1], e[2], nil
+    if f then
+      for i = 1, #f, 2 do if f[i] == 'id' then id = f[i + 1] end end
+    end
+    local cur = id and redis.call('HMGET', tag .. 'ev:' .. id, 'state', 'entry')
+    if cur and cur[1] == 'pending' and cur[2] == eid then
+      out[#out + 1] = {eid, redis.call('HGETALL', tag .. 'ev:' .. id)}
+    else
+      redis.call('XACK', stream, group, eid)
+      redis.call('XDEL', stream, eid)
+    end
+  end
+end
+local claimed = redis.call('XAUTOCLAIM', stream, group, consumer, min_idle, '0-0', 'COUNT', limit)
+take(claimed[2])
+for _ = 1, 4 do
+  if #out >= limit then break end
+  local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', limit - #out, 'STREAMS', stream, '>')
+  if not r then break end
+  take(r[1][2])
+end
+return out
+"#,
+    )
+});
+
+/// KEYS: stream, retry. ARGV: group, now. When the earliest pending event not leased is due:
+/// now if the stream holds entries no consumer has read, else the earliest retry, else nil.
+pub static NEXT_DUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local last = '0-0'
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local name, lid = nil, nil
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1] end
+      if g[i] == 'last-delivered-id' then lid = g[i + 1] end
+    end
+    if name == ARGV[1] then last = lid end
+  end
+  if #redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1) > 0 then
+    return tonumber(ARGV[2])
+  end
+end
+local r = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if r[2] then return tonumber(r[2]) end
+return false
+"#,
+    )
+});
+
+/// KEYS: stream. ARGV: group, consumer, entry ids. Resets the idle time of the entries this
+/// consumer still owns, so no other replica reclaims an attempt that is only slow.
+pub static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local kept = 0
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if #p > 0 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    kept = kept + 1
+  end
+end
+return kept
+"#,
+    )
+});
+
+/// KEYS: ev, log, stream, retry, pending, delivered, dead, gc.
+/// ARGV: group, entry ('' if unknown), attempt JSON, log cap, state, next_at, error ('' for
+/// none), now, n, retention_ms, id.
+/// Returns 1 (settled), 2 (attempt logged, but the event was replayed or taken over since the
+/// lease, so the newer entry decides its state), 0 (no such event).
+pub static SETTLE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local ev, log, stream, retry = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local group, entry, state, id = ARGV[1], ARGV[2], ARGV[5], ARGV[11]
+if entry ~= '' then
+  redis.call('XACK', stream, group, entry)
+  redis.call('XDEL', stream, entry)
+end
+if redis.call('EXISTS', ev) == 0 then return 0 end
+redis.call('RPUSH', log, ARGV[3])
+redis.call('LTRIM', log, -tonumber(ARGV[4]), -1)
+local cur = redis.call('HMGET', ev, 'attempts', 'entry', 'received_at')
+if tonumber(ARGV[9]) > (tonumber(cur[1]) or 0) then
+  redis.call('HSET', ev, 'attempts', ARGV[9])
+end
+if entry ~= '' and cur[2] ~= entry then return 2 end
+redis.call('HDEL', ev, 'entry')
+redis.call('HINCRBY', ev, 'cycle_attempts', 1)
+redis.call('HSET', ev, 'state', state, 'updated_at', ARGV[8])
+if ARGV[7] ~= '' then
+  redis.call('HSET', ev, 'last_error', ARGV[7])
+else
+  redis.call('HDEL', ev, 'last_error')
+end
+local score = cur[3] or ARGV[8]
+redis.call('ZREM', KEYS[5], id)
+redis.call('ZREM', KEYS[6], id)
+redis.call('ZREM', KEYS[7], id)
+if state == 'pending' then
+  redis.call('HSET', ev, 'next_attempt_at', ARGV[6])
+  redis.call('ZADD', KEYS[5], score, id)
+  redis.call('ZADD', retry, ARGV[6], id)
+else
+  redis.call('HDEL', ev, 'next_attempt_at')
+  redis.call('ZREM', retry, id)
+  if state == 'delivered' then
+    redis.call('ZADD', KEYS[6], score, id)
+  else
+    redis.call('ZADD', KEYS[7], score, id)
+  end
+end
+if state == 'delivered' then
+  redis.call('ZADD', KEYS[8], ARGV[8], id)
+  redis.call('PEXPIRE', ev, ARGV[10])
+  redis.call('PEXPIRE', log, ARGV[10])
+else
+  redis.call('ZREM', KEYS[8], id)
+  redis.call('PERSIST', ev)
+  redis.call('PERSIST', log)
+end
+return 1
+"#,
+    )
+});
+
+/// The body shared by the two replay scripts: makes `id` pending, due now, with a fresh retry
+/// budget, and gives it a new stream entry (an older entry becomes stale and is dropped).
+macro_rules! replay_fn {
+    () => {
+        r#"
+local function replay(tag, id, now)
+  local ev = tag .. 'ev:' .. id
+  if redis.call('EXISTS', ev) == 0 then return 0 end
+  local score = redis.call('HGET', ev, 'received_at') or now
+  redis.call('HSET', ev, 'state', 'pending', 'next_attempt_at', now, 'cycle_attempts', 0,
+    'cycle_started_at', now, 'updated_at', now)
+  redis.call('HDEL', ev, 'last_error')
+  redis.call('ZREM', tag .. 'retry', id)
+  redis.call('ZREM', tag .. 'delivered', id)
+  redis.call('ZREM', tag .. 'dead', id)
+  redis.call('ZREM', tag .. 'gc', id)
+  redis.call('ZADD', tag .. 'pending', score, id)
+  redis.call('PERSIST', ev)
+  redis.call('PERSIST', tag .. 'log:' .. id)
+  redis.call('HSET', ev, 'entry', redis.call('XADD', tag .. 'stream', '*', 'id', id))
+  return 1
+end
+"#
+    };
+}
+
+/// KEYS: ev, log, stream, retry, pending, delivered, dead, gc. ARGV: tag, id, now.
+pub static REPLAY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        replay_fn!(),
+        "return replay(ARGV[1], ARGV[2], ARGV[3])\n"
+    ))
+});
+
+/// KEYS: stream, retry, pending, delivered, dead, gc. ARGV: tag, now, batch.
+/// Replays up to `batch` dead events; returns how many.
+pub static REPLAY_DEAD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        replay_fn!(),
+        r#"
+local n = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[5], 0, tonumber(ARGV[3]) - 1)) do
+  if replay(ARGV[1], id, ARGV[2]) == 0 then
+    redis.call('ZREM', KEYS[5], id)
+  else
+    n = n + 1
+  end
+end
+return n
+"#
+    ))
+});
+
+/// KEYS: gc, delivered. ARGV: cutoff, batch, tag. Forgets up to `batch` events delivered
+/// before `cutoff`; returns how many.
+pub static PURGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, id in ipairs(ids) do
+  redis.call('DEL', ARGV[3] .. 'ev:' .. id, ARGV[3] .. 'log:' .. id)
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('ZREM', KEYS[1], id)
+end
+return #ids
+"#,
+    )
+});

@@ -1,0 +1,170 @@
+//! The Redis store through the `Store` trait, in-process, against a private redis-server:
+//! the parts the end-to-end tests cannot reach quickly (retention purge, replay during an
+//! attempt, one lease per event across two store instances).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hookgate::config::{StoreBackend, StoreConfig};
+use hookgate::store::{self, Attempt, DedupeKey, NewEvent, Next, State, Store, StoredHeaders};
+use support::RedisServer;
+
+const RETENTION: Duration = Duration::from_secs(3600);
+
+async fn open(redis: &RedisServer, prefix: &str) -> Arc<dyn Store> {
+    store::open(&StoreConfig {
+        backend: StoreBackend::Redis {
+            url: redis.url(),
+            key_prefix: prefix.into(),
+            visibility_timeout: Duration::from_secs(30),
+        },
+        retention: RETENTION,
+    })
+    .await
+    .unwrap()
+}
+
+fn event(n: u32, at: i64) -> NewEvent {
+    NewEvent {
+        id: uuid::Uuid::now_v7().to_string(),
+        route: "r".into(),
+        received_at_ms: at,
+        method: "POST".into(),
+        query: Some("a=1".into()),
+        headers: StoredHeaders::default(),
+        body: bytes::Bytes::from(format!("body {n} \u{0}\u{ff}")),
+        scheme: "hmac",
+        dedupe_key: None,
+    }
+}
+
+fn attempt(n: u32, at: i64, outcome: &'static str) -> Attempt {
+    Attempt {
+        n,
+        started_at_ms: at,
+        outcome,
+        status: Some(200),
+        latency_ms: 3,
+        detail: "ok".into(),
+    }
+}
+
+async fn accept(s: &dyn Store, ev: NewEvent) -> String {
+    match s.accept(ev, None).await.unwrap() {
+        store::Accept::Accepted(id) => id,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn delivered_events_are_purged_after_retention_others_kept() {
+    let redis = RedisServer::start();
+    let s = open(&redis, "p").await;
+    let t = 1_700_000_000_000;
+    let delivered = accept(&*s, event(1, t)).await;
+    let dead = accept(&*s, event(2, t)).await;
+    let leased = s.lease("r", 10, t).await.unwrap();
+    assert_eq!(leased.len(), 2);
+    for ev in &leased {
+        let next = if ev.id == delivered {
+            Next::Delivered
+        } else {
+            Next::Dead {
+                reason: "gone".into(),
+            }
+        };
+        s.settle(ev, attempt(1, t, "delivered"), next)
+            .await
+            .unwrap();
+    }
+    s.purge(t + 1000).await.unwrap();
+    assert!(
+        s.get(&delivered).await.unwrap().is_some(),
+        "kept within retention"
+    );
+    s.purge(t + RETENTION.as_millis() as i64 + 10_000)
+        .await
+        .unwrap();
+    assert!(s.get(&delivered).await.unwrap().is_none(), "purged");
+    assert_eq!(
+        s.get(&dead).await.unwrap().unwrap().summary.state,
+        State::Dead
+    );
+    let c = s.counts("r").await.unwrap();
+    assert_eq!((c.pending, c.delivered, c.dead), (0, 0, 1));
+}
+
+#[tokio::test]
+async fn two_instances_lease_each_event_once_and_dedupe_together() {
+    let redis = RedisServer::start();
+    let (a, b) = (open(&redis, "two").await, open(&redis, "two").await);
+    let now = hookgate::forward::worker::now_ms();
+    let key = DedupeKey {
+        key: "k".into(),
+        expires_at_ms: now + 60_000,
+    };
+    let first = a.accept(event(0, now), Some(key.clone())).await.unwrap();
+    let second = b.accept(event(0, now), Some(key)).await.unwrap();
+    let store::Accept::Accepted(id) = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(second, store::Accept::Duplicate(id));
+    for i in 1..50 {
+        accept(&*a, event(i, now)).await;
+    }
+    let (la, lb) = (
+        a.lease("r", 30, now).await.unwrap(),
+        b.lease("r", 30, now).await.unwrap(),
+    );
+    assert_eq!(la.len() + lb.len(), 50);
+    let mut ids: Vec<_> = la.iter().chain(&lb).map(|e| e.id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 50, "no event leased twice");
+    assert!(a.lease("r", 30, now).await.unwrap().is_empty());
+    assert_eq!(a.next_due("r").await.unwrap(), None);
+    // Bodies come back byte for byte.
+    let ev = la
+        .iter()
+        .chain(&lb)
+        .find(|e| e.body.ends_with(b"\0\xc3\xbf"))
+        .unwrap();
+    assert_eq!(ev.query.as_deref(), Some("a=1"));
+}
+
+#[tokio::test]
+async fn retry_is_due_later_and_replay_during_an_attempt_wins() {
+    let redis = RedisServer::start();
+    let s = open(&redis, "rp").await;
+    let t = hookgate::forward::worker::now_ms();
+    let id = accept(&*s, event(1, t)).await;
+    let ev = s.lease("r", 1, t).await.unwrap().remove(0);
+    s.settle(&ev, attempt(1, t, "retry"), Next::Retry { at_ms: t + 5000 })
+        .await
+        .unwrap();
+    assert_eq!(s.next_due("r").await.unwrap(), Some(t + 5000));
+    assert!(
+        s.lease("r", 1, t + 10).await.unwrap().is_empty(),
+        "not due yet"
+    );
+    let ev = s.lease("r", 1, t + 5000).await.unwrap().remove(0);
+    assert_eq!((ev.attempts, ev.cycle_attempts), (1, 1));
+    // Replayed while attempt 2 runs: attempt 2's failure must not bury the replay.
+    assert!(s.replay(&id, t + 5001).await.unwrap());
+    s.settle(
+        &ev,
+        attempt(2, t, "dead"),
+        Next::Dead { reason: "x".into() },
+    )
+    .await
+    .unwrap();
+    let again = s.lease("r", 1, t + 5002).await.unwrap();
+    assert_eq!(again.len(), 1, "the replay is delivered");
+    assert_eq!((again[0].attempts, again[0].cycle_attempts), (2, 0));
+    let d = s.get(&id).await.unwrap().unwrap();
+    assert_eq!(d.attempt_log.len(), 2);
+    assert!(!s.replay("no-such-event", t).await.unwrap());
+}
