@@ -78,7 +78,13 @@ enum Write {
         Option<DedupeKey>,
         oneshot::Sender<Result<Accept, String>>,
     ),
-    Settle(String, Attempt, Next, oneshot::Sender<Result<(), String>>),
+    /// Event id and the cycle (start of its retry budget) the attempt belongs to.
+    Settle(
+        (String, i64),
+        Attempt,
+        Next,
+        oneshot::Sender<Result<(), String>>,
+    ),
     Replay(
         Option<String>,
         Option<String>,
@@ -244,8 +250,8 @@ enum Out {
 fn run(tx: &Connection, w: &Write, retention_ms: i64) -> rusqlite::Result<Out> {
     Ok(match w {
         Write::Accept(ev, key, _) => Out::Accept(accept_tx(tx, &ev.0, &ev.1, key.as_ref())?),
-        Write::Settle(id, attempt, next, _) => {
-            settle_tx(tx, id, attempt, next)?;
+        Write::Settle((id, cycle), attempt, next, _) => {
+            settle_tx(tx, id, *cycle, attempt, next)?;
             Out::Unit
         }
         Write::Replay(id, route, now, _) => {
@@ -347,7 +353,15 @@ fn accept_tx(
     Ok(Accept::Accepted(ev.id.clone()))
 }
 
-fn settle_tx(tx: &Connection, id: &str, a: &Attempt, next: &Next) -> rusqlite::Result<()> {
+/// Records the attempt; moves the event to its next state only if it was not replayed while
+/// the attempt ran (a replay starts a new cycle, and the replay wins).
+fn settle_tx(
+    tx: &Connection,
+    id: &str,
+    cycle: i64,
+    a: &Attempt,
+    next: &Next,
+) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT OR REPLACE INTO attempts (event_id, n, started_at, outcome, status, latency_ms, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -361,10 +375,12 @@ fn settle_tx(tx: &Connection, id: &str, a: &Attempt, next: &Next) -> rusqlite::R
     };
     tx.prepare_cached(
         "UPDATE events SET state = ?2, next_attempt_at = ?3, last_error = ?4, updated_at = ?5,
-                attempts = MAX(attempts, ?6), cycle_attempts = cycle_attempts + 1
-         WHERE id = ?1",
+                cycle_attempts = cycle_attempts + 1
+         WHERE id = ?1 AND cycle_started_at = ?6",
     )?
-    .execute(params![id, state, next_at, err, now, a.n])?;
+    .execute(params![id, state, next_at, err, now, cycle])?;
+    tx.prepare_cached("UPDATE events SET attempts = MAX(attempts, ?2) WHERE id = ?1")?
+        .execute(params![id, a.n])?;
     Ok(())
 }
 
@@ -495,7 +511,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn settle(&self, ev: &Event, attempt: Attempt, next: Next) -> Result<(), StoreError> {
-        let id = ev.id.clone();
+        let id = (ev.id.clone(), ev.cycle_started_at_ms);
         let r = self.write(|r| Write::Settle(id, attempt, next, r)).await;
         // Released only once the new state is committed, so no second lease can see the old one.
         if r.is_ok() {
@@ -670,6 +686,40 @@ mod tests {
             "group commit: {commits} transactions for 400 writes"
         );
         assert_eq!(store.counts("r").await.unwrap().pending, 301);
+    }
+
+    #[tokio::test]
+    async fn a_replay_during_an_attempt_wins_over_its_settle() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
+        let Accept::Accepted(id) = store.accept(event("r", "x"), None).await.unwrap() else {
+            panic!()
+        };
+        let leased = store.lease("r", 10, 2_000).await.unwrap();
+        assert_eq!(leased.len(), 1);
+        assert!(store.replay(&id, 3_000).await.unwrap());
+        let attempt = Attempt {
+            n: 1,
+            started_at_ms: 2_000,
+            outcome: "delivered",
+            status: Some(200),
+            latency_ms: 5,
+            detail: String::new(),
+        };
+        store
+            .settle(&leased[0], attempt, Next::Delivered)
+            .await
+            .unwrap();
+        let ev = store.get(&id).await.unwrap().unwrap();
+        assert_eq!(ev.summary.state, State::Pending, "the replay is not lost");
+        assert_eq!(
+            (ev.summary.attempts, ev.attempt_log.len()),
+            (1, 1),
+            "the attempt is still recorded"
+        );
+        let again = store.lease("r", 10, 3_000).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].attempts, 1, "the next attempt is number 2");
     }
 
     #[tokio::test]
