@@ -51,6 +51,23 @@ impl HttpSink {
         })
     }
 
+    /// The forwarded request (SPEC §6), re-signed when `[route.forward.sign]` says so.
+    fn request(&self, ev: &Event, attempt: u32) -> reqwest::RequestBuilder {
+        let method = Method::from_bytes(ev.method.as_bytes()).unwrap_or(Method::POST);
+        let mut headers = forward_headers(ev, &self.route, attempt);
+        if let Some(s) = &self.sign {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            sign::sign(&s.scheme, &s.secret, &ev.id, now, &ev.body, &mut headers);
+        }
+        self.client
+            .request(method, self.target(ev.query.as_deref()))
+            .headers(headers)
+            .body(ev.body.clone())
+    }
+
     fn target(&self, query: Option<&str>) -> reqwest::Url {
         let mut url = self.url.clone();
         if let Some(q) = query.filter(|q| !q.is_empty()) {
@@ -127,20 +144,7 @@ impl Sink for HttpSink {
     }
 
     async fn deliver(&self, ev: &Event, attempt: u32) -> Result<Receipt, DeliveryError> {
-        let method = Method::from_bytes(ev.method.as_bytes()).unwrap_or(Method::POST);
-        let mut headers = forward_headers(ev, &self.route, attempt);
-        if let Some(s) = &self.sign {
-            let now = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
-            sign::sign(&s.scheme, &s.secret, &ev.id, now, &ev.body, &mut headers);
-        }
-        let req = self
-            .client
-            .request(method, self.target(ev.query.as_deref()))
-            .headers(headers)
-            .body(ev.body.clone());
+        let req = self.request(ev, attempt);
         let mut resp = req.send().await.map_err(|e| DeliveryError::Retryable {
             status: None,
             retry_after: None,
@@ -193,20 +197,7 @@ const MAX_PROXY_BODY: usize = 10 << 20;
 impl HttpSink {
     /// `mode = "proxy"`: one request now, the upstream's status, headers and body relayed.
     pub async fn proxy(&self, ev: &Event) -> Result<http::Response<bytes::Bytes>, ProxyError> {
-        let method = Method::from_bytes(ev.method.as_bytes()).unwrap_or(Method::POST);
-        let mut headers = forward_headers(ev, &self.route, 1);
-        if let Some(s) = &self.sign {
-            let now = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
-            sign::sign(&s.scheme, &s.secret, &ev.id, now, &ev.body, &mut headers);
-        }
-        let req = self
-            .client
-            .request(method, self.target(ev.query.as_deref()))
-            .headers(headers)
-            .body(ev.body.clone());
+        let req = self.request(ev, 1);
         let classify = |e: reqwest::Error| {
             if e.is_timeout() {
                 ProxyError::Timeout

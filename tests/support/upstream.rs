@@ -122,31 +122,25 @@ impl Upstream {
 
     /// Waits until at least `n` requests were answered 2xx.
     pub async fn wait_delivered(&self, n: usize, within: Duration) -> Vec<Received> {
-        let deadline = Instant::now() + within;
-        loop {
-            let notified = self.state.notify.notified();
-            let got = self.delivered();
-            if got.len() >= n {
-                return got;
-            }
-            if tokio::time::timeout_at(deadline.into(), notified)
-                .await
-                .is_err()
-            {
-                panic!(
-                    "upstream: {} of {n} deliveries within {within:?}",
-                    self.delivered().len()
-                );
-            }
-        }
+        self.wait(n, within, "deliveries", Self::delivered).await
     }
 
     /// Waits until at least `n` requests arrived, whatever they were answered.
     pub async fn wait_received(&self, n: usize, within: Duration) -> Vec<Received> {
+        self.wait(n, within, "requests", Self::received).await
+    }
+
+    async fn wait(
+        &self,
+        n: usize,
+        within: Duration,
+        what: &str,
+        get: fn(&Self) -> Vec<Received>,
+    ) -> Vec<Received> {
         let deadline = Instant::now() + within;
         loop {
             let notified = self.state.notify.notified();
-            let got = self.received();
+            let got = get(self);
             if got.len() >= n {
                 return got;
             }
@@ -155,8 +149,8 @@ impl Upstream {
                 .is_err()
             {
                 panic!(
-                    "upstream: {} of {n} requests within {within:?}",
-                    self.received().len()
+                    "upstream: {} of {n} {what} within {within:?}",
+                    get(self).len()
                 );
             }
         }
