@@ -5,6 +5,9 @@
 //!
 //! cargo bench --bench verify -- --warm-up-time 1 --measurement-time 2
 
+// Bench setup: a failed step should panic with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::SystemTime;
