@@ -7,8 +7,11 @@
 //! recorded; an attempt interrupted by a crash is simply made again after restart (at least
 //! once), always with the same `Hookgate-Event-Id`.
 
+pub mod amqp;
 pub mod circuit;
 pub mod http;
+pub mod nats;
+pub mod redis_stream;
 pub mod retry;
 pub mod sign;
 pub mod worker;
@@ -70,11 +73,60 @@ pub trait Sink: Send + Sync {
 pub async fn build_sink(route: &Arc<RouteConfig>) -> anyhow::Result<Arc<dyn Sink>> {
     match &route.forward.target {
         SinkTarget::Http { url } => Ok(Arc::new(http::HttpSink::new(route, url.clone())?)),
-        other => anyhow::bail!(
-            "route {:?}: the {}:// sink is not available in this build yet",
-            route.name,
-            other.kind()
-        ),
+        SinkTarget::RedisStream {
+            url,
+            stream,
+            maxlen,
+        } => Ok(Arc::new(redis_stream::RedisStreamSink::new(
+            route, url, stream, *maxlen,
+        )?)),
+        SinkTarget::Nats { url, subject } => {
+            Ok(Arc::new(nats::NatsSink::new(route, url, subject).await?))
+        }
+        SinkTarget::Amqp {
+            url,
+            exchange,
+            routing_key,
+        } => Ok(Arc::new(amqp::AmqpSink::new(
+            route,
+            url,
+            exchange,
+            routing_key,
+        )?)),
+    }
+}
+
+/// The metadata a queue message carries as headers (SPEC §6): the original headers minus
+/// hop-by-hop ones, `Host` and client-sent `Hookgate-*`, plus the gateway's own, with names in
+/// the conventional `Title-Case` (`Hookgate-Event-Id`, `Content-Type`). Same as the HTTP sink.
+pub fn message_headers(ev: &Event, route: &str, attempt: u32) -> Vec<(String, Vec<u8>)> {
+    http::forward_headers(ev, route, attempt)
+        .iter()
+        .map(|(k, v)| (title_case(k.as_str()), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// `hookgate-event-id` → `Hookgate-Event-Id`.
+pub fn title_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut up = true;
+    for c in name.chars() {
+        out.push(if up { c.to_ascii_uppercase() } else { c });
+        up = c == '-';
+    }
+    out
+}
+
+/// A URL with any password replaced, for logs and attempt details (secrets never appear).
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("redacted"));
+            }
+            u.to_string()
+        }
+        Err(_) => "<invalid url>".to_string(),
     }
 }
 
