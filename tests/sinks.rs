@@ -258,7 +258,7 @@ backoff_max = "500ms"
     /// Posts `n` events, 16 at a time; returns their ids.
     async fn post_many(&self, n: usize) -> HashSet<String> {
         let mut ids = HashSet::new();
-        let bodies: Vec<Vec<u8>> = (0..n).map(|i| body_1k(i)).collect();
+        let bodies: Vec<Vec<u8>> = (0..n).map(body_1k).collect();
         for chunk in bodies.chunks(16) {
             let futs = chunk.iter().map(|b| self.post(b.clone()));
             for id in futures_util::future::join_all(futs).await {
