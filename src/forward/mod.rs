@@ -96,6 +96,26 @@ pub async fn build_sink(route: &Arc<RouteConfig>) -> anyhow::Result<Arc<dyn Sink
     }
 }
 
+/// What `hookgate check` adds to the generic URL check: the sink's own client must accept the
+/// URL (Redis database number, AMQP vhost and query options, NATS address), so `serve` never
+/// fails on a URL that `check` passed. Messages never repeat the URL's password.
+pub fn check_target(target: &SinkTarget) -> Result<(), String> {
+    match target {
+        SinkTarget::Http { .. } => Ok(()),
+        SinkTarget::RedisStream { url, .. } => redis::Client::open(url.as_str())
+            .map(|_| ())
+            .map_err(|e| format!("invalid redis URL {}: {e}", redact_url(url))),
+        SinkTarget::Nats { url, .. } => url
+            .parse::<async_nats::ServerAddr>()
+            .map(|_| ())
+            .map_err(|e| format!("invalid NATS URL {}: {e}", redact_url(url))),
+        SinkTarget::Amqp { url, .. } => url
+            .parse::<lapin::uri::AMQPUri>()
+            .map(|_| ())
+            .map_err(|e| format!("invalid AMQP URL {}: {e}", redact_url(url))),
+    }
+}
+
 /// The metadata a queue message carries as headers (SPEC §6): the original headers minus
 /// hop-by-hop ones, `Host` and client-sent `Hookgate-*`, plus the gateway's own, with names in
 /// the conventional `Title-Case` (`Hookgate-Event-Id`, `Content-Type`). Same as the HTTP sink.
