@@ -7,313 +7,20 @@
 //! none doubled; the permanent misconfigurations dead-letter with a clear detail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
+mod sinks_support;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use sinks_support::*;
 
-const DEADLINE: Duration = Duration::from_secs(60);
+fn gateway(forward: &str) -> Gateway {
+    Gateway::start(Path::new(env!("CARGO_BIN_EXE_hookgate")), forward)
+}
 /// Non-ASCII, invalid UTF-8, NUL and odd whitespace: must arrive byte for byte.
 const ODD_BODY: &[u8] = b"  {\"caf\xc3\xa9\": \"\xe2\x82\xac\"}\r\n\t \x00\xff\xfe  \n";
-
-// ---------------------------------------------------------------- helpers
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Polls `f` until it returns `Some`, or panics with `what` at the deadline.
-async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let end = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn port_open(port: u16) -> bool {
-    tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_ok()
-}
-
-/// A child process killed (and reaped) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct Redis {
-    port: u16,
-    proc: Option<Proc>,
-}
-
-impl Redis {
-    async fn start() -> Redis {
-        let mut r = Redis {
-            port: free_port(),
-            proc: None,
-        };
-        r.restart().await;
-        r
-    }
-
-    async fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed");
-        self.proc = Some(Proc(child));
-        let port = self.port;
-        wait_for("redis-server to listen", || async move {
-            port_open(port).await.then_some(())
-        })
-        .await;
-    }
-
-    fn stop(&mut self) {
-        self.proc = None;
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    }
-}
-
-struct Nats {
-    port: u16,
-    dir: tempfile::TempDir,
-    proc: Option<Proc>,
-}
-
-impl Nats {
-    async fn start() -> Nats {
-        let mut n = Nats {
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            proc: None,
-        };
-        n.restart().await;
-        n
-    }
-
-    async fn restart(&mut self) {
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .arg("-sd")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server must be installed");
-        self.proc = Some(Proc(child));
-        let port = self.port;
-        wait_for("nats-server to listen", || async move {
-            port_open(port).await.then_some(())
-        })
-        .await;
-    }
-
-    fn stop(&mut self) {
-        self.proc = None;
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    async fn js(&self) -> async_nats::jetstream::Context {
-        async_nats::jetstream::new(async_nats::connect(self.url()).await.unwrap())
-    }
-}
-
-/// The gateway binary with one route (`scheme = "none"`, no dedupe) forwarding to `forward`.
-struct Gateway {
-    ingress: String,
-    admin: String,
-    http: reqwest::Client,
-    _proc: Proc,
-    _dir: tempfile::TempDir,
-}
-
-impl Gateway {
-    fn start(forward: &str) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-
-[store]
-path = {data:?}
-
-[[route]]
-name = "events"
-path = "/hook"
-
-[route.verify]
-scheme = "none"
-
-[route.dedupe]
-key = "none"
-
-[route.forward]
-timeout = "2s"
-max_attempts = 1000
-backoff_initial = "50ms"
-backoff_max = "500ms"
-{forward}
-"#,
-            data = dir.path().join("data").display().to_string()
-        );
-        let path = dir.path().join("hookgate.toml");
-        std::fs::write(&path, cfg).unwrap();
-        let log = std::fs::File::create(dir.path().join("hookgate.log")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
-            .args(["serve", "-c"])
-            .arg(&path)
-            .env("HOOKGATE_LOG", "hookgate=info")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let proc = Proc(child);
-        let line = lines
-            .next()
-            .and_then(Result::ok)
-            .unwrap_or_else(|| panic!("gateway did not start: {}", log_of(dir.path())));
-        let mut ingress = String::new();
-        let mut admin = String::new();
-        for part in line.split_whitespace() {
-            if let Some(a) = part.strip_prefix("ingress=") {
-                ingress = a.to_string();
-            } else if let Some(a) = part.strip_prefix("admin=") {
-                admin = a.to_string();
-            }
-        }
-        assert!(
-            !ingress.is_empty() && !admin.is_empty(),
-            "bad line {line:?}"
-        );
-        // Keep draining stdout so the gateway never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Gateway {
-            ingress,
-            admin,
-            http: reqwest::Client::new(),
-            _proc: proc,
-            _dir: dir,
-        }
-    }
-
-    /// Posts one event; returns its event id (the answer must be 202).
-    async fn post(&self, body: Vec<u8>) -> String {
-        let resp = self
-            .http
-            .post(format!("http://{}/hook?x=1", self.ingress))
-            .header("content-type", "application/octet-stream")
-            .header("x-custom", "Ünïcode-free value")
-            .header("hookgate-event-id", "forged")
-            .header("connection", "keep-alive")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 202);
-        let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
-        v["event_id"].as_str().unwrap().to_string()
-    }
-
-    /// Posts `n` events, 16 at a time; returns their ids.
-    async fn post_many(&self, n: usize) -> HashSet<String> {
-        let mut ids = HashSet::new();
-        let bodies: Vec<Vec<u8>> = (0..n).map(body_1k).collect();
-        for chunk in bodies.chunks(16) {
-            let futs = chunk.iter().map(|b| self.post(b.clone()));
-            for id in futures_util::future::join_all(futs).await {
-                assert!(ids.insert(id));
-            }
-        }
-        ids
-    }
-
-    async fn event(&self, id: &str) -> Value {
-        self.http
-            .get(format!("http://{}/admin/events/{id}", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .map(|b| serde_json::from_slice(&b).unwrap())
-            .unwrap()
-    }
-
-    /// Waits until the event has an attempt with this outcome; returns the event.
-    async fn wait_outcome(&self, id: &str, outcome: &str) -> Value {
-        wait_for(
-            &format!("an attempt with outcome {outcome} on {id}"),
-            || async {
-                let ev = self.event(id).await;
-                let has = ev["attempt_log"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|x| x["outcome"] == outcome));
-                has.then_some(ev)
-            },
-        )
-        .await
-    }
-}
-
-fn log_of(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("hookgate.log")).unwrap_or_default()
-}
-
-fn body_1k(i: usize) -> Vec<u8> {
-    let mut b = format!("{{\"n\":{i},\"pad\":\"").into_bytes();
-    b.resize(1000, b'x');
-    b.extend_from_slice(b"\"}\n");
-    b
-}
-
-fn assert_no_dup(ids: &[String], expected: &HashSet<String>) {
-    let got: HashSet<String> = ids.iter().cloned().collect();
-    assert_eq!(got.len(), ids.len(), "some event was delivered twice");
-    let missing: Vec<_> = expected.difference(&got).collect();
-    assert!(missing.is_empty(), "missing events: {missing:?}");
-    assert_eq!(&got, expected);
-}
 
 // ---------------------------------------------------------------- Redis Streams
 
@@ -345,7 +52,7 @@ fn field(e: &std::collections::HashMap<String, Vec<u8>>, k: &str) -> String {
 #[tokio::test]
 async fn redis_body_and_metadata() {
     let r = Redis::start().await;
-    let gw = Gateway::start(&format!(
+    let gw = gateway(&format!(
         "url = {:?}\nstream = \"hooks\"\nmaxlen = 10000",
         r.url()
     ));
@@ -377,7 +84,7 @@ async fn redis_body_and_metadata() {
 #[tokio::test]
 async fn redis_outage_retries_then_delivers_all() {
     let mut r = Redis::start().await;
-    let gw = Gateway::start(&format!("url = {:?}\nstream = \"hooks\"", r.url()));
+    let gw = gateway(&format!("url = {:?}\nstream = \"hooks\"", r.url()));
     let first = gw.post(b"before".to_vec()).await;
     gw.wait_outcome(&first, "delivered").await;
     r.stop();
@@ -399,7 +106,7 @@ async fn redis_outage_retries_then_delivers_all() {
 #[tokio::test]
 async fn redis_thousand_events_none_missing_none_doubled() {
     let r = Redis::start().await;
-    let gw = Gateway::start(&format!("url = {:?}\nstream = \"hooks\"", r.url()));
+    let gw = gateway(&format!("url = {:?}\nstream = \"hooks\"", r.url()));
     let ids = gw.post_many(1000).await;
     let got = wait_for("1000 entries", || async {
         let e = xrange(&r, "hooks").await;
@@ -420,7 +127,7 @@ async fn redis_wrongtype_is_permanent_and_says_why() {
         .query_async(&mut c)
         .await
         .unwrap();
-    let gw = Gateway::start(&format!("url = {:?}\nstream = \"hooks\"", r.url()));
+    let gw = gateway(&format!("url = {:?}\nstream = \"hooks\"", r.url()));
     let id = gw.post(b"x".to_vec()).await;
     let ev = gw.wait_outcome(&id, "dead").await;
     let detail = ev["attempt_log"][0]["detail"].as_str().unwrap();
@@ -495,7 +202,7 @@ fn nats_ids(msgs: &[async_nats::jetstream::Message]) -> Vec<String> {
 async fn nats_body_and_metadata() {
     let n = Nats::start().await;
     nats_stream(&n).await;
-    let gw = Gateway::start(&format!("url = {:?}\nsubject = \"hooks.in\"", n.url()));
+    let gw = gateway(&format!("url = {:?}\nsubject = \"hooks.in\"", n.url()));
     let id = gw.post(ODD_BODY.to_vec()).await;
     gw.wait_outcome(&id, "delivered").await;
     let msgs = nats_read_all(&n, 1).await;
@@ -525,7 +232,7 @@ async fn nats_body_and_metadata() {
 async fn nats_outage_retries_then_delivers_all_once() {
     let mut n = Nats::start().await;
     nats_stream(&n).await;
-    let gw = Gateway::start(&format!("url = {:?}\nsubject = \"hooks.in\"", n.url()));
+    let gw = gateway(&format!("url = {:?}\nsubject = \"hooks.in\"", n.url()));
     let first = gw.post(b"before".to_vec()).await;
     gw.wait_outcome(&first, "delivered").await;
     n.stop();
@@ -550,7 +257,7 @@ async fn nats_outage_retries_then_delivers_all_once() {
 async fn nats_thousand_events_none_missing_none_doubled() {
     let n = Nats::start().await;
     nats_stream(&n).await;
-    let gw = Gateway::start(&format!("url = {:?}\nsubject = \"hooks.in\"", n.url()));
+    let gw = gateway(&format!("url = {:?}\nsubject = \"hooks.in\"", n.url()));
     let ids = gw.post_many(1000).await;
     wait_for("1000 messages", || async {
         (nats_count(&n).await? >= 1000).then_some(())
@@ -563,7 +270,7 @@ async fn nats_thousand_events_none_missing_none_doubled() {
 #[tokio::test]
 async fn nats_no_stream_is_permanent_and_says_why() {
     let n = Nats::start().await;
-    let gw = Gateway::start(&format!(
+    let gw = gateway(&format!(
         "url = {:?}\nsubject = \"nobody.listens\"",
         n.url()
     ));
@@ -581,7 +288,7 @@ async fn nats_down_at_startup_does_not_block_and_delivers_later() {
     let mut n = Nats::start().await;
     nats_stream(&n).await;
     n.stop();
-    let gw = Gateway::start(&format!("url = {:?}\nsubject = \"hooks.in\"", n.url()));
+    let gw = gateway(&format!("url = {:?}\nsubject = \"hooks.in\"", n.url()));
     let id = gw.post(b"early".to_vec()).await;
     gw.wait_outcome(&id, "retry").await;
     n.restart().await;
@@ -705,7 +412,7 @@ async fn amqp_body_and_metadata() {
     let _one_at_a_time = AMQP_LOCK.lock().await;
     let name = unique("meta");
     amqp_declare(&name).await;
-    let gw = Gateway::start(&format!(
+    let gw = gateway(&format!(
         "url = {:?}\nexchange = {name:?}\nrouting_key = \"rk\"",
         amqp_url()
     ));
@@ -753,7 +460,7 @@ async fn amqp_unroutable_is_retried_then_delivered_once_bound() {
     )
     .await
     .unwrap();
-    let gw = Gateway::start(&format!(
+    let gw = gateway(&format!(
         "url = {:?}\nexchange = {name:?}\nrouting_key = \"rk\"",
         amqp_url()
     ));
@@ -778,7 +485,7 @@ async fn amqp_unroutable_is_retried_then_delivered_once_bound() {
 async fn amqp_missing_exchange_is_permanent_and_says_why() {
     let _one_at_a_time = AMQP_LOCK.lock().await;
     let name = unique("absent");
-    let gw = Gateway::start(&format!(
+    let gw = gateway(&format!(
         "url = {:?}\nexchange = {name:?}\nrouting_key = \"rk\"",
         amqp_url()
     ));
@@ -801,7 +508,7 @@ async fn amqp_thousand_events_and_outage() {
     // One test for both, since the outage stops the shared node's broker app.
     let name = unique("bulk");
     amqp_declare(&name).await;
-    let gw = Gateway::start(&format!(
+    let gw = gateway(&format!(
         "url = {:?}\nexchange = {name:?}\nrouting_key = \"rk\"",
         amqp_url()
     ));
