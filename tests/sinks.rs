@@ -226,6 +226,13 @@ async fn nats_body_and_metadata() {
     );
     assert_eq!(get("X-Custom").as_deref(), Some("Ünïcode-free value"));
     assert_eq!(get("Connection"), None, "hop-by-hop header forwarded");
+    // Sender-set `Nats-*` headers would steer JetStream (Nats-Rollup purges the stream).
+    let nats_named: Vec<String> = h
+        .iter()
+        .map(|(k, _)| k.to_string())
+        .filter(|k| k.to_ascii_lowercase().starts_with("nats-"))
+        .collect();
+    assert_eq!(nats_named, vec!["Nats-Msg-Id".to_string()], "{h:?}");
 }
 
 #[tokio::test]
@@ -445,6 +452,11 @@ async fn amqp_body_and_metadata() {
         Some("Ünïcode-free value")
     );
     assert_eq!(amqp_header(m, "Connection"), None);
+    assert_eq!(
+        amqp_header(m, "Cc"),
+        None,
+        "CC would route copies elsewhere"
+    );
 }
 
 #[tokio::test]

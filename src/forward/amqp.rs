@@ -126,6 +126,10 @@ impl AmqpSink {
         let mut table = FieldTable::default();
         let mut content_type = None;
         for (k, v) in message_headers(ev, &self.route, attempt) {
+            // RabbitMQ routes copies of a message by its `CC` / `BCC` headers: no sender may.
+            if k.eq_ignore_ascii_case("cc") || k.eq_ignore_ascii_case("bcc") {
+                continue;
+            }
             if k == "Content-Type" {
                 content_type = Some(String::from_utf8_lossy(&v).into_owned());
             }

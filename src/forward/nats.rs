@@ -66,6 +66,11 @@ impl NatsSink {
     fn headers(&self, ev: &Event, attempt: u32) -> async_nats::HeaderMap {
         let mut h = async_nats::HeaderMap::new();
         for (k, v) in message_headers(ev, &self.route, attempt) {
+            // `Nats-*` headers steer JetStream (`Nats-Rollup` purges, `Nats-Expected-*` fails
+            // the publish, `Nats-Msg-Id` dedupes): no sender may set them.
+            if k.len() >= 5 && k[..5].eq_ignore_ascii_case("nats-") {
+                continue;
+            }
             // NATS header values are text; a non-UTF-8 original value is passed lossily.
             let v = String::from_utf8_lossy(&v);
             h.append(k.as_str(), v.as_ref());

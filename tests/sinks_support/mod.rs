@@ -238,6 +238,10 @@ backoff_max = "500ms"
             .header("x-custom", "Ünïcode-free value")
             .header("hookgate-event-id", "forged")
             .header("connection", "keep-alive")
+            // Headers that would steer the broker if passed through (they must not be).
+            .header("nats-expected-stream", "not-this-one")
+            .header("nats-rollup", "all")
+            .header("cc", "elsewhere")
             .body(body)
             .send()
             .await
