@@ -159,7 +159,12 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(bin: &Path, forward: &str) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
+        Gateway::start_in(bin, tempfile::tempdir().unwrap(), forward)
+    }
+
+    /// Starts on `dir` (config, store, log): a gateway restarted on the same dir finds the
+    /// events its predecessor accepted.
+    pub fn start_in(bin: &Path, dir: tempfile::TempDir, forward: &str) -> Gateway {
         let cfg = format!(
             r#"
 [server]
@@ -227,6 +232,12 @@ backoff_max = "500ms"
             _proc: proc,
             _dir: dir,
         }
+    }
+
+    /// Kills the gateway (SIGKILL: accepted events are durable) and hands back its dir.
+    pub fn kill(self) -> tempfile::TempDir {
+        drop(self._proc);
+        self._dir
     }
 
     /// Posts one event; returns its event id (the answer must be 202).
