@@ -236,6 +236,31 @@ async fn nats_body_and_metadata() {
 }
 
 #[tokio::test]
+async fn nats_republish_is_dropped_by_the_duplicate_window() {
+    let n = Nats::start().await;
+    nats_stream(&n).await;
+    let gw = gateway(&format!("url = {:?}\nsubject = \"hooks.in\"", n.url()));
+    let id = gw.post(b"once".to_vec()).await;
+    gw.wait_outcome(&id, "delivered").await;
+    // A replay publishes the same event again, as a retry after a lost ack would.
+    let resp = gw
+        .http
+        .post(format!("http://{}/admin/events/{id}/replay", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let ev = wait_for("the replayed attempt", || async {
+        let ev = gw.event(&id).await;
+        (ev["attempt_log"].as_array()?.len() >= 2 && ev["state"] == "delivered").then_some(ev)
+    })
+    .await;
+    let detail = ev["attempt_log"][1]["detail"].as_str().unwrap();
+    assert!(detail.contains("duplicate"), "{detail}");
+    assert_eq!(nats_count(&n).await, Some(1));
+}
+
+#[tokio::test]
 async fn nats_outage_retries_then_delivers_all_once() {
     let mut n = Nats::start().await;
     nats_stream(&n).await;
