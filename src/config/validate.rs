@@ -634,8 +634,8 @@ fn check_sink(f: &RawForward, at: &str, mode: Mode, p: &mut Problems) -> Option<
             None
         }
     };
-    if let Some(Err(msg)) = target.as_ref().map(crate::forward::check_target) {
-        p.error(format!("{at}.url"), msg);
+    if let Some(Err((key, msg))) = target.as_ref().map(crate::forward::check_target) {
+        p.error(format!("{at}.{key}"), msg);
     }
     if mode == Mode::Proxy && !matches!(target, Some(SinkTarget::Http { .. }) | None) {
         p.error(

@@ -98,21 +98,34 @@ pub async fn build_sink(route: &Arc<RouteConfig>) -> anyhow::Result<Arc<dyn Sink
 
 /// What `hookgate check` adds to the generic URL check: the sink's own client must accept the
 /// URL (Redis database number, AMQP vhost and query options, NATS address), so `serve` never
-/// fails on a URL that `check` passed. Messages never repeat the URL's password.
-pub fn check_target(target: &SinkTarget) -> Result<(), String> {
+/// fails on a URL that `check` passed. Returns the offending key (`url`, `maxlen`) and why;
+/// messages never repeat the URL's password.
+pub fn check_target(target: &SinkTarget) -> Result<(), (&'static str, String)> {
+    let bad_url = |kind: &str, url: &str, e: &dyn std::fmt::Display| {
+        (
+            "url",
+            format!("invalid {kind} URL {}: {e}", redact_url(url)),
+        )
+    };
     match target {
         SinkTarget::Http { .. } => Ok(()),
+        SinkTarget::RedisStream {
+            maxlen: Some(0), ..
+        } => Err((
+            "maxlen",
+            "must be at least 1 (0 would trim every event away as soon as it is added)".into(),
+        )),
         SinkTarget::RedisStream { url, .. } => redis::Client::open(url.as_str())
             .map(|_| ())
-            .map_err(|e| format!("invalid redis URL {}: {e}", redact_url(url))),
+            .map_err(|e| bad_url("redis", url, &e)),
         SinkTarget::Nats { url, .. } => url
             .parse::<async_nats::ServerAddr>()
             .map(|_| ())
-            .map_err(|e| format!("invalid NATS URL {}: {e}", redact_url(url))),
+            .map_err(|e| bad_url("NATS", url, &e)),
         SinkTarget::Amqp { url, .. } => url
             .parse::<lapin::uri::AMQPUri>()
             .map(|_| ())
-            .map_err(|e| format!("invalid AMQP URL {}: {e}", redact_url(url))),
+            .map_err(|e| bad_url("AMQP", url, &e)),
     }
 }
 
@@ -161,4 +174,50 @@ pub fn truncate_detail(s: &str) -> String {
         end -= 1;
     }
     s[..end].to_string()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn redis(url: &str, maxlen: Option<u64>) -> SinkTarget {
+        SinkTarget::RedisStream {
+            url: url.into(),
+            stream: "s".into(),
+            maxlen,
+        }
+    }
+
+    #[test]
+    fn check_target_uses_each_clients_parser_and_hides_passwords() {
+        assert!(check_target(&redis("redis://127.0.0.1/0", Some(10))).is_ok());
+        assert_eq!(
+            check_target(&redis("redis://h/0", Some(0))).unwrap_err().0,
+            "maxlen"
+        );
+        let (key, msg) = check_target(&redis("redis://:hunter2@h/notadb", None)).unwrap_err();
+        assert_eq!(key, "url");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        let amqp = SinkTarget::Amqp {
+            url: "amqp://u:hunter2@h:5672/%2f?heartbeat=soon".into(),
+            exchange: String::new(),
+            routing_key: "q".into(),
+        };
+        let (key, msg) = check_target(&amqp).unwrap_err();
+        assert_eq!(key, "url");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        let nats = SinkTarget::Nats {
+            url: "nats://127.0.0.1:4222".into(),
+            subject: "a.b".into(),
+        };
+        assert!(check_target(&nats).is_ok());
+    }
+
+    #[test]
+    fn header_names_in_title_case() {
+        assert_eq!(title_case("hookgate-event-id"), "Hookgate-Event-Id");
+        assert_eq!(title_case("content-type"), "Content-Type");
+        assert_eq!(title_case("x"), "X");
+    }
 }
