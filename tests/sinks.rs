@@ -485,6 +485,24 @@ async fn amqp_body_and_metadata() {
 }
 
 #[tokio::test]
+async fn amqp_forward_sign_adds_signature_headers() {
+    let _one_at_a_time = AMQP_LOCK.lock().await;
+    let name = unique("signed");
+    amqp_declare(&name).await;
+    let gw = gateway(&format!(
+        "url = {:?}\nexchange = {name:?}\nrouting_key = \"rk\"\n\
+         [route.forward.sign]\nscheme = \"hmac\"\nsecret = \"internal-secret\"",
+        amqp_url()
+    ));
+    let id = gw.post(b"signed".to_vec()).await;
+    gw.wait_outcome(&id, "delivered").await;
+    let msgs = amqp_drain(&name, 1).await;
+    assert_eq!(msgs.len(), 1);
+    assert!(amqp_header(&msgs[0], "X-Signature").is_some());
+    assert!(amqp_header(&msgs[0], "X-Timestamp").is_some());
+}
+
+#[tokio::test]
 async fn amqp_unroutable_is_retried_then_delivered_once_bound() {
     let _one_at_a_time = AMQP_LOCK.lock().await;
     let name = unique("unbound");

@@ -517,6 +517,12 @@ fn check_forward(f: &RawForward, at: &str, mode: Mode, p: &mut Problems) -> Opti
             secret,
         })
     });
+    if sign.is_some() && matches!(target, Some(SinkTarget::RedisStream { .. })) {
+        p.error(
+            format!("{at}.sign"),
+            "not supported by a redis:// sink (stream entries carry no signature headers)",
+        );
+    }
     Some(ForwardConfig {
         target: target?,
         timeout,

@@ -26,13 +26,14 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 use super::{message_headers, redact_url, DeliveryError, Receipt, Sink};
-use crate::config::RouteConfig;
+use crate::config::{ForwardSign, RouteConfig};
 use crate::store::Event;
 
 pub struct AmqpSink {
     uri: String,
     conn: tokio::sync::Mutex<Option<(Connection, Channel)>>,
     route: String,
+    sign: Option<ForwardSign>,
     url: String,
     exchange: String,
     routing_key: String,
@@ -65,6 +66,7 @@ impl AmqpSink {
             uri: url.to_string(),
             conn: tokio::sync::Mutex::new(None),
             route: route.name.clone(),
+            sign: route.forward.sign.clone(),
             url: redact_url(url),
             exchange: exchange.to_string(),
             routing_key: routing_key.to_string(),
@@ -125,7 +127,7 @@ impl AmqpSink {
     fn properties(&self, ev: &Event, attempt: u32) -> BasicProperties {
         let mut table = FieldTable::default();
         let mut content_type = None;
-        for (k, v) in message_headers(ev, &self.route, attempt) {
+        for (k, v) in message_headers(ev, &self.route, attempt, self.sign.as_ref()) {
             // RabbitMQ routes copies of a message by its `CC` / `BCC` headers: no sender may.
             if k.eq_ignore_ascii_case("cc") || k.eq_ignore_ascii_case("bcc") {
                 continue;

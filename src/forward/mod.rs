@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::config::{RouteConfig, SinkTarget};
+use crate::config::{ForwardSign, RouteConfig, SinkTarget};
 use crate::store::Event;
 
 /// What a successful attempt returned, for the attempt log.
@@ -132,9 +132,22 @@ pub fn check_target(target: &SinkTarget) -> Result<(), (&'static str, String)> {
 /// The metadata a queue message carries as headers (SPEC §6): the original headers minus
 /// hop-by-hop ones, `Host` and client-sent `Hookgate-*`, plus the gateway's own, with names in
 /// the conventional `Title-Case` (`Hookgate-Event-Id`, `Content-Type`). Same as the HTTP sink.
-pub fn message_headers(ev: &Event, route: &str, attempt: u32) -> Vec<(String, Vec<u8>)> {
-    http::forward_headers(ev, route, attempt)
-        .iter()
+/// With `[route.forward.sign]`, fresh signature headers of that scheme too.
+pub fn message_headers(
+    ev: &Event,
+    route: &str,
+    attempt: u32,
+    sign: Option<&ForwardSign>,
+) -> Vec<(String, Vec<u8>)> {
+    let mut h = http::forward_headers(ev, route, attempt);
+    if let Some(s) = sign {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        sign::sign(&s.scheme, &s.secret, &ev.id, now, &ev.body, &mut h);
+    }
+    h.iter()
         .map(|(k, v)| (title_case(k.as_str()), v.as_bytes().to_vec()))
         .collect()
 }

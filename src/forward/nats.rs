@@ -17,12 +17,13 @@ use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishErrorKind}
 use async_trait::async_trait;
 
 use super::{message_headers, redact_url, DeliveryError, Receipt, Sink};
-use crate::config::RouteConfig;
+use crate::config::{ForwardSign, RouteConfig};
 use crate::store::Event;
 
 pub struct NatsSink {
     js: async_nats::jetstream::Context,
     route: String,
+    sign: Option<ForwardSign>,
     url: String,
     subject: String,
 }
@@ -57,6 +58,7 @@ impl NatsSink {
         js.set_timeout(route.forward.timeout.mul_f64(0.9));
         Ok(NatsSink {
             js,
+            sign: route.forward.sign.clone(),
             route: name,
             url: shown,
             subject: subject.to_string(),
@@ -65,7 +67,7 @@ impl NatsSink {
 
     fn headers(&self, ev: &Event, attempt: u32) -> async_nats::HeaderMap {
         let mut h = async_nats::HeaderMap::new();
-        for (k, v) in message_headers(ev, &self.route, attempt) {
+        for (k, v) in message_headers(ev, &self.route, attempt, self.sign.as_ref()) {
             // `Nats-*` headers steer JetStream (`Nats-Rollup` purges, `Nats-Expected-*` fails
             // the publish, `Nats-Msg-Id` dedupes): no sender may set them.
             if k.len() >= 5 && k[..5].eq_ignore_ascii_case("nats-") {
