@@ -104,6 +104,18 @@ async fn redis_outage_retries_then_delivers_all() {
 }
 
 #[tokio::test]
+async fn redis_down_at_startup_does_not_block_and_delivers_later() {
+    let mut r = Redis::start().await;
+    r.stop();
+    let gw = gateway(&format!("url = {:?}\nstream = \"hooks\"", r.url()));
+    let id = gw.post(b"early".to_vec()).await;
+    gw.wait_outcome(&id, "retry").await;
+    r.restart().await;
+    gw.wait_outcome(&id, "delivered").await;
+    assert_eq!(xrange(&r, "hooks").await.len(), 1);
+}
+
+#[tokio::test]
 async fn redis_thousand_events_none_missing_none_doubled() {
     let r = Redis::start().await;
     let gw = gateway(&format!("url = {:?}\nstream = \"hooks\"", r.url()));
