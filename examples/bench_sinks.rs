@@ -1,7 +1,7 @@
 //! Delivered events per second for each sink, in one run: `scripts/bench-sinks.sh`.
 //!
 //! For each sink a fresh gateway (the binary at `$HOOKGATE_BIN`, default
-//! `target/release/hookgate`) and a private broker; `$HOOKGATE_BENCH_N` events (default 2000)
+//! `target/release/hookgate`) and a private broker; `$HOOKGATE_BENCH_N` events (default 3000)
 //! of 1 KiB are posted 16 at a time, and the clock stops when `/admin/routes` counts them all
 //! delivered. The HTTP sink's upstream is an in-process hyper server answering 204. RabbitMQ
 //! is the node of `$HOOKGATE_TEST_AMQP_URL` (skipped when unset).
@@ -41,8 +41,8 @@ async fn http_upstream() -> String {
 /// Two figures per sink. End to end: `n` events posted 16 at a time while the sink delivers
 /// (bounded by ingestion, the same for every sink). Drain: `n` events accepted while the
 /// route points at a closed port, then the gateway is restarted on the same store with the
-/// real sink and the clock runs from "listening" to all delivered (retries were due within
-/// `backoff_max` = 500 ms, which the figure includes).
+/// real sink and the clock runs from "listening" to all delivered (the backlog's retries
+/// are all due at once: the accumulating gateway used a 1 ms backoff).
 async fn measure(bin: &Path, sink: &str, forward: &str, n: usize) {
     let gw = Gateway::start(bin, forward);
     let t0 = Instant::now();
@@ -56,7 +56,8 @@ async fn measure(bin: &Path, sink: &str, forward: &str, n: usize) {
     drop(gw);
 
     let nowhere = format!("url = \"http://127.0.0.1:{}/closed\"", free_port());
-    let gw = Gateway::start(bin, &nowhere);
+    // Retries every millisecond, so the whole backlog is due when the real sink takes over.
+    let gw = Gateway::start_with(bin, tempfile::tempdir().unwrap(), &nowhere, ("1ms", "1ms"));
     gw.post_many(n).await;
     let dir = gw.kill();
     let gw = Gateway::start_in(bin, dir, forward);
@@ -82,7 +83,7 @@ async fn main() {
     let n: usize = std::env::var("HOOKGATE_BENCH_N")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(3000);
     println!(
         "| sink | events | accepted/s | delivered/s end to end | delivered/s draining a backlog |"
     );

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Delivered events/s per sink (HTTP, Redis Streams, NATS JetStream, RabbitMQ), 1 KiB bodies,
 # in one run, against private brokers. Prints a Markdown table (see docs/PERFORMANCE-sinks.md).
-#   scripts/bench-sinks.sh            # release build; N=2000 events per sink
+#   scripts/bench-sinks.sh            # release build; N=3000 events per sink
 #   HOOKGATE_BENCH_N=5000 PROFILE=debug scripts/bench-sinks.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

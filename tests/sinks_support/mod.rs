@@ -165,6 +165,16 @@ impl Gateway {
     /// Starts on `dir` (config, store, log): a gateway restarted on the same dir finds the
     /// events its predecessor accepted.
     pub fn start_in(bin: &Path, dir: tempfile::TempDir, forward: &str) -> Gateway {
+        Gateway::start_with(bin, dir, forward, ("50ms", "500ms"))
+    }
+
+    /// As `start_in`, with `(backoff_initial, backoff_max)`.
+    pub fn start_with(
+        bin: &Path,
+        dir: tempfile::TempDir,
+        forward: &str,
+        backoff: (&str, &str),
+    ) -> Gateway {
         let cfg = format!(
             r#"
 [server]
@@ -187,11 +197,13 @@ key = "none"
 [route.forward]
 timeout = "2s"
 max_attempts = 1000
-backoff_initial = "50ms"
-backoff_max = "500ms"
+backoff_initial = "{initial}"
+backoff_max = "{max}"
 {forward}
 "#,
-            data = dir.path().join("data").display().to_string()
+            data = dir.path().join("data").display().to_string(),
+            initial = backoff.0,
+            max = backoff.1,
         );
         let path = dir.path().join("hookgate.toml");
         std::fs::write(&path, cfg).unwrap();
