@@ -530,6 +530,12 @@ fn check_forward(f: &RawForward, at: &str, mode: Mode, p: &mut Problems) -> Opti
             secret,
         })
     });
+    if sign.is_some() && matches!(target, Some(SinkTarget::RedisStream { .. })) {
+        p.error(
+            format!("{at}.sign"),
+            "not supported by a redis:// sink (stream entries carry no signature headers)",
+        );
+    }
     Some(ForwardConfig {
         target: target?,
         timeout,
@@ -647,6 +653,9 @@ fn check_sink(f: &RawForward, at: &str, mode: Mode, p: &mut Problems) -> Option<
             None
         }
     };
+    if let Some(Err((key, msg))) = target.as_ref().map(crate::forward::check_target) {
+        p.error(format!("{at}.{key}"), msg);
+    }
     if mode == Mode::Proxy && !matches!(target, Some(SinkTarget::Http { .. }) | None) {
         p.error(
             format!("{at}.url"),

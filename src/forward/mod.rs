@@ -7,8 +7,11 @@
 //! recorded; an attempt interrupted by a crash is simply made again after restart (at least
 //! once), always with the same `Hookgate-Event-Id`.
 
+pub mod amqp;
 pub mod circuit;
 pub mod http;
+pub mod nats;
+pub mod redis_stream;
 pub mod retry;
 pub mod sign;
 pub mod worker;
@@ -18,7 +21,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::config::{RouteConfig, SinkTarget};
+use crate::config::{ForwardSign, RouteConfig, SinkTarget};
 use crate::store::Event;
 
 /// What a successful attempt returned, for the attempt log.
@@ -70,11 +73,106 @@ pub trait Sink: Send + Sync {
 pub async fn build_sink(route: &Arc<RouteConfig>) -> anyhow::Result<Arc<dyn Sink>> {
     match &route.forward.target {
         SinkTarget::Http { url } => Ok(Arc::new(http::HttpSink::new(route, url.clone())?)),
-        other => anyhow::bail!(
-            "route {:?}: the {}:// sink is not available in this build yet",
-            route.name,
-            other.kind()
-        ),
+        SinkTarget::RedisStream {
+            url,
+            stream,
+            maxlen,
+        } => Ok(Arc::new(redis_stream::RedisStreamSink::new(
+            route, url, stream, *maxlen,
+        )?)),
+        SinkTarget::Nats { url, subject } => {
+            Ok(Arc::new(nats::NatsSink::new(route, url, subject).await?))
+        }
+        SinkTarget::Amqp {
+            url,
+            exchange,
+            routing_key,
+        } => Ok(Arc::new(amqp::AmqpSink::new(
+            route,
+            url,
+            exchange,
+            routing_key,
+        )?)),
+    }
+}
+
+/// What `hookgate check` adds to the generic URL check: the sink's own client must accept the
+/// URL (Redis database number, AMQP vhost and query options, NATS address), so `serve` never
+/// fails on a URL that `check` passed. Returns the offending key (`url`, `maxlen`) and why;
+/// messages never repeat the URL's password.
+pub fn check_target(target: &SinkTarget) -> Result<(), (&'static str, String)> {
+    let bad_url = |kind: &str, url: &str, e: &dyn std::fmt::Display| {
+        (
+            "url",
+            format!("invalid {kind} URL {}: {e}", redact_url(url)),
+        )
+    };
+    match target {
+        SinkTarget::Http { .. } => Ok(()),
+        SinkTarget::RedisStream {
+            maxlen: Some(0), ..
+        } => Err((
+            "maxlen",
+            "must be at least 1 (0 would trim every event away as soon as it is added)".into(),
+        )),
+        SinkTarget::RedisStream { url, .. } => redis::Client::open(url.as_str())
+            .map(|_| ())
+            .map_err(|e| bad_url("redis", url, &e)),
+        SinkTarget::Nats { url, .. } => url
+            .parse::<async_nats::ServerAddr>()
+            .map(|_| ())
+            .map_err(|e| bad_url("NATS", url, &e)),
+        SinkTarget::Amqp { url, .. } => url
+            .parse::<lapin::uri::AMQPUri>()
+            .map(|_| ())
+            .map_err(|e| bad_url("AMQP", url, &e)),
+    }
+}
+
+/// The metadata a queue message carries as headers (SPEC §6): the original headers minus
+/// hop-by-hop ones, `Host` and client-sent `Hookgate-*`, plus the gateway's own, with names in
+/// the conventional `Title-Case` (`Hookgate-Event-Id`, `Content-Type`). Same as the HTTP sink.
+/// With `[route.forward.sign]`, fresh signature headers of that scheme too.
+pub fn message_headers(
+    ev: &Event,
+    route: &str,
+    attempt: u32,
+    sign: Option<&ForwardSign>,
+) -> Vec<(String, Vec<u8>)> {
+    let mut h = http::forward_headers(ev, route, attempt);
+    if let Some(s) = sign {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        sign::sign(&s.scheme, &s.secret, &ev.id, now, &ev.body, &mut h);
+    }
+    h.iter()
+        .map(|(k, v)| (title_case(k.as_str()), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// `hookgate-event-id` → `Hookgate-Event-Id`.
+pub fn title_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut up = true;
+    for c in name.chars() {
+        out.push(if up { c.to_ascii_uppercase() } else { c });
+        up = c == '-';
+    }
+    out
+}
+
+/// A URL with any password replaced, for logs and attempt details (secrets never appear).
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("redacted"));
+            }
+            u.to_string()
+        }
+        Err(_) => "<invalid url>".to_string(),
     }
 }
 
@@ -89,4 +187,50 @@ pub fn truncate_detail(s: &str) -> String {
         end -= 1;
     }
     s[..end].to_string()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn redis(url: &str, maxlen: Option<u64>) -> SinkTarget {
+        SinkTarget::RedisStream {
+            url: url.into(),
+            stream: "s".into(),
+            maxlen,
+        }
+    }
+
+    #[test]
+    fn check_target_uses_each_clients_parser_and_hides_passwords() {
+        assert!(check_target(&redis("redis://127.0.0.1/0", Some(10))).is_ok());
+        assert_eq!(
+            check_target(&redis("redis://h/0", Some(0))).unwrap_err().0,
+            "maxlen"
+        );
+        let (key, msg) = check_target(&redis("redis://:hunter2@h/notadb", None)).unwrap_err();
+        assert_eq!(key, "url");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        let amqp = SinkTarget::Amqp {
+            url: "amqp://u:hunter2@h:5672/%2f?heartbeat=soon".into(),
+            exchange: String::new(),
+            routing_key: "q".into(),
+        };
+        let (key, msg) = check_target(&amqp).unwrap_err();
+        assert_eq!(key, "url");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        let nats = SinkTarget::Nats {
+            url: "nats://127.0.0.1:4222".into(),
+            subject: "a.b".into(),
+        };
+        assert!(check_target(&nats).is_ok());
+    }
+
+    #[test]
+    fn header_names_in_title_case() {
+        assert_eq!(title_case("hookgate-event-id"), "Hookgate-Event-Id");
+        assert_eq!(title_case("content-type"), "Content-Type");
+        assert_eq!(title_case("x"), "X");
+    }
 }

@@ -1,0 +1,606 @@
+//! End-to-end tests of the queue sinks against real brokers: the real `hookgate` binary, a
+//! private `redis-server` / `nats-server -js` per test (free port, killed on drop), and the
+//! RabbitMQ node started by `scripts/rabbitmq.sh start` (`HOOKGATE_TEST_AMQP_URL`).
+//!
+//! Each sink: raw body and metadata arrive as SPEC §6 says; a broker outage makes attempts
+//! fail and retry, and everything arrives once it is back; 1,000 events arrive, none missing,
+//! none doubled; the permanent misconfigurations dead-letter with a clear detail.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod sinks_support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sinks_support::*;
+
+fn gateway(forward: &str) -> Gateway {
+    Gateway::start(Path::new(env!("CARGO_BIN_EXE_hookgate")), forward)
+}
+/// Non-ASCII, invalid UTF-8, NUL and odd whitespace: must arrive byte for byte.
+const ODD_BODY: &[u8] = b"  {\"caf\xc3\xa9\": \"\xe2\x82\xac\"}\r\n\t \x00\xff\xfe  \n";
+
+// ---------------------------------------------------------------- Redis Streams
+
+async fn xrange(r: &Redis, stream: &str) -> Vec<std::collections::HashMap<String, Vec<u8>>> {
+    let mut c = r.conn().await;
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    reply
+        .ids
+        .into_iter()
+        .map(|e| {
+            e.map
+                .into_iter()
+                .map(|(k, v)| (k, redis::from_redis_value::<Vec<u8>>(&v).unwrap()))
+                .collect()
+        })
+        .collect()
+}
+
+fn field(e: &std::collections::HashMap<String, Vec<u8>>, k: &str) -> String {
+    String::from_utf8(e.get(k).cloned().unwrap_or_default()).unwrap()
+}
+
+#[tokio::test]
+async fn redis_body_and_metadata() {
+    let r = Redis::start().await;
+    let gw = gateway(&format!(
+        "url = {:?}\nstream = \"hooks\"\nmaxlen = 10000",
+        r.url()
+    ));
+    let id = gw.post(ODD_BODY.to_vec()).await;
+    let entries = wait_for("the XADD", || async {
+        let e = xrange(&r, "hooks").await;
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert_eq!(entries.len(), 1);
+    let e = &entries[0];
+    assert_eq!(e["body"], ODD_BODY);
+    assert_eq!(field(e, "event_id"), id);
+    assert_eq!(field(e, "route"), "events");
+    assert_eq!(field(e, "content_type"), "application/octet-stream");
+    assert_eq!(field(e, "attempt"), "1");
+    assert_eq!(field(e, "verified"), "none");
+    assert!(humantime::parse_rfc3339(&field(e, "received_at")).is_ok());
+    let headers: Value = serde_json::from_slice(&e["headers"]).unwrap();
+    let pairs = headers.as_array().unwrap();
+    assert!(pairs.iter().any(|p| p[0] == "x-custom"), "{headers}");
+    assert!(
+        !pairs.iter().any(|p| p[0] == "hookgate-event-id"),
+        "forged header kept"
+    );
+    gw.wait_outcome(&id, "delivered").await;
+}
+
+#[tokio::test]
+async fn redis_outage_retries_then_delivers_all() {
+    let mut r = Redis::start().await;
+    let gw = gateway(&format!("url = {:?}\nstream = \"hooks\"", r.url()));
+    let first = gw.post(b"before".to_vec()).await;
+    gw.wait_outcome(&first, "delivered").await;
+    r.stop();
+    let mut ids = gw.post_many(20).await;
+    let probe = ids.iter().next().unwrap().clone();
+    let ev = gw.wait_outcome(&probe, "retry").await;
+    assert_eq!(ev["state"], "pending", "{ev}");
+    r.restart().await; // empty: --save "" --appendonly no
+    let got = wait_for("all 20 events after the outage", || async {
+        let e = xrange(&r, "hooks").await;
+        (e.len() >= ids.len()).then_some(e)
+    })
+    .await;
+    let got: Vec<String> = got.iter().map(|e| field(e, "event_id")).collect();
+    ids.remove(&first);
+    assert_no_dup(&got, &ids);
+}
+
+#[tokio::test]
+async fn redis_down_at_startup_does_not_block_and_delivers_later() {
+    let mut r = Redis::start().await;
+    r.stop();
+    let gw = gateway(&format!("url = {:?}\nstream = \"hooks\"", r.url()));
+    let id = gw.post(b"early".to_vec()).await;
+    gw.wait_outcome(&id, "retry").await;
+    r.restart().await;
+    gw.wait_outcome(&id, "delivered").await;
+    assert_eq!(xrange(&r, "hooks").await.len(), 1);
+}
+
+#[tokio::test]
+async fn redis_thousand_events_none_missing_none_doubled() {
+    let r = Redis::start().await;
+    let gw = gateway(&format!("url = {:?}\nstream = \"hooks\"", r.url()));
+    let ids = gw.post_many(1000).await;
+    let got = wait_for("1000 entries", || async {
+        let e = xrange(&r, "hooks").await;
+        (e.len() >= 1000).then_some(e)
+    })
+    .await;
+    let got: Vec<String> = got.iter().map(|e| field(e, "event_id")).collect();
+    assert_no_dup(&got, &ids);
+}
+
+#[tokio::test]
+async fn redis_wrongtype_is_permanent_and_says_why() {
+    let r = Redis::start().await;
+    let mut c = r.conn().await;
+    let _: () = redis::cmd("SET")
+        .arg("hooks")
+        .arg("not a stream")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let gw = gateway(&format!("url = {:?}\nstream = \"hooks\"", r.url()));
+    let id = gw.post(b"x".to_vec()).await;
+    let ev = gw.wait_outcome(&id, "dead").await;
+    let detail = ev["attempt_log"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("\"hooks\"") && detail.contains("not a stream"),
+        "{detail}"
+    );
+    assert!(detail.contains("\"events\""), "names the route: {detail}");
+}
+
+// ---------------------------------------------------------------- NATS JetStream
+
+async fn nats_stream(n: &Nats) -> async_nats::jetstream::stream::Stream {
+    let js = n.js().await;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "HOOKS".into(),
+        subjects: vec!["hooks.in".into()],
+        duplicate_window: Duration::from_secs(120),
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Every message of the stream, read by a JetStream pull consumer.
+async fn nats_read_all(n: &Nats, want: usize) -> Vec<async_nats::jetstream::Message> {
+    use futures_util::StreamExt;
+    let js = n.js().await;
+    let stream = js.get_stream("HOOKS").await.unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let mut batch = consumer
+        .fetch()
+        .max_messages(want + 10)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .unwrap();
+    while let Some(m) = batch.next().await {
+        out.push(m.unwrap());
+    }
+    out
+}
+
+async fn nats_count(n: &Nats) -> Option<u64> {
+    let js = n.js().await;
+    let mut s = js.get_stream("HOOKS").await.ok()?;
+    Some(s.info().await.ok()?.state.messages)
+}
+
+fn nats_ids(msgs: &[async_nats::jetstream::Message]) -> Vec<String> {
+    msgs.iter()
+        .map(|m| {
+            m.headers
+                .as_ref()
+                .unwrap()
+                .get("Hookgate-Event-Id")
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn nats_body_and_metadata() {
+    let n = Nats::start().await;
+    nats_stream(&n).await;
+    let gw = gateway(&format!("url = {:?}\nsubject = \"hooks.in\"", n.url()));
+    let id = gw.post(ODD_BODY.to_vec()).await;
+    gw.wait_outcome(&id, "delivered").await;
+    let msgs = nats_read_all(&n, 1).await;
+    assert_eq!(msgs.len(), 1);
+    let m = &msgs[0];
+    assert_eq!(m.payload.as_ref(), ODD_BODY);
+    let h = m.headers.as_ref().unwrap();
+    let get = |k: &str| h.get(k).map(|v| v.to_string());
+    assert_eq!(get("Hookgate-Event-Id").as_deref(), Some(id.as_str()));
+    let msg_id = h
+        .get(async_nats::header::NATS_MESSAGE_ID)
+        .map(|v| v.to_string());
+    assert_eq!(msg_id.as_deref(), Some(id.as_str()), "{h:?}");
+    assert_eq!(get("Hookgate-Route").as_deref(), Some("events"));
+    assert_eq!(get("Hookgate-Attempt").as_deref(), Some("1"));
+    assert_eq!(get("Hookgate-Verified").as_deref(), Some("none"));
+    assert!(humantime::parse_rfc3339(&get("Hookgate-Received-At").unwrap()).is_ok());
+    assert_eq!(
+        get("Content-Type").as_deref(),
+        Some("application/octet-stream")
+    );
+    assert_eq!(get("X-Custom").as_deref(), Some("Ünïcode-free value"));
+    assert_eq!(get("Connection"), None, "hop-by-hop header forwarded");
+    // Sender-set `Nats-*` headers would steer JetStream (Nats-Rollup purges the stream).
+    let nats_named: Vec<String> = h
+        .iter()
+        .map(|(k, _)| k.to_string())
+        .filter(|k| k.to_ascii_lowercase().starts_with("nats-"))
+        .collect();
+    assert_eq!(nats_named, vec!["Nats-Msg-Id".to_string()], "{h:?}");
+}
+
+#[tokio::test]
+async fn nats_republish_is_dropped_by_the_duplicate_window() {
+    let n = Nats::start().await;
+    nats_stream(&n).await;
+    let gw = gateway(&format!("url = {:?}\nsubject = \"hooks.in\"", n.url()));
+    let id = gw.post(b"once".to_vec()).await;
+    gw.wait_outcome(&id, "delivered").await;
+    // A replay publishes the same event again, as a retry after a lost ack would.
+    let resp = gw
+        .http
+        .post(format!("http://{}/admin/events/{id}/replay", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let ev = wait_for("the replayed attempt", || async {
+        let ev = gw.event(&id).await;
+        (ev["attempt_log"].as_array()?.len() >= 2 && ev["state"] == "delivered").then_some(ev)
+    })
+    .await;
+    let detail = ev["attempt_log"][1]["detail"].as_str().unwrap();
+    assert!(detail.contains("duplicate"), "{detail}");
+    assert_eq!(nats_count(&n).await, Some(1));
+}
+
+#[tokio::test]
+async fn nats_outage_retries_then_delivers_all_once() {
+    let mut n = Nats::start().await;
+    nats_stream(&n).await;
+    let gw = gateway(&format!("url = {:?}\nsubject = \"hooks.in\"", n.url()));
+    let first = gw.post(b"before".to_vec()).await;
+    gw.wait_outcome(&first, "delivered").await;
+    n.stop();
+    let mut ids = gw.post_many(20).await;
+    let probe = ids.iter().next().unwrap().clone();
+    gw.wait_outcome(&probe, "retry").await;
+    n.restart().await; // same store dir: the stream and its dedupe state come back
+    ids.insert(first);
+    wait_for("every event delivered after the outage", || async {
+        let mut all = true;
+        for id in &ids {
+            all &= gw.event(id).await["state"] == "delivered";
+        }
+        all.then_some(())
+    })
+    .await;
+    let msgs = nats_read_all(&n, ids.len()).await;
+    assert_no_dup(&nats_ids(&msgs), &ids);
+}
+
+#[tokio::test]
+async fn nats_thousand_events_none_missing_none_doubled() {
+    let n = Nats::start().await;
+    nats_stream(&n).await;
+    let gw = gateway(&format!("url = {:?}\nsubject = \"hooks.in\"", n.url()));
+    let ids = gw.post_many(1000).await;
+    wait_for("1000 messages", || async {
+        (nats_count(&n).await? >= 1000).then_some(())
+    })
+    .await;
+    let msgs = nats_read_all(&n, 1000).await;
+    assert_no_dup(&nats_ids(&msgs), &ids);
+}
+
+#[tokio::test]
+async fn nats_no_stream_is_permanent_and_says_why() {
+    let n = Nats::start().await;
+    let gw = gateway(&format!(
+        "url = {:?}\nsubject = \"nobody.listens\"",
+        n.url()
+    ));
+    let id = gw.post(b"x".to_vec()).await;
+    let ev = gw.wait_outcome(&id, "dead").await;
+    let detail = ev["attempt_log"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("no JetStream stream") && detail.contains("nobody.listens"),
+        "{detail}"
+    );
+}
+
+#[tokio::test]
+async fn nats_down_at_startup_does_not_block_and_delivers_later() {
+    let mut n = Nats::start().await;
+    nats_stream(&n).await;
+    n.stop();
+    let gw = gateway(&format!("url = {:?}\nsubject = \"hooks.in\"", n.url()));
+    let id = gw.post(b"early".to_vec()).await;
+    gw.wait_outcome(&id, "retry").await;
+    n.restart().await;
+    gw.wait_outcome(&id, "delivered").await;
+}
+
+// ---------------------------------------------------------------- RabbitMQ
+
+/// The AMQP tests share one node and one of them stops its broker app: one at a time.
+static AMQP_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn amqp_url() -> String {
+    std::env::var("HOOKGATE_TEST_AMQP_URL").unwrap_or_else(|_| {
+        panic!(
+            "HOOKGATE_TEST_AMQP_URL is not set: run `eval \"$(scripts/rabbitmq.sh start)\"` first \
+             (and `scripts/rabbitmq.sh stop` after)"
+        )
+    })
+}
+
+/// The node behind `HOOKGATE_TEST_AMQP_URL`, as named by `scripts/rabbitmq.sh`.
+fn amqp_node() -> String {
+    let url = amqp_url();
+    let port = url.rsplit(':').next().unwrap().split('/').next().unwrap();
+    format!("hookgate-test-{port}@localhost")
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let st = Command::new("rabbitmqctl")
+        .args(["-q", "-n", &amqp_node()])
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "rabbitmqctl {args:?} failed");
+}
+
+async fn amqp_channel() -> (lapin::Connection, lapin::Channel) {
+    let props = lapin::ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    let c = lapin::Connection::connect(&amqp_url(), props)
+        .await
+        .unwrap();
+    let ch = c.create_channel().await.unwrap();
+    (c, ch)
+}
+
+/// A durable direct exchange and a durable queue bound to it, both named `name`.
+async fn amqp_declare(name: &str) {
+    use lapin::options::*;
+    let (_c, ch) = amqp_channel().await;
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        name,
+        lapin::ExchangeKind::Direct,
+        durable,
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let q = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(name, q, Default::default()).await.unwrap();
+    ch.queue_bind(name, name, "rk", Default::default(), Default::default())
+        .await
+        .unwrap();
+}
+
+/// Drains the queue with `basic.get` until it has `want` messages (or the deadline).
+async fn amqp_drain(queue: &str, want: usize) -> Vec<lapin::message::BasicGetMessage> {
+    let (_c, ch) = amqp_channel().await;
+    let mut out = Vec::new();
+    let end = Instant::now() + DEADLINE;
+    while out.len() < want && Instant::now() < end {
+        let opts = lapin::options::BasicGetOptions { no_ack: true };
+        match ch.basic_get(queue, opts).await.unwrap() {
+            Some(m) => out.push(m),
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    // Anything more (a duplicate) would show up now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Some(m) = ch
+        .basic_get(queue, lapin::options::BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        out.push(m);
+    }
+    out
+}
+
+fn amqp_header(m: &lapin::message::BasicGetMessage, k: &str) -> Option<String> {
+    let t = m.delivery.properties.headers().as_ref()?;
+    match t.inner().get(k)? {
+        lapin::types::AMQPValue::LongString(s) => {
+            Some(String::from_utf8(s.as_bytes().to_vec()).unwrap())
+        }
+        other => panic!("{k}: {other:?}"),
+    }
+}
+
+fn amqp_ids(msgs: &[lapin::message::BasicGetMessage]) -> Vec<String> {
+    msgs.iter()
+        .map(|m| amqp_header(m, "Hookgate-Event-Id").unwrap())
+        .collect()
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
+}
+
+#[tokio::test]
+async fn amqp_body_and_metadata() {
+    let _one_at_a_time = AMQP_LOCK.lock().await;
+    let name = unique("meta");
+    amqp_declare(&name).await;
+    let gw = gateway(&format!(
+        "url = {:?}\nexchange = {name:?}\nrouting_key = \"rk\"",
+        amqp_url()
+    ));
+    let id = gw.post(ODD_BODY.to_vec()).await;
+    gw.wait_outcome(&id, "delivered").await;
+    let msgs = amqp_drain(&name, 1).await;
+    assert_eq!(msgs.len(), 1);
+    let m = &msgs[0];
+    assert_eq!(m.delivery.data, ODD_BODY);
+    let p = &m.delivery.properties;
+    assert_eq!(*p.delivery_mode(), Some(2));
+    assert_eq!(
+        p.message_id().as_ref().map(|s| s.as_str()),
+        Some(id.as_str())
+    );
+    assert_eq!(
+        p.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/octet-stream")
+    );
+    assert_eq!(
+        amqp_header(m, "Hookgate-Event-Id").as_deref(),
+        Some(id.as_str())
+    );
+    assert_eq!(amqp_header(m, "Hookgate-Route").as_deref(), Some("events"));
+    assert_eq!(amqp_header(m, "Hookgate-Attempt").as_deref(), Some("1"));
+    assert_eq!(amqp_header(m, "Hookgate-Verified").as_deref(), Some("none"));
+    assert!(amqp_header(m, "Hookgate-Received-At").is_some());
+    assert_eq!(
+        amqp_header(m, "X-Custom").as_deref(),
+        Some("Ünïcode-free value")
+    );
+    assert_eq!(amqp_header(m, "Connection"), None);
+    assert_eq!(
+        amqp_header(m, "Cc"),
+        None,
+        "CC would route copies elsewhere"
+    );
+}
+
+#[tokio::test]
+async fn amqp_forward_sign_adds_signature_headers() {
+    let _one_at_a_time = AMQP_LOCK.lock().await;
+    let name = unique("signed");
+    amqp_declare(&name).await;
+    let gw = gateway(&format!(
+        "url = {:?}\nexchange = {name:?}\nrouting_key = \"rk\"\n\
+         [route.forward.sign]\nscheme = \"hmac\"\nsecret = \"internal-secret\"",
+        amqp_url()
+    ));
+    let id = gw.post(b"signed".to_vec()).await;
+    gw.wait_outcome(&id, "delivered").await;
+    let msgs = amqp_drain(&name, 1).await;
+    assert_eq!(msgs.len(), 1);
+    assert!(amqp_header(&msgs[0], "X-Signature").is_some());
+    assert!(amqp_header(&msgs[0], "X-Timestamp").is_some());
+}
+
+#[tokio::test]
+async fn amqp_unroutable_is_retried_then_delivered_once_bound() {
+    let _one_at_a_time = AMQP_LOCK.lock().await;
+    let name = unique("unbound");
+    let (_c, ch) = amqp_channel().await;
+    ch.exchange_declare(
+        &name,
+        lapin::ExchangeKind::Direct,
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let gw = gateway(&format!(
+        "url = {:?}\nexchange = {name:?}\nrouting_key = \"rk\"",
+        amqp_url()
+    ));
+    let id = gw.post(b"x".to_vec()).await;
+    let ev = gw.wait_outcome(&id, "retry").await;
+    let detail = ev["attempt_log"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("unroutable") && detail.contains("\"rk\""),
+        "{detail}"
+    );
+    ch.queue_declare(&name, Default::default(), Default::default())
+        .await
+        .unwrap();
+    ch.queue_bind(&name, &name, "rk", Default::default(), Default::default())
+        .await
+        .unwrap();
+    gw.wait_outcome(&id, "delivered").await;
+    assert_eq!(amqp_ids(&amqp_drain(&name, 1).await), vec![id]);
+}
+
+#[tokio::test]
+async fn amqp_missing_exchange_is_permanent_and_says_why() {
+    let _one_at_a_time = AMQP_LOCK.lock().await;
+    let name = unique("absent");
+    let gw = gateway(&format!(
+        "url = {:?}\nexchange = {name:?}\nrouting_key = \"rk\"",
+        amqp_url()
+    ));
+    let id = gw.post(b"x".to_vec()).await;
+    let ev = gw.wait_outcome(&id, "dead").await;
+    let detail = ev["attempt_log"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&name) && detail.contains("does not exist"),
+        "{detail}"
+    );
+    // The broken channel is replaced: the next event on a good exchange goes through.
+    amqp_declare(&name).await;
+    let id2 = gw.post(b"y".to_vec()).await;
+    gw.wait_outcome(&id2, "delivered").await;
+}
+
+#[tokio::test]
+async fn amqp_thousand_events_and_outage() {
+    let _one_at_a_time = AMQP_LOCK.lock().await;
+    // One test for both, since the outage stops the shared node's broker app.
+    let name = unique("bulk");
+    amqp_declare(&name).await;
+    let gw = gateway(&format!(
+        "url = {:?}\nexchange = {name:?}\nrouting_key = \"rk\"",
+        amqp_url()
+    ));
+    let mut ids = gw.post_many(1000).await;
+    wait_for("1000 delivered", || async {
+        let v: Value = gw
+            .http
+            .get(format!("http://{}/admin/routes", gw.admin))
+            .send()
+            .await
+            .ok()?
+            .bytes()
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())?;
+        (v["routes"][0]["delivered"].as_u64()? >= 1000).then_some(())
+    })
+    .await;
+    // Outage: the broker app stops (connections drop), events pile up and are retried.
+    rabbitmqctl(&["stop_app"]);
+    let during = gw.post_many(20).await;
+    let probe = during.iter().next().unwrap().clone();
+    gw.wait_outcome(&probe, "retry").await;
+    rabbitmqctl(&["start_app"]);
+    ids.extend(during);
+    let msgs = amqp_drain(&name, ids.len()).await;
+    assert_no_dup(&amqp_ids(&msgs), &ids);
+}
