@@ -1,14 +1,20 @@
 //! `scheme = "gitlab"`: `X-Gitlab-Token` must equal one of `secrets` (compared in constant time,
 //! lengths hidden). The token is static, so it is replayable: dedupe on `Idempotency-Key` (GitLab
 //! 17.4+, the same on every retry), else `X-Gitlab-Event-UUID`, is what stops replays.
-//! GitLab's newer signing token (Standard Webhooks headers, behind a feature flag) is not
-//! implemented: its secret encoding is not documented yet (PROVIDERS §2.12).
+//!
+//! GitLab's newer signing token (behind the `webhook_signing_token` flag) uses the Standard
+//! Webhooks format: `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64
+//! HMAC-SHA256("{id}.{ts}.{body}")>`. When those headers are present they are verified instead
+//! of the token (and then they must pass). GitLab does not document the signing key's encoding
+//! (PROVIDERS §2.12), so each secret is tried as its raw bytes and, when written `whsec_…`,
+//! as the base64-decoded key; the 5-minute tolerance of Standard Webhooks applies.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::request::Parts;
 
 use super::preset::{self, find_secret};
+use super::standard_webhooks::{decode_secret, StandardWebhooksVerifier};
 use super::{only_keys, secrets, Verified, VerifyError};
 use crate::config::raw::RawVerify;
 use crate::config::{Problems, Secret};
@@ -18,12 +24,36 @@ const SCHEME: &str = "gitlab";
 #[derive(Debug)]
 pub struct GitlabVerifier {
     secrets: Vec<Secret>,
+    /// The signing-token form, over keys derived from `secrets`.
+    signed: StandardWebhooksVerifier,
+    /// For each key of `signed`, the index of the secret it came from.
+    key_secret: Vec<usize>,
 }
 
 pub fn build(raw: &RawVerify, at: &str, p: &mut Problems) -> Option<GitlabVerifier> {
-    only_keys(raw, &["secrets"], SCHEME, at, p);
+    only_keys(raw, &["secrets", "tolerance"], SCHEME, at, p);
     let secrets = secrets(raw, at, p);
-    (!secrets.is_empty()).then_some(GitlabVerifier { secrets })
+    let tolerance = preset::tolerance(raw, Duration::from_secs(300), at, p);
+    let mut keys = Vec::new();
+    let mut key_secret = Vec::new();
+    for (i, s) in secrets.iter().enumerate() {
+        keys.push(s.clone());
+        key_secret.push(i);
+        if let Some(decoded) = s
+            .expose_str()
+            .filter(|t| t.starts_with("whsec_"))
+            .and_then(decode_secret)
+        {
+            keys.push(Secret::new(decoded));
+            key_secret.push(i);
+        }
+    }
+    let signed = StandardWebhooksVerifier::with_keys(SCHEME, keys, tolerance);
+    (!secrets.is_empty()).then_some(GitlabVerifier {
+        secrets,
+        signed,
+        key_secret,
+    })
 }
 
 impl super::Verifier for GitlabVerifier {
@@ -31,7 +61,13 @@ impl super::Verifier for GitlabVerifier {
         SCHEME
     }
 
-    fn verify(&self, req: &Parts, _body: &[u8], _now: SystemTime) -> Result<Verified, VerifyError> {
+    fn verify(&self, req: &Parts, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {
+        if req.headers.contains_key("webhook-signature") {
+            let mut v = self.signed.verify(req, body, now)?;
+            v.secret_index = v.secret_index.and_then(|k| self.key_secret.get(k).copied());
+            // GitLab's webhook-id is its Idempotency-Key: the same on every retry.
+            return Ok(v);
+        }
         let token =
             preset::header_nonempty(req, "x-gitlab-token").ok_or(VerifyError::MissingSignature)?;
         let i = find_secret(&self.secrets, |s| preset::token_eq(token.as_bytes(), s))
@@ -104,5 +140,62 @@ mod tests {
             None
         )
         .is_err());
+    }
+
+    #[test]
+    fn signing_token_in_standard_webhooks_format() {
+        use base64::Engine;
+        let v = verifier("scheme = \"gitlab\"\nsecrets = [\"old-token\", \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]");
+        let sign = |key: &[u8], id: &str, ts: &str, body: &[u8]| {
+            let m = crate::verify::mac(
+                crate::verify::Algorithm::Sha256,
+                key,
+                &[id.as_bytes(), b".", ts.as_bytes(), b".", body],
+            );
+            format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(m))
+        };
+        // Standard Webhooks' published vector, as a GitLab signing-token request.
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .unwrap();
+        let body = br#"{"test": 2432232314}"#;
+        let sig = sign(&decoded, "msg_p5jXN8AQM9LWM0D4loKWxJek", "1614265330", body);
+        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        let r = req(&[
+            ("webhook-id", "msg_p5jXN8AQM9LWM0D4loKWxJek"),
+            ("webhook-timestamp", "1614265330"),
+            ("webhook-signature", &sig),
+        ]);
+        let ok = v.verify(&r, body, at(1614265330)).unwrap();
+        assert_eq!(
+            (ok.scheme, ok.secret_index, ok.event_id.as_deref()),
+            ("gitlab", Some(1), Some("msg_p5jXN8AQM9LWM0D4loKWxJek"))
+        );
+        // A raw (not whsec_) secret is used as its bytes.
+        let raw_sig = sign(b"old-token", "id-1", "1614265330", body);
+        let r = req(&[
+            ("webhook-id", "id-1"),
+            ("webhook-timestamp", "1614265330"),
+            ("webhook-signature", &raw_sig),
+        ]);
+        assert_eq!(
+            v.verify(&r, body, at(1614265330)).unwrap().secret_index,
+            Some(0)
+        );
+        // Once signing headers are sent they must pass: no falling back to the token.
+        let r = req(&[
+            ("webhook-id", "id-1"),
+            ("webhook-timestamp", "1614265330"),
+            ("webhook-signature", &raw_sig),
+            ("X-Gitlab-Token", "old-token"),
+        ]);
+        assert_eq!(
+            v.verify(&r, b"tampered", at(1614265330)).unwrap_err(),
+            VerifyError::InvalidSignature
+        );
+        assert_eq!(
+            v.verify(&r, body, at(1614265330 + 301)).unwrap_err(),
+            VerifyError::StaleTimestamp
+        );
     }
 }

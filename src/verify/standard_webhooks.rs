@@ -36,6 +36,19 @@ pub struct StandardWebhooksVerifier {
     tolerance: Duration,
 }
 
+impl StandardWebhooksVerifier {
+    /// A v1 (HMAC) verifier over ready keys, for schemes that reuse the format (GitLab's
+    /// signing token). `Verified.secret_index` is the index into `keys`.
+    pub(crate) fn with_keys(scheme: &'static str, keys: Vec<Secret>, tolerance: Duration) -> Self {
+        StandardWebhooksVerifier {
+            scheme,
+            keys,
+            public_key: None,
+            tolerance,
+        }
+    }
+}
+
 /// The HMAC key of a `whsec_<base64>` secret (prefix optional).
 pub(crate) fn decode_secret(s: &str) -> Option<Vec<u8>> {
     let b64 = s.trim().strip_prefix("whsec_").unwrap_or(s.trim());
