@@ -106,6 +106,20 @@ fn addr(v: &Option<String>, at: &str, default: &str, p: &mut Problems) -> Option
     }
 }
 
+/// Hides a URL's credentials (`scheme://user:pass@host` → `scheme://***@host`), by text, so
+/// it works on a URL that does not parse — error messages never carry a password.
+pub(crate) fn mask_userinfo(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
 /// Resolves a secret spec, warning on a literal (it ends up in the config file).
 pub(crate) fn resolve_secret(spec: &str, at: &str, p: &mut Problems) -> Option<Secret> {
     match secret::resolve(spec) {
@@ -162,7 +176,10 @@ fn check_server(s: &RawServer, p: &mut Problems) -> Option<ServerConfig> {
             _ => {
                 p.error(
                     "server.public_url",
-                    format!("invalid URL {u:?} (expected http(s)://host)"),
+                    format!(
+                        "invalid URL {:?} (expected http(s)://host)",
+                        mask_userinfo(u)
+                    ),
                 );
                 None
             }
@@ -240,7 +257,10 @@ fn check_store(s: &RawStore, p: &mut Problems) -> Option<StoreConfig> {
                 .unwrap_or_else(|| "redis://127.0.0.1:6379/0".to_string());
             match reqwest::Url::parse(&url) {
                 Ok(u) if matches!(u.scheme(), "redis" | "rediss") => {}
-                _ => p.error("store.url", format!("invalid Redis URL {url:?}")),
+                _ => p.error(
+                    "store.url",
+                    format!("invalid Redis URL {:?}", mask_userinfo(&url)),
+                ),
             }
             let key_prefix = s.key_prefix.clone().unwrap_or_else(|| "hookgate".into());
             if key_prefix.is_empty() || key_prefix.contains(['{', '}']) {
@@ -557,7 +577,10 @@ fn check_sink(f: &RawForward, at: &str, mode: Mode, p: &mut Problems) -> Option<
     let url = match reqwest::Url::parse(raw_url) {
         Ok(u) => u,
         Err(e) => {
-            p.error(format!("{at}.url"), format!("invalid URL {raw_url:?}: {e}"));
+            p.error(
+                format!("{at}.url"),
+                format!("invalid URL {:?}: {e}", mask_userinfo(raw_url)),
+            );
             return None;
         }
     };
@@ -748,6 +771,22 @@ url = "redis://localhost"
         ] {
             assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
         }
+    }
+
+    #[test]
+    fn unparseable_urls_are_reported_without_their_password() {
+        let text = ROUTE.replace("http://127.0.0.1:3000/x", "nats://u:secretpw@host:99999");
+        let e = errors(&text).join("\n");
+        assert!(
+            e.contains("route[0].forward.url: invalid URL \"nats://***@host:99999\""),
+            "{e}"
+        );
+        assert!(!e.contains("secretpw"));
+        assert_eq!(
+            super::mask_userinfo("redis://:pw@h:1/0"),
+            "redis://***@h:1/0"
+        );
+        assert_eq!(super::mask_userinfo("http://h/p@x"), "http://h/p@x");
     }
 
     #[test]
