@@ -8,9 +8,7 @@ use std::time::{Duration, SystemTime};
 use http::request::Parts;
 
 use super::{crypto, Algorithm, Encoding, VerifyError};
-use crate::config::raw::RawVerify;
-use crate::config::units::parse_duration;
-use crate::config::{Problems, Secret};
+use crate::config::Secret;
 
 /// Index of the first secret whose MAC over `chunks` equals any of `candidates`.
 pub(crate) fn match_secret(
@@ -28,12 +26,7 @@ pub(crate) fn match_secret(
     })
 }
 
-/// Equality of a sent token with a configured one that reveals neither content nor length
-/// through timing: the SHA-256 digests are compared in constant time.
-pub(crate) fn token_eq(sent: &[u8], expected: &[u8]) -> bool {
-    use sha2::Digest;
-    crypto::ct_eq(&sha2::Sha256::digest(sent), &sha2::Sha256::digest(expected))
-}
+pub(crate) use super::preset::{token_eq, tolerance};
 
 /// The index of the first of `secrets` equal to `sent` (see [`token_eq`]); all are compared.
 pub(crate) fn match_token(secrets: &[Secret], sent: &[u8]) -> Option<usize> {
@@ -44,23 +37,6 @@ pub(crate) fn match_token(secrets: &[Secret], sent: &[u8]) -> Option<usize> {
         }
     }
     found
-}
-
-/// `tolerance` as configured, else the provider's documented default.
-pub(crate) fn tolerance(
-    raw: &RawVerify,
-    default: Duration,
-    at: &str,
-    p: &mut Problems,
-) -> Duration {
-    match raw.tolerance.as_deref().map(parse_duration) {
-        None => default,
-        Some(Ok(d)) => d,
-        Some(Err(e)) => {
-            p.error(format!("{at}.tolerance"), e);
-            default
-        }
-    }
 }
 
 /// `|now - t| <= tolerance`, in both directions.
