@@ -31,13 +31,8 @@ pub fn build(raw: &RawVerify, at: &str, p: &mut Problems) -> Option<ZoomVerifier
     (!secrets.is_empty()).then_some(ZoomVerifier { secrets, tolerance })
 }
 
-fn expected(secret: &[u8], ts: &str, body: &[u8]) -> Vec<u8> {
-    crypto::mac(
-        Algorithm::Sha256,
-        secret,
-        &[b"v0:", ts.as_bytes(), b":", body],
-    )
-}
+/// Zoom signs exactly as Slack does: `v0=` + hex HMAC-SHA256 of `v0:{ts}:{body}`.
+use super::slack::expected;
 
 impl super::Verifier for ZoomVerifier {
     fn scheme(&self) -> &'static str {
