@@ -72,29 +72,42 @@ async fn build(
     for cfg in &config.routes {
         let notify = Arc::new(Notify::new());
         wake.insert(cfg.name.clone(), notify.clone());
-        let mut route = Route::new(cfg.clone(), notify.clone());
+        let mut route = Route::new(cfg.clone(), Some(notify.clone()));
         match (&cfg.mode, &cfg.forward.target) {
             (Mode::Proxy, SinkTarget::Http { url }) => {
+                route.wake_on_accept = None;
                 route.proxy = Some(Arc::new(HttpSink::new(cfg, url.clone())?));
             }
-            _ => sinks.push((cfg.clone(), forward::build_sink(cfg).await?, notify)),
+            _ => sinks.push((
+                routes.len(),
+                cfg.clone(),
+                forward::build_sink(cfg).await?,
+                notify,
+            )),
         }
-        routes.push(Arc::new(route));
+        routes.push(route);
     }
-    // Workers start only once every sink was built, so a failed build starts nothing.
+    // Workers start (and take over their route's handoff) only once every sink was built, so
+    // a failed build starts and takes nothing.
     let workers = sinks
         .into_iter()
-        .map(|(route, sink, wake)| {
+        .map(|(i, route, sink, wake)| {
+            let handoff = store.handoff(&route.name);
+            if handoff.is_some() {
+                routes[i].wake_on_accept = None;
+            }
             let worker = Worker {
                 route,
                 store: store.clone(),
                 sink,
                 wake,
+                handoff,
                 stop: stop_rx.clone(),
             };
             tokio::spawn(worker.run())
         })
         .collect();
+    let routes: Vec<_> = routes.into_iter().map(Arc::new).collect();
     let table = RouteTable {
         router: Router::new(routes),
         routes: config.routes.clone(),

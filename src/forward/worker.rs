@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use super::circuit::Circuit;
 use super::{retry, DeliveryError, Sink};
 use crate::config::RouteConfig;
-use crate::store::{Attempt, Event, Next, Store};
+use crate::store::{Attempt, Event, Handoff, Next, Store};
 use crate::telemetry;
 
 const IDLE_POLL: Duration = Duration::from_secs(5);
@@ -31,7 +31,10 @@ pub struct Worker {
     pub route: Arc<RouteConfig>,
     pub store: Arc<dyn Store>,
     pub sink: Arc<dyn Sink>,
+    /// Replays (and, without a handoff, every recorded event) wake the worker through this.
     pub wake: Arc<Notify>,
+    /// Fresh events straight from the store, when it offers that (`Store::handoff`).
+    pub handoff: Option<Handoff>,
     pub stop: watch::Receiver<bool>,
 }
 
@@ -42,49 +45,81 @@ enum Health {
     Down,
 }
 
+/// What a finished attempt tells the worker: the sink's health, and when the event is due
+/// again if it is to be retried.
+type Done = (Health, Option<i64>);
+
 impl Worker {
     pub async fn run(mut self) {
         let slots = Arc::new(Semaphore::new(self.route.forward.concurrency));
-        let mut inflight: JoinSet<Health> = JoinSet::new();
+        let mut inflight: JoinSet<Done> = JoinSet::new();
         let mut circuit = Circuit::default();
         let route = self.route.name.clone();
+        // With a handoff, fresh events arrive without asking; the store is asked (`lease`)
+        // only when it may hold due events the handoff did not bring: at start, after a
+        // wake (replay), once a retry falls due, when the store missed a handoff, and at
+        // least every IDLE_POLL. Without one, it is asked on every turn.
+        let mut scan = true;
+        let mut last_scan = Instant::now();
+        let mut retry_due: Option<i64> = None;
         loop {
             if *self.stop.borrow() {
                 break;
             }
             while let Some(done) = inflight.try_join_next() {
-                record_health(&mut circuit, done);
+                record(&mut circuit, &mut retry_due, done);
+            }
+            if retry_due.is_some_and(|at| at <= now_ms())
+                || last_scan.elapsed() >= IDLE_POLL
+                || self.handoff.as_ref().is_some_and(Handoff::missed)
+            {
+                scan = true;
+                retry_due = None;
             }
             let allowed = circuit.allowance(slots.available_permits(), Instant::now());
-            let mut leased = 0;
-            if allowed > 0 {
+            let mut events = Vec::new();
+            // The store first: what it holds was due earlier than what is handed over now.
+            if allowed > 0 && (scan || self.handoff.is_none()) {
+                last_scan = Instant::now();
                 match self.store.lease(&route, allowed, now_ms()).await {
-                    Ok(events) => {
-                        leased = events.len();
-                        for ev in events {
-                            let Ok(permit) = slots.clone().acquire_owned().await else {
-                                break;
-                            };
-                            let (route, store, sink) =
-                                (self.route.clone(), self.store.clone(), self.sink.clone());
-                            inflight.spawn(async move {
-                                let h = attempt(&route, &*store, &*sink, ev).await;
-                                drop(permit);
-                                h
-                            });
-                        }
+                    Ok(more) => {
+                        scan = more.len() == allowed; // there may be more due right now
+                        events = more;
                     }
                     Err(e) => {
                         metrics::counter!("hookgate_store_errors_total").increment(1);
                         tracing::warn!(route = %route, error = %e, "cannot lease events; retrying");
                     }
                 }
+                if !scan && self.handoff.is_some() {
+                    // Learn when the next retry in the store falls due, once per scan.
+                    if let Ok(Some(at)) = self.store.next_due(&route).await {
+                        retry_due = Some(retry_due.map_or(at, |r| r.min(at)));
+                    }
+                }
+            }
+            if let Some(h) = &mut self.handoff {
+                events.extend(h.take(allowed - events.len()));
+            }
+            let leased = events.len();
+            for ev in events {
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    break; // cannot happen: no more were taken than permits were free
+                };
+                let (route, store, sink) =
+                    (self.route.clone(), self.store.clone(), self.sink.clone());
+                inflight.spawn(attempt(route, store, sink, ev, permit));
             }
             if leased > 0 && leased == allowed {
                 continue; // there may be more due right now
             }
             let sleep_for = match circuit.reopens_at() {
                 Some(t) => t.saturating_duration_since(Instant::now()),
+                None if self.handoff.is_some() => match retry_due {
+                    Some(at) => Duration::from_millis((at - now_ms()).max(0) as u64),
+                    None => IDLE_POLL,
+                }
+                .min(IDLE_POLL.saturating_sub(last_scan.elapsed())),
                 // Everything due was just leased; those attempts finishing wake this loop.
                 None if leased > 0 => IDLE_POLL,
                 None => match self.store.next_due(&route).await {
@@ -94,32 +129,63 @@ impl Worker {
                     _ => IDLE_POLL,
                 },
             };
+            let take_fresh = !circuit.is_open() && slots.available_permits() > 0;
+            let fresh = wait_fresh(self.handoff.as_mut().filter(|_| take_fresh));
             tokio::select! {
-                _ = self.wake.notified() => {}
+                _ = self.wake.notified() => scan = true,
+                _ = fresh => {}
                 _ = tokio::time::sleep(sleep_for), if !sleep_for.is_zero() || inflight.is_empty() => {}
-                Some(done) = inflight.join_next(), if !inflight.is_empty() => record_health(&mut circuit, done),
+                Some(done) = inflight.join_next(), if !inflight.is_empty() => record(&mut circuit, &mut retry_due, done),
                 _ = self.stop.changed() => {}
             }
         }
-        // Stop leasing; let in-flight attempts settle (each bounded by forward.timeout).
+        // Stop taking work; let in-flight attempts settle (each bounded by forward.timeout).
+        // Dropping the handoff gives its waiting events back to the store.
+        drop(self.handoff.take());
         while let Some(done) = inflight.join_next().await {
-            record_health(&mut circuit, done);
+            record(&mut circuit, &mut retry_due, done);
         }
         tracing::debug!(route = %route, "delivery worker stopped");
     }
 }
 
-fn record_health(circuit: &mut Circuit, done: Result<Health, tokio::task::JoinError>) {
+async fn wait_fresh(handoff: Option<&mut Handoff>) {
+    match handoff {
+        Some(h) => h.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn record(
+    circuit: &mut Circuit,
+    retry_due: &mut Option<i64>,
+    done: Result<Done, tokio::task::JoinError>,
+) {
     match done {
-        Ok(Health::Up) => circuit.on_success(),
-        Ok(Health::Down) => circuit.on_failure(Instant::now()),
+        Ok((health, retry_at)) => {
+            match health {
+                Health::Up => circuit.on_success(),
+                Health::Down => circuit.on_failure(Instant::now()),
+            }
+            if let Some(at) = retry_at {
+                *retry_due = Some(retry_due.map_or(at, |r| r.min(at)));
+            }
+        }
         Err(e) => tracing::error!(error = %e, "delivery task failed"),
     }
 }
 
 /// One attempt: deliver (bounded by `timeout`), decide, log, record. Retries the record until
 /// it sticks, since releasing the lease before then could deliver the event twice.
-async fn attempt(route: &RouteConfig, store: &dyn Store, sink: &dyn Sink, ev: Event) -> Health {
+/// The permit (a `forward.concurrency` slot) is given back as soon as the sink answered: it
+/// bounds requests to the sink, not the recording that follows.
+async fn attempt(
+    route: Arc<RouteConfig>,
+    store: Arc<dyn Store>,
+    sink: Arc<dyn Sink>,
+    ev: Event,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Done {
     let n = ev.attempts + 1;
     let started_ms = now_ms();
     let t0 = Instant::now();
@@ -135,6 +201,7 @@ async fn attempt(route: &RouteConfig, store: &dyn Store, sink: &dyn Sink, ev: Ev
         }),
     };
     let latency = t0.elapsed();
+    drop(permit);
     let (next, status, detail, health) = match &result {
         Ok(r) => (Next::Delivered, r.status, r.detail.clone(), Health::Up),
         Err(e) => {
@@ -187,5 +254,9 @@ async fn attempt(route: &RouteConfig, store: &dyn Store, sink: &dyn Sink, ev: Ev
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
-    health
+    let retry_at = match next {
+        Next::Retry { at_ms } => Some(at_ms),
+        _ => None,
+    };
+    (health, retry_at)
 }

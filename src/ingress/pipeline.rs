@@ -147,7 +147,9 @@ async fn process(
     event.dedupe_key = dedupe_key.as_ref().map(|k| k.key.clone());
     match ctx.store.accept(event, dedupe_key).await {
         Ok(Accept::Accepted(id)) => {
-            route.wake.notify_one();
+            if let Some(wake) = &route.wake_on_accept {
+                wake.notify_one();
+            }
             Ok(Outcome::Accepted(id))
         }
         Ok(Accept::Duplicate(id)) => {

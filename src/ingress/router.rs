@@ -20,14 +20,15 @@ pub struct Route {
     pub cfg: Arc<RouteConfig>,
     pub allow: HeaderValue,
     limiter: Option<DefaultDirectRateLimiter>,
-    /// Wakes the route's delivery worker when an event is recorded.
-    pub wake: Arc<Notify>,
+    /// Wakes the route's delivery worker when an event is recorded; `None` when the store
+    /// hands recorded events to the worker itself (`Store::handoff`).
+    pub wake_on_accept: Option<Arc<Notify>>,
     /// `mode = "proxy"`: the upstream each verified request is forwarded to at once.
     pub proxy: Option<Arc<HttpSink>>,
 }
 
 impl Route {
-    pub fn new(cfg: Arc<RouteConfig>, wake: Arc<Notify>) -> Self {
+    pub fn new(cfg: Arc<RouteConfig>, wake_on_accept: Option<Arc<Notify>>) -> Self {
         let limiter = cfg.rate_limit.and_then(|rl| {
             let per_second = NonZeroU32::new(rl.per_second)?;
             let burst = NonZeroU32::new(rl.burst)?;
@@ -46,7 +47,7 @@ impl Route {
             cfg,
             allow,
             limiter,
-            wake,
+            wake_on_accept,
             proxy: None,
         }
     }

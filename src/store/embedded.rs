@@ -11,18 +11,26 @@
 //! is due again: delivery is at least once. Reads (leases, admin) use a separate connection;
 //! WAL lets them run beside the writer.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::mpsc;
+use std::time::Instant;
 
+use tokio::sync::oneshot;
+
+use super::keys::{self, Keys};
 use super::*;
 
+/// Indexes are chosen so a request touches few pages: accepts append to `events_by_route`,
+/// `events_pending` and `dedupe_keys` (ids, times and sequence numbers only grow), a settle
+/// deletes from `events_pending`'s front, and only dead letters touch `events_dead`.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
     id TEXT PRIMARY KEY,
@@ -42,17 +50,20 @@ CREATE TABLE IF NOT EXISTS events (
     updated_at INTEGER NOT NULL,
     last_error TEXT
 );
-CREATE INDEX IF NOT EXISTS events_due ON events(route, next_attempt_at) WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS events_by_state ON events(route, state, id);
-CREATE INDEX IF NOT EXISTS events_by_age ON events(state, updated_at);
-CREATE TABLE IF NOT EXISTS dedupe (
+DROP INDEX IF EXISTS events_due;
+DROP INDEX IF EXISTS events_by_state;
+DROP INDEX IF EXISTS events_by_age;
+CREATE INDEX IF NOT EXISTS events_pending ON events(route, next_attempt_at, id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS events_dead ON events(route, id) WHERE state = 'dead';
+CREATE INDEX IF NOT EXISTS events_by_route ON events(route, id);
+CREATE TABLE IF NOT EXISTS dedupe_keys (
+    seq INTEGER PRIMARY KEY,
     route TEXT NOT NULL,
     key TEXT NOT NULL,
     event_id TEXT NOT NULL,
-    expires_at INTEGER NOT NULL,
-    PRIMARY KEY (route, key)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS dedupe_expiry ON dedupe(expires_at);
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dedupe_keys_expiry ON dedupe_keys(expires_at);
 CREATE TABLE IF NOT EXISTS attempts (
     event_id TEXT NOT NULL,
     n INTEGER NOT NULL,
@@ -99,9 +110,55 @@ pub struct EmbeddedStore {
     _alive: Arc<()>,
     /// Transactions committed by the writer (each one fsync): fewer than writes under load.
     commits: Arc<std::sync::atomic::AtomicU64>,
-    tx: mpsc::Sender<Write>,
+    tx: mpsc::SyncSender<Write>,
     reader: Arc<Mutex<Connection>>,
-    leased: Arc<Mutex<HashSet<String>>>,
+    leases: Arc<Leases>,
+}
+
+/// Which events are out for delivery, and where fresh ones are handed over. Leases live in
+/// memory only: a restart releases them all.
+#[derive(Default)]
+struct Leases {
+    leased: Mutex<HashSet<String>>,
+    /// Per route: where fresh events go, and the flag raised when one could not go there.
+    handoffs: Mutex<HashMap<String, HandoffEnd>>,
+}
+
+/// The store's end of a route's handoff: the sender, and the flag `Handoff::missed` reads.
+type HandoffEnd = (tokio::sync::mpsc::Sender<Event>, Arc<AtomicBool>);
+
+/// Fresh events a route's worker may hold before new ones wait for `lease` instead.
+const HANDOFF_QUEUE: usize = 1024;
+
+impl Leases {
+    fn release(&self, id: &str) {
+        if let Ok(mut l) = self.leased.lock() {
+            l.remove(id);
+        }
+    }
+
+    /// After its commit: leases the new event and hands it to its route's worker, unless a
+    /// `lease` got to it first or the worker has enough waiting (then `lease` finds it).
+    fn hand_off(&self, ev: NewEvent) {
+        let Ok(handoffs) = self.handoffs.lock() else {
+            return;
+        };
+        let Some((tx, missed)) = handoffs.get(&ev.route) else {
+            return;
+        };
+        let id = ev.id.clone();
+        let fresh = match self.leased.lock() {
+            Ok(mut l) => l.insert(id.clone()),
+            Err(_) => false,
+        };
+        if !fresh {
+            return;
+        }
+        if tx.try_send(ev.into_event()).is_err() {
+            self.release(&id);
+            missed.store(true, Ordering::Release);
+        }
+    }
 }
 
 fn open_conn(file: &Path) -> rusqlite::Result<Connection> {
@@ -120,7 +177,10 @@ impl EmbeddedStore {
         let file = dir.join("hookgate.db");
         let writer = open_conn(&file)
             .map_err(|e| anyhow::anyhow!("store.path: cannot open {}: {e}", file.display()))?;
+        let mut writer = writer;
         writer.execute_batch(SCHEMA)?;
+        keys::migrate(&mut writer)?;
+        let keys = Keys::load(&writer, crate::forward::worker::now_ms())?;
         // Checkpoints run on their own thread, so no group commit waits for one.
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         let alive = Arc::new(());
@@ -130,19 +190,21 @@ impl EmbeddedStore {
             .name("hookgate-checkpoint".into())
             .spawn(move || checkpoint_loop(checkpointer, token))?;
         let reader = open_conn(&file)?;
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
         let retention_ms = retention.as_millis() as i64;
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = commits.clone();
+        let leases = Arc::new(Leases::default());
+        let shared = leases.clone();
         std::thread::Builder::new()
             .name("hookgate-store".into())
-            .spawn(move || writer_loop(writer, rx, retention_ms, &counter))?;
+            .spawn(move || writer_loop(writer, rx, retention_ms, &counter, &shared, keys))?;
         Ok(EmbeddedStore {
             _alive: alive,
             commits,
             tx,
             reader: Arc::new(Mutex::new(reader)),
-            leased: Arc::default(),
+            leases,
         })
     }
 
@@ -157,10 +219,8 @@ impl EmbeddedStore {
     ) -> Result<T, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx.try_send(make(reply)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => StoreError::Busy,
-            mpsc::error::TrySendError::Closed(_) => {
-                StoreError::Unavailable("writer stopped".into())
-            }
+            mpsc::TrySendError::Full(_) => StoreError::Busy,
+            mpsc::TrySendError::Disconnected(_) => StoreError::Unavailable("writer stopped".into()),
         })?;
         match rx.await {
             Ok(r) => r.map_err(StoreError::Unavailable),
@@ -186,20 +246,18 @@ impl EmbeddedStore {
 
 fn writer_loop(
     mut conn: Connection,
-    mut rx: mpsc::Receiver<Write>,
+    rx: mpsc::Receiver<Write>,
     retention_ms: i64,
     commits: &std::sync::atomic::AtomicU64,
+    leases: &Leases,
+    mut keys: Keys,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut synchronous_full = true;
-    while let Some(first) = rx.blocking_recv() {
+    let mut last_checkpoint = Instant::now();
+    while let Ok(first) = rx.recv() {
         batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(w) => batch.push(w),
-                Err(_) => break,
-            }
-        }
+        gather(&rx, &mut batch);
         // A batch of settles (and purges) only need not wait for its fsync: losing it in a
         // crash means an attempt is made again, which at-least-once allows; it is made durable
         // by the next fsync'd commit or checkpoint (the WAL is synced in order).
@@ -218,14 +276,62 @@ fn writer_loop(
                 reply(
                     w,
                     Err("cannot make the commit durable (synchronous=FULL)".into()),
+                    leases,
                 );
             }
             continue;
         }
-        commit_batch(&mut conn, &mut batch, retention_ms);
+        commit_batch(&mut conn, &mut batch, retention_ms, leases, &mut keys);
         commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if last_checkpoint.elapsed() >= WRITER_CHECKPOINT_EVERY {
+            last_checkpoint = Instant::now();
+            // The checkpoint thread has copied most frames already; this copies the rest, so
+            // the next transaction starts the WAL over instead of growing it (a WAL that only
+            // grows costs the kernel a zeroed page per frame and slows every read).
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "store: WAL checkpoint failed");
+            }
+        }
     }
 }
+
+/// Adds what is queued to `batch`. A batch without an accept or replay (nobody waits on its
+/// fsync, only on its commit) waits up to `SETTLE_LINGER` for more writes, so settles share
+/// transactions instead of each rewriting the same pages.
+fn gather(rx: &mpsc::Receiver<Write>, batch: &mut Vec<Write>) {
+    let urgent = |w: &Write| matches!(w, Write::Accept(..) | Write::Replay(..));
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(w) => batch.push(w),
+            Err(_) => break,
+        }
+    }
+    if batch.iter().any(urgent) {
+        return;
+    }
+    let deadline = Instant::now() + SETTLE_LINGER;
+    while batch.len() < SETTLE_BATCH {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return;
+        };
+        match rx.recv_timeout(left) {
+            Ok(w) => {
+                let stop = urgent(&w);
+                batch.push(w);
+                if stop {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// How long a batch of settles waits for company, and how many end the wait.
+const SETTLE_LINGER: Duration = Duration::from_millis(2);
+const SETTLE_BATCH: usize = 256;
+/// How often the writer finishes a checkpoint itself (see `writer_loop`).
+const WRITER_CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
 /// Copies committed WAL frames into the database every `CHECKPOINT_EVERY` (PASSIVE: never
 /// blocks the writer or readers); the writer then reuses the WAL from its start.
@@ -238,7 +344,7 @@ fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<()>) {
     }
 }
 
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// What a write produced, before it is sent to its caller.
 enum Out {
@@ -247,9 +353,9 @@ enum Out {
     Count(u64),
 }
 
-fn run(tx: &Connection, w: &Write, retention_ms: i64) -> rusqlite::Result<Out> {
+fn run(tx: &Connection, w: &Write, retention_ms: i64, keys: &mut Keys) -> rusqlite::Result<Out> {
     Ok(match w {
-        Write::Accept(ev, key, _) => Out::Accept(accept_tx(tx, &ev.0, &ev.1, key.as_ref())?),
+        Write::Accept(ev, key, _) => Out::Accept(accept_tx(tx, &ev.0, &ev.1, key.as_ref(), keys)?),
         Write::Settle((id, cycle), attempt, next, _) => {
             settle_tx(tx, id, *cycle, attempt, next)?;
             Out::Unit
@@ -258,18 +364,26 @@ fn run(tx: &Connection, w: &Write, retention_ms: i64) -> rusqlite::Result<Out> {
             Out::Count(replay_tx(tx, id.as_deref(), route.as_deref(), *now)?)
         }
         Write::Purge(now, _) => {
+            keys.purge(tx, *now)?;
             purge_tx(tx, *now, retention_ms)?;
             Out::Unit
         }
     })
 }
 
-fn reply(w: Write, r: Result<Out, String>) {
+/// Answers a write's caller; hands a newly accepted event to its worker first.
+fn reply(w: Write, r: Result<Out, String>, leases: &Leases) {
     match w {
-        Write::Accept(_, _, tx) => drop(tx.send(r.and_then(|o| match o {
-            Out::Accept(a) => Ok(a),
-            _ => Err("internal: wrong result".into()),
-        }))),
+        Write::Accept(ev, _, tx) => {
+            let r = r.and_then(|o| match o {
+                Out::Accept(a) => Ok(a),
+                _ => Err("internal: wrong result".into()),
+            });
+            if let Ok(Accept::Accepted(_)) = r {
+                leases.hand_off(ev.0);
+            }
+            drop(tx.send(r))
+        }
         Write::Settle(_, _, _, tx) | Write::Purge(_, tx) => drop(tx.send(r.map(|_| ()))),
         Write::Replay(_, _, _, tx) => drop(tx.send(r.map(|o| match o {
             Out::Count(n) => n,
@@ -281,35 +395,47 @@ fn reply(w: Write, r: Result<Out, String>) {
 /// One transaction for the whole batch (group commit); replies go out only after COMMIT.
 /// If any write fails, the whole transaction is rolled back and each write is run again in a
 /// transaction of its own, so one bad write cannot fail or half-apply the others.
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<Write>, retention_ms: i64) {
+fn commit_batch(
+    conn: &mut Connection,
+    batch: &mut Vec<Write>,
+    retention_ms: i64,
+    leases: &Leases,
+    keys: &mut Keys,
+) {
     let fast = (|| -> rusqlite::Result<Vec<Out>> {
         let tx = conn.transaction()?;
         let outs = batch
             .iter()
-            .map(|w| run(&tx, w, retention_ms))
+            .map(|w| run(&tx, w, retention_ms, keys))
             .collect::<rusqlite::Result<Vec<_>>>()?;
         tx.commit()?;
         Ok(outs)
     })();
     match fast {
         Ok(outs) => {
+            keys.committed();
             for (w, o) in batch.drain(..).zip(outs) {
-                reply(w, Ok(o));
+                reply(w, Ok(o), leases);
             }
         }
         Err(e) => {
+            keys.rolled_back();
             tracing::warn!(error = %e, writes = batch.len(), "store: batch failed; retrying its writes one by one");
             for w in batch.drain(..) {
                 let r = (|| -> rusqlite::Result<Out> {
                     let tx = conn.transaction()?;
-                    let o = run(&tx, &w, retention_ms)?;
+                    let o = run(&tx, &w, retention_ms, keys)?;
                     tx.commit()?;
                     Ok(o)
                 })();
+                match r {
+                    Ok(_) => keys.committed(),
+                    Err(_) => keys.rolled_back(),
+                }
                 if r.is_err() {
                     metrics::counter!("hookgate_store_errors_total").increment(1);
                 }
-                reply(w, r.map_err(|e| e.to_string()));
+                reply(w, r.map_err(|e| e.to_string()), leases);
             }
         }
     }
@@ -320,19 +446,13 @@ fn accept_tx(
     ev: &NewEvent,
     headers_json: &str,
     key: Option<&DedupeKey>,
+    keys: &mut Keys,
 ) -> rusqlite::Result<Accept> {
     if let Some(k) = key {
-        let seen: Option<String> = tx
-            .prepare_cached(
-                "SELECT event_id FROM dedupe WHERE route = ?1 AND key = ?2 AND expires_at > ?3",
-            )?
-            .query_row(params![ev.route, k.key, ev.received_at_ms], |r| r.get(0))
-            .optional()?;
-        if let Some(original) = seen {
-            return Ok(Accept::Duplicate(original));
+        if let Some(original) = keys.seen(&ev.route, &k.key, ev.received_at_ms) {
+            return Ok(Accept::Duplicate(original.to_string()));
         }
-        tx.prepare_cached("INSERT OR REPLACE INTO dedupe (route, key, event_id, expires_at) VALUES (?1, ?2, ?3, ?4)")?
-            .execute(params![ev.route, k.key, ev.id, k.expires_at_ms])?;
+        keys.insert(tx, &ev.route, &k.key, &ev.id, k.expires_at_ms)?;
     }
     tx.prepare_cached(
         "INSERT INTO events (id, route, received_at, method, query, headers, body, scheme, dedupe_key,
@@ -404,19 +524,28 @@ fn replay_tx(
     Ok(n as u64)
 }
 
+/// Deletes delivered events last updated before the retention. An event is updated after it
+/// is received and ids are UUIDv7 (their text starts with the receipt time in hex), so only
+/// ids below the cutoff's prefix need looking at: a range of the primary key, not a scan.
 fn purge_tx(tx: &Connection, now: i64, retention_ms: i64) -> rusqlite::Result<()> {
-    tx.execute("DELETE FROM dedupe WHERE expires_at <= ?1", params![now])?;
     let cutoff = now - retention_ms;
+    let below = id_prefix(cutoff);
     tx.execute(
         "DELETE FROM attempts WHERE event_id IN
-            (SELECT id FROM events WHERE state = 'delivered' AND updated_at < ?1)",
-        params![cutoff],
+            (SELECT id FROM events WHERE id < ?2 AND state = 'delivered' AND updated_at < ?1)",
+        params![cutoff, below],
     )?;
     tx.execute(
-        "DELETE FROM events WHERE state = 'delivered' AND updated_at < ?1",
-        params![cutoff],
+        "DELETE FROM events WHERE id < ?2 AND state = 'delivered' AND updated_at < ?1",
+        params![cutoff, below],
     )?;
     Ok(())
+}
+
+/// The text every UUIDv7 made before `ms` sorts below (`xxxxxxxx-xxxx`, the 48-bit time).
+fn id_prefix(ms: i64) -> String {
+    let ms = ms.max(0) as u64 & 0xffff_ffff_ffff;
+    format!("{:08x}-{:04x}", ms >> 16, ms & 0xffff)
 }
 
 const SUMMARY_COLS: &str = "id, route, state, received_at, attempts, next_attempt_at, last_error, dedupe_key, scheme, length(body)";
@@ -451,18 +580,34 @@ impl Store for EmbeddedStore {
         limit: usize,
         now_ms: i64,
     ) -> Result<Vec<Event>, StoreError> {
-        let leased = self.leased.clone();
+        let leases = self.leases.clone();
         let route = route.to_string();
         self.read(move |conn| {
-            let mut leased = leased.lock().map_err(|_| rusqlite::Error::InvalidQuery)?;
+            let mut leased = leases.leased.lock().map_err(|_| rusqlite::Error::InvalidQuery)?;
+            // Ids first, from the index alone: most pending events may be leased already.
+            let mut ids = Vec::new();
+            let mut stmt = conn.prepare_cached(
+                "SELECT id FROM events WHERE route = ?1 AND state = 'pending' AND next_attempt_at <= ?2
+                 ORDER BY next_attempt_at LIMIT ?3",
+            )?;
+            let mut rows = stmt.query(params![route, now_ms, (limit + leased.len()) as i64])?;
+            while let Some(r) = rows.next()? {
+                let id: String = r.get(0)?;
+                if !leased.contains(&id) {
+                    ids.push(id);
+                    if ids.len() == limit {
+                        break;
+                    }
+                }
+            }
             let mut stmt = conn.prepare_cached(
                 "SELECT id, route, received_at, method, query, headers, body, scheme, attempts,
                         cycle_attempts, cycle_started_at
-                 FROM events WHERE route = ?1 AND state = 'pending' AND next_attempt_at <= ?2
-                 ORDER BY next_attempt_at LIMIT ?3",
+                 FROM events WHERE id = ?1",
             )?;
-            let rows =
-                stmt.query_map(params![route, now_ms, (limit + leased.len()) as i64], |r| {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let ev = stmt.query_row(params![id], |r| {
                     Ok(Event {
                         id: r.get(0)?,
                         route: r.get(1)?,
@@ -476,13 +621,10 @@ impl Store for EmbeddedStore {
                         cycle_attempts: r.get(9)?,
                         cycle_started_at_ms: r.get(10)?,
                     })
-                })?;
-            let mut out = Vec::new();
-            for ev in rows {
-                let ev = ev?;
-                if out.len() < limit && leased.insert(ev.id.clone()) {
-                    out.push(ev);
-                }
+                });
+                let Some(ev) = ev.optional()? else { continue };
+                leased.insert(ev.id.clone());
+                out.push(ev);
             }
             Ok(out)
         })
@@ -490,10 +632,13 @@ impl Store for EmbeddedStore {
     }
 
     async fn next_due(&self, route: &str) -> Result<Option<i64>, StoreError> {
-        let leased = self.leased.clone();
+        let leases = self.leases.clone();
         let route = route.to_string();
         self.read(move |conn| {
-            let leased = leased.lock().map_err(|_| rusqlite::Error::InvalidQuery)?;
+            let leased = leases
+                .leased
+                .lock()
+                .map_err(|_| rusqlite::Error::InvalidQuery)?;
             let mut stmt = conn.prepare_cached(
                 "SELECT id, next_attempt_at FROM events WHERE route = ?1 AND state = 'pending'
                  ORDER BY next_attempt_at LIMIT ?2",
@@ -515,9 +660,7 @@ impl Store for EmbeddedStore {
         let r = self.write(|r| Write::Settle(id, attempt, next, r)).await;
         // Released only once the new state is committed, so no second lease can see the old one.
         if r.is_ok() {
-            if let Ok(mut l) = self.leased.lock() {
-                l.remove(&ev.id);
-            }
+            self.leases.release(&ev.id);
         }
         r
     }
@@ -562,15 +705,21 @@ impl Store for EmbeddedStore {
     async fn list(&self, q: &ListQuery) -> Result<Vec<EventSummary>, StoreError> {
         let q = q.clone();
         self.read(move |conn| {
+            // The state is spelled out (it comes from an enum) so SQLite can use the partial
+            // index of pending or dead events.
+            let state = q
+                .state
+                .map(|s| format!("AND state = '{}'", s.as_str()))
+                .unwrap_or_default();
+            let route = if q.route.is_some() {
+                "route = ?1"
+            } else {
+                "?1 IS NULL"
+            };
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {SUMMARY_COLS} FROM events
-                 WHERE (?1 IS NULL OR route = ?1) AND (?2 IS NULL OR state = ?2)
-                 ORDER BY id DESC LIMIT ?3"
+                "SELECT {SUMMARY_COLS} FROM events WHERE {route} {state} ORDER BY id DESC LIMIT ?2"
             ))?;
-            let rows = stmt.query_map(
-                params![q.route, q.state.map(State::as_str), q.limit as i64],
-                summary,
-            )?;
+            let rows = stmt.query_map(params![q.route, q.limit as i64], summary)?;
             rows.collect()
         })
         .await
@@ -579,21 +728,22 @@ impl Store for EmbeddedStore {
     async fn counts(&self, route: &str) -> Result<RouteCounts, StoreError> {
         let route = route.to_string();
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT state, COUNT(*) FROM events WHERE route = ?1 GROUP BY state",
-            )?;
-            let mut c = RouteCounts::default();
-            let mut rows = stmt.query(params![route])?;
-            while let Some(r) = rows.next()? {
-                let n = r.get::<_, i64>(1)? as u64;
-                match State::parse(&r.get::<_, String>(0)?) {
-                    Some(State::Pending) => c.pending = n,
-                    Some(State::Delivered) => c.delivered = n,
-                    Some(State::Dead) => c.dead = n,
-                    None => {}
-                }
-            }
-            Ok(c)
+            // Each count from an index alone; delivered is what is neither pending nor dead.
+            let count = |sql: &str| -> rusqlite::Result<u64> {
+                let n: i64 = conn
+                    .prepare_cached(sql)?
+                    .query_row(params![route], |r| r.get(0))?;
+                Ok(n as u64)
+            };
+            let all = count("SELECT COUNT(*) FROM events WHERE route = ?1")?;
+            let pending =
+                count("SELECT COUNT(*) FROM events WHERE route = ?1 AND state = 'pending'")?;
+            let dead = count("SELECT COUNT(*) FROM events WHERE route = ?1 AND state = 'dead'")?;
+            Ok(RouteCounts {
+                pending,
+                dead,
+                delivered: all.saturating_sub(pending + dead),
+            })
         })
         .await
     }
@@ -619,6 +769,18 @@ impl Store for EmbeddedStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
             .await
+    }
+
+    fn handoff(&self, route: &str) -> Option<Handoff> {
+        let (tx, rx) = tokio::sync::mpsc::channel(HANDOFF_QUEUE);
+        let missed = Arc::new(AtomicBool::new(false));
+        self.leases
+            .handoffs
+            .lock()
+            .ok()?
+            .insert(route.to_string(), (tx, missed.clone()));
+        let leases = self.leases.clone();
+        Some(Handoff::new(rx, missed, move |id| leases.release(id)))
     }
 }
 
@@ -755,9 +917,138 @@ mod tests {
         );
         store.purge(5_000).await.unwrap();
         let left: i64 = store
-            .read(|c| c.query_row("SELECT COUNT(*) FROM dedupe", [], |r| r.get(0)))
+            .read(|c| c.query_row("SELECT COUNT(*) FROM dedupe_keys", [], |r| r.get(0)))
             .await
             .unwrap();
         assert_eq!(left, 0, "expired keys purged");
+    }
+    #[tokio::test]
+    async fn fresh_events_are_handed_over_leased_and_given_back_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
+        let mut handoff = store.handoff("r").unwrap();
+        let extra = 5;
+        for _ in 0..HANDOFF_QUEUE + extra {
+            store.accept(event("r", "b"), None).await.unwrap();
+        }
+        store.accept(event("other", "b"), None).await.unwrap();
+        assert!(handoff.missed(), "the overflow was reported");
+        assert!(!handoff.missed(), "once");
+        let leased = store.lease("r", 10_000, i64::MAX).await.unwrap();
+        assert_eq!(
+            leased.len(),
+            extra,
+            "lease finds only what was not handed over"
+        );
+        let taken = handoff.take(3);
+        assert_eq!(taken.len(), 3);
+        drop(handoff);
+        let back = store.lease("r", 10_000, i64::MAX).await.unwrap();
+        assert_eq!(
+            back.len(),
+            HANDOFF_QUEUE - 3,
+            "dropping the handoff gave back every event it still held"
+        );
+        assert!(back.iter().all(|e| !taken.iter().any(|t| t.id == e.id)));
+    }
+
+    #[test]
+    fn ids_made_before_the_cutoff_sort_below_its_prefix() {
+        let at = |ms: u64| {
+            let ts = uuid::Timestamp::from_unix(
+                uuid::NoContext,
+                ms / 1000,
+                (ms % 1000) as u32 * 1_000_000,
+            );
+            uuid::Uuid::new_v7(ts).to_string()
+        };
+        let cutoff = 1_763_900_000_123_i64;
+        let prefix = id_prefix(cutoff);
+        assert!(at(cutoff as u64 - 1) < prefix);
+        assert!(at(cutoff as u64) > prefix);
+        assert!(at(cutoff as u64 + 86_400_000) > prefix);
+    }
+
+    #[test]
+    fn keys_of_the_old_dedupe_table_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("hookgate.db")).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE dedupe (route TEXT NOT NULL, key TEXT NOT NULL, event_id TEXT NOT NULL,
+                                      expires_at INTEGER NOT NULL, PRIMARY KEY (route, key)) WITHOUT ROWID;
+                 INSERT INTO dedupe VALUES ('r', 'k', 'original', 9000000000000);",
+            )
+            .unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
+        let key = DedupeKey {
+            key: "k".into(),
+            expires_at_ms: 9_000_000_000_001,
+        };
+        let got = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(store.accept(event("r", "x"), Some(key)))
+            .unwrap();
+        assert_eq!(got, Accept::Duplicate("original".into()));
+    }
+    #[tokio::test]
+    async fn delivered_events_are_purged_after_retention_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Duration::from_secs(60);
+        let store = EmbeddedStore::open(dir.path(), retention).unwrap();
+        let t = crate::forward::worker::now_ms();
+        let mut ids = Vec::new();
+        for body in ["delivered", "dead", "pending"] {
+            let mut ev = event("r", body);
+            ev.received_at_ms = t; // as the ingress sets it: when the id was made
+            let Accept::Accepted(id) = store.accept(ev, None).await.unwrap() else {
+                panic!()
+            };
+            ids.push(id);
+        }
+        let attempt = Attempt {
+            n: 1,
+            started_at_ms: t,
+            outcome: "delivered",
+            status: Some(200),
+            latency_ms: 1,
+            detail: String::new(),
+        };
+        for ev in store.lease("r", 10, t).await.unwrap() {
+            let next = match &ev.body[..] {
+                b"delivered" => Next::Delivered,
+                b"dead" => Next::Dead {
+                    reason: "gone".into(),
+                },
+                _ => continue,
+            };
+            store.settle(&ev, attempt.clone(), next).await.unwrap();
+        }
+        store.purge(t + 1_000).await.unwrap();
+        assert!(
+            store.get(&ids[0]).await.unwrap().is_some(),
+            "kept within retention"
+        );
+        store.purge(t + 61_000).await.unwrap();
+        assert!(
+            store.get(&ids[0]).await.unwrap().is_none(),
+            "purged after it"
+        );
+        assert_eq!(
+            store.get(&ids[1]).await.unwrap().unwrap().summary.state,
+            State::Dead
+        );
+        assert_eq!(
+            store.get(&ids[2]).await.unwrap().unwrap().summary.state,
+            State::Pending
+        );
+        let c = store.counts("r").await.unwrap();
+        assert_eq!((c.pending, c.delivered, c.dead), (1, 0, 1));
+        let attempts: i64 = store
+            .read(|c| c.query_row("SELECT COUNT(*) FROM attempts", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(attempts, 1, "the purged event's attempts went with it");
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod embedded;
 mod event;
+mod keys;
 pub mod redis;
 
 use std::sync::Arc;
@@ -163,6 +164,83 @@ pub trait Store: Send + Sync {
 
     /// Reachable and writable, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Events of `route` handed to its worker as soon as they are recorded, already leased,
+    /// so the worker need not read them back. `None`: the backend has no such path (the
+    /// worker leases everything). A second call for a route replaces the first receiver.
+    fn handoff(&self, _route: &str) -> Option<Handoff> {
+        None
+    }
+}
+
+/// Receives fresh, already leased events for one route (see `Store::handoff`). Dropping it
+/// gives back the lease of every event it still holds, so `lease` finds them again.
+pub struct Handoff {
+    rx: tokio::sync::mpsc::Receiver<Event>,
+    /// Received by `wait`, not yet taken.
+    waiting: Option<Event>,
+    /// Set by the store when it recorded an event it could not hand over.
+    missed: Arc<std::sync::atomic::AtomicBool>,
+    release: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+impl Handoff {
+    pub fn new(
+        rx: tokio::sync::mpsc::Receiver<Event>,
+        missed: Arc<std::sync::atomic::AtomicBool>,
+        release: impl Fn(&str) + Send + Sync + 'static,
+    ) -> Self {
+        Handoff {
+            rx,
+            waiting: None,
+            missed,
+            release: Box::new(release),
+        }
+    }
+
+    /// Whether the store recorded events it did not hand over since the last call (they
+    /// wait for `lease`).
+    pub fn missed(&self) -> bool {
+        self.missed.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Up to `limit` events that are waiting now.
+    pub fn take(&mut self, limit: usize) -> Vec<Event> {
+        let mut out = Vec::new();
+        if limit > 0 {
+            out.extend(self.waiting.take());
+        }
+        while out.len() < limit {
+            match self.rx.try_recv() {
+                Ok(ev) => out.push(ev),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
+    /// Returns once an event is waiting; never, once the sending side is gone.
+    pub async fn wait(&mut self) {
+        if self.waiting.is_some() {
+            return;
+        }
+        match self.rx.recv().await {
+            Some(ev) => self.waiting = Some(ev),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Handoff {
+    fn drop(&mut self) {
+        self.rx.close();
+        if let Some(ev) = self.waiting.take() {
+            (self.release)(&ev.id);
+        }
+        while let Ok(ev) = self.rx.try_recv() {
+            (self.release)(&ev.id);
+        }
+    }
 }
 
 /// Opens the configured backend; recovery (if any) is done when this returns.
