@@ -1,10 +1,11 @@
 //! One worker per route: leases due events (up to `forward.concurrency` in flight), makes one
 //! attempt each, and settles it in the store before the lease is released.
 //!
-//! It wakes when the ingress records an event (`Notify`), when the earliest retry falls due,
-//! when an attempt finishes, or at the latest every `IDLE_POLL`. On shutdown it stops
-//! leasing and lets in-flight attempts finish (each is bounded by `forward.timeout`); an
-//! attempt cut short by a crash is made again after restart.
+//! It wakes when the store hands it a fresh event (`Handoff`, embedded store) or the ingress
+//! recorded one (`Notify`, Redis store), on a replay, when the earliest retry falls due, when
+//! an attempt finishes, or at the latest every `IDLE_POLL`. On shutdown it stops taking work
+//! and lets in-flight attempts finish (each is bounded by `forward.timeout`); an attempt cut
+//! short by a crash is made again after restart.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
