@@ -493,14 +493,19 @@ fn settle_tx(
         Next::Retry { at_ms } => ("pending", Some(*at_ms), Some(a.detail.as_str())),
         Next::Dead { reason } => ("dead", None, Some(reason.as_str())),
     };
+    // One statement (each UPDATE rewrites the whole row, body included): the attempt count
+    // always moves; the state only if the event is still in the cycle the attempt began in.
     tx.prepare_cached(
-        "UPDATE events SET state = ?2, next_attempt_at = ?3, last_error = ?4, updated_at = ?5,
-                cycle_attempts = cycle_attempts + 1
-         WHERE id = ?1 AND cycle_started_at = ?6",
+        "UPDATE events SET
+            attempts = MAX(attempts, ?7),
+            state = IIF(cycle_started_at = ?6, ?2, state),
+            next_attempt_at = IIF(cycle_started_at = ?6, ?3, next_attempt_at),
+            last_error = IIF(cycle_started_at = ?6, ?4, last_error),
+            updated_at = IIF(cycle_started_at = ?6, ?5, updated_at),
+            cycle_attempts = IIF(cycle_started_at = ?6, cycle_attempts + 1, cycle_attempts)
+         WHERE id = ?1",
     )?
-    .execute(params![id, state, next_at, err, now, cycle])?;
-    tx.prepare_cached("UPDATE events SET attempts = MAX(attempts, ?2) WHERE id = ?1")?
-        .execute(params![id, a.n])?;
+    .execute(params![id, state, next_at, err, now, cycle, a.n])?;
     Ok(())
 }
 
