@@ -557,3 +557,46 @@ where
     }
     out
 }
+
+/// A replay that arrives while the event is out for delivery takes effect once that attempt is
+/// recorded, without waiting for the worker's idle poll (5 s). Embedded only: with Redis the
+/// replayed entry is read while the old one is still leased and waits for the visibility
+/// timeout (known, noted in docs/REDIS.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_replay_during_an_attempt_is_delivered_again_promptly() {
+    let b = Backend::Embedded;
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    up.push(Plan::Delay(Duration::from_millis(1500), 200));
+    let gw = Gateway::start(
+        dir.path(),
+        &config(&b, dir.path(), "", &hmac_route("r", &up.url("/in"), "", "")),
+    );
+    let c = reqwest::Client::new();
+    let (_, a) = json(
+        signed(&c, &gw.url("/hooks/r"), SECRET, "slow")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    // The worker has the event within milliseconds of its 202, so the replay below lands
+    // while the first (1.5 s) attempt is out; were it not, only one delivery would follow.
+    let id = a["event_id"].as_str().unwrap().to_string();
+    let r = c
+        .post(gw.admin_url(&format!("/admin/events/{id}/replay")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let replayed = std::time::Instant::now();
+    let got = up.wait_delivered(2, Duration::from_secs(10)).await;
+    assert!(
+        replayed.elapsed() < Duration::from_secs(4),
+        "the replay was delivered {:?} after it was asked for",
+        replayed.elapsed()
+    );
+    assert!(got
+        .iter()
+        .all(|r| r.header("hookgate-event-id") == Some(id.as_str())));
+}

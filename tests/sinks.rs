@@ -89,8 +89,7 @@ async fn redis_outage_retries_then_delivers_all() {
     gw.wait_outcome(&first, "delivered").await;
     r.stop();
     let mut ids = gw.post_many(20).await;
-    let probe = ids.iter().next().unwrap().clone();
-    let ev = gw.wait_outcome(&probe, "retry").await;
+    let ev = gw.wait_any_outcome(&ids, "retry").await;
     assert_eq!(ev["state"], "pending", "{ev}");
     r.restart().await; // empty: --save "" --appendonly no
     let got = wait_for("all 20 events after the outage", || async {
@@ -281,8 +280,7 @@ async fn nats_outage_retries_then_delivers_all_once() {
     gw.wait_outcome(&first, "delivered").await;
     n.stop();
     let mut ids = gw.post_many(20).await;
-    let probe = ids.iter().next().unwrap().clone();
-    gw.wait_outcome(&probe, "retry").await;
+    gw.wait_any_outcome(&ids, "retry").await;
     n.restart().await; // same store dir: the stream and its dedupe state come back
     ids.insert(first);
     wait_for("every event delivered after the outage", || async {
@@ -597,8 +595,7 @@ async fn amqp_thousand_events_and_outage() {
     // Outage: the broker app stops (connections drop), events pile up and are retried.
     rabbitmqctl(&["stop_app"]);
     let during = gw.post_many(20).await;
-    let probe = during.iter().next().unwrap().clone();
-    gw.wait_outcome(&probe, "retry").await;
+    gw.wait_any_outcome(&during, "retry").await;
     rabbitmqctl(&["start_app"]);
     ids.extend(during);
     let msgs = amqp_drain(&name, ids.len()).await;

@@ -18,26 +18,27 @@ pub struct Circuit {
 }
 
 impl Circuit {
-    /// How many events may be leased now, given `free` delivery slots.
-    pub fn allowance(&mut self, free: usize, now: Instant) -> usize {
+    /// How many events may be taken now, given `free` delivery slots. Once the cool-down is
+    /// over this is 1 until `probe_started`: a probe is only under way once one was sent.
+    pub fn allowance(&self, free: usize, now: Instant) -> usize {
         match self.open_until {
             None => free,
             Some(t) if now < t => 0,
             Some(_) if self.probing => 0,
-            Some(_) => {
-                self.probing = true;
-                free.min(1)
-            }
+            Some(_) => free.min(1),
+        }
+    }
+
+    /// The worker sent an attempt while the circuit is open: that attempt is the probe.
+    pub fn probe_started(&mut self) {
+        if self.open_until.is_some() {
+            self.probing = true;
         }
     }
 
     /// When the circuit lets a probe through, if it is open.
     pub fn reopens_at(&self) -> Option<Instant> {
         self.open_until.filter(|_| !self.probing)
-    }
-
-    pub fn is_open(&self) -> bool {
-        self.open_until.is_some()
     }
 
     pub fn on_success(&mut self) {
@@ -74,6 +75,12 @@ mod tests {
         assert_eq!(c.allowance(8, t0), 0, "open after 5 failures");
         let t1 = t0 + Duration::from_secs(1);
         assert_eq!(c.allowance(8, t1), 1, "one probe after the cool-down");
+        assert_eq!(
+            c.allowance(8, t1 + Duration::from_secs(30)),
+            1,
+            "nothing was due: the probe is still allowed later (the route does not stall)"
+        );
+        c.probe_started();
         assert_eq!(c.allowance(8, t1), 0, "only one probe at a time");
         c.on_failure(t1);
         assert_eq!(

@@ -63,13 +63,18 @@ impl Worker {
         let mut scan = true;
         let mut last_scan = Instant::now();
         let mut retry_due: Option<i64> = None;
+        // A replay of an event that is out for delivery takes effect when its attempt is
+        // settled; until the attempts out at the wake are done, each one finishing rescans.
+        let mut rescan_on_done = false;
         loop {
             if *self.stop.borrow() {
                 break;
             }
             while let Some(done) = inflight.try_join_next() {
                 record(&mut circuit, &mut retry_due, done);
+                scan |= rescan_on_done;
             }
+            rescan_on_done &= !inflight.is_empty();
             if retry_due.is_some_and(|at| at <= now_ms())
                 || last_scan.elapsed() >= IDLE_POLL
                 || self.handoff.as_ref().is_some_and(Handoff::missed)
@@ -103,6 +108,9 @@ impl Worker {
                 events.extend(h.take(allowed - events.len()));
             }
             let leased = events.len();
+            if leased > 0 {
+                circuit.probe_started();
+            }
             for ev in events {
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     break; // cannot happen: no more were taken than permits were free
@@ -114,7 +122,9 @@ impl Worker {
             if leased > 0 && leased == allowed {
                 continue; // there may be more due right now
             }
-            let sleep_for = match circuit.reopens_at() {
+            // Once the cool-down is over the circuit waits for work like a closed one: the
+            // next event taken is its probe.
+            let sleep_for = match circuit.reopens_at().filter(|t| *t > Instant::now()) {
                 Some(t) => t.saturating_duration_since(Instant::now()),
                 None if self.handoff.is_some() => match retry_due {
                     Some(at) => Duration::from_millis((at - now_ms()).max(0) as u64),
@@ -130,13 +140,19 @@ impl Worker {
                     _ => IDLE_POLL,
                 },
             };
-            let take_fresh = !circuit.is_open() && slots.available_permits() > 0;
+            let take_fresh = circuit.allowance(slots.available_permits(), Instant::now()) > 0;
             let fresh = wait_fresh(self.handoff.as_mut().filter(|_| take_fresh));
             tokio::select! {
-                _ = self.wake.notified() => scan = true,
+                _ = self.wake.notified() => {
+                    scan = true;
+                    rescan_on_done = !inflight.is_empty();
+                }
                 _ = fresh => {}
                 _ = tokio::time::sleep(sleep_for), if !sleep_for.is_zero() || inflight.is_empty() => {}
-                Some(done) = inflight.join_next(), if !inflight.is_empty() => record(&mut circuit, &mut retry_due, done),
+                Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+                    record(&mut circuit, &mut retry_due, done);
+                    scan |= rescan_on_done;
+                }
                 _ = self.stop.changed() => {}
             }
         }

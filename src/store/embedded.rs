@@ -13,7 +13,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -124,10 +123,11 @@ struct Leases {
     handoffs: Mutex<HashMap<String, HandoffEnd>>,
 }
 
-/// The store's end of a route's handoff: the sender, and the flag `Handoff::missed` reads.
-type HandoffEnd = (tokio::sync::mpsc::Sender<Event>, Arc<AtomicBool>);
+/// The store's end of a route's handoff: the sender, and the state it shares with the worker.
+type HandoffEnd = (tokio::sync::mpsc::Sender<Event>, Arc<HandoffState>);
 
-/// Fresh events a route's worker may hold before new ones wait for `lease` instead.
+/// Fresh events a route's worker may hold before new ones wait for `lease` instead (see also
+/// `HANDOFF_BYTES`).
 const HANDOFF_QUEUE: usize = 1024;
 
 impl Leases {
@@ -139,24 +139,32 @@ impl Leases {
 
     /// After its commit: leases the new event and hands it to its route's worker, unless a
     /// `lease` got to it first or the worker has enough waiting (then `lease` finds it).
+    /// Holds the handoffs lock throughout, so a detached handoff gets nothing more.
     fn hand_off(&self, ev: NewEvent) {
         let Ok(handoffs) = self.handoffs.lock() else {
             return;
         };
-        let Some((tx, missed)) = handoffs.get(&ev.route) else {
+        let Some((tx, state)) = handoffs.get(&ev.route) else {
             return;
         };
+        let bytes = ev.body.len();
+        if !state.reserve(bytes) {
+            state.miss();
+            return;
+        }
         let id = ev.id.clone();
         let fresh = match self.leased.lock() {
             Ok(mut l) => l.insert(id.clone()),
             Err(_) => false,
         };
         if !fresh {
+            state.unreserve(bytes);
             return;
         }
         if tx.try_send(ev.into_event()).is_err() {
+            state.unreserve(bytes);
             self.release(&id);
-            missed.store(true, Ordering::Release);
+            state.miss();
         }
     }
 }
@@ -778,14 +786,28 @@ impl Store for EmbeddedStore {
 
     fn handoff(&self, route: &str) -> Option<Handoff> {
         let (tx, rx) = tokio::sync::mpsc::channel(HANDOFF_QUEUE);
-        let missed = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(HandoffState::default());
         self.leases
             .handoffs
             .lock()
             .ok()?
-            .insert(route.to_string(), (tx, missed.clone()));
-        let leases = self.leases.clone();
-        Some(Handoff::new(rx, missed, move |id| leases.release(id)))
+            .insert(route.to_string(), (tx, state.clone()));
+        let (leases, detach_from) = (self.leases.clone(), self.leases.clone());
+        let (route, mine) = (route.to_string(), state.clone());
+        let detach = move || {
+            if let Ok(mut h) = detach_from.handoffs.lock() {
+                // Only its own entry: a newer handoff for the route (a reload) stays.
+                if h.get(&route).is_some_and(|(_, s)| Arc::ptr_eq(s, &mine)) {
+                    h.remove(&route);
+                }
+            }
+        };
+        Some(Handoff::new(
+            rx,
+            state,
+            move |id| leases.release(id),
+            detach,
+        ))
     }
 }
 
@@ -955,6 +977,24 @@ mod tests {
             "dropping the handoff gave back every event it still held"
         );
         assert!(back.iter().all(|e| !taken.iter().any(|t| t.id == e.id)));
+        store.accept(event("r", "after"), None).await.unwrap();
+        let after = store.lease("r", 10, i64::MAX).await.unwrap();
+        assert_eq!(
+            after.len(),
+            1,
+            "a dropped handoff is detached: nothing is sent to it"
+        );
+    }
+
+    #[test]
+    fn the_handoff_queue_is_bounded_by_bytes_but_always_takes_one() {
+        let s = HandoffState::default();
+        assert!(s.reserve(HANDOFF_BYTES * 2), "one event fits, however big");
+        assert!(!s.reserve(1));
+        s.unreserve(HANDOFF_BYTES * 2);
+        assert!(s.reserve(HANDOFF_BYTES - 10));
+        assert!(s.reserve(10));
+        assert!(!s.reserve(1), "full");
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod event;
 mod keys;
 pub mod redis;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -173,35 +174,71 @@ pub trait Store: Send + Sync {
     }
 }
 
+/// Most body bytes a route's handoff queue holds; past it, fresh events wait for `lease`.
+/// (Bounds memory when the sink is slow or its circuit is open: 16 MiB, or 1,024 events.)
+pub const HANDOFF_BYTES: usize = 16 << 20;
+
+/// What a store and a `Handoff` share: the queue's size in body bytes, and whether the
+/// store recorded an event it could not hand over.
+#[derive(Default)]
+pub struct HandoffState {
+    missed: AtomicBool,
+    queued_bytes: AtomicUsize,
+}
+
+impl HandoffState {
+    /// Makes room for an event of `bytes`; `false` when the queue holds enough already (one
+    /// event always fits, however big).
+    pub fn reserve(&self, bytes: usize) -> bool {
+        self.queued_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q == 0 || q + bytes <= HANDOFF_BYTES).then_some(q + bytes)
+            })
+            .is_ok()
+    }
+
+    pub fn unreserve(&self, bytes: usize) {
+        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    pub fn miss(&self) {
+        self.missed.store(true, Ordering::Release);
+    }
+}
+
 /// Receives fresh, already leased events for one route (see `Store::handoff`). Dropping it
-/// gives back the lease of every event it still holds, so `lease` finds them again.
+/// detaches it from the store, then gives back the lease of every event it still holds, so
+/// `lease` finds them again.
 pub struct Handoff {
     rx: tokio::sync::mpsc::Receiver<Event>,
-    /// Received by `wait`, not yet taken.
+    /// Received by `wait`, not yet taken (still counted in the queue's bytes).
     waiting: Option<Event>,
-    /// Set by the store when it recorded an event it could not hand over.
-    missed: Arc<std::sync::atomic::AtomicBool>,
+    state: Arc<HandoffState>,
     release: Box<dyn Fn(&str) + Send + Sync>,
+    /// Stops the store from sending more; no send is under way once it returned.
+    detach: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 impl Handoff {
     pub fn new(
         rx: tokio::sync::mpsc::Receiver<Event>,
-        missed: Arc<std::sync::atomic::AtomicBool>,
+        state: Arc<HandoffState>,
         release: impl Fn(&str) + Send + Sync + 'static,
+        detach: impl FnOnce() + Send + Sync + 'static,
     ) -> Self {
         Handoff {
             rx,
             waiting: None,
-            missed,
+            state,
             release: Box::new(release),
+            detach: Some(Box::new(detach)),
         }
     }
 
     /// Whether the store recorded events it did not hand over since the last call (they
     /// wait for `lease`).
     pub fn missed(&self) -> bool {
-        self.missed.swap(false, std::sync::atomic::Ordering::AcqRel)
+        self.state.missed.swap(false, Ordering::AcqRel)
     }
 
     /// Up to `limit` events that are waiting now.
@@ -215,6 +252,9 @@ impl Handoff {
                 Ok(ev) => out.push(ev),
                 Err(_) => break,
             }
+        }
+        for ev in &out {
+            self.state.unreserve(ev.body.len());
         }
         out
     }
@@ -233,11 +273,13 @@ impl Handoff {
 
 impl Drop for Handoff {
     fn drop(&mut self) {
-        self.rx.close();
-        if let Some(ev) = self.waiting.take() {
-            (self.release)(&ev.id);
+        if let Some(detach) = self.detach.take() {
+            detach();
         }
-        while let Ok(ev) = self.rx.try_recv() {
+        self.rx.close();
+        let left = self.waiting.take().into_iter();
+        for ev in left.chain(std::iter::from_fn(|| self.rx.try_recv().ok())) {
+            self.state.unreserve(ev.body.len());
             (self.release)(&ev.id);
         }
     }

@@ -314,6 +314,32 @@ backoff_max = "{max}"
         v["routes"][0]["delivered"].as_u64()
     }
 
+    /// Waits until one of the events has an attempt with this outcome; returns that event.
+    /// (While a sink is down its route's circuit opens and holds the others back, so which
+    /// events get an attempt depends on timing; some one of them always does.)
+    pub async fn wait_any_outcome<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a String> + Clone,
+        outcome: &str,
+    ) -> Value {
+        wait_for(&format!("an attempt with outcome {outcome}"), || {
+            let ids = ids.clone();
+            async move {
+                for id in ids {
+                    let ev = self.event(id).await;
+                    let has = ev["attempt_log"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|x| x["outcome"] == outcome));
+                    if has {
+                        return Some(ev);
+                    }
+                }
+                None
+            }
+        })
+        .await
+    }
+
     /// Waits until the event has an attempt with this outcome; returns the event.
     pub async fn wait_outcome(&self, id: &str, outcome: &str) -> Value {
         wait_for(
