@@ -458,7 +458,7 @@ fn accept_tx(
 ) -> rusqlite::Result<Accept> {
     if let Some(k) = key {
         if let Some(original) = keys.seen(&ev.route, &k.key, ev.received_at_ms) {
-            return Ok(Accept::Duplicate(original.to_string()));
+            return Ok(Accept::Duplicate(original));
         }
         keys.insert(tx, &ev.route, &k.key, &ev.id, k.expires_at_ms)?;
     }
@@ -1022,7 +1022,7 @@ mod tests {
             conn.execute_batch(
                 "CREATE TABLE dedupe (route TEXT NOT NULL, key TEXT NOT NULL, event_id TEXT NOT NULL,
                                       expires_at INTEGER NOT NULL, PRIMARY KEY (route, key)) WITHOUT ROWID;
-                 INSERT INTO dedupe VALUES ('r', 'k', 'original', 9000000000000);",
+                 INSERT INTO dedupe VALUES ('r', 'k', '01900000-0000-7000-8000-0000000000aa', 9000000000000);",
             )
             .unwrap();
         }
@@ -1035,7 +1035,10 @@ mod tests {
             .unwrap()
             .block_on(store.accept(event("r", "x"), Some(key)))
             .unwrap();
-        assert_eq!(got, Accept::Duplicate("original".into()));
+        assert_eq!(
+            got,
+            Accept::Duplicate("01900000-0000-7000-8000-0000000000aa".into())
+        );
     }
     #[tokio::test]
     async fn delivered_events_are_purged_after_retention_others_kept() {

@@ -4,8 +4,8 @@
 //! Why: with random keys (UUIDs, provider ids) a B-tree keyed by key puts every new key on a
 //! different page, so each request cost one whole page in the WAL and again at checkpoint.
 //! Appending puts a batch's keys on the table's last page or two. The map is rebuilt from the
-//! table at start, so the table stays the truth; memory is about 150 bytes per key still
-//! within its `ttl`.
+//! table at start, so the table stays the truth; memory is 60–100 bytes per key still within
+//! its `ttl` (a hash of route and key, the event id as a number, the expiry).
 //!
 //! Only the writer thread touches the map, and only inside a transaction: every change made
 //! while a transaction is open is remembered, and undone if the transaction rolls back, so the
@@ -14,15 +14,47 @@
 use std::collections::HashMap;
 
 use rusqlite::{params, Connection};
+use sha2::{Digest, Sha256};
 
-/// The original event's id, and when the key stops counting (ms since the epoch).
-type Entry = (String, i64);
+/// A route and key, as the first 128 bits of SHA-256 over both: fixed size, whatever the
+/// key's length (collisions need ~2^64 live keys).
+type KeyHash = u128;
 
+/// The original event's id (a UUID, as a number), and when the key stops counting.
+type Entry = (u128, i64);
+
+fn key_hash(route: &str, key: &str) -> KeyHash {
+    let digest = Sha256::new()
+        .chain_update(route.as_bytes())
+        .chain_update([0])
+        .chain_update(key.as_bytes())
+        .finalize();
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    u128::from_be_bytes(first)
+}
+
+fn id_number(event_id: &str) -> u128 {
+    match uuid::Uuid::parse_str(event_id) {
+        Ok(id) => id.as_u128(),
+        Err(_) => {
+            // Every id the store makes is a UUID; only a damaged row could get here.
+            tracing::warn!(
+                event_id,
+                "store: dedupe key names an event id that is not a UUID"
+            );
+            0
+        }
+    }
+}
+
+/// The writer's index of live dedupe keys: 60–100 bytes per key, by the hash table's fill
+/// (1 M keys ≈ 60–100 MB).
 #[derive(Default)]
 pub(super) struct Keys {
-    by_route: HashMap<String, HashMap<String, Entry>>,
+    live: HashMap<KeyHash, Entry>,
     /// Changes of the open transaction: the key and what it held before.
-    undo: Vec<(String, String, Option<Entry>)>,
+    undo: Vec<(KeyHash, Option<Entry>)>,
 }
 
 impl Keys {
@@ -35,22 +67,20 @@ impl Keys {
         )?;
         let mut rows = stmt.query(params![now_ms])?;
         while let Some(r) = rows.next()? {
-            let (route, key): (String, String) = (r.get(0)?, r.get(1)?);
-            keys.by_route
-                .entry(route)
-                .or_default()
-                .insert(key, (r.get(2)?, r.get(3)?));
+            let hash = key_hash(&r.get::<_, String>(0)?, &r.get::<_, String>(1)?);
+            let id = id_number(&r.get::<_, String>(2)?);
+            keys.live.insert(hash, (id, r.get(3)?));
         }
         Ok(keys)
     }
 
     /// The original's id, if `key` was seen on `route` and still counts at `at_ms`.
-    pub(super) fn seen(&self, route: &str, key: &str, at_ms: i64) -> Option<&str> {
-        let (id, expires) = self.by_route.get(route)?.get(key)?;
-        (*expires > at_ms).then_some(id.as_str())
+    pub(super) fn seen(&self, route: &str, key: &str, at_ms: i64) -> Option<String> {
+        let (id, expires) = self.live.get(&key_hash(route, key))?;
+        (*expires > at_ms).then(|| uuid::Uuid::from_u128(*id).to_string())
     }
 
-    /// Records the key in the open transaction (`tx`) and in the map.
+    /// Records the key in the open transaction (`tx`) and in the index.
     pub(super) fn insert(
         &mut self,
         tx: &Connection,
@@ -63,32 +93,27 @@ impl Keys {
             "INSERT INTO dedupe_keys (route, key, event_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
         )?
         .execute(params![route, key, event_id, expires_at_ms])?;
-        let old = self
-            .by_route
-            .entry(route.to_string())
-            .or_default()
-            .insert(key.to_string(), (event_id.to_string(), expires_at_ms));
-        self.undo.push((route.to_string(), key.to_string(), old));
+        let hash = key_hash(route, key);
+        let old = self.live.insert(hash, (id_number(event_id), expires_at_ms));
+        self.undo.push((hash, old));
         Ok(())
     }
 
-    /// Forgets keys expired at `now_ms`, in the open transaction and in the map.
+    /// Forgets keys expired at `now_ms`, in the open transaction and in the index (a walk
+    /// over every live key, a few ns each, once per purge).
     pub(super) fn purge(&mut self, tx: &Connection, now_ms: i64) -> rusqlite::Result<()> {
         tx.execute(
             "DELETE FROM dedupe_keys WHERE expires_at <= ?1",
             params![now_ms],
         )?;
-        for (route, keys) in &mut self.by_route {
-            keys.retain(|key, (id, expires)| {
-                let keep = *expires > now_ms;
-                if !keep {
-                    let old = Some((std::mem::take(id), *expires));
-                    self.undo.push((route.clone(), key.clone(), old));
-                }
-                keep
-            });
-        }
-        self.by_route.retain(|_, keys| !keys.is_empty());
+        let undo = &mut self.undo;
+        self.live.retain(|hash, entry| {
+            let keep = entry.1 > now_ms;
+            if !keep {
+                undo.push((*hash, Some(*entry)));
+            }
+            keep
+        });
         Ok(())
     }
 
@@ -99,11 +124,10 @@ impl Keys {
 
     /// The open transaction rolled back: puts back what it changed, newest first.
     pub(super) fn rolled_back(&mut self) {
-        while let Some((route, key, old)) = self.undo.pop() {
-            let keys = self.by_route.entry(route).or_default();
+        while let Some((hash, old)) = self.undo.pop() {
             match old {
-                Some(entry) => keys.insert(key, entry),
-                None => keys.remove(&key),
+                Some(entry) => self.live.insert(hash, entry),
+                None => self.live.remove(&hash),
             };
         }
     }
@@ -133,6 +157,14 @@ pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 mod tests {
     use super::*;
 
+    const E1: &str = "01900000-0000-7000-8000-000000000001";
+    const E2: &str = "01900000-0000-7000-8000-000000000002";
+    const E3: &str = "01900000-0000-7000-8000-000000000003";
+    const OLD: &str = "01900000-0000-7000-8000-00000000000a";
+    const NEW: &str = "01900000-0000-7000-8000-00000000000b";
+    const X: &str = "01900000-0000-7000-8000-00000000000c";
+    const O: &str = "01900000-0000-7000-8000-00000000000d";
+
     fn db() -> Connection {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(
@@ -144,25 +176,42 @@ mod tests {
     }
 
     #[test]
-    fn a_rolled_back_transaction_leaves_the_map_as_it_was() {
+    fn a_rolled_back_transaction_leaves_the_index_as_it_was() {
         let mut conn = db();
         let mut keys = Keys::default();
         let tx = conn.transaction().unwrap();
-        keys.insert(&tx, "r", "a", "e1", 100).unwrap();
+        keys.insert(&tx, "r", "a", E1, 100).unwrap();
         tx.commit().unwrap();
         keys.committed();
 
+        // A new key, and a purge that forgets the expired "a"; then a rollback.
         let tx = conn.transaction().unwrap();
-        keys.insert(&tx, "r", "a", "e2", 200).unwrap(); // replaces an expired key
-        keys.insert(&tx, "r", "b", "e3", 200).unwrap();
+        keys.insert(&tx, "r", "b", E3, 200).unwrap();
         keys.purge(&tx, 150).unwrap();
+        assert_eq!(
+            keys.seen("r", "a", 50),
+            None,
+            "purged inside the transaction"
+        );
         drop(tx); // rolls back
         keys.rolled_back();
-        assert_eq!(keys.seen("r", "a", 50), Some("e1"));
-        assert_eq!(keys.seen("r", "b", 50), None);
+        assert_eq!(
+            keys.seen("r", "a", 50).as_deref(),
+            Some(E1),
+            "the purge is undone"
+        );
+        assert_eq!(keys.seen("r", "b", 50), None, "the insert is undone");
+
+        // A key taken over after it expired, then a rollback: the old entry comes back.
+        let tx = conn.transaction().unwrap();
+        keys.insert(&tx, "r", "a", E2, 300).unwrap();
+        assert_eq!(keys.seen("r", "a", 150).as_deref(), Some(E2));
+        drop(tx);
+        keys.rolled_back();
+        assert_eq!(keys.seen("r", "a", 50).as_deref(), Some(E1));
 
         let reloaded = Keys::load(&conn, 50).unwrap();
-        assert_eq!(reloaded.seen("r", "a", 50), Some("e1"));
+        assert_eq!(reloaded.seen("r", "a", 50).as_deref(), Some(E1));
         assert_eq!(reloaded.seen("r", "b", 50), None);
     }
 
@@ -171,19 +220,19 @@ mod tests {
         let mut conn = db();
         let mut keys = Keys::default();
         let tx = conn.transaction().unwrap();
-        keys.insert(&tx, "r", "a", "old", 100).unwrap();
-        keys.insert(&tx, "r", "a", "new", 300).unwrap();
-        keys.insert(&tx, "r", "gone", "x", 120).unwrap();
-        keys.insert(&tx, "other", "a", "o", 300).unwrap();
+        keys.insert(&tx, "r", "a", OLD, 100).unwrap();
+        keys.insert(&tx, "r", "a", NEW, 300).unwrap();
+        keys.insert(&tx, "r", "gone", X, 120).unwrap();
+        keys.insert(&tx, "other", "a", O, 300).unwrap();
         tx.commit().unwrap();
         let loaded = Keys::load(&conn, 150).unwrap();
-        assert_eq!(loaded.seen("r", "a", 150), Some("new"));
+        assert_eq!(loaded.seen("r", "a", 150).as_deref(), Some(NEW));
         assert_eq!(
             loaded.seen("r", "gone", 110),
             None,
             "expired before the load"
         );
-        assert_eq!(loaded.seen("other", "a", 299), Some("o"));
+        assert_eq!(loaded.seen("other", "a", 299).as_deref(), Some(O));
         assert_eq!(
             loaded.seen("other", "a", 300),
             None,
