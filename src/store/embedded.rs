@@ -2,9 +2,9 @@
 //!
 //! Durability: `PRAGMA synchronous = FULL` makes every commit fsync the WAL, so an event is on
 //! disk when `accept` returns. Group commit: one writer thread owns the write connection and
-//! drains every queued write into a single transaction (each write in its own savepoint), so
-//! concurrent requests share one fsync. Replies are sent only after COMMIT returned; if the
-//! commit fails every write in the batch is answered with an error (→ 503), never accepted.
+//! drains every queued write into a single transaction, so concurrent requests share one
+//! fsync. Replies are sent only after COMMIT returned; if the transaction fails it is rolled
+//! back and each write is run again in its own, so one bad write fails alone (→ 503).
 //!
 //! Crash behaviour: a `kill -9` loses at most writes whose transaction had not committed, and
 //! none of those were answered. Leases live in memory, so after a restart every pending event
@@ -561,6 +561,37 @@ fn id_prefix(ms: i64) -> String {
     format!("{:08x}-{:04x}", ms >> 16, ms & 0xffff)
 }
 
+/// The events with these ids, in that order (an id no longer there is skipped).
+fn read_events(conn: &Connection, ids: &[String]) -> rusqlite::Result<Vec<Event>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, route, received_at, method, query, headers, body, scheme, attempts,
+                cycle_attempts, cycle_started_at
+         FROM events WHERE id = ?1",
+    )?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let ev = stmt
+            .query_row(params![id], |r| {
+                Ok(Event {
+                    id: r.get(0)?,
+                    route: r.get(1)?,
+                    received_at_ms: r.get(2)?,
+                    method: r.get(3)?,
+                    query: r.get(4)?,
+                    headers: StoredHeaders::from_json(&r.get::<_, String>(5)?),
+                    body: Bytes::from(r.get::<_, Vec<u8>>(6)?),
+                    scheme: r.get(7)?,
+                    attempts: r.get(8)?,
+                    cycle_attempts: r.get(9)?,
+                    cycle_started_at_ms: r.get(10)?,
+                })
+            })
+            .optional()?;
+        out.extend(ev);
+    }
+    Ok(out)
+}
+
 const SUMMARY_COLS: &str = "id, route, state, received_at, attempts, next_attempt_at, last_error, dedupe_key, scheme, length(body)";
 
 fn summary(r: &rusqlite::Row) -> rusqlite::Result<EventSummary> {
@@ -596,50 +627,40 @@ impl Store for EmbeddedStore {
         let leases = self.leases.clone();
         let route = route.to_string();
         self.read(move |conn| {
-            let mut leased = leases.leased.lock().map_err(|_| rusqlite::Error::InvalidQuery)?;
-            // Ids first, from the index alone: most pending events may be leased already.
-            let mut ids = Vec::new();
-            let mut stmt = conn.prepare_cached(
-                "SELECT id FROM events WHERE route = ?1 AND state = 'pending' AND next_attempt_at <= ?2
-                 ORDER BY next_attempt_at LIMIT ?3",
-            )?;
-            let mut rows = stmt.query(params![route, now_ms, (limit + leased.len()) as i64])?;
-            while let Some(r) = rows.next()? {
-                let id: String = r.get(0)?;
-                if !leased.contains(&id) {
-                    ids.push(id);
-                    if ids.len() == limit {
-                        break;
+            // Ids first, from the index alone (most pending events may be leased already),
+            // leased under the lock; the rows are read after it is released, so the writer's
+            // handoffs never wait on body reads.
+            let ids = {
+                let mut leased = leases
+                    .leased
+                    .lock()
+                    .map_err(|_| rusqlite::Error::InvalidQuery)?;
+                let mut ids = Vec::new();
+                let mut stmt = conn.prepare_cached(
+                    "SELECT id FROM events WHERE route = ?1 AND state = 'pending' AND next_attempt_at <= ?2
+                     ORDER BY next_attempt_at LIMIT ?3",
+                )?;
+                let mut rows = stmt.query(params![route, now_ms, (limit + leased.len()) as i64])?;
+                while let Some(r) = rows.next()? {
+                    let id: String = r.get(0)?;
+                    if !leased.contains(&id) {
+                        ids.push(id);
+                        if ids.len() == limit {
+                            break;
+                        }
                     }
                 }
+                leased.extend(ids.iter().cloned());
+                ids
+            };
+            let read = read_events(conn, &ids);
+            let got: &[Event] = read.as_deref().unwrap_or_default();
+            for id in &ids {
+                if !got.iter().any(|e| &e.id == id) {
+                    leases.release(id); // gone, or the read failed: not leased after all
+                }
             }
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, route, received_at, method, query, headers, body, scheme, attempts,
-                        cycle_attempts, cycle_started_at
-                 FROM events WHERE id = ?1",
-            )?;
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                let ev = stmt.query_row(params![id], |r| {
-                    Ok(Event {
-                        id: r.get(0)?,
-                        route: r.get(1)?,
-                        received_at_ms: r.get(2)?,
-                        method: r.get(3)?,
-                        query: r.get(4)?,
-                        headers: StoredHeaders::from_json(&r.get::<_, String>(5)?),
-                        body: Bytes::from(r.get::<_, Vec<u8>>(6)?),
-                        scheme: r.get(7)?,
-                        attempts: r.get(8)?,
-                        cycle_attempts: r.get(9)?,
-                        cycle_started_at_ms: r.get(10)?,
-                    })
-                });
-                let Some(ev) = ev.optional()? else { continue };
-                leased.insert(ev.id.clone());
-                out.push(ev);
-            }
-            Ok(out)
+            read
         })
         .await
     }
