@@ -358,6 +358,22 @@ fn amqp_node() -> String {
     format!("hookgate-test-{port}@localhost")
 }
 
+/// Starts the broker app again when dropped.
+struct BrokerBack;
+
+impl Drop for BrokerBack {
+    fn drop(&mut self) {
+        let st = Command::new("rabbitmqctl")
+            .args(["-q", "-n", &amqp_node(), "start_app"])
+            .stdout(Stdio::null())
+            .status();
+        // No panic here: this may run while a failed assertion unwinds.
+        if !st.is_ok_and(|s| s.success()) && !std::thread::panicking() {
+            panic!("rabbitmqctl start_app failed");
+        }
+    }
+}
+
 fn rabbitmqctl(args: &[&str]) {
     let st = Command::new("rabbitmqctl")
         .args(["-q", "-n", &amqp_node()])
@@ -594,9 +610,11 @@ async fn amqp_thousand_events_and_outage() {
     .await;
     // Outage: the broker app stops (connections drop), events pile up and are retried.
     rabbitmqctl(&["stop_app"]);
+    // Started again even if an assertion below fails, so the other AMQP tests still run.
+    let broker = BrokerBack;
     let during = gw.post_many(20).await;
     gw.wait_any_outcome(&during, "retry").await;
-    rabbitmqctl(&["start_app"]);
+    drop(broker);
     ids.extend(during);
     let msgs = amqp_drain(&name, ids.len()).await;
     assert_no_dup(&amqp_ids(&msgs), &ids);
