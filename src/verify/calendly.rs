@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use http::request::Parts;
 
 use super::kit::{fresh_secs, match_secret, tolerance};
-use super::{header, only_keys, secrets, Algorithm, Encoding, Verified, VerifyError};
+use super::{header, only_keys, secrets, Algorithm, Verified, VerifyError};
 use crate::config::raw::RawVerify;
 use crate::config::{Problems, Secret};
 
@@ -40,15 +40,7 @@ impl super::Verifier for CalendlyVerifier {
         let value = header(req, "calendly-webhook-signature")
             .filter(|s| !s.is_empty())
             .ok_or(VerifyError::MissingSignature)?;
-        let mut t = None;
-        let mut candidates = Vec::new();
-        for item in value.split(',') {
-            match item.trim().split_once('=') {
-                Some(("t", v)) => t = Some(v),
-                Some(("v1", v)) => candidates.extend(Encoding::Hex.decode(v)),
-                _ => {}
-            }
-        }
+        let (t, candidates) = super::preset::timestamp_and_hex_signatures(value, ',', "t", "v1");
         fresh_secs(t, now, self.tolerance)?;
         let t = t.unwrap_or_default();
         let chunks: [&[u8]; 3] = [t.as_bytes(), b".", body];

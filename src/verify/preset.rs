@@ -125,6 +125,27 @@ pub(crate) fn header_nonempty<'a>(req: &'a Parts, name: &str) -> Option<&'a str>
     super::header(req, name).filter(|s| !s.is_empty())
 }
 
+/// A `key=value` list header carrying a timestamp and signatures (Stripe `t=…,v1=…`, Paddle
+/// `ts=…;h1=…`, Calendly): the timestamp, and every signature under `sig_key` that decodes
+/// as hex (several during a secret rotation; others are ignored).
+pub(crate) fn timestamp_and_hex_signatures<'a>(
+    header: &'a str,
+    sep: char,
+    ts_key: &str,
+    sig_key: &str,
+) -> (Option<&'a str>, Vec<Vec<u8>>) {
+    let mut ts = None;
+    let mut sigs = Vec::new();
+    for item in header.split(sep) {
+        match item.trim().split_once('=') {
+            Some((k, v)) if k == ts_key => ts = Some(v),
+            Some((k, v)) if k == sig_key => sigs.extend(super::Encoding::Hex.decode(v)),
+            _ => {}
+        }
+    }
+    (ts, sigs)
+}
+
 /// Whether `needle` occurs in `body`: a cheap pre-filter for handshakes, never a decision.
 pub(crate) fn contains(body: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && body.windows(needle.len()).any(|w| w == needle)

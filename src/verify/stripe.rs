@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use http::request::Parts;
 
 use super::preset::{self, check_fresh, find_secret, parse_ts};
-use super::{crypto, only_keys, secrets, Algorithm, Encoding, Verified, VerifyError};
+use super::{crypto, only_keys, secrets, Algorithm, Verified, VerifyError};
 use crate::config::raw::RawVerify;
 use crate::config::{Problems, Secret};
 
@@ -41,15 +41,7 @@ impl super::Verifier for StripeVerifier {
 
     fn verify(&self, req: &Parts, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {
         let h = preset::header_nonempty(req, HEADER).ok_or(VerifyError::MissingSignature)?;
-        let mut ts = None;
-        let mut sigs = Vec::new();
-        for item in h.split(',') {
-            match item.trim().split_once('=') {
-                Some(("t", v)) => ts = Some(v),
-                Some(("v1", v)) => sigs.extend(Encoding::Hex.decode(v)),
-                _ => {}
-            }
-        }
+        let (ts, sigs) = preset::timestamp_and_hex_signatures(h, ',', "t", "v1");
         let ts = ts.ok_or(VerifyError::StaleTimestamp)?;
         check_fresh(parse_ts(ts)?, Duration::from_secs(1), now, self.tolerance)?;
         let i = find_secret(&self.secrets, |s| {
