@@ -53,6 +53,9 @@ type Done = (Health, Option<i64>);
 impl Worker {
     pub async fn run(mut self) {
         let slots = Arc::new(Semaphore::new(self.route.forward.concurrency));
+        // Raised when an attempt gives its slot back (its sink answered), which is before
+        // the attempt is recorded and done: the next event need not wait for the record.
+        let freed = Arc::new(Notify::new());
         let mut inflight: JoinSet<Done> = JoinSet::new();
         let mut circuit = Circuit::default();
         let route = self.route.name.clone();
@@ -105,6 +108,18 @@ impl Worker {
                 }
             }
             if let Some(h) = &mut self.handoff {
+                // Spilled events before the queue's: they were recorded earlier.
+                let ids = h.take_spilled(allowed - events.len());
+                if !ids.is_empty() {
+                    match self.store.lease_ids(ids, now_ms()).await {
+                        Ok(more) => events.extend(more),
+                        Err(e) => {
+                            scan = true; // a scan finds what these ids named
+                            metrics::counter!("hookgate_store_errors_total").increment(1);
+                            tracing::warn!(route = %route, error = %e, "cannot lease events; retrying");
+                        }
+                    }
+                }
                 events.extend(h.take(allowed - events.len()));
             }
             let leased = events.len();
@@ -117,7 +132,11 @@ impl Worker {
                 };
                 let (route, store, sink) =
                     (self.route.clone(), self.store.clone(), self.sink.clone());
-                inflight.spawn(attempt(route, store, sink, ev, permit));
+                let slot = Slot {
+                    permit: Some(permit),
+                    freed: freed.clone(),
+                };
+                inflight.spawn(attempt(route, store, sink, ev, slot));
             }
             if leased > 0 && leased == allowed {
                 continue; // there may be more due right now
@@ -148,6 +167,7 @@ impl Worker {
                     rescan_on_done = !inflight.is_empty();
                 }
                 _ = fresh => {}
+                _ = freed.notified() => {}
                 _ = tokio::time::sleep(sleep_for), if !sleep_for.is_zero() || inflight.is_empty() => {}
                 Some(done) = inflight.join_next(), if !inflight.is_empty() => {
                     record(&mut circuit, &mut retry_due, done);
@@ -192,6 +212,21 @@ fn record(
     }
 }
 
+/// A `forward.concurrency` slot, given back (and the worker told) when dropped.
+struct Slot {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // The permit first, so a worker woken by this finds it free; notify_one keeps the
+        // wake-up until the worker waits.
+        drop(self.permit.take());
+        self.freed.notify_one();
+    }
+}
+
 /// One attempt: deliver (bounded by `timeout`), decide, log, record. Retries the record until
 /// it sticks, since releasing the lease before then could deliver the event twice.
 /// The permit (a `forward.concurrency` slot) is given back as soon as the sink answered: it
@@ -201,7 +236,7 @@ async fn attempt(
     store: Arc<dyn Store>,
     sink: Arc<dyn Sink>,
     ev: Event,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    slot: Slot,
 ) -> Done {
     let n = ev.attempts + 1;
     let started_ms = now_ms();
@@ -218,7 +253,7 @@ async fn attempt(
         }),
     };
     let latency = t0.elapsed();
-    drop(permit);
+    drop(slot);
     let (next, status, detail, health) = match &result {
         Ok(r) => (Next::Delivered, r.status, r.detail.clone(), Health::Up),
         Err(e) => {
@@ -276,4 +311,164 @@ async fn attempt(
         _ => None,
     };
     (health, retry_at)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::forward::Receipt;
+    use crate::store::embedded::EmbeddedStore;
+    use crate::store::{
+        Accept, DedupeKey, EventDetail, EventSummary, ListQuery, NewEvent, RouteCounts, StoreError,
+    };
+
+    /// The embedded store, except that every settle waits until the test lets it through.
+    struct HeldSettles {
+        inner: EmbeddedStore,
+        gate: Semaphore,
+    }
+
+    #[async_trait]
+    impl Store for HeldSettles {
+        async fn accept(&self, ev: NewEvent, d: Option<DedupeKey>) -> Result<Accept, StoreError> {
+            self.inner.accept(ev, d).await
+        }
+        async fn lease(&self, r: &str, n: usize, now: i64) -> Result<Vec<Event>, StoreError> {
+            self.inner.lease(r, n, now).await
+        }
+        async fn next_due(&self, r: &str) -> Result<Option<i64>, StoreError> {
+            self.inner.next_due(r).await
+        }
+        async fn settle(&self, ev: &Event, a: Attempt, next: Next) -> Result<(), StoreError> {
+            drop(self.gate.acquire().await);
+            self.inner.settle(ev, a, next).await
+        }
+        async fn get(&self, id: &str) -> Result<Option<EventDetail>, StoreError> {
+            self.inner.get(id).await
+        }
+        async fn list(&self, q: &ListQuery) -> Result<Vec<EventSummary>, StoreError> {
+            self.inner.list(q).await
+        }
+        async fn counts(&self, r: &str) -> Result<RouteCounts, StoreError> {
+            self.inner.counts(r).await
+        }
+        async fn replay(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+            self.inner.replay(id, now).await
+        }
+        async fn replay_dead(&self, r: &str, now: i64) -> Result<u64, StoreError> {
+            self.inner.replay_dead(r, now).await
+        }
+        async fn purge(&self, now: i64) -> Result<(), StoreError> {
+            self.inner.purge(now).await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            self.inner.ping().await
+        }
+        async fn lease_ids(&self, ids: Vec<String>, now: i64) -> Result<Vec<Event>, StoreError> {
+            self.inner.lease_ids(ids, now).await
+        }
+        fn handoff(&self, r: &str) -> Option<Handoff> {
+            self.inner.handoff(r)
+        }
+    }
+
+    /// Answers every attempt at once and counts them.
+    struct Counting {
+        sent: AtomicUsize,
+        more: Notify,
+    }
+
+    #[async_trait]
+    impl Sink for Counting {
+        fn kind(&self) -> &'static str {
+            "http"
+        }
+        async fn deliver(&self, _: &Event, _: u32) -> Result<Receipt, DeliveryError> {
+            self.sent.fetch_add(1, Ordering::SeqCst);
+            self.more.notify_one();
+            Ok(Receipt {
+                status: Some(200),
+                detail: String::new(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slot_is_free_again_once_the_sink_answered_not_once_the_attempt_is_recorded() {
+        let (cfg, _) = crate::config::parse(
+            r#"
+[[route]]
+name = "r"
+path = "/r"
+[route.verify]
+scheme = "none"
+[route.forward]
+url = "http://127.0.0.1:9/x"
+concurrency = 1
+"#,
+        )
+        .unwrap();
+        let route = cfg.routes[0].clone();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(HeldSettles {
+            inner: EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap(),
+            gate: Semaphore::new(0),
+        });
+        let sink = Arc::new(Counting {
+            sent: AtomicUsize::new(0),
+            more: Notify::new(),
+        });
+        let (stop_tx, stop) = watch::channel(false);
+        let worker = Worker {
+            route: route.clone(),
+            store: store.clone(),
+            sink: sink.clone(),
+            wake: Arc::new(Notify::new()),
+            handoff: store.handoff("r"),
+            stop,
+        };
+        let running = tokio::spawn(worker.run());
+        let parts = http::Request::post("/r").body(()).unwrap().into_parts().0;
+        let verified = crate::verify::Verified {
+            scheme: "none",
+            event_id: None,
+            secret_index: None,
+        };
+        for _ in 0..3 {
+            let ev = NewEvent::new(
+                "r",
+                &parts,
+                bytes::Bytes::from_static(b"{}"),
+                &verified,
+                now_ms(),
+            );
+            store.accept(ev, None).await.unwrap();
+        }
+        // Concurrency 1 and no settle gets through: all three are still sent, long before
+        // the worker's idle poll (5 s) would have woken it.
+        tokio::time::timeout(IDLE_POLL / 2, async {
+            while sink.sent.load(Ordering::SeqCst) < 3 {
+                sink.more.notified().await;
+            }
+        })
+        .await
+        .expect("every event was sent while the earlier attempts waited to be recorded");
+        let pending = store.inner.counts("r").await.unwrap().pending;
+        assert_eq!(pending, 3, "none is recorded yet");
+        store.gate.add_permits(3);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while store.inner.counts("r").await.unwrap().delivered < 3 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("all three recorded as delivered");
+        assert_eq!(sink.sent.load(Ordering::SeqCst), 3, "each sent once");
+        stop_tx.send(true).unwrap();
+        running.await.unwrap();
+    }
 }

@@ -138,7 +138,8 @@ impl Leases {
     }
 
     /// After its commit: leases the new event and hands it to its route's worker, unless a
-    /// `lease` got to it first or the worker has enough waiting (then `lease` finds it).
+    /// `lease` got to it first or the worker has enough waiting (then its id is spilled, for
+    /// `lease_ids`).
     /// Holds the handoffs lock throughout, so a detached handoff gets nothing more.
     fn hand_off(&self, ev: NewEvent) {
         let Ok(handoffs) = self.handoffs.lock() else {
@@ -149,7 +150,7 @@ impl Leases {
         };
         let bytes = ev.body.len();
         if !state.reserve(bytes) {
-            state.miss();
+            state.spill(ev.id);
             return;
         }
         let id = ev.id.clone();
@@ -164,7 +165,7 @@ impl Leases {
         if tx.try_send(ev.into_event()).is_err() {
             state.unreserve(bytes);
             self.release(&id);
-            state.miss();
+            state.spill(id);
         }
     }
 }
@@ -562,16 +563,31 @@ fn id_prefix(ms: i64) -> String {
 }
 
 /// The events with these ids, in that order (an id no longer there is skipped).
-fn read_events(conn: &Connection, ids: &[String]) -> rusqlite::Result<Vec<Event>> {
+/// Gives back the leases of `ids` that were not read (gone, not due, or the read failed).
+fn release_unread(leases: &Leases, ids: &[String], got: &[Event]) {
+    for id in ids {
+        if !got.iter().any(|e| &e.id == id) {
+            leases.release(id);
+        }
+    }
+}
+
+/// The events with these ids; with `due_at`, only those pending and due by then.
+fn read_events(
+    conn: &Connection,
+    ids: &[String],
+    due_at: Option<i64>,
+) -> rusqlite::Result<Vec<Event>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, route, received_at, method, query, headers, body, scheme, attempts,
                 cycle_attempts, cycle_started_at
-         FROM events WHERE id = ?1",
+         FROM events WHERE id = ?1
+           AND (?2 IS NULL OR (state = 'pending' AND next_attempt_at <= ?2))",
     )?;
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         let ev = stmt
-            .query_row(params![id], |r| {
+            .query_row(params![id, due_at], |r| {
                 Ok(Event {
                     id: r.get(0)?,
                     route: r.get(1)?,
@@ -653,13 +669,29 @@ impl Store for EmbeddedStore {
                 leased.extend(ids.iter().cloned());
                 ids
             };
-            let read = read_events(conn, &ids);
-            let got: &[Event] = read.as_deref().unwrap_or_default();
-            for id in &ids {
-                if !got.iter().any(|e| &e.id == id) {
-                    leases.release(id); // gone, or the read failed: not leased after all
-                }
-            }
+            let read = read_events(conn, &ids, None);
+            release_unread(&leases, &ids, read.as_deref().unwrap_or_default());
+            read
+        })
+        .await
+    }
+
+    async fn lease_ids(&self, ids: Vec<String>, now_ms: i64) -> Result<Vec<Event>, StoreError> {
+        let leases = self.leases.clone();
+        self.read(move |conn| {
+            let ids: Vec<String> = {
+                let mut leased = leases
+                    .leased
+                    .lock()
+                    .map_err(|_| rusqlite::Error::InvalidQuery)?;
+                ids.into_iter()
+                    .filter(|id| leased.insert(id.clone()))
+                    .collect()
+            };
+            // A scan may have delivered (or rescheduled) one meanwhile: only what is still
+            // pending and due is leased.
+            let read = read_events(conn, &ids, Some(now_ms));
+            release_unread(&leases, &ids, read.as_deref().unwrap_or_default());
             read
         })
         .await
@@ -980,13 +1012,20 @@ mod tests {
             store.accept(event("r", "b"), None).await.unwrap();
         }
         store.accept(event("other", "b"), None).await.unwrap();
-        assert!(handoff.missed(), "the overflow was reported");
-        assert!(!handoff.missed(), "once");
+        assert!(!handoff.missed(), "the overflow was spilled, not missed");
+        let spilled = handoff.take_spilled(usize::MAX);
+        assert_eq!(spilled.len(), extra, "the overflow's ids were spilled");
+        assert!(handoff.take_spilled(usize::MAX).is_empty(), "once");
         let leased = store.lease("r", 10_000, i64::MAX).await.unwrap();
         assert_eq!(
             leased.len(),
             extra,
             "lease finds only what was not handed over"
+        );
+        assert!(leased.iter().all(|e| spilled.contains(&e.id)));
+        assert!(
+            store.lease_ids(spilled, i64::MAX).await.unwrap().is_empty(),
+            "a spilled id the scan leased already is not leased twice"
         );
         let taken = handoff.take(3);
         assert_eq!(taken.len(), 3);
@@ -1004,6 +1043,74 @@ mod tests {
             after.len(),
             1,
             "a dropped handoff is detached: nothing is sent to it"
+        );
+    }
+
+    #[tokio::test]
+    async fn spilled_ids_are_leased_by_id_only_while_pending_and_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
+        let mut handoff = store.handoff("r").unwrap();
+        for _ in 0..HANDOFF_QUEUE + 3 {
+            store.accept(event("r", "b"), None).await.unwrap();
+        }
+        let ids = handoff.take_spilled(usize::MAX);
+        assert_eq!(ids.len(), 3);
+        let first = store.lease_ids(ids[..1].to_vec(), i64::MAX).await.unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].id, ids[0]);
+        assert_eq!(&first[0].body[..], b"b", "read back whole");
+        let received = first[0].received_at_ms;
+        store
+            .settle(
+                &first[0],
+                Attempt {
+                    n: 1,
+                    started_at_ms: received,
+                    outcome: "delivered",
+                    status: Some(200),
+                    latency_ms: 1,
+                    detail: String::new(),
+                },
+                Next::Delivered,
+            )
+            .await
+            .unwrap();
+        assert!(
+            store
+                .lease_ids(ids[..1].to_vec(), i64::MAX)
+                .await
+                .unwrap()
+                .is_empty(),
+            "a delivered event is not leased again"
+        );
+        assert!(
+            store
+                .lease_ids(ids[1..2].to_vec(), received - 1)
+                .await
+                .unwrap()
+                .is_empty(),
+            "not before it is due"
+        );
+        let rest = store.lease_ids(ids[1..].to_vec(), i64::MAX).await.unwrap();
+        assert_eq!(rest.len(), 2, "a lease that found nothing was given back");
+        assert!(
+            store.lease("r", 10_000, i64::MAX).await.unwrap().is_empty(),
+            "leased by id means leased: a scan skips them"
+        );
+    }
+
+    #[test]
+    fn spilled_ids_are_bounded_then_missed() {
+        let s = HandoffState::default();
+        for i in 0..crate::store::SPILL_IDS {
+            s.spill(i.to_string());
+        }
+        assert!(!s.missed.load(std::sync::atomic::Ordering::Acquire));
+        s.spill("one too many".into());
+        assert!(
+            s.missed.load(std::sync::atomic::Ordering::Acquire),
+            "past the bound, a scan finds it"
         );
     }
 

@@ -15,8 +15,9 @@ mod event;
 mod keys;
 pub mod redis;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -166,6 +167,13 @@ pub trait Store: Send + Sync {
     /// Reachable and writable, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Leases those of `ids` that are still pending, due at `now_ms` and not leased (events
+    /// a `Handoff` spilled): a read by id, not a scan. Only stores that offer a handoff are
+    /// asked.
+    async fn lease_ids(&self, _ids: Vec<String>, _now_ms: i64) -> Result<Vec<Event>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// Events of `route` handed to its worker as soon as they are recorded, already leased,
     /// so the worker need not read them back. `None`: the backend has no such path (the
     /// worker leases everything). A second call for a route replaces the first receiver.
@@ -174,16 +182,23 @@ pub trait Store: Send + Sync {
     }
 }
 
-/// Most body bytes a route's handoff queue holds; past it, fresh events wait for `lease`.
-/// (Bounds memory when the sink is slow or its circuit is open: 16 MiB, or 1,024 events.)
+/// Most body bytes a route's handoff queue holds; past it, fresh events are spilled: only
+/// their ids wait, and the worker reads them back (`Store::lease_ids`). (Bounds memory when
+/// the sink is slow or its circuit is open: 16 MiB, or 1,024 events.)
 pub const HANDOFF_BYTES: usize = 16 << 20;
 
-/// What a store and a `Handoff` share: the queue's size in body bytes, and whether the
-/// store recorded an event it could not hand over.
+/// Most spilled ids a route keeps (about 20 MiB); past it, the store only raises `missed`
+/// and the worker scans for what it did not hand over.
+pub const SPILL_IDS: usize = 1 << 18;
+
+/// What a store and a `Handoff` share: the queue's size in body bytes, the ids of recorded
+/// events that did not fit, and whether the store recorded an event it could not even spill.
 #[derive(Default)]
 pub struct HandoffState {
     missed: AtomicBool,
     queued_bytes: AtomicUsize,
+    /// Oldest first.
+    spilled: Mutex<VecDeque<String>>,
 }
 
 impl HandoffState {
@@ -203,6 +218,15 @@ impl HandoffState {
 
     pub fn miss(&self) {
         self.missed.store(true, Ordering::Release);
+    }
+
+    /// Keeps the id of a recorded event that did not fit in the queue, so the worker can
+    /// read it back by id instead of scanning the store for it.
+    pub fn spill(&self, id: String) {
+        match self.spilled.lock() {
+            Ok(mut s) if s.len() < SPILL_IDS => s.push_back(id),
+            _ => self.miss(),
+        }
     }
 }
 
@@ -235,10 +259,22 @@ impl Handoff {
         }
     }
 
-    /// Whether the store recorded events it did not hand over since the last call (they
-    /// wait for `lease`).
+    /// Whether the store recorded events it neither handed over nor spilled since the last
+    /// call (they wait for `lease`).
     pub fn missed(&self) -> bool {
         self.state.missed.swap(false, Ordering::AcqRel)
+    }
+
+    /// Up to `limit` ids of spilled events (recorded, not handed over, not leased), oldest
+    /// first; lease them with `Store::lease_ids`.
+    pub fn take_spilled(&mut self, limit: usize) -> Vec<String> {
+        match self.state.spilled.lock() {
+            Ok(mut s) => {
+                let n = limit.min(s.len());
+                s.drain(..n).collect()
+            }
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Up to `limit` events that are waiting now.
