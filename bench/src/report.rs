@@ -139,8 +139,8 @@ pub fn markdown(o: &Outcome, f: &Facts) -> String {
         o.loadavg_after,
     );
     s.push_str("Deliveries (hookgate → upstream in the generator's process):\n\n");
-    s.push_str("| conns | events acknowledged | delivered/s during load | backlog at end of load | delivered/s after load | backlog drained | duplicate deliveries | hookgate warn/error lines |\n");
-    s.push_str("|---:|---:|---:|---:|---:|---|---:|---:|\n");
+    s.push_str("| conns | events acknowledged | delivered/s during load | backlog at end of load | delivered/s after load | backlog drained | duplicate deliveries | hookgate CPU µs per event, start to drained | sustained ratio | hookgate warn+error lines, log bytes |\n");
+    s.push_str("|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|\n");
     for l in &o.levels {
         let d = &l.delivery;
         let during = l.hookgate.delivered_in_window as f64 / l.hookgate.window.as_secs_f64();
@@ -153,9 +153,18 @@ pub fn markdown(o: &Outcome, f: &Facts) -> String {
                 d.waited.as_secs_f64()
             ),
         };
+        // The ceiling's cost per request over hookgate's whole cost per event: the share of
+        // the ceiling's rate hookgate could keep up for good on the same core.
+        let (per_event, sustained) = match l.hookgate_us_per_event {
+            Some(us) => (
+                format!("{us:.1}"),
+                format!("{:.3}×", l.ceiling.server_us_per_req() / us.max(1e-9)),
+            ),
+            None => ("–".into(), "–".into()),
+        };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {}, {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {}, {} |",
             l.conns,
             d.accepted_total,
             thousands(during),
@@ -167,6 +176,8 @@ pub fn markdown(o: &Outcome, f: &Facts) -> String {
             },
             drained,
             d.deliveries.saturating_sub(d.distinct),
+            per_event,
+            sustained,
             l.hookgate_warnings,
             l.hookgate_log_bytes,
         );

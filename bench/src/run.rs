@@ -95,6 +95,9 @@ pub struct Level {
     pub hookgate_warnings: usize,
     pub hookgate_log_bytes: u64,
     pub hookgate_cpus: String,
+    /// hookgate's CPU from its start until its backlog drained, per acknowledged event:
+    /// the whole cost of an event (accept, delivery, record), whenever it was paid.
+    pub hookgate_us_per_event: Option<f64>,
 }
 
 pub struct Outcome {
@@ -166,6 +169,10 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
             h.rps() / c1.rps().max(1.0)
         );
         let delivery = drain(&counts, &h, plan.drain_timeout).await;
+        let hookgate_us_per_event = match (delivery.drain, proc::cpu_us(hg.pid)) {
+            (Some(_), Ok(total)) => Some(total as f64 / delivery.accepted_total.max(1) as f64),
+            _ => None,
+        };
         match delivery.drain {
             Some(d) => eprintln!("   backlog drained {:.1}s after the load", d.as_secs_f64()),
             None => eprintln!(
@@ -174,6 +181,9 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
             ),
         }
         let hookgate_warnings = hg.log_lines("WARN") + hg.log_lines("ERROR");
+        for line in hg.first_lines(&["WARN", "ERROR"], 3) {
+            eprintln!("   hookgate logged: {line}");
+        }
         let hookgate_log_bytes = hg.log_bytes();
         hg.stop().await.context("stopping hookgate")?;
         drop(dir);
@@ -192,6 +202,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
             hookgate_warnings,
             hookgate_log_bytes,
             hookgate_cpus,
+            hookgate_us_per_event,
         });
     }
     ceiling.stop().await.ok();

@@ -147,6 +147,21 @@ impl Server {
             .unwrap_or(0)
     }
 
+    /// The first `n` lines that contain any of `needles`, to show what the counts are.
+    pub fn first_lines(&self, needles: &[&str], n: usize) -> Vec<String> {
+        self.log
+            .as_deref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .map(|s| {
+                s.lines()
+                    .filter(|l| needles.iter().any(|k| l.contains(k)))
+                    .take(n)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn log_bytes(&self) -> u64 {
         self.log
             .as_deref()
