@@ -6,6 +6,7 @@
 //! throughput as a ratio to the ceiling, and optionally writes it into docs/PERFORMANCE.md.
 
 mod ceiling;
+mod instr;
 mod loadgen;
 mod proc;
 mod report;
@@ -81,6 +82,13 @@ struct Args {
     perf_record: Option<PathBuf>,
     #[arg(long, default_value_t = 64)]
     perf_level: usize,
+    /// Count instructions instead of timing (each server under valgrind's callgrind, at
+    /// `--instr-conns` connections; `--warmup` and `--duration` apply): repeatable on a
+    /// noisy machine, user space only.
+    #[arg(long)]
+    instructions: bool,
+    #[arg(long, default_value_t = 16)]
+    instr_conns: usize,
 }
 
 fn main() -> ExitCode {
@@ -123,6 +131,24 @@ fn bench(a: Args) -> anyhow::Result<()> {
     };
     // Before the runtime exists, so every thread it makes inherits the mask.
     proc::pin_self(a.loadgen_cpu)?;
+    if a.instructions {
+        let plan = instr::Plan {
+            hookgate: a.hookgate,
+            conns: a.instr_conns,
+            warmup: a.warmup,
+            duration: a.duration,
+            drain_timeout: a.drain_timeout,
+            body_size: a.body_size,
+            server_cpu: a.server_cpu,
+            tmp_dir: a.tmp_dir,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let outcome = rt.block_on(instr::run(&plan))?;
+        println!("{}", instr::markdown(&outcome, &facts.command, &facts.commit));
+        return Ok(());
+    }
     let plan = run::Plan {
         hookgate: a.hookgate,
         levels: a.levels,

@@ -108,7 +108,7 @@ pub struct Outcome {
 
 pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
     let (up_addr, counts) = upstream::start().await?;
-    let ceiling = Server::ceiling(plan.server_cpu).await.context("ceiling")?;
+    let ceiling = Server::ceiling(plan.server_cpu, &[]).await.context("ceiling")?;
     let ceiling_cpus = proc::allowed_cpus(ceiling.pid);
     std::fs::create_dir_all(&plan.tmp_dir)
         .with_context(|| format!("create {}", plan.tmp_dir.display()))?;
@@ -154,7 +154,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
             upstream: up_addr,
             tag: tag.clone(),
         };
-        let hg = Server::hookgate(&hg_spec, dir.path(), plan.server_cpu)
+        let hg = Server::hookgate(&hg_spec, dir.path(), plan.server_cpu, &[])
             .await
             .context("hookgate")?;
         let hookgate_cpus = proc::allowed_cpus(hg.pid);

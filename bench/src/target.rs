@@ -47,22 +47,33 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn ceiling(cpu: usize) -> anyhow::Result<Server> {
+    /// `wrap`: a command the server runs under (`valgrind --tool=callgrind …`), or empty.
+    pub async fn ceiling(cpu: usize, wrap: &[String]) -> anyhow::Result<Server> {
         let exe = std::env::current_exe()?;
         let mut cmd = Command::new("taskset");
-        cmd.arg("-c").arg(cpu.to_string()).arg(exe).arg("ceiling");
+        cmd.arg("-c")
+            .arg(cpu.to_string())
+            .args(wrap)
+            .arg(exe)
+            .arg("ceiling");
         cmd.stderr(Stdio::inherit());
         Server::spawn(cmd, "ceiling listening ", None).await
     }
 
     /// Starts hookgate with a config written into `dir` (its store lives there too).
-    pub async fn hookgate(spec: &HookgateSpec, dir: &Path, cpu: usize) -> anyhow::Result<Server> {
+    pub async fn hookgate(
+        spec: &HookgateSpec,
+        dir: &Path,
+        cpu: usize,
+        wrap: &[String],
+    ) -> anyhow::Result<Server> {
         let config = dir.join("hookgate.toml");
         std::fs::write(&config, config_toml(spec, dir))?;
         let log = dir.join("hookgate.log");
         let mut cmd = Command::new("taskset");
         cmd.arg("-c")
             .arg(cpu.to_string())
+            .args(wrap)
             .arg(&spec.binary)
             .arg("serve")
             .arg("-c")
@@ -136,6 +147,15 @@ impl Server {
             }
         }
         Ok(())
+    }
+
+    /// `hookgate` or `ceiling`.
+    pub fn name(&self) -> &'static str {
+        if self.log.is_some() {
+            "hookgate"
+        } else {
+            "ceiling"
+        }
     }
 
     /// Warn-level and worse lines hookgate logged, counted (each is a finding).
