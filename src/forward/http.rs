@@ -7,7 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::{sign, truncate_detail, DeliveryError, Receipt, Sink};
 use crate::config::{ForwardSign, RouteConfig};
@@ -29,30 +34,60 @@ const HOP_BY_HOP: &[&str] = &[
     "content-length",
 ];
 
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// A hyper client per route (its own pool of keep-alive connections, HTTP/1.1, or HTTP/2
+/// when a TLS upstream offers it). Redirects are never followed: a 3xx is an answer.
 pub struct HttpSink {
-    client: reqwest::Client,
+    client: Client<Connector, Full<Bytes>>,
     url: reqwest::Url,
+    /// `url` as a request target, for events without a query string (most of them).
+    base: http::Uri,
     route: String,
     sign: Option<ForwardSign>,
+    timeout: Duration,
 }
 
 impl HttpSink {
     pub fn new(route: &Arc<RouteConfig>, url: reqwest::Url) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(route.forward.timeout)
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(route.forward.timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(route.forward.concurrency)
-            .build()?;
+            .build(connector);
+        let base = url
+            .as_str()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("forward.url: {e}"))?;
         Ok(HttpSink {
             client,
+            base,
             url,
             route: route.name.clone(),
             sign: route.forward.sign.clone(),
+            timeout: route.forward.timeout,
         })
     }
 
     /// The forwarded request (SPEC §6), re-signed when `[route.forward.sign]` says so.
-    fn request(&self, ev: &Event, attempt: u32) -> reqwest::RequestBuilder {
+    fn request(&self, ev: &Event, attempt: u32) -> Result<Request<Full<Bytes>>, String> {
         let method = Method::from_bytes(ev.method.as_bytes()).unwrap_or(Method::POST);
         let mut headers = forward_headers(ev, &self.route, attempt);
         if let Some(s) = &self.sign {
@@ -62,10 +97,19 @@ impl HttpSink {
                 .unwrap_or(0);
             sign::sign(&s.scheme, &s.secret, &ev.id, now, &ev.body, &mut headers);
         }
-        self.client
-            .request(method, self.target(ev.query.as_deref()))
-            .headers(headers)
-            .body(ev.body.clone())
+        let uri: http::Uri = match ev.query.as_deref().filter(|q| !q.is_empty()) {
+            None => self.base.clone(),
+            Some(q) => self
+                .target(Some(q))
+                .as_str()
+                .parse()
+                .map_err(|e| format!("invalid upstream URL: {e}"))?,
+        };
+        let mut req = Request::new(Full::new(ev.body.clone()));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        Ok(req)
     }
 
     fn target(&self, query: Option<&str>) -> reqwest::Url {
@@ -84,38 +128,30 @@ impl HttpSink {
 /// The headers of the forwarded request: the original ones (no hop-by-hop, no `Host`, no
 /// client-sent `Hookgate-*`) and the gateway's own.
 pub fn forward_headers(ev: &Event, route: &str, attempt: u32) -> HeaderMap {
-    let mut h = ev.headers.to_map();
-    let connection_named: Vec<HeaderName> = h
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+    // Names a `Connection` header lists are hop-by-hop too (rare: only then is it parsed).
+    let connection_named: Vec<String> = ev
+        .headers
+        .get_all("connection")
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
         .collect();
-    for name in HOP_BY_HOP {
-        h.remove(*name);
-    }
-    for name in connection_named {
-        h.remove(name);
-    }
-    let own = h
-        .keys()
-        .filter(|k| k.as_str().starts_with("hookgate-"))
-        .cloned()
-        .collect::<Vec<_>>();
-    for k in own {
-        h.remove(k);
-    }
-    let mut set = |k: &'static str, v: String| {
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            h.insert(k, v);
+    let keep = |name: &str| {
+        !HOP_BY_HOP.contains(&name)
+            && !name.starts_with("hookgate-")
+            && !connection_named.iter().any(|n| n == name)
+    };
+    let mut h = ev.headers.to_map_with(keep, 5);
+    let mut set = |k: &'static str, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(HeaderName::from_static(k), v);
         }
     };
-    set("hookgate-event-id", ev.id.clone());
-    set("hookgate-route", route.to_string());
-    set("hookgate-attempt", attempt.to_string());
-    set("hookgate-verified", ev.scheme.clone());
-    set("hookgate-received-at", rfc3339_ms(ev.received_at_ms));
+    set("hookgate-event-id", &ev.id);
+    set("hookgate-route", route);
+    set("hookgate-attempt", &attempt.to_string());
+    set("hookgate-verified", &ev.scheme);
+    set("hookgate-received-at", &rfc3339_ms(ev.received_at_ms));
     h
 }
 
@@ -144,22 +180,32 @@ impl Sink for HttpSink {
     }
 
     async fn deliver(&self, ev: &Event, attempt: u32) -> Result<Receipt, DeliveryError> {
-        let req = self.request(ev, attempt);
-        let mut resp = req.send().await.map_err(|e| DeliveryError::Retryable {
+        let failed = |detail: String| DeliveryError::Retryable {
             status: None,
             retry_after: None,
-            detail: format!("request failed: {}", error_chain(&e)),
-        })?;
+            detail: format!("request failed: {detail}"),
+        };
+        let req = self.request(ev, attempt).map_err(failed)?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| failed(error_chain(&e)))?;
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
             .get(http::header::RETRY_AFTER)
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
         // At most 1 KiB of the answer is kept; the rest is not read.
+        let mut body = resp.into_body();
         let mut snippet = Vec::new();
         while snippet.len() < 1024 {
-            match resp.chunk().await {
-                Ok(Some(c)) => snippet.extend_from_slice(&c[..c.len().min(1024 - snippet.len())]),
+            match body.frame().await {
+                Some(Ok(f)) => {
+                    if let Some(c) = f.data_ref() {
+                        snippet.extend_from_slice(&c[..c.len().min(1024 - snippet.len())]);
+                    }
+                }
                 _ => break,
             }
         }
@@ -197,29 +243,35 @@ const MAX_PROXY_BODY: usize = 10 << 20;
 impl HttpSink {
     /// `mode = "proxy"`: one request now, the upstream's status, headers and body relayed.
     pub async fn proxy(&self, ev: &Event) -> Result<http::Response<bytes::Bytes>, ProxyError> {
-        let req = self.request(ev, 1);
-        let classify = |e: reqwest::Error| {
-            if e.is_timeout() {
-                ProxyError::Timeout
-            } else {
-                ProxyError::Unreachable
+        let req = self.request(ev, 1).map_err(|_| ProxyError::Unreachable)?;
+        let answer = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|_| ProxyError::Unreachable)?;
+            let (parts, mut body) = resp.into_parts();
+            let mut out_body = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|_| ProxyError::Unreachable)?;
+                if let Some(chunk) = frame.data_ref() {
+                    if out_body.len() + chunk.len() > MAX_PROXY_BODY {
+                        return Err(ProxyError::Unreachable);
+                    }
+                    out_body.extend_from_slice(chunk);
+                }
             }
+            Ok((parts, out_body))
         };
-        let mut resp = req.send().await.map_err(classify)?;
-        let status = resp.status();
-        let mut out_headers = resp.headers().clone();
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(classify)? {
-            if body.len() + chunk.len() > MAX_PROXY_BODY {
-                return Err(ProxyError::Unreachable);
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let (parts, body) = tokio::time::timeout(self.timeout, answer)
+            .await
+            .map_err(|_| ProxyError::Timeout)??;
+        let mut out_headers = parts.headers;
         for name in HOP_BY_HOP {
             out_headers.remove(*name);
         }
         let mut out = http::Response::new(bytes::Bytes::from(body));
-        *out.status_mut() = status;
+        *out.status_mut() = parts.status;
         *out.headers_mut() = out_headers;
         Ok(out)
     }

@@ -54,8 +54,13 @@ impl StoredHeaders {
     }
 
     pub fn to_map(&self) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.0.len());
-        for (k, v) in &self.0 {
+        self.to_map_with(|_| true, 0)
+    }
+
+    /// The headers whose (lower-case) name `keep` accepts, with room for `extra` more.
+    pub fn to_map_with(&self, keep: impl Fn(&str) -> bool, extra: usize) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.0.len() + extra);
+        for (k, v) in self.0.iter().filter(|(k, _)| keep(k)) {
             let value = match v {
                 Value::Text(s) => HeaderValue::from_str(s),
                 Value::Bytes(b) => HeaderValue::from_bytes(b),
@@ -65,6 +70,17 @@ impl StoredHeaders {
             }
         }
         map
+    }
+
+    /// Every text value of the header `name`, in order.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+            .filter_map(|(_, v)| match v {
+                Value::Text(s) => Some(s.as_str()),
+                Value::Bytes(_) => None,
+            })
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
