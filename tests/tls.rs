@@ -177,6 +177,67 @@ async fn tls_and_mtls_termination() {
     assert_eq!(r.status(), 202);
 }
 
+/// An `https://` upstream is reached over TLS with its certificate checked against the public
+/// roots: one signed by a private CA (here: another hookgate's TLS ingress) is never trusted,
+/// and the attempt says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_with_an_untrusted_certificate_is_not_delivered_to() {
+    let dir = tempdir();
+    make_pki(dir.path());
+    let up = Upstream::start().await;
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let tls = format!(
+        "[server.tls]\ncert = {:?}\nkey = {:?}\n",
+        p("server.crt"),
+        p("server.key")
+    );
+    let private = Gateway::start(
+        dir.path(),
+        &config(&Backend::Embedded, dir.path(), &tls, &route(&up.url("/in"))),
+    );
+    let dir2 = tempdir();
+    let target = format!("https://127.0.0.1:{}/t", private.ingress.port());
+    let gw = Gateway::start(
+        dir2.path(),
+        &config(&Backend::Embedded, dir2.path(), "", &route(&target)),
+    );
+    let r = signed(
+        &reqwest::Client::new(),
+        &gw.url("/t"),
+        "tls-secret",
+        "to tls",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<serde_json::Value>().await.unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let detail = loop {
+        let ev = gw.admin_json(&format!("/admin/events/{id}")).await;
+        if let Some(a) = ev["attempt_log"].as_array().and_then(|a| a.first()) {
+            break a["detail"].as_str().unwrap_or_default().to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no attempt within 30 s: {ev:#}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(detail.contains("request failed"), "{detail}");
+    assert!(
+        detail.to_ascii_lowercase().contains("certificate"),
+        "the attempt names the certificate problem: {detail}"
+    );
+    assert!(
+        up.received().is_empty(),
+        "nothing went through the untrusted upstream"
+    );
+}
+
 #[test]
 fn check_reports_unreadable_or_mismatched_tls_files() {
     let dir = tempdir();
