@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -35,51 +36,65 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type AnyBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
-/// A hyper client per route (its own pool of keep-alive connections, HTTP/1.1, or HTTP/2
-/// when a TLS upstream offers it). Redirects are never followed: a 3xx is an answer.
+/// How requests leave: hyper-util's pooled client, or, when the environment names an HTTP
+/// proxy (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, any case), reqwest, which honours those
+/// and `NO_PROXY`.
+enum Transport {
+    Direct(Box<Client<Connector, Full<Bytes>>>),
+    Proxied(reqwest::Client),
+}
+
+/// A client per route (its own pool of keep-alive connections, HTTP/1.1, or HTTP/2 when a
+/// TLS upstream offers it). Redirects are never followed: a 3xx is an answer.
 pub struct HttpSink {
-    client: Client<Connector, Full<Bytes>>,
+    transport: Transport,
+    /// `forward.url` without its `user:password@` (those become `basic`).
     url: reqwest::Url,
     /// `url` as a request target, for events without a query string (most of them).
     base: http::Uri,
+    /// `Authorization: Basic …` from the URL's credentials, unless the request has its own.
+    basic: Option<HeaderValue>,
     route: String,
     sign: Option<ForwardSign>,
     timeout: Duration,
 }
 
+const PROXY_VARS: &[&str] = &[
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
 impl HttpSink {
     pub fn new(route: &Arc<RouteConfig>, url: reqwest::Url) -> anyhow::Result<Self> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        let (url, basic) = split_credentials(url);
+        let proxied = PROXY_VARS
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+        let transport = if proxied {
+            Transport::Proxied(
+                reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .pool_max_idle_per_host(route.forward.concurrency)
+                    .build()?,
+            )
+        } else {
+            Transport::Direct(Box::new(direct_client(route.forward.concurrency)?))
         };
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(route.forward.timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(route.forward.concurrency)
-            .build(connector);
         let base = url
             .as_str()
             .parse()
             .map_err(|e| anyhow::anyhow!("forward.url: {e}"))?;
         Ok(HttpSink {
-            client,
+            transport,
             base,
             url,
+            basic,
             route: route.name.clone(),
             sign: route.forward.sign.clone(),
             timeout: route.forward.timeout,
@@ -87,7 +102,7 @@ impl HttpSink {
     }
 
     /// The forwarded request (SPEC §6), re-signed when `[route.forward.sign]` says so.
-    fn request(&self, ev: &Event, attempt: u32) -> Result<Request<Full<Bytes>>, String> {
+    fn request(&self, ev: &Event, attempt: u32) -> Result<Request<Bytes>, String> {
         let method = Method::from_bytes(ev.method.as_bytes()).unwrap_or(Method::POST);
         let mut headers = forward_headers(ev, &self.route, attempt);
         if let Some(s) = &self.sign {
@@ -97,6 +112,11 @@ impl HttpSink {
                 .unwrap_or(0);
             sign::sign(&s.scheme, &s.secret, &ev.id, now, &ev.body, &mut headers);
         }
+        if let Some(auth) = &self.basic {
+            if !headers.contains_key(http::header::AUTHORIZATION) {
+                headers.insert(http::header::AUTHORIZATION, auth.clone());
+            }
+        }
         let uri: http::Uri = match ev.query.as_deref().filter(|q| !q.is_empty()) {
             None => self.base.clone(),
             Some(q) => self
@@ -105,11 +125,29 @@ impl HttpSink {
                 .parse()
                 .map_err(|e| format!("invalid upstream URL: {e}"))?,
         };
-        let mut req = Request::new(Full::new(ev.body.clone()));
+        let mut req = Request::new(ev.body.clone());
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
         Ok(req)
+    }
+
+    /// Sends one request; the error is the cause chain, for the attempt log.
+    async fn send(&self, req: Request<Bytes>) -> Result<http::Response<AnyBody>, String> {
+        match &self.transport {
+            Transport::Direct(client) => client
+                .request(req.map(Full::new))
+                .await
+                .map(|r| r.map(|b| b.map_err(Into::into).boxed()))
+                .map_err(|e| error_chain(&e)),
+            Transport::Proxied(client) => {
+                let req = reqwest::Request::try_from(req.map(reqwest::Body::from))
+                    .map_err(|e| error_chain(&e))?;
+                let resp = client.execute(req).await.map_err(|e| error_chain(&e))?;
+                Ok(http::Response::<reqwest::Body>::from(resp)
+                    .map(|b| b.map_err(Into::into).boxed()))
+            }
+        }
     }
 
     fn target(&self, query: Option<&str>) -> reqwest::Url {
@@ -123,6 +161,58 @@ impl HttpSink {
         }
         url
     }
+}
+
+fn direct_client(concurrency: usize) -> anyhow::Result<Client<Connector, Full<Bytes>>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    // No connect timeout of its own: every request is bounded by forward.timeout (the
+    // worker's, or proxy mode's, which answers 504 when it runs out).
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_max_idle_per_host(concurrency)
+        .build(connector))
+}
+
+/// Takes `user:password@` out of the URL (it must not reach the request line or HTTP/2's
+/// `:authority`) and turns it into `Authorization: Basic`, as HTTP clients do.
+fn split_credentials(mut url: reqwest::Url) -> (reqwest::Url, Option<HeaderValue>) {
+    if url.username().is_empty() && url.password().is_none() {
+        return (url, None);
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let user = decode(url.username());
+    let password = url.password().map(decode).unwrap_or_default();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    use base64::Engine as _;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let value = HeaderValue::from_str(&format!("Basic {token}"))
+        .ok()
+        .map(|mut v| {
+            v.set_sensitive(true);
+            v
+        });
+    (url, value)
 }
 
 /// The headers of the forwarded request: the original ones (no hop-by-hop, no `Host`, no
@@ -186,11 +276,7 @@ impl Sink for HttpSink {
             detail: format!("request failed: {detail}"),
         };
         let req = self.request(ev, attempt).map_err(failed)?;
-        let resp = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| failed(error_chain(&e)))?;
+        let resp = self.send(req).await.map_err(failed)?;
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
@@ -245,11 +331,7 @@ impl HttpSink {
     pub async fn proxy(&self, ev: &Event) -> Result<http::Response<bytes::Bytes>, ProxyError> {
         let req = self.request(ev, 1).map_err(|_| ProxyError::Unreachable)?;
         let answer = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|_| ProxyError::Unreachable)?;
+            let resp = self.send(req).await.map_err(|_| ProxyError::Unreachable)?;
             let (parts, mut body) = resp.into_parts();
             let mut out_body = Vec::new();
             while let Some(frame) = body.frame().await {
@@ -302,6 +384,20 @@ mod tests {
         for s in [301, 400, 401, 404, 410, 422] {
             assert_eq!(classify(s), Some(false), "{s}");
         }
+    }
+
+    #[test]
+    fn url_credentials_become_basic_auth_and_leave_the_url() {
+        let url = reqwest::Url::parse("https://us%40er:p%3Ass@up.example/in?x=1").unwrap();
+        let (url, basic) = split_credentials(url);
+        assert_eq!(url.as_str(), "https://up.example/in?x=1");
+        let basic = basic.unwrap();
+        assert!(basic.is_sensitive(), "never shown in Debug output");
+        use base64::Engine as _;
+        let expected = base64::engine::general_purpose::STANDARD.encode("us@er:p:ss");
+        assert_eq!(basic.to_str().unwrap(), format!("Basic {expected}"));
+        let plain = reqwest::Url::parse("http://up.example/in").unwrap();
+        assert!(split_credentials(plain).1.is_none());
     }
 
     #[test]
