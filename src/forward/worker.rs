@@ -46,9 +46,9 @@ enum Health {
     Down,
 }
 
-/// What a finished attempt tells the worker: the sink's health, and when the event is due
-/// again if it is to be retried.
-type Done = (Health, Option<i64>);
+/// What a finished (recorded) attempt tells the worker: when the event is due again, if it
+/// is to be retried. The sink's health arrives earlier, with the freed slot.
+type Done = Option<i64>;
 
 impl Worker {
     pub async fn run(mut self) {
@@ -56,6 +56,10 @@ impl Worker {
         // Raised when an attempt gives its slot back (its sink answered), which is before
         // the attempt is recorded and done: the next event need not wait for the record.
         let freed = Arc::new(Notify::new());
+        let (health_tx, mut health) = tokio::sync::mpsc::unbounded_channel::<Health>();
+        // Attempts whose record is still being written hold their event (body included):
+        // past this many, no new event is taken until records catch up.
+        let most_inflight = 2 * self.route.forward.concurrency;
         let mut inflight: JoinSet<Done> = JoinSet::new();
         let mut circuit = Circuit::default();
         let route = self.route.name.clone();
@@ -73,8 +77,11 @@ impl Worker {
             if *self.stop.borrow() {
                 break;
             }
+            while let Ok(h) = health.try_recv() {
+                judge(&mut circuit, h);
+            }
             while let Some(done) = inflight.try_join_next() {
-                record(&mut circuit, &mut retry_due, done);
+                record(&mut retry_due, done);
                 scan |= rescan_on_done;
             }
             rescan_on_done &= !inflight.is_empty();
@@ -85,7 +92,12 @@ impl Worker {
                 scan = true;
                 retry_due = None;
             }
-            let allowed = circuit.allowance(slots.available_permits(), Instant::now());
+            let room = |inflight: &JoinSet<Done>| {
+                slots
+                    .available_permits()
+                    .min(most_inflight.saturating_sub(inflight.len()))
+            };
+            let allowed = circuit.allowance(room(&inflight), Instant::now());
             let mut events = Vec::new();
             // The store first: what it holds was due earlier than what is handed over now.
             if allowed > 0 && (scan || self.handoff.is_none()) {
@@ -108,7 +120,8 @@ impl Worker {
                 }
             }
             if let Some(h) = &mut self.handoff {
-                // Spilled events before the queue's: they were recorded earlier.
+                // Spilled events before the queue's: fresh events refill the queue whenever it
+                // has room, so taking the queue first could leave spilled ones waiting.
                 let ids = h.take_spilled(allowed - events.len());
                 if !ids.is_empty() {
                     match self.store.lease_ids(ids, now_ms()).await {
@@ -135,6 +148,8 @@ impl Worker {
                 let slot = Slot {
                     permit: Some(permit),
                     freed: freed.clone(),
+                    health: None,
+                    report: health_tx.clone(),
                 };
                 inflight.spawn(attempt(route, store, sink, ev, slot));
             }
@@ -159,7 +174,7 @@ impl Worker {
                     _ => IDLE_POLL,
                 },
             };
-            let take_fresh = circuit.allowance(slots.available_permits(), Instant::now()) > 0;
+            let take_fresh = circuit.allowance(room(&inflight), Instant::now()) > 0;
             let fresh = wait_fresh(self.handoff.as_mut().filter(|_| take_fresh));
             tokio::select! {
                 _ = self.wake.notified() => {
@@ -170,7 +185,7 @@ impl Worker {
                 _ = freed.notified() => {}
                 _ = tokio::time::sleep(sleep_for), if !sleep_for.is_zero() || inflight.is_empty() => {}
                 Some(done) = inflight.join_next(), if !inflight.is_empty() => {
-                    record(&mut circuit, &mut retry_due, done);
+                    record(&mut retry_due, done);
                     scan |= rescan_on_done;
                 }
                 _ = self.stop.changed() => {}
@@ -180,7 +195,7 @@ impl Worker {
         // Dropping the handoff gives its waiting events back to the store.
         drop(self.handoff.take());
         while let Some(done) = inflight.join_next().await {
-            record(&mut circuit, &mut retry_due, done);
+            record(&mut retry_due, done);
         }
         tracing::debug!(route = %route, "delivery worker stopped");
     }
@@ -193,21 +208,18 @@ async fn wait_fresh(handoff: Option<&mut Handoff>) {
     }
 }
 
-fn record(
-    circuit: &mut Circuit,
-    retry_due: &mut Option<i64>,
-    done: Result<Done, tokio::task::JoinError>,
-) {
+/// The sink's health, as the attempt's answer showed it, moves the circuit.
+fn judge(circuit: &mut Circuit, health: Health) {
+    match health {
+        Health::Up => circuit.on_success(),
+        Health::Down => circuit.on_failure(Instant::now()),
+    }
+}
+
+fn record(retry_due: &mut Option<i64>, done: Result<Done, tokio::task::JoinError>) {
     match done {
-        Ok((health, retry_at)) => {
-            match health {
-                Health::Up => circuit.on_success(),
-                Health::Down => circuit.on_failure(Instant::now()),
-            }
-            if let Some(at) = retry_at {
-                *retry_due = Some(retry_due.map_or(at, |r| r.min(at)));
-            }
-        }
+        Ok(Some(at)) => *retry_due = Some(retry_due.map_or(at, |r| r.min(at))),
+        Ok(None) => {}
         Err(e) => tracing::error!(error = %e, "delivery task failed"),
     }
 }
@@ -216,12 +228,19 @@ fn record(
 struct Slot {
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     freed: Arc<Notify>,
+    /// How the sink answered, for the circuit: sent with the slot, so the circuit knows
+    /// before the worker takes the next event (not only once the attempt is recorded).
+    health: Option<Health>,
+    report: tokio::sync::mpsc::UnboundedSender<Health>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         // The permit first, so a worker woken by this finds it free; notify_one keeps the
         // wake-up until the worker waits.
+        if let Some(h) = self.health.take() {
+            let _ = self.report.send(h);
+        }
         drop(self.permit.take());
         self.freed.notify_one();
     }
@@ -236,7 +255,7 @@ async fn attempt(
     store: Arc<dyn Store>,
     sink: Arc<dyn Sink>,
     ev: Event,
-    slot: Slot,
+    mut slot: Slot,
 ) -> Done {
     let n = ev.attempts + 1;
     let started_ms = now_ms();
@@ -253,7 +272,6 @@ async fn attempt(
         }),
     };
     let latency = t0.elapsed();
-    drop(slot);
     let (next, status, detail, health) = match &result {
         Ok(r) => (Next::Delivered, r.status, r.detail.clone(), Health::Up),
         Err(e) => {
@@ -273,6 +291,8 @@ async fn attempt(
             (next, e.status(), e.detail().to_string(), health)
         }
     };
+    slot.health = Some(health);
+    drop(slot);
     let outcome = match next {
         Next::Delivered => "delivered",
         Next::Retry { .. } => "retry",
@@ -306,11 +326,10 @@ async fn attempt(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
-    let retry_at = match next {
+    match next {
         Next::Retry { at_ms } => Some(at_ms),
         _ => None,
-    };
-    (health, retry_at)
+    }
 }
 
 #[cfg(test)]
@@ -448,15 +467,27 @@ concurrency = 1
             );
             store.accept(ev, None).await.unwrap();
         }
-        // Concurrency 1 and no settle gets through: all three are still sent, long before
-        // the worker's idle poll (5 s) would have woken it.
+        // Concurrency 1 and no settle gets through: a second event is still sent, long
+        // before the worker's idle poll (5 s) would have woken it.
         tokio::time::timeout(IDLE_POLL / 2, async {
-            while sink.sent.load(Ordering::SeqCst) < 3 {
+            while sink.sent.load(Ordering::SeqCst) < 2 {
                 sink.more.notified().await;
             }
         })
         .await
-        .expect("every event was sent while the earlier attempts waited to be recorded");
+        .expect("the next event was sent while the first attempt waited to be recorded");
+        // But attempts waiting for their record are bounded (2 × concurrency): the third
+        // waits for the records to catch up.
+        let third = tokio::time::timeout(Duration::from_millis(300), async {
+            while sink.sent.load(Ordering::SeqCst) < 3 {
+                sink.more.notified().await;
+            }
+        })
+        .await;
+        assert!(
+            third.is_err(),
+            "no third attempt while two await their record"
+        );
         let pending = store.inner.counts("r").await.unwrap().pending;
         assert_eq!(pending, 3, "none is recorded yet");
         store.gate.add_permits(3);
@@ -466,7 +497,7 @@ concurrency = 1
             }
         })
         .await
-        .expect("all three recorded as delivered");
+        .expect("all three sent and recorded as delivered once records caught up");
         assert_eq!(sink.sent.load(Ordering::SeqCst), 3, "each sent once");
         stop_tx.send(true).unwrap();
         running.await.unwrap();
