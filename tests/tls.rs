@@ -100,6 +100,16 @@ fn make_pki(dir: &Path) {
     }
 }
 
+/// `[server.tls]` with the server certificate `make_pki` wrote into `dir`.
+fn tls_section(dir: &Path) -> String {
+    let p = |f: &str| dir.join(f).display().to_string();
+    format!(
+        "[server.tls]\ncert = {:?}\nkey = {:?}\n",
+        p("server.crt"),
+        p("server.key")
+    )
+}
+
 fn route(up: &str) -> String {
     format!("\n[[route]]\nname = \"t\"\npath = \"/t\"\n[route.verify]\nscheme = \"hmac\"\nsecrets = [\"tls-secret\"]\n[route.forward]\nurl = \"{up}\"\n")
 }
@@ -126,12 +136,7 @@ async fn tls_and_mtls_termination() {
     let dir = tempdir();
     make_pki(dir.path());
     let up = Upstream::start().await;
-    let p = |f: &str| dir.path().join(f).display().to_string();
-    let tls = format!(
-        "[server.tls]\ncert = {:?}\nkey = {:?}\n",
-        p("server.crt"),
-        p("server.key")
-    );
+    let tls = tls_section(dir.path());
     let gw = Gateway::start(
         dir.path(),
         &config(&Backend::Embedded, dir.path(), &tls, &route(&up.url("/in"))),
@@ -152,7 +157,8 @@ async fn tls_and_mtls_termination() {
 
     // mTLS: a client certificate from client_ca is required.
     let dir2 = tempdir();
-    let mtls = format!("{tls}client_ca = {:?}\n", p("ca.crt"));
+    let ca = dir.path().join("ca.crt").display().to_string();
+    let mtls = format!("{tls}client_ca = {ca:?}\n");
     let gw = Gateway::start(
         dir2.path(),
         &config(
@@ -185,12 +191,7 @@ async fn an_https_upstream_with_an_untrusted_certificate_is_not_delivered_to() {
     let dir = tempdir();
     make_pki(dir.path());
     let up = Upstream::start().await;
-    let p = |f: &str| dir.path().join(f).display().to_string();
-    let tls = format!(
-        "[server.tls]\ncert = {:?}\nkey = {:?}\n",
-        p("server.crt"),
-        p("server.key")
-    );
+    let tls = tls_section(dir.path());
     let private = Gateway::start(
         dir.path(),
         &config(&Backend::Embedded, dir.path(), &tls, &route(&up.url("/in"))),

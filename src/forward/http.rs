@@ -120,7 +120,7 @@ impl HttpSink {
         let uri: http::Uri = match ev.query.as_deref().filter(|q| !q.is_empty()) {
             None => self.base.clone(),
             Some(q) => self
-                .target(Some(q))
+                .with_query(q)
                 .as_str()
                 .parse()
                 .map_err(|e| format!("invalid upstream URL: {e}"))?,
@@ -150,15 +150,14 @@ impl HttpSink {
         }
     }
 
-    fn target(&self, query: Option<&str>) -> reqwest::Url {
+    /// `forward.url` with the event's query string appended to its own.
+    fn with_query(&self, q: &str) -> reqwest::Url {
         let mut url = self.url.clone();
-        if let Some(q) = query.filter(|q| !q.is_empty()) {
-            let joined = match url.query() {
-                Some(existing) if !existing.is_empty() => format!("{existing}&{q}"),
-                _ => q.to_string(),
-            };
-            url.set_query(Some(&joined));
-        }
+        let joined = match url.query() {
+            Some(existing) if !existing.is_empty() => format!("{existing}&{q}"),
+            _ => q.to_string(),
+        };
+        url.set_query(Some(&joined));
         url
     }
 }

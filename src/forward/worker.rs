@@ -53,10 +53,10 @@ type Done = Option<i64>;
 impl Worker {
     pub async fn run(mut self) {
         let slots = Arc::new(Semaphore::new(self.route.forward.concurrency));
-        // Raised when an attempt gives its slot back (its sink answered), which is before
-        // the attempt is recorded and done: the next event need not wait for the record.
-        let freed = Arc::new(Notify::new());
-        let (health_tx, mut health) = tokio::sync::mpsc::unbounded_channel::<Health>();
+        // An attempt gives its slot back (and says how the sink answered) as soon as the
+        // sink answered, before the attempt is recorded and done: the next event need not
+        // wait for the record, and the circuit knows before it is sent.
+        let (freed_tx, mut freed) = tokio::sync::mpsc::unbounded_channel::<Option<Health>>();
         // Attempts whose record is still being written hold their event (body included):
         // past this many, no new event is taken until records catch up.
         let most_inflight = 2 * self.route.forward.concurrency;
@@ -77,7 +77,7 @@ impl Worker {
             if *self.stop.borrow() {
                 break;
             }
-            while let Ok(h) = health.try_recv() {
+            while let Ok(h) = freed.try_recv() {
                 judge(&mut circuit, h);
             }
             while let Some(done) = inflight.try_join_next() {
@@ -147,9 +147,8 @@ impl Worker {
                     (self.route.clone(), self.store.clone(), self.sink.clone());
                 let slot = Slot {
                     permit: Some(permit),
-                    freed: freed.clone(),
                     health: None,
-                    report: health_tx.clone(),
+                    freed: freed_tx.clone(),
                 };
                 inflight.spawn(attempt(route, store, sink, ev, slot));
             }
@@ -182,7 +181,7 @@ impl Worker {
                     rescan_on_done = !inflight.is_empty();
                 }
                 _ = fresh => {}
-                _ = freed.notified() => {}
+                Some(h) = freed.recv() => judge(&mut circuit, h),
                 _ = tokio::time::sleep(sleep_for), if !sleep_for.is_zero() || inflight.is_empty() => {}
                 Some(done) = inflight.join_next(), if !inflight.is_empty() => {
                     record(&mut retry_due, done);
@@ -208,11 +207,12 @@ async fn wait_fresh(handoff: Option<&mut Handoff>) {
     }
 }
 
-/// The sink's health, as the attempt's answer showed it, moves the circuit.
-fn judge(circuit: &mut Circuit, health: Health) {
+/// The sink's health, as the attempt's answer showed it (if it got one), moves the circuit.
+fn judge(circuit: &mut Circuit, health: Option<Health>) {
     match health {
-        Health::Up => circuit.on_success(),
-        Health::Down => circuit.on_failure(Instant::now()),
+        Some(Health::Up) => circuit.on_success(),
+        Some(Health::Down) => circuit.on_failure(Instant::now()),
+        None => {}
     }
 }
 
@@ -224,25 +224,19 @@ fn record(retry_due: &mut Option<i64>, done: Result<Done, tokio::task::JoinError
     }
 }
 
-/// A `forward.concurrency` slot, given back (and the worker told) when dropped.
+/// A `forward.concurrency` slot, given back (and the worker told, with how the sink
+/// answered) when dropped.
 struct Slot {
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    freed: Arc<Notify>,
-    /// How the sink answered, for the circuit: sent with the slot, so the circuit knows
-    /// before the worker takes the next event (not only once the attempt is recorded).
     health: Option<Health>,
-    report: tokio::sync::mpsc::UnboundedSender<Health>,
+    freed: tokio::sync::mpsc::UnboundedSender<Option<Health>>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        // The permit first, so a worker woken by this finds it free; notify_one keeps the
-        // wake-up until the worker waits.
-        if let Some(h) = self.health.take() {
-            let _ = self.report.send(h);
-        }
+        // The permit first, so a worker woken by the message finds it free.
         drop(self.permit.take());
-        self.freed.notify_one();
+        let _ = self.freed.send(self.health.take());
     }
 }
 
