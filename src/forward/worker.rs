@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use super::circuit::Circuit;
 use super::{retry, DeliveryError, Sink};
 use crate::config::RouteConfig;
-use crate::store::{Attempt, Event, Handoff, Next, Store};
+use crate::store::{Attempt, Event, Handoff, Next, ScanCursor, Store};
 use crate::telemetry;
 
 const IDLE_POLL: Duration = Duration::from_secs(5);
@@ -66,8 +66,10 @@ impl Worker {
         // With a handoff, fresh events arrive without asking; the store is asked (`lease`)
         // only when it may hold due events the handoff did not bring: at start, after a
         // wake (replay), once a retry falls due, when the store missed a handoff, and at
-        // least every IDLE_POLL. Without one, it is asked on every turn.
-        let mut scan = true;
+        // least every IDLE_POLL. Without one, it is asked on every turn. `Some`: a pass over
+        // the route's due events is under way, from where it got to.
+        let fresh_pass = || Some(ScanCursor::default());
+        let mut scan = fresh_pass();
         let mut last_scan = Instant::now();
         let mut retry_due: Option<i64> = None;
         // A replay of an event that is out for delivery takes effect when its attempt is
@@ -82,14 +84,16 @@ impl Worker {
             }
             while let Some(done) = inflight.try_join_next() {
                 record(&mut retry_due, done);
-                scan |= rescan_on_done;
+                if rescan_on_done {
+                    scan = fresh_pass();
+                }
             }
             rescan_on_done &= !inflight.is_empty();
             if retry_due.is_some_and(|at| at <= now_ms())
                 || last_scan.elapsed() >= IDLE_POLL
                 || self.handoff.as_ref().is_some_and(Handoff::missed)
             {
-                scan = true;
+                scan = fresh_pass();
                 retry_due = None;
             }
             let room = |inflight: &JoinSet<Done>| {
@@ -100,19 +104,28 @@ impl Worker {
             let allowed = circuit.allowance(room(&inflight), Instant::now());
             let mut events = Vec::new();
             // The store first: what it holds was due earlier than what is handed over now.
-            if allowed > 0 && (scan || self.handoff.is_none()) {
+            if allowed > 0 && (scan.is_some() || self.handoff.is_none()) {
                 last_scan = Instant::now();
-                match self.store.lease(&route, allowed, now_ms()).await {
+                let mut from = scan.take().unwrap_or_default();
+                match self
+                    .store
+                    .lease_from(&route, allowed, now_ms(), &mut from)
+                    .await
+                {
                     Ok(more) => {
-                        scan = more.len() == allowed; // there may be more due right now
+                        // There may be more due right now: the pass goes on from where it got.
+                        if more.len() == allowed {
+                            scan = Some(from);
+                        }
                         events = more;
                     }
                     Err(e) => {
+                        scan = Some(from);
                         metrics::counter!("hookgate_store_errors_total").increment(1);
                         tracing::warn!(route = %route, error = %e, "cannot lease events; retrying");
                     }
                 }
-                if !scan && self.handoff.is_some() {
+                if scan.is_none() && self.handoff.is_some() {
                     // Learn when the next retry in the store falls due, once per scan.
                     if let Ok(Some(at)) = self.store.next_due(&route).await {
                         retry_due = Some(retry_due.map_or(at, |r| r.min(at)));
@@ -127,7 +140,7 @@ impl Worker {
                     match self.store.lease_ids(ids, now_ms()).await {
                         Ok(more) => events.extend(more),
                         Err(e) => {
-                            scan = true; // a scan finds what these ids named
+                            scan = fresh_pass(); // a scan finds what these ids named
                             metrics::counter!("hookgate_store_errors_total").increment(1);
                             tracing::warn!(route = %route, error = %e, "cannot lease events; retrying");
                         }
@@ -177,7 +190,7 @@ impl Worker {
             let fresh = wait_fresh(self.handoff.as_mut().filter(|_| take_fresh));
             tokio::select! {
                 _ = self.wake.notified() => {
-                    scan = true;
+                    scan = fresh_pass();
                     rescan_on_done = !inflight.is_empty();
                 }
                 _ = fresh => {}
@@ -185,7 +198,9 @@ impl Worker {
                 _ = tokio::time::sleep(sleep_for), if !sleep_for.is_zero() || inflight.is_empty() => {}
                 Some(done) = inflight.join_next(), if !inflight.is_empty() => {
                     record(&mut retry_due, done);
-                    scan |= rescan_on_done;
+                    if rescan_on_done {
+                        scan = fresh_pass();
+                    }
                 }
                 _ = self.stop.changed() => {}
             }
@@ -352,6 +367,15 @@ mod tests {
         }
         async fn lease(&self, r: &str, n: usize, now: i64) -> Result<Vec<Event>, StoreError> {
             self.inner.lease(r, n, now).await
+        }
+        async fn lease_from(
+            &self,
+            r: &str,
+            n: usize,
+            now: i64,
+            from: &mut ScanCursor,
+        ) -> Result<Vec<Event>, StoreError> {
+            self.inner.lease_from(r, n, now, from).await
         }
         async fn next_due(&self, r: &str) -> Result<Option<i64>, StoreError> {
             self.inner.next_due(r).await

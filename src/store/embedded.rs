@@ -640,40 +640,76 @@ impl Store for EmbeddedStore {
         limit: usize,
         now_ms: i64,
     ) -> Result<Vec<Event>, StoreError> {
+        self.lease_from(route, limit, now_ms, &mut ScanCursor::default())
+            .await
+    }
+
+    async fn lease_from(
+        &self,
+        route: &str,
+        limit: usize,
+        now_ms: i64,
+        from: &mut ScanCursor,
+    ) -> Result<Vec<Event>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let leases = self.leases.clone();
         let route = route.to_string();
-        self.read(move |conn| {
-            // Ids first, from the index alone (most pending events may be leased already),
-            // leased under the lock; the rows are read after it is released, so the writer's
-            // handoffs never wait on body reads.
-            let ids = {
-                let mut leased = leases
-                    .leased
-                    .lock()
-                    .map_err(|_| rusqlite::Error::InvalidQuery)?;
-                let mut ids = Vec::new();
-                let mut stmt = conn.prepare_cached(
-                    "SELECT id FROM events WHERE route = ?1 AND state = 'pending' AND next_attempt_at <= ?2
-                     ORDER BY next_attempt_at LIMIT ?3",
-                )?;
-                let mut rows = stmt.query(params![route, now_ms, (limit + leased.len()) as i64])?;
-                while let Some(r) = rows.next()? {
-                    let id: String = r.get(0)?;
-                    if !leased.contains(&id) {
-                        ids.push(id);
-                        if ids.len() == limit {
-                            break;
+        let start = from.0.clone();
+        let (read, reached) = self
+            .read(move |conn| {
+                // Ids first, from the index alone (most pending events may be leased already),
+                // leased under the lock; the rows are read after it is released, so the
+                // writer's handoffs never wait on body reads.
+                let (ids, reached) = {
+                    let mut leased = leases
+                        .leased
+                        .lock()
+                        .map_err(|_| rusqlite::Error::InvalidQuery)?;
+                    let most = (limit + leased.len()) as i64;
+                    let mut stmt;
+                    let mut rows = match &start {
+                        None => {
+                            stmt = conn.prepare_cached(
+                                "SELECT id, next_attempt_at FROM events
+                                 WHERE route = ?1 AND state = 'pending' AND next_attempt_at <= ?2
+                                 ORDER BY next_attempt_at, id LIMIT ?3",
+                            )?;
+                            stmt.query(params![route, now_ms, most])?
+                        }
+                        Some((at, id)) => {
+                            stmt = conn.prepare_cached(
+                                "SELECT id, next_attempt_at FROM events
+                                 WHERE route = ?1 AND state = 'pending' AND next_attempt_at <= ?2
+                                   AND (next_attempt_at, id) > (?4, ?5)
+                                 ORDER BY next_attempt_at, id LIMIT ?3",
+                            )?;
+                            stmt.query(params![route, now_ms, most, at, id])?
+                        }
+                    };
+                    let mut ids = Vec::new();
+                    let mut reached = start.clone();
+                    while let Some(r) = rows.next()? {
+                        let id: String = r.get(0)?;
+                        reached = Some((r.get(1)?, id.clone()));
+                        if !leased.contains(&id) {
+                            ids.push(id);
+                            if ids.len() == limit {
+                                break;
+                            }
                         }
                     }
-                }
-                leased.extend(ids.iter().cloned());
-                ids
-            };
-            let read = read_events(conn, &ids, None);
-            release_unread(&leases, &ids, read.as_deref().unwrap_or_default());
-            read
-        })
-        .await
+                    leased.extend(ids.iter().cloned());
+                    (ids, reached)
+                };
+                let read = read_events(conn, &ids, None);
+                release_unread(&leases, &ids, read.as_deref().unwrap_or_default());
+                Ok((read?, reached))
+            })
+            .await?;
+        from.0 = reached;
+        Ok(read)
     }
 
     async fn lease_ids(&self, ids: Vec<String>, now_ms: i64) -> Result<Vec<Event>, StoreError> {
@@ -928,6 +964,50 @@ mod tests {
             "group commit: {commits} transactions for 400 writes"
         );
         assert_eq!(store.counts("r").await.unwrap().pending, 301);
+    }
+
+    #[tokio::test]
+    async fn a_pass_goes_on_after_the_rows_it_looked_at_and_a_fresh_pass_starts_at_the_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..10 {
+            let Accept::Accepted(id) = store.accept(event("r", "x"), None).await.unwrap() else {
+                panic!()
+            };
+            ids.push(id);
+        }
+        let held = store.lease("r", 4, 2_000).await.unwrap();
+        let names = |evs: &[Event]| evs.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&held), ids[..4]);
+
+        let mut from = ScanCursor::default();
+        let first = store.lease_from("r", 3, 2_000, &mut from).await.unwrap();
+        assert_eq!(names(&first), ids[4..7], "the leased four are stepped over");
+        assert_eq!(from, ScanCursor(Some((1_000, ids[6].clone()))));
+
+        // The first event is due again, but behind where the pass got to.
+        let attempt = Attempt {
+            n: 1,
+            started_at_ms: 2_000,
+            outcome: "failed",
+            status: Some(500),
+            latency_ms: 5,
+            detail: String::new(),
+        };
+        let retry = Next::Retry { at_ms: 1_000 };
+        store.settle(&held[0], attempt, retry).await.unwrap();
+        let next = store.lease_from("r", 3, 2_000, &mut from).await.unwrap();
+        assert_eq!(
+            names(&next),
+            ids[7..10],
+            "the pass goes on, it does not restart"
+        );
+        let end = store.lease_from("r", 3, 2_000, &mut from).await.unwrap();
+        assert!(end.is_empty(), "the pass is over: {:?}", names(&end));
+
+        let fresh = store.lease("r", 10, 2_000).await.unwrap();
+        assert_eq!(names(&fresh), ids[..1], "a fresh pass finds it");
     }
 
     #[tokio::test]

@@ -136,6 +136,12 @@ pub struct ListQuery {
     pub limit: usize,
 }
 
+/// How far a pass over a route's due events got: the due time and id of the last row
+/// looked at (see `Store::lease_from`). An event made due behind it (a replay, a released
+/// lease) is found by the next pass, which starts from `ScanCursor::default()`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ScanCursor(pub(crate) Option<(i64, String)>);
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Durable when it returns: records the event and its key in one atomic step.
@@ -145,6 +151,20 @@ pub trait Store: Send + Sync {
     /// `settle`. A leased event is not returned again.
     async fn lease(&self, route: &str, limit: usize, now_ms: i64)
         -> Result<Vec<Event>, StoreError>;
+
+    /// `lease`, continuing a pass over the route's due events where `from` left it (a fresh
+    /// `ScanCursor` starts at the front) and moving `from` past every row it looked at, leased
+    /// ones included. Continuing a pass reads each row once, however many of the events ahead
+    /// are out for delivery. Stores without such an order ignore `from`.
+    async fn lease_from(
+        &self,
+        route: &str,
+        limit: usize,
+        now_ms: i64,
+        _from: &mut ScanCursor,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.lease(route, limit, now_ms).await
+    }
 
     /// When the earliest pending, unleased event of `route` is due.
     async fn next_due(&self, route: &str) -> Result<Option<i64>, StoreError>;
