@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -195,9 +196,11 @@ impl EmbeddedStore {
         let alive = Arc::new(());
         let checkpointer = open_conn(&file)?;
         let token = Arc::downgrade(&alive);
+        let caught_up = Arc::new(AtomicBool::new(false));
+        let signal = caught_up.clone();
         std::thread::Builder::new()
             .name("hookgate-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer, token))?;
+            .spawn(move || checkpoint_loop(checkpointer, token, &signal))?;
         let reader = open_conn(&file)?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let retention_ms = retention.as_millis() as i64;
@@ -207,7 +210,17 @@ impl EmbeddedStore {
         let shared = leases.clone();
         std::thread::Builder::new()
             .name("hookgate-store".into())
-            .spawn(move || writer_loop(writer, rx, retention_ms, &counter, &shared, keys))?;
+            .spawn(move || {
+                writer_loop(
+                    writer,
+                    rx,
+                    retention_ms,
+                    &counter,
+                    &shared,
+                    keys,
+                    &caught_up,
+                )
+            })?;
         Ok(EmbeddedStore {
             _alive: alive,
             commits,
@@ -260,6 +273,7 @@ fn writer_loop(
     commits: &std::sync::atomic::AtomicU64,
     leases: &Leases,
     mut keys: Keys,
+    caught_up: &AtomicBool,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut synchronous_full = true;
@@ -292,11 +306,16 @@ fn writer_loop(
         }
         commit_batch(&mut conn, &mut batch, retention_ms, leases, &mut keys);
         commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if last_checkpoint.elapsed() >= WRITER_CHECKPOINT_EVERY {
+        // The checkpoint thread has just copied all but the last few frames; copying those
+        // here, between transactions, lets the next transaction start the WAL over instead
+        // of growing it (a WAL that only grows costs the kernel a zeroed page per frame and
+        // slows every read). Done only then, this holds commits up for about one fsync of a
+        // few pages, not for a whole checkpoint. The fallback covers a checkpoint thread
+        // that cannot catch up.
+        if caught_up.swap(false, Ordering::AcqRel)
+            || last_checkpoint.elapsed() >= WRITER_CHECKPOINT_FALLBACK
+        {
             last_checkpoint = Instant::now();
-            // The checkpoint thread has copied most frames already; this copies the rest, so
-            // the next transaction starts the WAL over instead of growing it (a WAL that only
-            // grows costs the kernel a zeroed page per frame and slows every read).
             if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                 tracing::warn!(error = %e, "store: WAL checkpoint failed");
             }
@@ -339,21 +358,43 @@ fn gather(rx: &mpsc::Receiver<Write>, batch: &mut Vec<Write>) {
 /// How long a batch of settles waits for company, and how many end the wait.
 const SETTLE_LINGER: Duration = Duration::from_millis(2);
 const SETTLE_BATCH: usize = 256;
-/// How often the writer finishes a checkpoint itself (see `writer_loop`).
-const WRITER_CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// The longest the writer goes without finishing a checkpoint itself (see `writer_loop`).
+const WRITER_CHECKPOINT_FALLBACK: Duration = Duration::from_secs(5);
 
 /// Copies committed WAL frames into the database every `CHECKPOINT_EVERY` (PASSIVE: never
-/// blocks the writer or readers); the writer then reuses the WAL from its start.
-fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<()>) {
-    while alive.strong_count() > 0 {
-        std::thread::sleep(CHECKPOINT_EVERY);
+/// blocks the writer or readers). About every `WAL_RESET_EVERY` it then catches up with the
+/// writer (each pass copies what was committed during the one before, so passes get
+/// shorter) and tells the writer, which copies the last few frames and starts the WAL over.
+fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<()>, caught_up: &AtomicBool) {
+    let checkpoint = || {
+        let t = Instant::now();
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::warn!(error = %e, "store: WAL checkpoint failed");
+        }
+        t.elapsed()
+    };
+    let mut last_reset = Instant::now();
+    while alive.strong_count() > 0 {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        let mut took = checkpoint();
+        if last_reset.elapsed() >= WAL_RESET_EVERY {
+            for _ in 0..CATCH_UP_PASSES {
+                if took <= CAUGHT_UP {
+                    break;
+                }
+                took = checkpoint();
+            }
+            last_reset = Instant::now();
+            caught_up.store(true, Ordering::Release);
         }
     }
 }
 
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+const WAL_RESET_EVERY: Duration = Duration::from_millis(500);
+/// A pass this short left little for the writer to copy.
+const CAUGHT_UP: Duration = Duration::from_millis(2);
+const CATCH_UP_PASSES: usize = 4;
 
 /// What a write produced, before it is sent to its caller.
 enum Out {
@@ -964,6 +1005,48 @@ mod tests {
             "group commit: {commits} transactions for 400 writes"
         );
         assert_eq!(store.counts("r").await.unwrap().pending, 301);
+    }
+
+    /// The WAL's checkpoint sequence number (bytes 12..16 of its header) goes up each time
+    /// the WAL starts over from its beginning.
+    fn wal_restarts(dir: &Path) -> u32 {
+        use std::io::Read;
+        let mut head = [0u8; 16];
+        std::fs::File::open(dir.join("hookgate.db-wal"))
+            .and_then(|mut f| f.read_exact(&mut head))
+            .map(|()| u32::from_be_bytes([head[12], head[13], head[14], head[15]]))
+            .unwrap_or(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_starts_over_while_writes_never_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for _ in 0..8 {
+            let (store, stop) = (store.clone(), stop.clone());
+            writers.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    store.accept(event("r", "x"), None).await.unwrap();
+                }
+            }));
+        }
+        // Every half second or so; the writer's fallback alone (every 5 s) would be too slow.
+        let deadline = Instant::now() + Duration::from_secs(8);
+        let start = wal_restarts(dir.path());
+        while wal_restarts(dir.path()) < start + 3 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let restarts = wal_restarts(dir.path()) - start;
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.await.unwrap();
+        }
+        assert!(
+            restarts >= 3,
+            "the WAL started over {restarts} times in 8 s"
+        );
     }
 
     #[tokio::test]
