@@ -21,6 +21,12 @@ use crate::telemetry;
 
 const IDLE_POLL: Duration = Duration::from_secs(5);
 
+/// Attempts that may wait for their record, per `forward.concurrency` slot. Under load a
+/// record waits for a group commit (several ms): at 32 slots and a few thousand deliveries
+/// a second, a hundred or more wait at once, and a tighter bound throttles delivery below
+/// the accept rate. Each holds only the event's ids: the body goes once the sink answered.
+const AWAITING_RECORD_PER_SLOT: usize = 8;
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -57,9 +63,9 @@ impl Worker {
         // sink answered, before the attempt is recorded and done: the next event need not
         // wait for the record, and the circuit knows before it is sent.
         let (freed_tx, mut freed) = tokio::sync::mpsc::unbounded_channel::<Option<Health>>();
-        // Attempts whose record is still being written hold their event (body included):
-        // past this many, no new event is taken until records catch up.
-        let most_inflight = 2 * self.route.forward.concurrency;
+        // Past this many attempts whose record is still being written, no new event is
+        // taken until records catch up (a store that cannot record stops delivery).
+        let most_inflight = AWAITING_RECORD_PER_SLOT * self.route.forward.concurrency;
         let mut inflight: JoinSet<Done> = JoinSet::new();
         let mut circuit = Circuit::default();
         let route = self.route.name.clone();
@@ -263,7 +269,7 @@ async fn attempt(
     route: Arc<RouteConfig>,
     store: Arc<dyn Store>,
     sink: Arc<dyn Sink>,
-    ev: Event,
+    mut ev: Event,
     mut slot: Slot,
 ) -> Done {
     let n = ev.attempts + 1;
@@ -302,6 +308,10 @@ async fn attempt(
     };
     slot.health = Some(health);
     drop(slot);
+    // Recording needs the event's ids, not what was sent: many attempts may wait for their
+    // record (see `AWAITING_RECORD_PER_SLOT`), so they do not hold bodies meanwhile.
+    ev.body = bytes::Bytes::new();
+    ev.headers = Default::default();
     let outcome = match next {
         Next::Delivered => "delivered",
         Next::Retry { .. } => "retry",
@@ -475,7 +485,9 @@ concurrency = 1
             event_id: None,
             secret_index: None,
         };
-        for _ in 0..3 {
+        // One more event than may wait for their record.
+        let events = AWAITING_RECORD_PER_SLOT + 1;
+        for _ in 0..events {
             let ev = NewEvent::new(
                 "r",
                 &parts,
@@ -485,38 +497,38 @@ concurrency = 1
             );
             store.accept(ev, None).await.unwrap();
         }
-        // Concurrency 1 and no settle gets through: a second event is still sent, long
+        // Concurrency 1 and no settle gets through: the next events are still sent, long
         // before the worker's idle poll (5 s) would have woken it.
         tokio::time::timeout(IDLE_POLL / 2, async {
-            while sink.sent.load(Ordering::SeqCst) < 2 {
+            while sink.sent.load(Ordering::SeqCst) < AWAITING_RECORD_PER_SLOT {
                 sink.more.notified().await;
             }
         })
         .await
-        .expect("the next event was sent while the first attempt waited to be recorded");
-        // But attempts waiting for their record are bounded (2 × concurrency): the third
-        // waits for the records to catch up.
-        let third = tokio::time::timeout(Duration::from_millis(300), async {
-            while sink.sent.load(Ordering::SeqCst) < 3 {
+        .expect("the next events were sent while the first attempts waited to be recorded");
+        // But attempts waiting for their record are bounded: the last event waits for the
+        // records to catch up.
+        let last = tokio::time::timeout(Duration::from_millis(300), async {
+            while sink.sent.load(Ordering::SeqCst) < events {
                 sink.more.notified().await;
             }
         })
         .await;
         assert!(
-            third.is_err(),
-            "no third attempt while two await their record"
+            last.is_err(),
+            "no attempt past the bound while {AWAITING_RECORD_PER_SLOT} await their record"
         );
         let pending = store.inner.counts("r").await.unwrap().pending;
-        assert_eq!(pending, 3, "none is recorded yet");
-        store.gate.add_permits(3);
+        assert_eq!(pending, events as u64, "none is recorded yet");
+        store.gate.add_permits(events);
         tokio::time::timeout(Duration::from_secs(10), async {
-            while store.inner.counts("r").await.unwrap().delivered < 3 {
+            while store.inner.counts("r").await.unwrap().delivered < events as u64 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
         .await
-        .expect("all three sent and recorded as delivered once records caught up");
-        assert_eq!(sink.sent.load(Ordering::SeqCst), 3, "each sent once");
+        .expect("all sent and recorded as delivered once records caught up");
+        assert_eq!(sink.sent.load(Ordering::SeqCst), events, "each sent once");
         stop_tx.send(true).unwrap();
         running.await.unwrap();
     }
