@@ -111,8 +111,13 @@ impl Worker {
             let mut events = Vec::new();
             // The store first: what it holds was due earlier than what is handed over now.
             if allowed > 0 && (scan.is_some() || self.handoff.is_none()) {
-                last_scan = Instant::now();
                 let mut from = scan.take().unwrap_or_default();
+                if from == ScanCursor::default() {
+                    // A pass from the front. One still going on after IDLE_POLL starts over,
+                    // so an event made due behind its cursor (a lease given back on a reload)
+                    // waits no longer than that, however long the backlog ahead of it.
+                    last_scan = Instant::now();
+                }
                 match self
                     .store
                     .lease_from(&route, allowed, now_ms(), &mut from)
@@ -442,6 +447,128 @@ mod tests {
                 detail: String::new(),
             })
         }
+    }
+
+    /// Answers each attempt after `delay`, noting the order events arrived in.
+    struct Slow {
+        delay: Duration,
+        order: std::sync::Mutex<Vec<String>>,
+        more: Notify,
+    }
+
+    #[async_trait]
+    impl Sink for Slow {
+        fn kind(&self) -> &'static str {
+            "http"
+        }
+        async fn deliver(&self, ev: &Event, _: u32) -> Result<Receipt, DeliveryError> {
+            tokio::time::sleep(self.delay).await;
+            self.order.lock().unwrap().push(ev.id.clone());
+            self.more.notify_one();
+            Ok(Receipt {
+                status: Some(200),
+                detail: String::new(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_due_behind_a_long_pass_waits_one_idle_poll_not_the_whole_backlog() {
+        let (cfg, _) = crate::config::parse(
+            r#"
+[[route]]
+name = "r"
+path = "/r"
+[route.verify]
+scheme = "none"
+[route.forward]
+url = "http://127.0.0.1:9/x"
+concurrency = 1
+"#,
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap());
+        let parts = http::Request::post("/r").body(()).unwrap().into_parts().0;
+        let verified = crate::verify::Verified {
+            scheme: "none",
+            event_id: None,
+            secret_index: None,
+        };
+        let new_event = || {
+            let body = bytes::Bytes::from_static(b"{}");
+            NewEvent::new("r", &parts, body, &verified, now_ms())
+        };
+        // The oldest event is out (leased here) while the worker's first pass steps over it;
+        // a backlog takes that pass about twice IDLE_POLL to deliver.
+        store.accept(new_event(), None).await.unwrap();
+        let first = store.lease("r", 1, now_ms()).await.unwrap().remove(0);
+        let delay = Duration::from_millis(40);
+        let backlog = (2 * IDLE_POLL.as_millis() / delay.as_millis()) as usize;
+        for _ in 0..backlog {
+            store.accept(new_event(), None).await.unwrap();
+        }
+        let sink = Arc::new(Slow {
+            delay,
+            order: Default::default(),
+            more: Notify::new(),
+        });
+        let (stop_tx, stop) = watch::channel(false);
+        let worker = Worker {
+            route: cfg.routes[0].clone(),
+            store: store.clone(),
+            sink: sink.clone(),
+            wake: Arc::new(Notify::new()),
+            handoff: store.handoff("r"),
+            stop,
+        };
+        let running = tokio::spawn(worker.run());
+        let delivered = |n: usize| {
+            let sink = sink.clone();
+            async move {
+                while sink.order.lock().unwrap().len() < n {
+                    sink.more.notified().await;
+                }
+            }
+        };
+        tokio::time::timeout(IDLE_POLL, delivered(3))
+            .await
+            .expect("the pass is under way");
+        // Its lease given back with no retry timer of the worker's own (as a reloaded route's
+        // old worker gives its queued events back): due at once, behind where the pass is.
+        let attempt = Attempt {
+            n: 1,
+            started_at_ms: now_ms(),
+            outcome: "retry",
+            status: Some(500),
+            latency_ms: 1,
+            detail: String::new(),
+        };
+        let retry = Next::Retry { at_ms: 1_000 };
+        store.settle(&first, attempt, retry).await.unwrap();
+        let arrived = tokio::time::timeout(4 * IDLE_POLL, async {
+            loop {
+                if let Some(at) = sink
+                    .order
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .position(|id| *id == first.id)
+                {
+                    return at;
+                }
+                sink.more.notified().await;
+            }
+        })
+        .await
+        .expect("the event given back is delivered");
+        assert!(
+            arrived < backlog,
+            "delivered as number {arrived} of {}, after the whole backlog",
+            backlog + 1
+        );
+        stop_tx.send(true).unwrap();
+        running.await.unwrap();
     }
 
     #[tokio::test]

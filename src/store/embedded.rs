@@ -1038,7 +1038,7 @@ mod tests {
         while wal_restarts(dir.path()) < start + 3 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let restarts = wal_restarts(dir.path()) - start;
+        let restarts = wal_restarts(dir.path()).saturating_sub(start);
         stop.store(true, Ordering::Relaxed);
         for w in writers {
             w.await.unwrap();
