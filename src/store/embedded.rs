@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS dedupe_keys (
     event_id TEXT NOT NULL,
     expires_at INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS dedupe_keys_expiry ON dedupe_keys(expires_at);
+DROP INDEX IF EXISTS dedupe_keys_expiry;
 CREATE TABLE IF NOT EXISTS attempts (
     event_id TEXT NOT NULL,
     n INTEGER NOT NULL,
@@ -499,7 +499,7 @@ fn accept_tx(
     keys: &mut Keys,
 ) -> rusqlite::Result<Accept> {
     if let Some(k) = key {
-        if let Some(original) = keys.seen(&ev.route, &k.key, ev.received_at_ms) {
+        if let Some(original) = keys.seen(tx, &ev.route, &k.key, ev.received_at_ms)? {
             return Ok(Accept::Duplicate(original));
         }
         keys.insert(tx, &ev.route, &k.key, &ev.id, k.expires_at_ms)?;

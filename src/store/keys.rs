@@ -4,8 +4,10 @@
 //! Why: with random keys (UUIDs, provider ids) a B-tree keyed by key puts every new key on a
 //! different page, so each request cost one whole page in the WAL and again at checkpoint.
 //! Appending puts a batch's keys on the table's last page or two. The map is rebuilt from the
-//! table at start, so the table stays the truth; memory is 60–100 bytes per key still within
-//! its `ttl` (a hash of route and key, the event id as a number, the expiry).
+//! table at start, so the table stays the truth; memory is 38–75 bytes per key still within
+//! its `ttl` (a hash of route and key, the key's row, its expiry). The map also stands in for
+//! an index on expiry: a purge deletes expired keys by their row, so an accept appends to one
+//! B-tree for its key, not two.
 //!
 //! Only the writer thread touches the map, and only inside a transaction: every change made
 //! while a transaction is open is remembered, and undone if the transaction rolls back, so the
@@ -13,15 +15,16 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 /// A route and key, as the first 128 bits of SHA-256 over both: fixed size, whatever the
 /// key's length (collisions need ~2^64 live keys).
 type KeyHash = u128;
 
-/// The original event's id (a UUID, as a number), and when the key stops counting.
-type Entry = (u128, i64);
+/// The key's row in `dedupe_keys` (its `seq`, where the original's id is), and when the key
+/// stops counting.
+type Entry = (i64, i64);
 
 fn key_hash(route: &str, key: &str) -> KeyHash {
     let digest = Sha256::new()
@@ -34,22 +37,8 @@ fn key_hash(route: &str, key: &str) -> KeyHash {
     u128::from_be_bytes(first)
 }
 
-fn id_number(event_id: &str) -> u128 {
-    match uuid::Uuid::parse_str(event_id) {
-        Ok(id) => id.as_u128(),
-        Err(_) => {
-            // Every id the store makes is a UUID; only a damaged row could get here.
-            tracing::warn!(
-                event_id,
-                "store: dedupe key names an event id that is not a UUID"
-            );
-            0
-        }
-    }
-}
-
-/// The writer's index of live dedupe keys: 60–100 bytes per key, by the hash table's fill
-/// (1 M keys ≈ 60–100 MB).
+/// The writer's index of live dedupe keys: 38–75 bytes per key, by the hash table's fill
+/// (1 M keys ≈ 38–75 MB).
 #[derive(Default)]
 pub(super) struct Keys {
     live: HashMap<KeyHash, Entry>,
@@ -58,26 +47,63 @@ pub(super) struct Keys {
 }
 
 impl Keys {
-    /// Every key of `dedupe_keys` still within its window at `now_ms`.
+    /// Every key of `dedupe_keys` still within its window at `now_ms`; the rows of the others
+    /// are deleted (a purge only finds keys that are in the map).
     pub(super) fn load(conn: &Connection, now_ms: i64) -> rusqlite::Result<Keys> {
+        conn.execute(
+            "DELETE FROM dedupe_keys WHERE expires_at <= ?1",
+            params![now_ms],
+        )?;
         let mut keys = Keys::default();
         let mut stmt = conn.prepare(
-            "SELECT route, key, event_id, expires_at FROM dedupe_keys
+            "SELECT seq, route, key, expires_at FROM dedupe_keys
              WHERE expires_at > ?1 ORDER BY seq",
         )?;
         let mut rows = stmt.query(params![now_ms])?;
+        let mut superseded = Vec::new();
         while let Some(r) = rows.next()? {
-            let hash = key_hash(&r.get::<_, String>(0)?, &r.get::<_, String>(1)?);
-            let id = id_number(&r.get::<_, String>(2)?);
-            keys.live.insert(hash, (id, r.get(3)?));
+            let hash = key_hash(&r.get::<_, String>(1)?, &r.get::<_, String>(2)?);
+            if let Some((seq, _)) = keys.live.insert(hash, (r.get(0)?, r.get(3)?)) {
+                superseded.push(seq);
+            }
+        }
+        drop(rows);
+        drop(stmt);
+        // Only rows written before this index deleted the row a key replaced.
+        for seq in superseded {
+            conn.execute("DELETE FROM dedupe_keys WHERE seq = ?1", params![seq])?;
         }
         Ok(keys)
     }
 
-    /// The original's id, if `key` was seen on `route` and still counts at `at_ms`.
-    pub(super) fn seen(&self, route: &str, key: &str, at_ms: i64) -> Option<String> {
-        let (id, expires) = self.live.get(&key_hash(route, key))?;
-        (*expires > at_ms).then(|| uuid::Uuid::from_u128(*id).to_string())
+    /// The original's id, if `key` was seen on `route` and still counts at `at_ms` (read from
+    /// the key's row, in the open transaction `tx`).
+    pub(super) fn seen(
+        &self,
+        tx: &Connection,
+        route: &str,
+        key: &str,
+        at_ms: i64,
+    ) -> rusqlite::Result<Option<String>> {
+        let Some((seq, expires)) = self.live.get(&key_hash(route, key)) else {
+            return Ok(None);
+        };
+        if *expires <= at_ms {
+            return Ok(None);
+        }
+        let id = tx
+            .prepare_cached("SELECT event_id FROM dedupe_keys WHERE seq = ?1")?
+            .query_row(params![seq], |r| r.get::<_, String>(0))
+            .optional()?;
+        if id.is_none() {
+            // The map and the table disagree; taking the event again is the safe side.
+            tracing::warn!(
+                route,
+                seq,
+                "store: a live dedupe key has no row; accepting the event as new"
+            );
+        }
+        Ok(id)
     }
 
     /// Records the key in the open transaction (`tx`) and in the index.
@@ -94,26 +120,31 @@ impl Keys {
         )?
         .execute(params![route, key, event_id, expires_at_ms])?;
         let hash = key_hash(route, key);
-        let old = self.live.insert(hash, (id_number(event_id), expires_at_ms));
+        let old = self
+            .live
+            .insert(hash, (tx.last_insert_rowid(), expires_at_ms));
+        if let Some((seq, _)) = old {
+            // An expired key taken again: its old row goes now, as no purge will find it.
+            delete_row(tx, seq)?;
+        }
         self.undo.push((hash, old));
         Ok(())
     }
 
-    /// Forgets keys expired at `now_ms`, in the open transaction and in the index (a walk
-    /// over every live key, a few ns each, once per purge).
+    /// Forgets keys expired at `now_ms`, in the open transaction (by row) and in the index
+    /// (a walk over every live key, a few ns each, once per purge).
     pub(super) fn purge(&mut self, tx: &Connection, now_ms: i64) -> rusqlite::Result<()> {
-        tx.execute(
-            "DELETE FROM dedupe_keys WHERE expires_at <= ?1",
-            params![now_ms],
-        )?;
-        let undo = &mut self.undo;
-        self.live.retain(|hash, entry| {
-            let keep = entry.1 > now_ms;
-            if !keep {
-                undo.push((*hash, Some(*entry)));
-            }
-            keep
-        });
+        let expired: Vec<(KeyHash, Entry)> = self
+            .live
+            .iter()
+            .filter(|(_, (_, expires))| *expires <= now_ms)
+            .map(|(hash, entry)| (*hash, *entry))
+            .collect();
+        for (hash, entry) in expired {
+            delete_row(tx, entry.0)?;
+            self.live.remove(&hash);
+            self.undo.push((hash, Some(entry)));
+        }
         Ok(())
     }
 
@@ -131,6 +162,12 @@ impl Keys {
             };
         }
     }
+}
+
+fn delete_row(tx: &Connection, seq: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM dedupe_keys WHERE seq = ?1")?
+        .execute(params![seq])?;
+    Ok(())
 }
 
 /// Moves keys from the table of earlier versions (a B-tree keyed by route and key) into
@@ -175,6 +212,23 @@ mod tests {
         conn
     }
 
+    fn seen(keys: &Keys, conn: &Connection, key: &str, at: i64) -> Option<String> {
+        keys.seen(conn, "r", key, at).unwrap()
+    }
+
+    /// The table's rows, as (key, event id), by `seq`.
+    fn rows(conn: &Connection) -> Vec<(String, String)> {
+        let mut stmt = conn
+            .prepare("SELECT key, event_id FROM dedupe_keys ORDER BY seq")
+            .unwrap();
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        rows.map(Result::unwrap).collect()
+    }
+
+    fn row(key: &str, id: &str) -> (String, String) {
+        (key.to_string(), id.to_string())
+    }
+
     #[test]
     fn a_rolled_back_transaction_leaves_the_index_as_it_was() {
         let mut conn = db();
@@ -189,54 +243,92 @@ mod tests {
         keys.insert(&tx, "r", "b", E3, 200).unwrap();
         keys.purge(&tx, 150).unwrap();
         assert_eq!(
-            keys.seen("r", "a", 50),
+            seen(&keys, &tx, "a", 50),
             None,
             "purged inside the transaction"
         );
         drop(tx); // rolls back
         keys.rolled_back();
         assert_eq!(
-            keys.seen("r", "a", 50).as_deref(),
+            seen(&keys, &conn, "a", 50).as_deref(),
             Some(E1),
             "the purge is undone"
         );
-        assert_eq!(keys.seen("r", "b", 50), None, "the insert is undone");
+        assert_eq!(seen(&keys, &conn, "b", 50), None, "the insert is undone");
 
         // A key taken over after it expired, then a rollback: the old entry comes back.
         let tx = conn.transaction().unwrap();
         keys.insert(&tx, "r", "a", E2, 300).unwrap();
-        assert_eq!(keys.seen("r", "a", 150).as_deref(), Some(E2));
+        assert_eq!(seen(&keys, &tx, "a", 150).as_deref(), Some(E2));
         drop(tx);
         keys.rolled_back();
-        assert_eq!(keys.seen("r", "a", 50).as_deref(), Some(E1));
+        assert_eq!(seen(&keys, &conn, "a", 50).as_deref(), Some(E1));
+        assert_eq!(rows(&conn), [row("a", E1)], "the table as the index says");
 
         let reloaded = Keys::load(&conn, 50).unwrap();
-        assert_eq!(reloaded.seen("r", "a", 50).as_deref(), Some(E1));
-        assert_eq!(reloaded.seen("r", "b", 50), None);
+        assert_eq!(seen(&reloaded, &conn, "a", 50).as_deref(), Some(E1));
+        assert_eq!(seen(&reloaded, &conn, "b", 50), None);
     }
 
     #[test]
-    fn load_keeps_the_newest_row_of_a_key_and_skips_expired_ones() {
-        let mut conn = db();
-        let mut keys = Keys::default();
-        let tx = conn.transaction().unwrap();
-        keys.insert(&tx, "r", "a", OLD, 100).unwrap();
-        keys.insert(&tx, "r", "a", NEW, 300).unwrap();
-        keys.insert(&tx, "r", "gone", X, 120).unwrap();
-        keys.insert(&tx, "other", "a", O, 300).unwrap();
-        tx.commit().unwrap();
+    fn load_keeps_the_newest_row_of_a_key_and_deletes_expired_and_replaced_ones() {
+        let conn = db();
+        // As earlier versions left it: a key's replaced row stays until it expires.
+        for (key, id, expires) in [("a", OLD, 200), ("a", NEW, 300), ("gone", X, 120)] {
+            conn.execute(
+                "INSERT INTO dedupe_keys (route, key, event_id, expires_at) VALUES ('r', ?1, ?2, ?3)",
+                params![key, id, expires],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO dedupe_keys (route, key, event_id, expires_at) VALUES ('other', 'a', ?1, 300)",
+            params![O],
+        )
+        .unwrap();
         let loaded = Keys::load(&conn, 150).unwrap();
-        assert_eq!(loaded.seen("r", "a", 150).as_deref(), Some(NEW));
+        assert_eq!(seen(&loaded, &conn, "a", 150).as_deref(), Some(NEW));
         assert_eq!(
-            loaded.seen("r", "gone", 110),
+            seen(&loaded, &conn, "gone", 110),
             None,
             "expired before the load"
         );
-        assert_eq!(loaded.seen("other", "a", 299).as_deref(), Some(O));
         assert_eq!(
-            loaded.seen("other", "a", 300),
+            loaded.seen(&conn, "other", "a", 299).unwrap().as_deref(),
+            Some(O)
+        );
+        assert_eq!(
+            loaded.seen(&conn, "other", "a", 300).unwrap(),
             None,
             "a key counts until it expires"
         );
+        assert_eq!(
+            rows(&conn),
+            [row("a", NEW), row("a", O)],
+            "the expired and the replaced rows are gone"
+        );
+    }
+
+    #[test]
+    fn a_purge_deletes_the_rows_of_expired_keys_and_a_key_taken_again_its_old_row() {
+        let mut conn = db();
+        let mut keys = Keys::default();
+        let tx = conn.transaction().unwrap();
+        keys.insert(&tx, "r", "a", E1, 100).unwrap();
+        keys.insert(&tx, "r", "b", E2, 200).unwrap();
+        keys.insert(&tx, "r", "c", E3, 300).unwrap();
+        tx.commit().unwrap();
+        keys.committed();
+
+        let tx = conn.transaction().unwrap();
+        keys.purge(&tx, 150).unwrap();
+        // "b" expired without a purge since, and is taken again.
+        assert_eq!(seen(&keys, &tx, "b", 250), None);
+        keys.insert(&tx, "r", "b", X, 400).unwrap();
+        tx.commit().unwrap();
+        keys.committed();
+        assert_eq!(rows(&conn), [row("c", E3), row("b", X)]);
+        assert_eq!(seen(&keys, &conn, "b", 250).as_deref(), Some(X));
+        assert_eq!(seen(&keys, &conn, "c", 250).as_deref(), Some(E3));
     }
 }
