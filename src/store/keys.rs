@@ -91,9 +91,13 @@ impl Keys {
         if *expires <= at_ms {
             return Ok(None);
         }
+        // Route and key too: a row number alone could name another key's row if the map
+        // were ever out of step with the table.
         let id = tx
-            .prepare_cached("SELECT event_id FROM dedupe_keys WHERE seq = ?1")?
-            .query_row(params![seq], |r| r.get::<_, String>(0))
+            .prepare_cached(
+                "SELECT event_id FROM dedupe_keys WHERE seq = ?1 AND route = ?2 AND key = ?3",
+            )?
+            .query_row(params![seq, route, key], |r| r.get::<_, String>(0))
             .optional()?;
         if id.is_none() {
             // The map and the table disagree; taking the event again is the safe side.
@@ -123,11 +127,12 @@ impl Keys {
         let old = self
             .live
             .insert(hash, (tx.last_insert_rowid(), expires_at_ms));
+        // Noted before anything else can fail, so a rollback puts the old entry back.
+        self.undo.push((hash, old));
         if let Some((seq, _)) = old {
             // An expired key taken again: its old row goes now, as no purge will find it.
             delete_row(tx, seq)?;
         }
-        self.undo.push((hash, old));
         Ok(())
     }
 
@@ -330,5 +335,47 @@ mod tests {
         assert_eq!(rows(&conn), [row("c", E3), row("b", X)]);
         assert_eq!(seen(&keys, &conn, "b", 250).as_deref(), Some(X));
         assert_eq!(seen(&keys, &conn, "c", 250).as_deref(), Some(E3));
+    }
+
+    #[test]
+    fn a_key_taken_again_whose_old_row_cannot_be_deleted_leaves_nothing_behind() {
+        let mut conn = db();
+        let mut keys = Keys::default();
+        let tx = conn.transaction().unwrap();
+        keys.insert(&tx, "r", "a", E1, 100).unwrap();
+        tx.commit().unwrap();
+        keys.committed();
+        // "a" expired and comes again, but its old row cannot be deleted (an I/O error, say):
+        // the transaction rolls back and the sender is told to retry.
+        conn.execute_batch(
+            "CREATE TRIGGER fail BEFORE DELETE ON dedupe_keys BEGIN SELECT RAISE(ABORT, 'io'); END",
+        )
+        .unwrap();
+        let tx = conn.transaction().unwrap();
+        assert_eq!(seen(&keys, &tx, "a", 150), None);
+        assert!(keys.insert(&tx, "r", "a", E2, 500).is_err());
+        drop(tx);
+        keys.rolled_back();
+        conn.execute_batch("DROP TRIGGER fail").unwrap();
+        // Another key takes the row number the rolled-back row had.
+        let tx = conn.transaction().unwrap();
+        keys.insert(&tx, "r", "b", E3, 500).unwrap();
+        tx.commit().unwrap();
+        keys.committed();
+        assert_eq!(
+            seen(&keys, &conn, "a", 200),
+            None,
+            "the retry of \"a\" is new"
+        );
+        assert_eq!(seen(&keys, &conn, "b", 200).as_deref(), Some(E3));
+        let tx = conn.transaction().unwrap();
+        keys.insert(&tx, "r", "a", X, 600).unwrap();
+        tx.commit().unwrap();
+        keys.committed();
+        assert_eq!(
+            rows(&conn),
+            [row("b", E3), row("a", X)],
+            "b's row untouched"
+        );
     }
 }
