@@ -76,7 +76,7 @@ impl Worker {
         // the route's due events is under way, from where it got to.
         let fresh_pass = || Some(ScanCursor::default());
         let mut scan = fresh_pass();
-        let mut last_scan = Instant::now();
+        let mut pass_started = Instant::now();
         let mut retry_due: Option<i64> = None;
         // A replay of an event that is out for delivery takes effect when its attempt is
         // settled; until the attempts out at the wake are done, each one finishing rescans.
@@ -96,7 +96,7 @@ impl Worker {
             }
             rescan_on_done &= !inflight.is_empty();
             if retry_due.is_some_and(|at| at <= now_ms())
-                || last_scan.elapsed() >= IDLE_POLL
+                || pass_started.elapsed() >= IDLE_POLL
                 || self.handoff.as_ref().is_some_and(Handoff::missed)
             {
                 scan = fresh_pass();
@@ -116,7 +116,7 @@ impl Worker {
                     // A pass from the front. One still going on after IDLE_POLL starts over,
                     // so an event made due behind its cursor (a lease given back on a reload)
                     // waits no longer than that, however long the backlog ahead of it.
-                    last_scan = Instant::now();
+                    pass_started = Instant::now();
                 }
                 match self
                     .store
@@ -187,7 +187,7 @@ impl Worker {
                     Some(at) => Duration::from_millis((at - now_ms()).max(0) as u64),
                     None => IDLE_POLL,
                 }
-                .min(IDLE_POLL.saturating_sub(last_scan.elapsed())),
+                .min(IDLE_POLL.saturating_sub(pass_started.elapsed())),
                 // Everything due was just leased; those attempts finishing wake this loop.
                 None if leased > 0 => IDLE_POLL,
                 None => match self.store.next_due(&route).await {
@@ -449,6 +449,36 @@ mod tests {
         }
     }
 
+    /// Route "r": no verification, one `forward.concurrency` slot.
+    fn one_slot_route() -> Arc<RouteConfig> {
+        let (cfg, _) = crate::config::parse(
+            r#"
+[[route]]
+name = "r"
+path = "/r"
+[route.verify]
+scheme = "none"
+[route.forward]
+url = "http://127.0.0.1:9/x"
+concurrency = 1
+"#,
+        )
+        .unwrap();
+        cfg.routes[0].clone()
+    }
+
+    /// A fresh event for route "r", received now.
+    fn new_event() -> NewEvent {
+        let parts = http::Request::post("/r").body(()).unwrap().into_parts().0;
+        let verified = crate::verify::Verified {
+            scheme: "none",
+            event_id: None,
+            secret_index: None,
+        };
+        let body = bytes::Bytes::from_static(b"{}");
+        NewEvent::new("r", &parts, body, &verified, now_ms())
+    }
+
     /// Answers each attempt after `delay`, noting the order events arrived in.
     struct Slow {
         delay: Duration,
@@ -474,31 +504,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_event_due_behind_a_long_pass_waits_one_idle_poll_not_the_whole_backlog() {
-        let (cfg, _) = crate::config::parse(
-            r#"
-[[route]]
-name = "r"
-path = "/r"
-[route.verify]
-scheme = "none"
-[route.forward]
-url = "http://127.0.0.1:9/x"
-concurrency = 1
-"#,
-        )
-        .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap());
-        let parts = http::Request::post("/r").body(()).unwrap().into_parts().0;
-        let verified = crate::verify::Verified {
-            scheme: "none",
-            event_id: None,
-            secret_index: None,
-        };
-        let new_event = || {
-            let body = bytes::Bytes::from_static(b"{}");
-            NewEvent::new("r", &parts, body, &verified, now_ms())
-        };
         // The oldest event is out (leased here) while the worker's first pass steps over it;
         // a backlog takes that pass about twice IDLE_POLL to deliver.
         store.accept(new_event(), None).await.unwrap();
@@ -515,7 +522,7 @@ concurrency = 1
         });
         let (stop_tx, stop) = watch::channel(false);
         let worker = Worker {
-            route: cfg.routes[0].clone(),
+            route: one_slot_route(),
             store: store.clone(),
             sink: sink.clone(),
             wake: Arc::new(Notify::new()),
@@ -573,20 +580,6 @@ concurrency = 1
 
     #[tokio::test]
     async fn a_slot_is_free_again_once_the_sink_answered_not_once_the_attempt_is_recorded() {
-        let (cfg, _) = crate::config::parse(
-            r#"
-[[route]]
-name = "r"
-path = "/r"
-[route.verify]
-scheme = "none"
-[route.forward]
-url = "http://127.0.0.1:9/x"
-concurrency = 1
-"#,
-        )
-        .unwrap();
-        let route = cfg.routes[0].clone();
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(HeldSettles {
             inner: EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap(),
@@ -598,7 +591,7 @@ concurrency = 1
         });
         let (stop_tx, stop) = watch::channel(false);
         let worker = Worker {
-            route: route.clone(),
+            route: one_slot_route(),
             store: store.clone(),
             sink: sink.clone(),
             wake: Arc::new(Notify::new()),
@@ -606,23 +599,10 @@ concurrency = 1
             stop,
         };
         let running = tokio::spawn(worker.run());
-        let parts = http::Request::post("/r").body(()).unwrap().into_parts().0;
-        let verified = crate::verify::Verified {
-            scheme: "none",
-            event_id: None,
-            secret_index: None,
-        };
         // One more event than may wait for their record.
         let events = AWAITING_RECORD_PER_SLOT + 1;
         for _ in 0..events {
-            let ev = NewEvent::new(
-                "r",
-                &parts,
-                bytes::Bytes::from_static(b"{}"),
-                &verified,
-                now_ms(),
-            );
-            store.accept(ev, None).await.unwrap();
+            store.accept(new_event(), None).await.unwrap();
         }
         // Concurrency 1 and no settle gets through: the next events are still sent, long
         // before the worker's idle poll (5 s) would have woken it.

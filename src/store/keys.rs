@@ -234,14 +234,21 @@ mod tests {
         (key.to_string(), id.to_string())
     }
 
+    /// Inserts `(key, event id, expiry)` on route "r" in one committed transaction.
+    fn insert_committed(conn: &mut Connection, keys: &mut Keys, rows: &[(&str, &str, i64)]) {
+        let tx = conn.transaction().unwrap();
+        for (key, id, expires) in rows {
+            keys.insert(&tx, "r", key, id, *expires).unwrap();
+        }
+        tx.commit().unwrap();
+        keys.committed();
+    }
+
     #[test]
     fn a_rolled_back_transaction_leaves_the_index_as_it_was() {
         let mut conn = db();
         let mut keys = Keys::default();
-        let tx = conn.transaction().unwrap();
-        keys.insert(&tx, "r", "a", E1, 100).unwrap();
-        tx.commit().unwrap();
-        keys.committed();
+        insert_committed(&mut conn, &mut keys, &[("a", E1, 100)]);
 
         // A new key, and a purge that forgets the expired "a"; then a rollback.
         let tx = conn.transaction().unwrap();
@@ -318,12 +325,11 @@ mod tests {
     fn a_purge_deletes_the_rows_of_expired_keys_and_a_key_taken_again_its_old_row() {
         let mut conn = db();
         let mut keys = Keys::default();
-        let tx = conn.transaction().unwrap();
-        keys.insert(&tx, "r", "a", E1, 100).unwrap();
-        keys.insert(&tx, "r", "b", E2, 200).unwrap();
-        keys.insert(&tx, "r", "c", E3, 300).unwrap();
-        tx.commit().unwrap();
-        keys.committed();
+        insert_committed(
+            &mut conn,
+            &mut keys,
+            &[("a", E1, 100), ("b", E2, 200), ("c", E3, 300)],
+        );
 
         let tx = conn.transaction().unwrap();
         keys.purge(&tx, 150).unwrap();
@@ -341,10 +347,7 @@ mod tests {
     fn a_key_taken_again_whose_old_row_cannot_be_deleted_leaves_nothing_behind() {
         let mut conn = db();
         let mut keys = Keys::default();
-        let tx = conn.transaction().unwrap();
-        keys.insert(&tx, "r", "a", E1, 100).unwrap();
-        tx.commit().unwrap();
-        keys.committed();
+        insert_committed(&mut conn, &mut keys, &[("a", E1, 100)]);
         // "a" expired and comes again, but its old row cannot be deleted (an I/O error, say):
         // the transaction rolls back and the sender is told to retry.
         conn.execute_batch(
@@ -358,20 +361,14 @@ mod tests {
         keys.rolled_back();
         conn.execute_batch("DROP TRIGGER fail").unwrap();
         // Another key takes the row number the rolled-back row had.
-        let tx = conn.transaction().unwrap();
-        keys.insert(&tx, "r", "b", E3, 500).unwrap();
-        tx.commit().unwrap();
-        keys.committed();
+        insert_committed(&mut conn, &mut keys, &[("b", E3, 500)]);
         assert_eq!(
             seen(&keys, &conn, "a", 200),
             None,
             "the retry of \"a\" is new"
         );
         assert_eq!(seen(&keys, &conn, "b", 200).as_deref(), Some(E3));
-        let tx = conn.transaction().unwrap();
-        keys.insert(&tx, "r", "a", X, 600).unwrap();
-        tx.commit().unwrap();
-        keys.committed();
+        insert_committed(&mut conn, &mut keys, &[("a", X, 600)]);
         assert_eq!(
             rows(&conn),
             [row("b", E3), row("a", X)],
