@@ -178,8 +178,8 @@ fn bench(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The last commit of the gateway's sources (not of the benchmark), `+dirty` when the
-/// working tree's differ from it.
+/// The last commit of the gateway's sources and build settings (`.cargo/config.toml` sets
+/// SQLite's compile flags), not of the benchmark; `+dirty` when the working tree's differ.
 fn git_commit() -> String {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
@@ -197,6 +197,7 @@ fn git_commit() -> String {
         "src",
         "Cargo.toml",
         "Cargo.lock",
+        ".cargo",
     ])
     .unwrap_or_else(|| "unknown".into());
     let dirty = git(&[
@@ -206,6 +207,7 @@ fn git_commit() -> String {
         "src",
         "Cargo.toml",
         "Cargo.lock",
+        ".cargo",
     ])
     .map(|s| !s.is_empty())
     .unwrap_or(false);
