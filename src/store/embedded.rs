@@ -184,8 +184,8 @@ fn open_conn(file: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(file)?;
     // A locked database answers 503 after this long instead of holding the request.
     conn.busy_timeout(Duration::from_secs(2))?;
-    // Takes effect only while the file is still empty, so before `journal_mode` creates it;
-    // a no-op on an existing store.
+    // Takes effect only while the file is still empty, so before `journal_mode` writes its
+    // first page; a no-op on an existing store.
     conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
