@@ -72,7 +72,14 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
         .prefix("hookgate-instr-")
         .tempdir_in(&plan.tmp_dir)?;
     let c = Server::ceiling(plan.server_cpu, &callgrind(dir.path())).await?;
-    let ceiling = count(&c, dir.path(), |p| spec(c.addr, &format!("c{p}")), plan, None).await?;
+    let ceiling = count(
+        &c,
+        dir.path(),
+        |p| spec(c.addr, &format!("c{p}")),
+        plan,
+        None,
+    )
+    .await?;
     c.stop().await.context("stopping the ceiling")?;
 
     eprintln!("== hookgate under callgrind");

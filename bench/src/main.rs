@@ -146,7 +146,10 @@ fn bench(a: Args) -> anyhow::Result<()> {
             .enable_all()
             .build()?;
         let outcome = rt.block_on(instr::run(&plan))?;
-        println!("{}", instr::markdown(&outcome, &facts.command, &facts.commit));
+        println!(
+            "{}",
+            instr::markdown(&outcome, &facts.command, &facts.commit)
+        );
         return Ok(());
     }
     let plan = run::Plan {

@@ -108,7 +108,9 @@ pub struct Outcome {
 
 pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
     let (up_addr, counts) = upstream::start().await?;
-    let ceiling = Server::ceiling(plan.server_cpu, &[]).await.context("ceiling")?;
+    let ceiling = Server::ceiling(plan.server_cpu, &[])
+        .await
+        .context("ceiling")?;
     let ceiling_cpus = proc::allowed_cpus(ceiling.pid);
     std::fs::create_dir_all(&plan.tmp_dir)
         .with_context(|| format!("create {}", plan.tmp_dir.display()))?;
