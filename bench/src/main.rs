@@ -123,6 +123,7 @@ fn bench(a: Args) -> anyhow::Result<()> {
         loadgen_cpu: a.loadgen_cpu,
         server_cpu: a.server_cpu,
         backend: format!("{:?}", a.backend).to_lowercase(),
+        sync: linked_sync(&a.hookgate),
         log: a.log.clone(),
         warmup: humantime::format_duration(a.warmup).to_string(),
         duration: humantime::format_duration(a.duration).to_string(),
@@ -179,6 +180,32 @@ fn bench(a: Args) -> anyhow::Result<()> {
         eprintln!("results written into {}", out.display());
     }
     Ok(())
+}
+
+/// Which sync SQLite in `binary` calls: `fdatasync` when compiled with `HAVE_FDATASYNC`
+/// (`.cargo/config.toml`), otherwise `fsync`, read from the binary's dynamic symbols.
+fn linked_sync(binary: &std::path::Path) -> String {
+    let out = std::process::Command::new("nm")
+        .args(["-D", "--undefined-only"])
+        .arg(binary)
+        .output();
+    let Some(out) = out.ok().filter(|o| o.status.success()) else {
+        return "unknown (nm failed)".into();
+    };
+    let symbols = String::from_utf8_lossy(&out.stdout);
+    let links = |name: &str| {
+        symbols.lines().any(|l| {
+            let sym = l.split_whitespace().last().unwrap_or("");
+            sym == name || sym.starts_with(&format!("{name}@"))
+        })
+    };
+    if links("fdatasync") {
+        "fdatasync".into()
+    } else if links("fsync") {
+        "fsync".into()
+    } else {
+        "neither".into()
+    }
 }
 
 /// The last commit of the gateway's sources and build settings (`.cargo/config.toml` sets

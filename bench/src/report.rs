@@ -28,6 +28,8 @@ pub struct Facts {
     pub loadgen_cpu: usize,
     pub server_cpu: usize,
     pub backend: String,
+    /// The sync call the binary links (`fdatasync`, `fsync`), as `nm` reads it.
+    pub sync: String,
     pub log: String,
     pub warmup: String,
     pub duration: String,
@@ -97,7 +99,7 @@ pub fn markdown(o: &Outcome, f: &Facts) -> String {
     let _ = writeln!(s, "```\n{}\n```\n", f.command);
     let _ = writeln!(
         s,
-        "`nproc` = {}; CPU: {}. Generator + upstream pinned to CPU {}, server under test (ceiling or hookgate, all its threads) to CPU {} with `taskset` (seen: ceiling `Cpus_allowed_list` = {}, hookgate = {}). Store backend: `{}`; `HOOKGATE_LOG={}`; {} warm-up + {} measured per level; {}-byte bodies, unique `Idempotency-Key` each, HMAC-SHA256 signed.\n",
+        "`nproc` = {}; CPU: {}. Generator + upstream pinned to CPU {}, server under test (ceiling or hookgate, all its threads) to CPU {} with `taskset` (seen: ceiling `Cpus_allowed_list` = {}, hookgate = {}). Store backend: `{}` (hookgate's binary links `{}` for its syncs); `HOOKGATE_LOG={}`; {} warm-up + {} measured per level; {}-byte bodies, unique `Idempotency-Key` each, HMAC-SHA256 signed.\n",
         f.nproc,
         f.cpu_model,
         f.loadgen_cpu,
@@ -105,6 +107,7 @@ pub fn markdown(o: &Outcome, f: &Facts) -> String {
         o.ceiling_cpus,
         o.levels.first().map(|l| l.hookgate_cpus.as_str()).unwrap_or("?"),
         f.backend,
+        f.sync,
         f.log,
         f.warmup,
         f.duration,
