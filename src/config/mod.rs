@@ -57,6 +57,8 @@ pub struct StoreConfig {
 pub enum StoreBackend {
     Embedded {
         path: PathBuf,
+        /// SQLite page size for a store created by this run; an existing store keeps its own.
+        page_size: u32,
     },
     Redis {
         url: String,

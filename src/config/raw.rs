@@ -45,6 +45,8 @@ pub struct RawStore {
     pub path: Option<String>,
     pub url: Option<String>,
     pub retention: Option<String>,
+    /// Embedded only: SQLite page size of a store created from now on.
+    pub page_size: Option<String>,
     pub key_prefix: Option<String>,
     /// Redis only: how long a leased delivery may go without its replica's heartbeat before
     /// another replica takes it over.

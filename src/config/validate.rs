@@ -243,13 +243,29 @@ fn check_store(s: &RawStore, p: &mut Problems) -> Option<StoreConfig> {
                     "only used with backend = \"redis\"",
                 );
             }
+            let page_size = size(
+                &s.page_size,
+                "store.page_size",
+                crate::store::embedded::DEFAULT_PAGE_SIZE as usize,
+                p,
+            );
+            if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
+                p.error(
+                    "store.page_size",
+                    format!("{page_size} bytes: SQLite takes a power of two from 512 to 65536 (\"4KiB\", \"16KiB\")"),
+                );
+            }
             StoreBackend::Embedded {
                 path: PathBuf::from(s.path.as_deref().unwrap_or("./hookgate-data")),
+                page_size: page_size as u32,
             }
         }
         "redis" => {
             if s.path.is_some() {
                 p.error("store.path", "only used with backend = \"embedded\"");
+            }
+            if s.page_size.is_some() {
+                p.error("store.page_size", "only used with backend = \"embedded\"");
             }
             let url = s
                 .url
@@ -722,6 +738,44 @@ url = "http://127.0.0.1:3000/x"
         assert_eq!(r.forward.concurrency, 32);
         assert_eq!(r.dedupe.ttl, std::time::Duration::from_secs(86400));
         assert_eq!(r.verifier.scheme(), "none");
+    }
+
+    #[test]
+    fn the_store_page_size_is_a_power_of_two_sqlite_takes_and_embedded_only() {
+        let with = |store: &str| format!("[store]\n{store}\n{ROUTE}");
+        let (cfg, _) = parse(&with("page_size = \"16KiB\"")).unwrap();
+        assert!(matches!(
+            cfg.store.backend,
+            crate::config::StoreBackend::Embedded {
+                page_size: 16384,
+                ..
+            }
+        ));
+        let (cfg, _) = parse(ROUTE).unwrap();
+        assert!(matches!(
+            cfg.store.backend,
+            crate::config::StoreBackend::Embedded {
+                page_size: 4096,
+                ..
+            }
+        ));
+        for (store, expected) in [
+            (
+                "page_size = \"3000\"",
+                "store.page_size: 3000 bytes: SQLite takes a power of two from 512 to 65536",
+            ),
+            (
+                "page_size = \"128KiB\"",
+                "store.page_size: 131072 bytes: SQLite takes a power of two from 512 to 65536",
+            ),
+            (
+                "backend = \"redis\"\npage_size = \"16KiB\"",
+                "store.page_size: only used with backend = \"embedded\"",
+            ),
+        ] {
+            let e = errors(&with(store)).join("\n");
+            assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
+        }
     }
 
     #[test]

@@ -171,22 +171,24 @@ impl Leases {
     }
 }
 
-/// Page size of a store created by this version. A group commit writes each page it touched
-/// as one WAL frame (two `pwrite`s), and the checkpoint copies it again; with 16 KiB pages a
-/// commit of ~20 accepts and ~20 settles writes about a third as many frames as with SQLite's
-/// default 4 KiB, for about as many bytes. Measured at 64 connections, alternating runs:
-/// ~11 % less CPU per event and p99 7.5 ms instead of 10.4 (docs/PERFORMANCE.md, session 5).
-/// 32 and 64 KiB were slower. A store created with another page size keeps it: changing it
-/// needs a VACUUM outside WAL mode, which rewrites the whole file.
-const PAGE_SIZE: i64 = 16 * 1024;
+/// Page size of a new store unless `store.page_size` says otherwise: SQLite's default. A commit
+/// writes every page it touched to the WAL in full, so the page size sets how many bytes a
+/// commit of a few events writes: at one sender, one event per commit, ~31 KB per 1 KiB event
+/// with 4 KiB pages and ~92 KB with 16 KiB. Under saturating load (~20 events per commit) 16 KiB
+/// pages write about as many bytes in a third as many frames (two `pwrite`s each): ~11 % less
+/// CPU per event at 64 connections (docs/PERFORMANCE.md, session 5). Webhook traffic is mostly
+/// the first kind, so the default keeps the disk's load low; `store.page_size = "16KiB"` is for
+/// a store that runs near its CPU limit. A store keeps the page size it was created with:
+/// changing it needs a VACUUM outside WAL mode, which rewrites the whole file.
+pub const DEFAULT_PAGE_SIZE: u32 = 4096;
 
-fn open_conn(file: &Path) -> rusqlite::Result<Connection> {
+fn open_conn(file: &Path, page_size: u32) -> rusqlite::Result<Connection> {
     let conn = Connection::open(file)?;
     // A locked database answers 503 after this long instead of holding the request.
     conn.busy_timeout(Duration::from_secs(2))?;
     // Takes effect only while the file is still empty, so before `journal_mode` writes its
     // first page; a no-op on an existing store.
-    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
+    conn.pragma_update(None, "page_size", page_size)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(conn)
@@ -194,26 +196,39 @@ fn open_conn(file: &Path) -> rusqlite::Result<Connection> {
 
 impl EmbeddedStore {
     pub fn open(dir: &Path, retention: Duration) -> anyhow::Result<Self> {
+        Self::open_with(dir, retention, DEFAULT_PAGE_SIZE)
+    }
+
+    /// `page_size` applies only if the store does not exist yet.
+    pub fn open_with(dir: &Path, retention: Duration, page_size: u32) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("store.path: cannot create {}: {e}", dir.display()))?;
         let file = dir.join("hookgate.db");
-        let writer = open_conn(&file)
+        let writer = open_conn(&file, page_size)
             .map_err(|e| anyhow::anyhow!("store.path: cannot open {}: {e}", file.display()))?;
         let mut writer = writer;
+        let actual: u32 = writer.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        if actual != page_size {
+            tracing::info!(
+                page_size = actual,
+                configured = page_size,
+                "store: keeps the page size it was created with (store.page_size applies to new stores)"
+            );
+        }
         writer.execute_batch(SCHEMA)?;
         keys::migrate(&mut writer)?;
         let keys = Keys::load(&writer, crate::forward::worker::now_ms())?;
         // Checkpoints run on their own thread, so no group commit waits for one.
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         let alive = Arc::new(());
-        let checkpointer = open_conn(&file)?;
+        let checkpointer = open_conn(&file, page_size)?;
         let token = Arc::downgrade(&alive);
         let caught_up = Arc::new(AtomicBool::new(false));
         let signal = caught_up.clone();
         std::thread::Builder::new()
             .name("hookgate-checkpoint".into())
             .spawn(move || checkpoint_loop(checkpointer, token, &signal))?;
-        let reader = open_conn(&file)?;
+        let reader = open_conn(&file, page_size)?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let retention_ms = retention.as_millis() as i64;
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -1324,24 +1339,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_new_store_has_16_kib_pages_and_an_old_store_keeps_its_own() {
-        let new = tempfile::tempdir().unwrap();
-        drop(EmbeddedStore::open(new.path(), Duration::from_secs(60)).unwrap());
-        assert_eq!(page_size(new.path()), PAGE_SIZE);
+    async fn a_new_store_takes_the_configured_page_size_and_an_old_store_keeps_its_own() {
+        let default = tempfile::tempdir().unwrap();
+        drop(EmbeddedStore::open(default.path(), Duration::from_secs(60)).unwrap());
+        assert_eq!(page_size(default.path()), DEFAULT_PAGE_SIZE as i64);
 
+        let big = tempfile::tempdir().unwrap();
+        drop(EmbeddedStore::open_with(big.path(), Duration::from_secs(60), 16384).unwrap());
+        assert_eq!(page_size(big.path()), 16384);
+
+        // A 4 KiB store with a pending event, opened again asking for 16 KiB pages.
         let old = tempfile::tempdir().unwrap();
         let id = {
-            let conn = Connection::open(old.path().join("hookgate.db")).unwrap();
-            conn.pragma_update(None, "page_size", 4096).unwrap();
-            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-            drop(conn);
-            let store = EmbeddedStore::open(old.path(), Duration::from_secs(60)).unwrap();
+            let store =
+                EmbeddedStore::open_with(old.path(), Duration::from_secs(60), 4096).unwrap();
             let Accept::Accepted(id) = store.accept(event("r", "kept"), None).await.unwrap() else {
                 panic!()
             };
             id
         };
-        let store = EmbeddedStore::open(old.path(), Duration::from_secs(60)).unwrap();
+        let store = EmbeddedStore::open_with(old.path(), Duration::from_secs(60), 16384).unwrap();
         assert_eq!(page_size(old.path()), 4096);
         let ev = store
             .get(&id)

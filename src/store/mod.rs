@@ -344,8 +344,8 @@ impl Drop for Handoff {
 /// Opens the configured backend; recovery (if any) is done when this returns.
 pub async fn open(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
     match &cfg.backend {
-        StoreBackend::Embedded { path } => {
-            let store = embedded::EmbeddedStore::open(path, cfg.retention)?;
+        StoreBackend::Embedded { path, page_size } => {
+            let store = embedded::EmbeddedStore::open_with(path, cfg.retention, *page_size)?;
             Ok(Arc::new(store))
         }
         StoreBackend::Redis {
