@@ -87,6 +87,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
         binary: plan.hookgate.clone(),
         backend: Backend::Embedded,
         redis_url: String::new(),
+        page_size: None,
         log: "warn".into(),
         secret: secret.clone(),
         upstream: upstream_addr,

@@ -62,6 +62,9 @@ struct Args {
     /// Redis URL, with `--backend redis`.
     #[arg(long, default_value = "redis://127.0.0.1:6379/0")]
     redis_url: String,
+    /// `store.page_size` for the embedded store (e.g. `16KiB`); hookgate's default otherwise.
+    #[arg(long)]
+    page_size: Option<String>,
     /// `HOOKGATE_LOG` for hookgate (its log goes to a file in the temp dir).
     #[arg(long, default_value = "warn")]
     log: String,
@@ -162,6 +165,7 @@ fn bench(a: Args) -> anyhow::Result<()> {
         body_size: a.body_size,
         backend: a.backend,
         redis_url: a.redis_url,
+        page_size: a.page_size,
         log: a.log,
         server_cpu: a.server_cpu,
         tmp_dir: a.tmp_dir,

@@ -32,6 +32,8 @@ pub struct HookgateSpec {
     pub binary: PathBuf,
     pub backend: Backend,
     pub redis_url: String,
+    /// `store.page_size` (embedded), or hookgate's default.
+    pub page_size: Option<String>,
     pub log: String,
     pub secret: String,
     pub upstream: SocketAddr,
@@ -207,8 +209,12 @@ fn log_tail(path: &Path) -> String {
 pub fn config_toml(spec: &HookgateSpec, dir: &Path) -> String {
     let store = match spec.backend {
         Backend::Embedded => format!(
-            "backend = \"embedded\"\npath = {:?}\n",
-            dir.join("data").display().to_string()
+            "backend = \"embedded\"\npath = {:?}\n{}",
+            dir.join("data").display().to_string(),
+            spec.page_size
+                .as_ref()
+                .map(|s| format!("page_size = {s:?}\n"))
+                .unwrap_or_default()
         ),
         Backend::Redis => format!(
             "backend = \"redis\"\nurl = {:?}\nkey_prefix = {:?}\n",
