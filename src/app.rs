@@ -204,7 +204,7 @@ impl Running {
             }
         };
         if fixed_part(&config) != self.fixed {
-            tracing::warn!("config reload: [server] listeners, timeouts, trusted_proxies and [store] changes take effect only after a restart");
+            tracing::warn!("config reload: [server] listeners, timeouts, trusted_proxies and [store] changes take effect only after a restart (store.page_size only for a new store)");
         }
         let routes = table.routes.len();
         self.table.store(Arc::new(table));

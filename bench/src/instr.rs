@@ -29,6 +29,7 @@ pub struct Plan {
     pub duration: Duration,
     pub drain_timeout: Duration,
     pub body_size: usize,
+    pub page_size: Option<String>,
     pub server_cpu: usize,
     pub tmp_dir: PathBuf,
 }
@@ -87,7 +88,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
         binary: plan.hookgate.clone(),
         backend: Backend::Embedded,
         redis_url: String::new(),
-        page_size: None,
+        page_size: plan.page_size.clone(),
         log: "warn".into(),
         secret: secret.clone(),
         upstream: upstream_addr,

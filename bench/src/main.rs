@@ -116,6 +116,9 @@ fn bench(a: Args) -> anyhow::Result<()> {
             a.hookgate.display()
         );
     }
+    if a.page_size.is_some() && a.backend != target::Backend::Embedded {
+        anyhow::bail!("--page-size is for the embedded store only");
+    }
     let facts = report::Facts {
         date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         command: std::env::var("HOOKGATE_BENCH_CMD")
@@ -143,6 +146,7 @@ fn bench(a: Args) -> anyhow::Result<()> {
             duration: a.duration,
             drain_timeout: a.drain_timeout,
             body_size: a.body_size,
+            page_size: a.page_size.clone(),
             server_cpu: a.server_cpu,
             tmp_dir: a.tmp_dir,
         };

@@ -257,7 +257,8 @@ fn check_store(s: &RawStore, p: &mut Problems) -> Option<StoreConfig> {
             }
             StoreBackend::Embedded {
                 path: PathBuf::from(s.path.as_deref().unwrap_or("./hookgate-data")),
-                page_size: page_size as u32,
+                page_size: u32::try_from(page_size)
+                    .unwrap_or(crate::store::embedded::DEFAULT_PAGE_SIZE),
             }
         }
         "redis" => {
@@ -759,7 +760,26 @@ url = "http://127.0.0.1:3000/x"
                 ..
             }
         ));
+        for ok in ["512", "64KiB"] {
+            let (cfg, _) = parse(&with(&format!("page_size = \"{ok}\""))).unwrap();
+            assert!(matches!(
+                cfg.store.backend,
+                crate::config::StoreBackend::Embedded { page_size, .. } if page_size > 0
+            ));
+        }
         for (store, expected) in [
+            (
+                "page_size = \"0\"",
+                "store.page_size: must be greater than 0",
+            ),
+            (
+                "page_size = \"big\"",
+                "store.page_size: invalid size \"big\"",
+            ),
+            (
+                "page_size = \"256\"",
+                "store.page_size: 256 bytes: SQLite takes a power of two from 512 to 65536",
+            ),
             (
                 "page_size = \"3000\"",
                 "store.page_size: 3000 bytes: SQLite takes a power of two from 512 to 65536",

@@ -175,8 +175,8 @@ impl Leases {
 /// writes every page it touched to the WAL in full, so the page size sets how many bytes a
 /// commit of a few events writes: at one sender, one event per commit, ~31 KB per 1 KiB event
 /// with 4 KiB pages and ~92 KB with 16 KiB. Under saturating load (~20 events per commit) 16 KiB
-/// pages write about as many bytes in a third as many frames (two `pwrite`s each): ~11 % less
-/// CPU per event at 64 connections (docs/PERFORMANCE.md, session 5). Webhook traffic is mostly
+/// pages write about as many bytes in fewer, larger frames (two `pwrite`s each; 0.7 instead of
+/// 3.5 `pwrite`s per event): ~9 % less CPU per event at 64 connections (docs/PERFORMANCE.md, session 5). Webhook traffic is mostly
 /// the first kind, so the default keeps the disk's load low; `store.page_size = "16KiB"` is for
 /// a store that runs near its CPU limit. A store keeps the page size it was created with:
 /// changing it needs a VACUUM outside WAL mode, which rewrites the whole file.
