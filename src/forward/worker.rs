@@ -449,6 +449,23 @@ mod tests {
         }
     }
 
+    /// A worker for `one_slot_route`, running; send `true` to stop it.
+    fn run_one_slot_worker(
+        store: Arc<dyn Store>,
+        sink: Arc<dyn Sink>,
+    ) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+        let (stop_tx, stop) = watch::channel(false);
+        let worker = Worker {
+            route: one_slot_route(),
+            handoff: store.handoff("r"),
+            store,
+            sink,
+            wake: Arc::new(Notify::new()),
+            stop,
+        };
+        (stop_tx, tokio::spawn(worker.run()))
+    }
+
     /// Route "r": no verification, one `forward.concurrency` slot.
     fn one_slot_route() -> Arc<RouteConfig> {
         let (cfg, _) = crate::config::parse(
@@ -520,16 +537,7 @@ concurrency = 1
             order: Default::default(),
             more: Notify::new(),
         });
-        let (stop_tx, stop) = watch::channel(false);
-        let worker = Worker {
-            route: one_slot_route(),
-            store: store.clone(),
-            sink: sink.clone(),
-            wake: Arc::new(Notify::new()),
-            handoff: store.handoff("r"),
-            stop,
-        };
-        let running = tokio::spawn(worker.run());
+        let (stop_tx, running) = run_one_slot_worker(store.clone(), sink.clone());
         let delivered = |n: usize| {
             let sink = sink.clone();
             async move {
@@ -589,16 +597,7 @@ concurrency = 1
             sent: AtomicUsize::new(0),
             more: Notify::new(),
         });
-        let (stop_tx, stop) = watch::channel(false);
-        let worker = Worker {
-            route: one_slot_route(),
-            store: store.clone(),
-            sink: sink.clone(),
-            wake: Arc::new(Notify::new()),
-            handoff: store.handoff("r"),
-            stop,
-        };
-        let running = tokio::spawn(worker.run());
+        let (stop_tx, running) = run_one_slot_worker(store.clone(), sink.clone());
         // One more event than may wait for their record.
         let events = AWAITING_RECORD_PER_SLOT + 1;
         for _ in 0..events {
