@@ -9,6 +9,7 @@ mod ceiling;
 mod instr;
 mod loadgen;
 mod proc;
+mod relay;
 mod report;
 mod run;
 mod target;
@@ -34,6 +35,9 @@ enum Cmd {
     /// Internal: serve the ceiling (bare hyper, 202) until killed.
     #[command(hide = true)]
     Ceiling,
+    /// Internal: serve the relay floor (bare hyper, each body POSTed to UPSTREAM, then 202).
+    #[command(hide = true)]
+    Relay { upstream: std::net::SocketAddr },
 }
 
 #[derive(clap::Args)]
@@ -92,12 +96,16 @@ struct Args {
     instructions: bool,
     #[arg(long, default_value_t = 16)]
     instr_conns: usize,
+    /// Skip the relay floor (a bare server that forwards each request to the upstream).
+    #[arg(long)]
+    no_relay: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Some(Cmd::Ceiling) => ceiling::serve(),
+        Some(Cmd::Relay { upstream }) => relay::serve(upstream),
         None => bench(cli.args),
     };
     match result {
@@ -175,6 +183,7 @@ fn bench(a: Args) -> anyhow::Result<()> {
         tmp_dir: a.tmp_dir,
         perf_record: a.perf_record,
         perf_level: a.perf_level,
+        relay: !a.no_relay,
     };
     // One thread: the generator and the upstream share the generator's core.
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -85,6 +85,8 @@ fn row(out: &mut String, conns: usize, name: &str, m: &Measured, ratio: Option<f
     );
 }
 
+const RELAY_NOTE: &str = "The **relay floor** is the ceiling's bare server plus one HTTP round trip to the same upstream per request (hyper-util's pooled client, as hookgate's HTTP sink), answering `202` once the upstream answered: no verification, no store. hookgate's events make the same two exchanges, so the relay's rate bounds any gateway that delivers from the same core.";
+
 pub fn ratio(l: &Level) -> f64 {
     l.hookgate.rps() / l.ceiling.rps().max(1.0)
 }
@@ -99,7 +101,7 @@ pub fn markdown(o: &Outcome, f: &Facts) -> String {
     let _ = writeln!(s, "```\n{}\n```\n", f.command);
     let _ = writeln!(
         s,
-        "`nproc` = {}; CPU: {}. Generator + upstream pinned to CPU {}, server under test (ceiling or hookgate, all its threads) to CPU {} with `taskset` (seen: ceiling `Cpus_allowed_list` = {}, hookgate = {}). Store backend: `{}` (hookgate's binary links `{}` for its syncs); `HOOKGATE_LOG={}`; {} warm-up + {} measured per level; {}-byte bodies, unique `Idempotency-Key` each, HMAC-SHA256 signed.\n",
+        "`nproc` = {}; CPU: {}. Generator + upstream pinned to CPU {}, server under test (ceiling, relay floor or hookgate, all its threads) to CPU {} with `taskset` (seen: ceiling `Cpus_allowed_list` = {}, hookgate = {}). Store backend: `{}` (hookgate's binary links `{}` for its syncs); `HOOKGATE_LOG={}`; {} warm-up + {} measured per level; {}-byte bodies, unique `Idempotency-Key` each, HMAC-SHA256 signed.\n",
         f.nproc,
         f.cpu_model,
         f.loadgen_cpu,
@@ -117,6 +119,10 @@ pub fn markdown(o: &Outcome, f: &Facts) -> String {
     s.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
     for l in &o.levels {
         row(&mut s, l.conns, "ceiling", &l.ceiling, None);
+        if let Some(r) = &l.relay {
+            let to_ceiling = r.rps() / l.ceiling.rps().max(1.0);
+            row(&mut s, l.conns, "relay floor", r, Some(to_ceiling));
+        }
         row(&mut s, l.conns, "hookgate", &l.hookgate, Some(ratio(l)));
     }
     s.push('\n');
@@ -141,6 +147,23 @@ pub fn markdown(o: &Outcome, f: &Facts) -> String {
         f.loadavg_before,
         o.loadavg_after,
     );
+    if o.levels.iter().any(|l| l.relay.is_some()) {
+        s.push_str(RELAY_NOTE);
+        let per_level: Vec<String> = o
+            .levels
+            .iter()
+            .filter_map(|l| {
+                let r = l.relay.as_ref()?;
+                Some(format!(
+                    "{}: relay {:.1} µs/req, hookgate {:.3}× the relay's req/s",
+                    l.conns,
+                    r.server_us_per_req(),
+                    l.hookgate.rps() / r.rps().max(1.0)
+                ))
+            })
+            .collect();
+        let _ = writeln!(s, " Per level: {}.\n", per_level.join("; "));
+    }
     s.push_str("Deliveries (hookgate → upstream in the generator's process):\n\n");
     s.push_str("| conns | events acknowledged | delivered/s during load | backlog at end of load | delivered/s after load | backlog drained | duplicate deliveries | hookgate CPU µs per event, start to drained | sustained ratio | hookgate warn+error lines, log bytes |\n");
     s.push_str("|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|\n");
@@ -197,9 +220,22 @@ pub fn verdict(o: &Outcome) -> String {
     let r = ratio(l);
     let p99 = l.hookgate.load.hist.value_at_quantile(0.99) as f64 / 1000.0;
     let mark = |ok: bool| if ok { "met" } else { "**not met**" };
+    let relay = l
+        .relay
+        .as_ref()
+        .map(|m| {
+            let floor = m.rps() / l.ceiling.rps().max(1.0);
+            format!(
+                " The relay floor reached **{floor:.3}×** the ceiling at {TARGET_CONNS} connections ({:.1} µs/req): the target is {:.0}% of what a gateway that only forwards does on this core, and hookgate reaches **{:.0}%** of it.",
+                m.server_us_per_req(),
+                TARGET_RATIO / floor.max(1e-9) * 100.0,
+                r / floor.max(1e-9) * 100.0,
+            )
+        })
+        .unwrap_or_default();
     format!(
         "At {TARGET_CONNS} connections: throughput **{r:.3}×** the ceiling (target ≥ {TARGET_RATIO}×: {}), p99 **{p99:.2} ms** (target ≤ {TARGET_P99_MS} ms: {}). \
-         To reach {GOAL_RATIO}× hookgate needs {:.2}× its current requests/s ({:+.0}%), i.e. about {:.1} server CPU-µs per request instead of {:.1} at the same core use.\n",
+         To reach {GOAL_RATIO}× hookgate needs {:.2}× its current requests/s ({:+.0}%), i.e. about {:.1} server CPU-µs per request instead of {:.1} at the same core use.{relay}\n",
         mark(r >= TARGET_RATIO),
         mark(p99 <= TARGET_P99_MS),
         GOAL_RATIO / r.max(1e-9),

@@ -35,6 +35,8 @@ pub struct Plan {
     pub tmp_dir: PathBuf,
     pub perf_record: Option<PathBuf>,
     pub perf_level: usize,
+    /// Measure the relay floor at each level too.
+    pub relay: bool,
 }
 
 /// One target at one level, over the measured window.
@@ -91,6 +93,8 @@ pub struct Level {
     pub ceiling: Measured,
     /// Ceiling requests/s before and after hookgate's window.
     pub ceiling_runs: [f64; 2],
+    /// The relay floor (a bare server forwarding each request), when measured.
+    pub relay: Option<Measured>,
     pub hookgate: Measured,
     pub delivery: Delivery,
     pub hookgate_warnings: usize,
@@ -141,6 +145,31 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
         let c1_spec = spec(ceiling.addr, format!("c{conns}a-{run_tag}"));
         let c1 = measure(c1_spec, conns, ceiling.pid, plan, None, None).await?;
         eprintln!("   {:.0} req/s", c1.rps());
+
+        let relay = if plan.relay {
+            eprintln!("== {conns} connections: relay floor");
+            let r = Server::relay(plan.server_cpu, up_addr)
+                .await
+                .context("relay")?;
+            let m = measure(
+                spec(r.addr, format!("r{conns}-{run_tag}")),
+                conns,
+                r.pid,
+                plan,
+                None,
+                None,
+            )
+            .await?;
+            r.stop().await.context("stopping the relay")?;
+            eprintln!(
+                "   {:.0} req/s ({:.3}x the ceiling before)",
+                m.rps(),
+                m.rps() / c1.rps().max(1.0)
+            );
+            Some(m)
+        } else {
+            None
+        };
 
         eprintln!("== {conns} connections: hookgate");
         counts.reset();
@@ -201,6 +230,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
             conns,
             ceiling: Measured::combine(c1, c2)?,
             ceiling_runs,
+            relay,
             hookgate: h,
             delivery,
             hookgate_warnings,

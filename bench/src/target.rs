@@ -62,6 +62,19 @@ impl Server {
         Server::spawn(cmd, "ceiling listening ", None).await
     }
 
+    /// The relay floor (`relay.rs`), forwarding to `upstream`.
+    pub async fn relay(cpu: usize, upstream: SocketAddr) -> anyhow::Result<Server> {
+        let exe = std::env::current_exe()?;
+        let mut cmd = Command::new("taskset");
+        cmd.arg("-c")
+            .arg(cpu.to_string())
+            .arg(exe)
+            .arg("relay")
+            .arg(upstream.to_string());
+        cmd.stderr(Stdio::inherit());
+        Server::spawn(cmd, "relay listening ", None).await
+    }
+
     /// Starts hookgate with a config written into `dir` (its store lives there too).
     pub async fn hookgate(
         spec: &HookgateSpec,
