@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, Admin};
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, Mode, RouteConfig, SinkTarget};
+use crate::config::{Config, Mode, RouteConfig, SinkTarget, StoreBackend};
 use crate::forward::http::HttpSink;
 use crate::forward::{self, worker::Worker};
 use crate::ingress::router::{Route, Router};
@@ -54,9 +54,14 @@ struct Generation {
 
 fn fixed_part(config: &Config) -> String {
     let s = &config.server;
+    // store.min_free_space is applied on reload, so a change of it alone is not reported.
+    let mut store = config.store.clone();
+    if let StoreBackend::Embedded { min_free_space, .. } = &mut store.backend {
+        *min_free_space = 0;
+    }
     format!(
         "{} {} {:?} {:?} {:?} {:?}",
-        s.listen, s.admin_listen, config.store, s.trusted_proxies, s.body_timeout, s.header_timeout
+        s.listen, s.admin_listen, store, s.trusted_proxies, s.body_timeout, s.header_timeout
     )
 }
 
@@ -203,6 +208,9 @@ impl Running {
                 return false;
             }
         };
+        if let StoreBackend::Embedded { min_free_space, .. } = &config.store.backend {
+            self.store.set_min_free_space(*min_free_space);
+        }
         if fixed_part(&config) != self.fixed {
             tracing::warn!("config reload: [server] listeners, timeouts, trusted_proxies and [store] changes take effect only after a restart (store.page_size only for a new store)");
         }

@@ -76,6 +76,16 @@ fn describe() {
         "hookgate_store_errors_total",
         "Store operations that failed."
     );
+    describe_gauge!(
+        "hookgate_store_disk_free_bytes",
+        Unit::Bytes,
+        "Disk space available to the embedded store's filesystem."
+    );
+    describe_gauge!(
+        "hookgate_store_min_free_space_bytes",
+        Unit::Bytes,
+        "store.min_free_space: below it new events get 503 (0: no check)."
+    );
     describe_counter!(
         "hookgate_config_reloads_total",
         "Config reloads by result (ok, error)."

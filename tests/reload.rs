@@ -136,3 +136,67 @@ async fn sighup_and_file_changes_reload_routes_invalid_configs_are_refused() {
     );
     assert!(gw.terminate().success());
 }
+
+/// `store.min_free_space` above what the disk has: new events get 503 with Retry-After (fail
+/// closed, SPEC §1 "spool full"), the reason is logged and exported, and a reload that lowers
+/// it lets the sender's retry in without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_min_free_space_events_get_503_until_a_reload_lowers_it() {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    let cfg = |min_free: &str| {
+        let store = Backend::Embedded.store_toml(dir.path());
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{store}min_free_space = \"{min_free}\"\n{}",
+            route("a", "sec", &up.url("/a"))
+        )
+    };
+    // About a petabyte: more than this machine's disk has free.
+    let mut gw = Gateway::start(dir.path(), &cfg("1000000GiB"));
+    let c = reqwest::Client::new();
+
+    let r = signed(&c, &gw.url("/hooks/a"), "sec", "while the disk is low")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        r.headers().contains_key("retry-after"),
+        "the sender is told to retry"
+    );
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({"error": "unavailable"})
+    );
+    assert!(
+        metric(&gw, "hookgate_store_min_free_space_bytes 1073741824000000").await,
+        "the threshold is exported"
+    );
+    assert!(metric(&gw, "hookgate_store_disk_free_bytes ").await);
+    assert!(
+        gw.log().contains("below store.min_free_space"),
+        "the log says why: {}",
+        gw.log()
+    );
+    let ready = reqwest::get(gw.admin_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200, "the store is reachable; it is full");
+
+    std::fs::write(&gw.config_path, cfg("0")).unwrap();
+    signal(gw.pid(), "HUP");
+    wait_until(Duration::from_secs(10), "reload ok", || {
+        metric(&gw, r#"hookgate_config_reloads_total{result="ok"} 1"#)
+    })
+    .await;
+    let r = signed(&c, &gw.url("/hooks/a"), "sec", "while the disk is low")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "the retry is accepted after the reload");
+    let delivered = up.wait_delivered(1, Duration::from_secs(10)).await;
+    assert_eq!(&delivered[0].body[..], b"while the disk is low");
+    assert!(
+        !gw.log().contains("take effect only after a restart"),
+        "min_free_space applies on reload, so no restart is asked for"
+    );
+    assert!(gw.terminate().success());
+}

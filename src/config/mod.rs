@@ -59,6 +59,10 @@ pub enum StoreBackend {
         path: PathBuf,
         /// SQLite page size for a store created by this run; an existing store keeps its own.
         page_size: u32,
+        /// Bytes the store's filesystem keeps available: below it new events are refused
+        /// (503) while deliveries, purges and checkpoints go on; 0 turns the check off.
+        /// Applied on reload.
+        min_free_space: u64,
     },
     Redis {
         url: String,

@@ -47,6 +47,8 @@ pub struct RawStore {
     pub retention: Option<String>,
     /// Embedded only: SQLite page size of a store created from now on.
     pub page_size: Option<String>,
+    /// Embedded only: disk space kept free; below it new events get 503 (`"0"` turns it off).
+    pub min_free_space: Option<String>,
     pub key_prefix: Option<String>,
     /// Redis only: how long a leased delivery may go without its replica's heartbeat before
     /// another replica takes it over.

@@ -255,10 +255,22 @@ fn check_store(s: &RawStore, p: &mut Problems) -> Option<StoreConfig> {
                     format!("{page_size} bytes: SQLite takes a power of two from 512 to 65536 (\"4KiB\", \"16KiB\")"),
                 );
             }
+            // 0 is a valid value here (the check is off), so not through `size`.
+            let min_free_space = match &s.min_free_space {
+                None => crate::store::embedded::DEFAULT_MIN_FREE_SPACE,
+                Some(v) => match parse_size(v) {
+                    Ok(n) => n as u64,
+                    Err(e) => {
+                        p.error("store.min_free_space", e);
+                        crate::store::embedded::DEFAULT_MIN_FREE_SPACE
+                    }
+                },
+            };
             StoreBackend::Embedded {
                 path: PathBuf::from(s.path.as_deref().unwrap_or("./hookgate-data")),
                 page_size: u32::try_from(page_size)
                     .unwrap_or(crate::store::embedded::DEFAULT_PAGE_SIZE),
+                min_free_space,
             }
         }
         "redis" => {
@@ -267,6 +279,12 @@ fn check_store(s: &RawStore, p: &mut Problems) -> Option<StoreConfig> {
             }
             if s.page_size.is_some() {
                 p.error("store.page_size", "only used with backend = \"embedded\"");
+            }
+            if s.min_free_space.is_some() {
+                p.error(
+                    "store.min_free_space",
+                    "only used with backend = \"embedded\"",
+                );
             }
             let url = s
                 .url
@@ -791,6 +809,34 @@ url = "http://127.0.0.1:3000/x"
             (
                 "backend = \"redis\"\npage_size = \"16KiB\"",
                 "store.page_size: only used with backend = \"embedded\"",
+            ),
+        ] {
+            let e = errors(&with(store)).join("\n");
+            assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn the_store_min_free_space_is_a_size_zero_turns_it_off_embedded_only() {
+        let with = |store: &str| format!("[store]\n{store}\n{ROUTE}");
+        let min_free = |text: &str| match parse(text).unwrap().0.store.backend {
+            crate::config::StoreBackend::Embedded { min_free_space, .. } => min_free_space,
+            other => panic!("not embedded: {other:?}"),
+        };
+        assert_eq!(
+            min_free(ROUTE),
+            crate::store::embedded::DEFAULT_MIN_FREE_SPACE
+        );
+        assert_eq!(min_free(&with("min_free_space = \"1GiB\"")), 1 << 30);
+        assert_eq!(min_free(&with("min_free_space = \"0\"")), 0);
+        for (store, expected) in [
+            (
+                "min_free_space = \"plenty\"",
+                "store.min_free_space: invalid size \"plenty\"",
+            ),
+            (
+                "backend = \"redis\"\nmin_free_space = \"1GiB\"",
+                "store.min_free_space: only used with backend = \"embedded\"",
             ),
         ] {
             let e = errors(&with(store)).join("\n");

@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -108,6 +108,8 @@ enum Write {
 pub struct EmbeddedStore {
     /// Dropped with the store, which stops the checkpoint thread.
     _alive: Arc<()>,
+    /// `store.min_free_space`, read by the writer before each batch; set again on reload.
+    min_free: Arc<AtomicU64>,
     /// Transactions committed by the writer (each one fsync): fewer than writes under load.
     commits: Arc<std::sync::atomic::AtomicU64>,
     tx: mpsc::SyncSender<Write>,
@@ -182,6 +184,87 @@ impl Leases {
 /// changing it needs a VACUUM outside WAL mode, which rewrites the whole file.
 pub const DEFAULT_PAGE_SIZE: u32 = 4096;
 
+/// `store.min_free_space` unless the config says otherwise. Below it new events get `503`
+/// (the sender retries) while settles, purges and checkpoints, which need little room, go on,
+/// so the backlog keeps draining and the filesystem never fills up under the store, where a
+/// commit fails only once it cannot write at all and a Kubernetes volume may be evicted.
+/// About what the WAL takes between two resets at this machine's highest rates.
+pub const DEFAULT_MIN_FREE_SPACE: u64 = 64 << 20;
+
+/// How often an idle writer looks at the disk, so the free-space gauge stays current.
+const DISK_CHECK_IDLE: Duration = Duration::from_secs(5);
+
+/// How an embedded store is opened (`[store]`).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long delivered and dead events are kept.
+    pub retention: Duration,
+    /// Page size of a new store; an existing store keeps its own.
+    pub page_size: u32,
+    /// See [`DEFAULT_MIN_FREE_SPACE`]; 0 turns the check off.
+    pub min_free_space: u64,
+}
+
+impl Options {
+    pub fn new(retention: Duration) -> Options {
+        Options {
+            retention,
+            page_size: DEFAULT_PAGE_SIZE,
+            min_free_space: DEFAULT_MIN_FREE_SPACE,
+        }
+    }
+}
+
+/// The writer's view of the disk under the store: checked before every batch that holds an
+/// accept (one `statvfs`, next to the batch's fsync) and every `DISK_CHECK_IDLE` when idle.
+struct DiskGuard {
+    dir: std::path::PathBuf,
+    min_free: Arc<AtomicU64>,
+    low: bool,
+    /// A failed `statvfs` is logged once; the check then passes (SQLite still fails a commit
+    /// that cannot be written, and that answers 503).
+    failed: bool,
+}
+
+impl DiskGuard {
+    /// Whether new events must be refused now.
+    fn low(&mut self) -> bool {
+        let min = self.min_free.load(Ordering::Relaxed);
+        let available = match rustix::fs::statvfs(&self.dir) {
+            Ok(s) => s.f_bavail.saturating_mul(s.f_frsize),
+            Err(e) => {
+                if !self.failed {
+                    self.failed = true;
+                    tracing::warn!(path = %self.dir.display(), error = %e, "store: cannot read the free disk space; store.min_free_space is not enforced");
+                }
+                return false;
+            }
+        };
+        self.failed = false;
+        metrics::gauge!("hookgate_store_disk_free_bytes").set(available as f64);
+        metrics::gauge!("hookgate_store_min_free_space_bytes").set(min as f64);
+        let low = available < min;
+        if low != self.low {
+            self.low = low;
+            if low {
+                tracing::error!(
+                    path = %self.dir.display(),
+                    available,
+                    min_free_space = min,
+                    "store: free disk space is below store.min_free_space; new events get 503 until space is freed (deliveries go on)"
+                );
+            } else {
+                tracing::warn!(
+                    available,
+                    min_free_space = min,
+                    "store: free disk space is above store.min_free_space again; accepting new events"
+                );
+            }
+        }
+        low
+    }
+}
+
 fn open_conn(file: &Path, page_size: u32) -> rusqlite::Result<Connection> {
     let conn = Connection::open(file)?;
     // A locked database answers 503 after this long instead of holding the request.
@@ -195,12 +278,14 @@ fn open_conn(file: &Path, page_size: u32) -> rusqlite::Result<Connection> {
 }
 
 impl EmbeddedStore {
+    /// With the default options and `retention`.
     pub fn open(dir: &Path, retention: Duration) -> anyhow::Result<Self> {
-        Self::open_with(dir, retention, DEFAULT_PAGE_SIZE)
+        Self::open_with(dir, &Options::new(retention))
     }
 
-    /// `page_size` applies only if the store does not exist yet.
-    pub fn open_with(dir: &Path, retention: Duration, page_size: u32) -> anyhow::Result<Self> {
+    /// `opts.page_size` applies only if the store does not exist yet.
+    pub fn open_with(dir: &Path, opts: &Options) -> anyhow::Result<Self> {
+        let page_size = opts.page_size;
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("store.path: cannot create {}: {e}", dir.display()))?;
         let file = dir.join("hookgate.db");
@@ -230,7 +315,14 @@ impl EmbeddedStore {
             .spawn(move || checkpoint_loop(checkpointer, token, &signal))?;
         let reader = open_conn(&file, page_size)?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        let retention_ms = retention.as_millis() as i64;
+        let retention_ms = opts.retention.as_millis() as i64;
+        let min_free = Arc::new(AtomicU64::new(opts.min_free_space));
+        let disk = DiskGuard {
+            dir: dir.to_path_buf(),
+            min_free: min_free.clone(),
+            low: false,
+            failed: false,
+        };
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = commits.clone();
         let leases = Arc::new(Leases::default());
@@ -238,18 +330,17 @@ impl EmbeddedStore {
         std::thread::Builder::new()
             .name("hookgate-store".into())
             .spawn(move || {
-                writer_loop(
-                    writer,
-                    rx,
-                    retention_ms,
-                    &counter,
-                    &shared,
+                let writer = Writer {
+                    conn: writer,
                     keys,
-                    &caught_up,
-                )
+                    disk,
+                    retention_ms,
+                };
+                writer_loop(writer, rx, &counter, &shared, &caught_up)
             })?;
         Ok(EmbeddedStore {
             _alive: alive,
+            min_free,
             commits,
             tx,
             reader: Arc::new(Mutex::new(reader)),
@@ -293,19 +384,40 @@ impl EmbeddedStore {
     }
 }
 
-fn writer_loop(
-    mut conn: Connection,
-    rx: mpsc::Receiver<Write>,
+/// What the writer thread owns.
+struct Writer {
+    conn: Connection,
+    keys: Keys,
+    disk: DiskGuard,
     retention_ms: i64,
+}
+
+fn writer_loop(
+    writer: Writer,
+    rx: mpsc::Receiver<Write>,
     commits: &std::sync::atomic::AtomicU64,
     leases: &Leases,
-    mut keys: Keys,
     caught_up: &AtomicBool,
 ) {
+    let Writer {
+        mut conn,
+        mut keys,
+        mut disk,
+        retention_ms,
+    } = writer;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut synchronous_full = true;
     let mut last_checkpoint = Instant::now();
-    while let Ok(first) = rx.recv() {
+    disk.low();
+    loop {
+        let first = match rx.recv_timeout(DISK_CHECK_IDLE) {
+            Ok(w) => w,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                disk.low();
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         batch.push(first);
         gather(&rx, &mut batch);
         // A batch of settles (and purges) only need not wait for its fsync: losing it in a
@@ -331,7 +443,15 @@ fn writer_loop(
             }
             continue;
         }
-        commit_batch(&mut conn, &mut batch, retention_ms, leases, &mut keys);
+        let disk_low = batch.iter().any(|w| matches!(w, Write::Accept(..))) && disk.low();
+        commit_batch(
+            &mut conn,
+            &mut batch,
+            retention_ms,
+            leases,
+            &mut keys,
+            disk_low,
+        );
         commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // The checkpoint thread has just copied all but the last few frames; copying those
         // here, between transactions, lets the next transaction start the WAL over instead
@@ -426,13 +546,27 @@ const CATCH_UP_PASSES: usize = 4;
 /// What a write produced, before it is sent to its caller.
 enum Out {
     Accept(Accept),
+    /// A new event refused because the disk is below `store.min_free_space`.
+    DiskLow,
     Unit,
     Count(u64),
 }
 
-fn run(tx: &Connection, w: &Write, retention_ms: i64, keys: &mut Keys) -> rusqlite::Result<Out> {
+/// `disk_low`: new events are refused (a duplicate is still answered as one).
+fn run(
+    tx: &Connection,
+    w: &Write,
+    retention_ms: i64,
+    keys: &mut Keys,
+    disk_low: bool,
+) -> rusqlite::Result<Out> {
     Ok(match w {
-        Write::Accept(ev, key, _) => Out::Accept(accept_tx(tx, &ev.0, &ev.1, key.as_ref(), keys)?),
+        Write::Accept(ev, key, _) => {
+            match accept_tx(tx, &ev.0, &ev.1, key.as_ref(), keys, disk_low)? {
+                Some(a) => Out::Accept(a),
+                None => Out::DiskLow,
+            }
+        }
         Write::Settle((id, cycle), attempt, next, _) => {
             settle_tx(tx, id, *cycle, attempt, next)?;
             Out::Unit
@@ -454,6 +588,9 @@ fn reply(w: Write, r: Result<Out, String>, leases: &Leases) {
         Write::Accept(ev, _, tx) => {
             let r = r.and_then(|o| match o {
                 Out::Accept(a) => Ok(a),
+                Out::DiskLow => Err(
+                    "free disk space is below store.min_free_space: new events are refused until space is freed".into(),
+                ),
                 _ => Err("internal: wrong result".into()),
             });
             if let Ok(Accept::Accepted(_)) = r {
@@ -478,12 +615,13 @@ fn commit_batch(
     retention_ms: i64,
     leases: &Leases,
     keys: &mut Keys,
+    disk_low: bool,
 ) {
     let fast = (|| -> rusqlite::Result<Vec<Out>> {
         let tx = conn.transaction()?;
         let outs = batch
             .iter()
-            .map(|w| run(&tx, w, retention_ms, keys))
+            .map(|w| run(&tx, w, retention_ms, keys, disk_low))
             .collect::<rusqlite::Result<Vec<_>>>()?;
         tx.commit()?;
         Ok(outs)
@@ -501,7 +639,7 @@ fn commit_batch(
             for w in batch.drain(..) {
                 let r = (|| -> rusqlite::Result<Out> {
                     let tx = conn.transaction()?;
-                    let o = run(&tx, &w, retention_ms, keys)?;
+                    let o = run(&tx, &w, retention_ms, keys, disk_low)?;
                     tx.commit()?;
                     Ok(o)
                 })();
@@ -524,11 +662,17 @@ fn accept_tx(
     headers_json: &str,
     key: Option<&DedupeKey>,
     keys: &mut Keys,
-) -> rusqlite::Result<Accept> {
+    disk_low: bool,
+) -> rusqlite::Result<Option<Accept>> {
     if let Some(k) = key {
         if let Some(original) = keys.seen(tx, &ev.route, &k.key, ev.received_at_ms)? {
-            return Ok(Accept::Duplicate(original));
+            return Ok(Some(Accept::Duplicate(original)));
         }
+    }
+    if disk_low {
+        return Ok(None);
+    }
+    if let Some(k) = key {
         keys.insert(tx, &ev.route, &k.key, &ev.id, k.expires_at_ms)?;
     }
     tx.prepare_cached(
@@ -547,7 +691,7 @@ fn accept_tx(
         ev.scheme,
         key.map(|k| k.key.as_str()),
     ])?;
-    Ok(Accept::Accepted(ev.id.clone()))
+    Ok(Some(Accept::Accepted(ev.id.clone())))
 }
 
 /// Records the attempt; moves the event to its next state only if it was not replayed while
@@ -696,6 +840,10 @@ fn summary(r: &rusqlite::Row) -> rusqlite::Result<EventSummary> {
 
 #[async_trait]
 impl Store for EmbeddedStore {
+    fn set_min_free_space(&self, bytes: u64) {
+        self.min_free.store(bytes, Ordering::Relaxed);
+    }
+
     async fn accept(&self, ev: NewEvent, dedupe: Option<DedupeKey>) -> Result<Accept, StoreError> {
         let headers = ev.headers.to_json();
         self.write(|r| Write::Accept(Box::new((ev, headers)), dedupe, r))
@@ -1077,6 +1225,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn below_min_free_space_new_events_are_refused_while_duplicates_and_settles_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            min_free_space: 0,
+            ..Options::new(Duration::from_secs(60))
+        };
+        let store = EmbeddedStore::open_with(dir.path(), &opts).unwrap();
+        let key = |k: &str| {
+            Some(DedupeKey {
+                key: k.into(),
+                expires_at_ms: 10_000,
+            })
+        };
+        let Accept::Accepted(first) = store.accept(event("r", "a"), key("a")).await.unwrap() else {
+            panic!("the first event is new")
+        };
+
+        // More than any disk has free: the check refuses every new event.
+        store.set_min_free_space(u64::MAX);
+        let refused = store.accept(event("r", "b"), key("b")).await;
+        match refused {
+            Err(StoreError::Unavailable(msg)) => assert!(
+                msg.contains("store.min_free_space"),
+                "the reason names the key: {msg}"
+            ),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(
+            store.accept(event("r", "c"), None).await.is_err(),
+            "an event without a key is refused too"
+        );
+        assert_eq!(
+            store.accept(event("r", "a"), key("a")).await.unwrap(),
+            Accept::Duplicate(first.clone()),
+            "a duplicate of a recorded event needs no room and is answered as one"
+        );
+        let leased = store.lease("r", 10, 2_000).await.unwrap();
+        assert_eq!(leased.len(), 1, "nothing but the first event was recorded");
+        let attempt = Attempt {
+            n: 1,
+            started_at_ms: 2_000,
+            outcome: "delivered",
+            status: Some(200),
+            latency_ms: 5,
+            detail: String::new(),
+        };
+        store
+            .settle(&leased[0], attempt, Next::Delivered)
+            .await
+            .unwrap();
+        let c = store.counts("r").await.unwrap();
+        assert_eq!((c.pending, c.delivered), (0, 1), "the settle was recorded");
+
+        // Space again (here: the check turned off, as a reload does): the refused key was
+        // never recorded, so the sender's retry is a new event.
+        store.set_min_free_space(0);
+        assert!(matches!(
+            store.accept(event("r", "b"), key("b")).await.unwrap(),
+            Accept::Accepted(_)
+        ));
+    }
+
+    #[tokio::test]
     async fn a_pass_goes_on_after_the_rows_it_looked_at_and_a_fresh_pass_starts_at_the_front() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
@@ -1345,20 +1556,42 @@ mod tests {
         assert_eq!(page_size(default.path()), DEFAULT_PAGE_SIZE as i64);
 
         let big = tempfile::tempdir().unwrap();
-        drop(EmbeddedStore::open_with(big.path(), Duration::from_secs(60), 16384).unwrap());
+        drop(
+            EmbeddedStore::open_with(
+                big.path(),
+                &Options {
+                    page_size: 16384,
+                    ..Options::new(Duration::from_secs(60))
+                },
+            )
+            .unwrap(),
+        );
         assert_eq!(page_size(big.path()), 16384);
 
         // A 4 KiB store with a pending event, opened again asking for 16 KiB pages.
         let old = tempfile::tempdir().unwrap();
         let id = {
-            let store =
-                EmbeddedStore::open_with(old.path(), Duration::from_secs(60), 4096).unwrap();
+            let store = EmbeddedStore::open_with(
+                old.path(),
+                &Options {
+                    page_size: 4096,
+                    ..Options::new(Duration::from_secs(60))
+                },
+            )
+            .unwrap();
             let Accept::Accepted(id) = store.accept(event("r", "kept"), None).await.unwrap() else {
                 panic!()
             };
             id
         };
-        let store = EmbeddedStore::open_with(old.path(), Duration::from_secs(60), 16384).unwrap();
+        let store = EmbeddedStore::open_with(
+            old.path(),
+            &Options {
+                page_size: 16384,
+                ..Options::new(Duration::from_secs(60))
+            },
+        )
+        .unwrap();
         assert_eq!(page_size(old.path()), 4096);
         let ev = store
             .get(&id)

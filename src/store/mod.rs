@@ -200,6 +200,9 @@ pub trait Store: Send + Sync {
     fn handoff(&self, _route: &str) -> Option<Handoff> {
         None
     }
+
+    /// Applies a reloaded `store.min_free_space`; backends without the check ignore it.
+    fn set_min_free_space(&self, _bytes: u64) {}
 }
 
 /// Most body bytes a route's handoff queue holds; past it, fresh events are spilled: only
@@ -344,8 +347,17 @@ impl Drop for Handoff {
 /// Opens the configured backend; recovery (if any) is done when this returns.
 pub async fn open(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
     match &cfg.backend {
-        StoreBackend::Embedded { path, page_size } => {
-            let store = embedded::EmbeddedStore::open_with(path, cfg.retention, *page_size)?;
+        StoreBackend::Embedded {
+            path,
+            page_size,
+            min_free_space,
+        } => {
+            let opts = embedded::Options {
+                retention: cfg.retention,
+                page_size: *page_size,
+                min_free_space: *min_free_space,
+            };
+            let store = embedded::EmbeddedStore::open_with(path, &opts)?;
             Ok(Arc::new(store))
         }
         StoreBackend::Redis {
