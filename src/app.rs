@@ -212,7 +212,7 @@ impl Running {
             self.store.set_min_free_space(*min_free_space);
         }
         if fixed_part(&config) != self.fixed {
-            tracing::warn!("config reload: [server] listeners, timeouts, trusted_proxies and [store] changes take effect only after a restart (store.page_size only for a new store)");
+            tracing::warn!("config reload: [server] listeners, timeouts, trusted_proxies and [store] changes other than store.min_free_space take effect only after a restart (store.page_size only for a new store)");
         }
         let routes = table.routes.len();
         self.table.store(Arc::new(table));

@@ -77,9 +77,9 @@ fn describe() {
         "Store operations that failed."
     );
     describe_gauge!(
-        "hookgate_store_disk_free_bytes",
+        "hookgate_store_disk_available_bytes",
         Unit::Bytes,
-        "Disk space available to the embedded store's filesystem."
+        "Embedded store: disk space available to it (filesystem available + its free pages)."
     );
     describe_gauge!(
         "hookgate_store_min_free_space_bytes",

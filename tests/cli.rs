@@ -49,6 +49,25 @@ fn check_prints_one_line_per_problem_and_exits_1() {
 }
 
 #[test]
+fn check_warns_when_store_min_free_space_would_refuse_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("reserve.toml");
+    let data = dir.path().join("data-not-created-yet");
+    std::fs::write(
+        &p,
+        format!("[store]\npath = {data:?}\nmin_free_space = \"1000000GiB\"\n[[route]]\nname = \"o\"\npath = \"/o\"\n[route.verify]\nscheme = \"none\"\n[route.forward]\nurl = \"http://127.0.0.1:9/x\"\n"),
+    )
+    .unwrap();
+    let (code, out, err) = hookgate(&["check", "-c", p.to_str().unwrap()]);
+    assert_eq!(code, 0, "a warning, not an error: {out}{err}");
+    assert!(
+        err.contains("warning: store.min_free_space: 1024000000 MiB is at least the size of the filesystem under"),
+        "{err}"
+    );
+    assert!(!data.exists(), "check creates nothing");
+}
+
+#[test]
 fn check_reports_a_missing_file_and_serve_refuses_a_bad_config() {
     let (code, out, _) = hookgate(&["check", "-c", "/nonexistent/hookgate.toml"]);
     assert_eq!(code, 1);

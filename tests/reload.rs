@@ -137,28 +137,65 @@ async fn sighup_and_file_changes_reload_routes_invalid_configs_are_refused() {
     assert!(gw.terminate().success());
 }
 
-/// `store.min_free_space` above what the disk has: new events get 503 with Retry-After (fail
-/// closed, SPEC §1 "spool full"), the reason is logged and exported, and a reload that lowers
-/// it lets the sender's retry in without a restart.
+/// What the filesystem under `path` has available, as `df` shows it.
+fn available(path: &std::path::Path) -> u64 {
+    let s = rustix::fs::statvfs(path).unwrap();
+    s.f_bavail * s.f_frsize
+}
+
+async fn gauge(gw: &Gateway, name: &str) -> f64 {
+    let text = reqwest::get(gw.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `store.min_free_space` against the disk's real free space: half of it lets events in, twice
+/// of it answers new events 503 with Retry-After (fail closed, SPEC §1 "spool full") while a
+/// duplicate is still answered as one; the reason is logged and exported, and a reload that
+/// lowers the reserve lets the sender's retry in without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn below_min_free_space_events_get_503_until_a_reload_lowers_it() {
+async fn below_min_free_space_new_events_get_503_until_a_reload_lowers_it() {
     let dir = tempdir();
     let up = Upstream::start().await;
-    let cfg = |min_free: &str| {
+    let cfg = |min_free: u64| {
         let store = Backend::Embedded.store_toml(dir.path());
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{store}min_free_space = \"{min_free}\"\n{}",
             route("a", "sec", &up.url("/a"))
         )
     };
-    // About a petabyte: more than this machine's disk has free.
-    let mut gw = Gateway::start(dir.path(), &cfg("1000000GiB"));
+    let free = available(dir.path());
+    let mut gw = Gateway::start(dir.path(), &cfg(free / 2));
     let c = reqwest::Client::new();
+    let send = |body: &'static str| {
+        signed(&c, &gw.url("/hooks/a"), "sec", body)
+            .header("Idempotency-Key", body)
+            .send()
+    };
+    assert_eq!(send("first").await.unwrap().status(), 202);
+    let seen = gauge(&gw, "hookgate_store_disk_available_bytes").await;
+    let now = available(dir.path()) as f64;
+    assert!(
+        (seen - now).abs() < now * 0.05,
+        "the gauge ({seen}) is what the filesystem has available ({now}), within 5 %"
+    );
 
-    let r = signed(&c, &gw.url("/hooks/a"), "sec", "while the disk is low")
-        .send()
-        .await
-        .unwrap();
+    std::fs::write(&gw.config_path, cfg(free * 2)).unwrap();
+    signal(gw.pid(), "HUP");
+    wait_until(Duration::from_secs(10), "reload ok", || {
+        metric(&gw, r#"hookgate_config_reloads_total{result="ok"} 1"#)
+    })
+    .await;
+    let r = send("second").await.unwrap();
     assert_eq!(r.status(), 503);
     assert!(
         r.headers().contains_key("retry-after"),
@@ -168,11 +205,16 @@ async fn below_min_free_space_events_get_503_until_a_reload_lowers_it() {
         r.json::<serde_json::Value>().await.unwrap(),
         serde_json::json!({"error": "unavailable"})
     );
-    assert!(
-        metric(&gw, "hookgate_store_min_free_space_bytes 1073741824000000").await,
-        "the threshold is exported"
+    assert_eq!(
+        send("first").await.unwrap().status(),
+        200,
+        "a duplicate of a recorded event is still answered as one"
     );
-    assert!(metric(&gw, "hookgate_store_disk_free_bytes ").await);
+    assert_eq!(
+        gauge(&gw, "hookgate_store_min_free_space_bytes").await,
+        (free * 2) as f64,
+        "the reserve is exported"
+    );
     assert!(
         gw.log().contains("below store.min_free_space"),
         "the log says why: {}",
@@ -181,19 +223,21 @@ async fn below_min_free_space_events_get_503_until_a_reload_lowers_it() {
     let ready = reqwest::get(gw.admin_url("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200, "the store is reachable; it is full");
 
-    std::fs::write(&gw.config_path, cfg("0")).unwrap();
+    std::fs::write(&gw.config_path, cfg(0)).unwrap();
     signal(gw.pid(), "HUP");
-    wait_until(Duration::from_secs(10), "reload ok", || {
-        metric(&gw, r#"hookgate_config_reloads_total{result="ok"} 1"#)
+    wait_until(Duration::from_secs(10), "second reload ok", || {
+        metric(&gw, r#"hookgate_config_reloads_total{result="ok"} 2"#)
     })
     .await;
-    let r = signed(&c, &gw.url("/hooks/a"), "sec", "while the disk is low")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202, "the retry is accepted after the reload");
-    let delivered = up.wait_delivered(1, Duration::from_secs(10)).await;
-    assert_eq!(&delivered[0].body[..], b"while the disk is low");
+    assert_eq!(
+        send("second").await.unwrap().status(),
+        202,
+        "the retry is accepted after the reload"
+    );
+    let delivered = up.wait_delivered(2, Duration::from_secs(10)).await;
+    let mut bodies: Vec<_> = delivered.iter().map(|r| r.body.to_vec()).collect();
+    bodies.sort();
+    assert_eq!(bodies, vec![b"first".to_vec(), b"second".to_vec()]);
     assert!(
         !gw.log().contains("take effect only after a restart"),
         "min_free_space applies on reload, so no restart is asked for"

@@ -377,7 +377,11 @@ pub async fn open(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
 /// Returns (warnings, errors), each line starting with the key's path.
 pub fn check(cfg: &StoreConfig) -> (Vec<String>, Vec<String>) {
     match &cfg.backend {
-        StoreBackend::Embedded { .. } => (Vec::new(), Vec::new()),
+        StoreBackend::Embedded {
+            path,
+            min_free_space,
+            ..
+        } => (embedded::check(path, *min_free_space), Vec::new()),
         StoreBackend::Redis { url, .. } => redis::check(url),
     }
 }
