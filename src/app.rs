@@ -108,6 +108,7 @@ async fn build(
                 wake,
                 handoff,
                 stop: stop_rx.clone(),
+                metrics: routes[i].metrics.clone(),
             };
             tokio::spawn(worker.run())
         })

@@ -229,6 +229,20 @@ async fn delivery_retries_then_delivers_at_attempt_three(b: Backend) {
     assert!(log
         .iter()
         .all(|a| a["latency_ms"].is_u64() && a["started_at_ms"].is_i64()));
+    let metrics = reqwest::get(gw.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"hookgate_deliveries_total{route="r",outcome="retry"} 2"#,
+        r#"hookgate_deliveries_total{route="r",outcome="delivered"} 1"#,
+        r#"hookgate_delivery_duration_seconds_count{route="r"} 3"#,
+        r#"hookgate_requests_total{route="r",outcome="accepted"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line} in:\n{metrics}");
+    }
 }
 
 async fn delivery_permanent_4xx_is_dead_at_once(b: Backend) {

@@ -17,7 +17,6 @@ use super::circuit::Circuit;
 use super::{retry, DeliveryError, Sink};
 use crate::config::RouteConfig;
 use crate::store::{Attempt, Event, Handoff, Next, ScanCursor, Store};
-use crate::telemetry;
 
 const IDLE_POLL: Duration = Duration::from_secs(5);
 
@@ -43,6 +42,8 @@ pub struct Worker {
     /// Fresh events straight from the store, when it offers that (`Store::handoff`).
     pub handoff: Option<Handoff>,
     pub stop: watch::Receiver<bool>,
+    /// The route's metric handles (shared with its ingress `Route`).
+    pub metrics: Arc<crate::telemetry::RouteMetrics>,
 }
 
 /// How an attempt went, as the circuit sees it: a permanent failure (a 4xx) still shows a
@@ -174,7 +175,8 @@ impl Worker {
                     health: None,
                     freed: freed_tx.clone(),
                 };
-                inflight.spawn(attempt(route, store, sink, ev, slot));
+                let metrics = self.metrics.clone();
+                inflight.spawn(attempt(route, store, sink, ev, slot, metrics));
             }
             if leased > 0 && leased == allowed {
                 continue; // there may be more due right now
@@ -276,6 +278,7 @@ async fn attempt(
     sink: Arc<dyn Sink>,
     mut ev: Event,
     mut slot: Slot,
+    metrics: Arc<crate::telemetry::RouteMetrics>,
 ) -> Done {
     let n = ev.attempts + 1;
     let started_ms = now_ms();
@@ -322,7 +325,7 @@ async fn attempt(
         Next::Retry { .. } => "retry",
         Next::Dead { .. } => "dead",
     };
-    telemetry::delivery(&route.name, outcome, latency);
+    metrics.delivery(outcome, latency);
     let latency_ms = latency.as_millis() as u64;
     match &next {
         Next::Delivered => {
@@ -462,6 +465,7 @@ mod tests {
             sink,
             wake: Arc::new(Notify::new()),
             stop,
+            metrics: Arc::new(crate::telemetry::RouteMetrics::new("r")),
         };
         (stop_tx, tokio::spawn(worker.run()))
     }

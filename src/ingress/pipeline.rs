@@ -40,12 +40,12 @@ pub async fn handle(ctx: Arc<Ingress>, peer: SocketAddr, req: Request<Incoming>)
     let latency_ms = elapsed.as_secs_f64() * 1000.0;
     match result {
         Ok(Outcome::Accepted(id)) => {
-            telemetry::request(name, "accepted", elapsed);
+            route.metrics.request("accepted", elapsed);
             tracing::info!(route = name, event_id = %id, outcome = "accepted", latency_ms, "request");
             reject::accepted(&id)
         }
         Ok(Outcome::Duplicate(id, same_signature)) => {
-            telemetry::request(name, "duplicate", elapsed);
+            route.metrics.request("duplicate", elapsed);
             if same_signature == Some(true) {
                 // A provider retry is re-signed (new timestamp); a byte-identical copy of the
                 // signed request is what a replayed capture looks like.
@@ -61,17 +61,17 @@ pub async fn handle(ctx: Arc<Ingress>, peer: SocketAddr, req: Request<Incoming>)
                 504 => "gateway_timeout",
                 _ => "proxied",
             };
-            telemetry::request(name, outcome, elapsed);
+            route.metrics.request(outcome, elapsed);
             tracing::info!(route = name, event_id = %id, outcome, status = reply.status().as_u16(), latency_ms, "request");
             reply
         }
         Ok(Outcome::Handshake(reply)) => {
-            telemetry::request(name, "handshake", elapsed);
+            route.metrics.request("handshake", elapsed);
             tracing::info!(route = name, outcome = "handshake", latency_ms, "request");
             reply
         }
         Err(rej) => {
-            telemetry::request(name, rej.code(), elapsed);
+            route.metrics.request(rej.code(), elapsed);
             if rej == Reject::Unavailable {
                 tracing::error!(
                     route = name,
@@ -126,7 +126,7 @@ async fn process(
         .verify(&parts, &body, now)
         .map_err(Reject::Verify)?;
     if let Some(i) = verified.secret_index {
-        telemetry::secret_matched(&cfg.name, i);
+        route.metrics.secret_matched(i);
     }
 
     if let Some(upstream) = &route.proxy {

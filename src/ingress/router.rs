@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 
 use crate::config::RouteConfig;
 use crate::forward::http::HttpSink;
+use crate::telemetry::RouteMetrics;
 
 pub struct Route {
     pub cfg: Arc<RouteConfig>,
@@ -25,6 +26,8 @@ pub struct Route {
     pub wake_on_accept: Option<Arc<Notify>>,
     /// `mode = "proxy"`: the upstream each verified request is forwarded to at once.
     pub proxy: Option<Arc<HttpSink>>,
+    /// The route's metric handles, shared with its delivery worker.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 impl Route {
@@ -43,12 +46,14 @@ impl Route {
             .collect::<Vec<_>>()
             .join(", ");
         let allow = HeaderValue::from_str(&allow).unwrap_or(HeaderValue::from_static("POST"));
+        let metrics = Arc::new(RouteMetrics::new(&cfg.name));
         Route {
             cfg,
             allow,
             limiter,
             wake_on_accept,
             proxy: None,
+            metrics,
         }
     }
 
