@@ -353,9 +353,9 @@ pub async fn open(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
             min_free_space,
         } => {
             let opts = embedded::Options {
-                retention: cfg.retention,
                 page_size: *page_size,
                 min_free_space: *min_free_space,
+                ..embedded::Options::new(cfg.retention)
             };
             let store = embedded::EmbeddedStore::open_with(path, &opts)?;
             Ok(Arc::new(store))
