@@ -216,8 +216,8 @@ async fn below_min_free_space_new_events_get_503_until_a_reload_lowers_it() {
         "the reserve is exported"
     );
     assert!(
-        gw.log().contains("below store.min_free_space"),
-        "the log says why: {}",
+        gw.log().contains("store: refusing new events"),
+        "the store logs that it started refusing: {}",
         gw.log()
     );
     let ready = reqwest::get(gw.admin_url("/readyz")).await.unwrap();
@@ -234,6 +234,12 @@ async fn below_min_free_space_new_events_get_503_until_a_reload_lowers_it() {
         202,
         "the retry is accepted after the reload"
     );
+    wait_until(
+        Duration::from_secs(5),
+        "the end of refusing logged",
+        || async { gw.log().contains("store: accepting new events again") },
+    )
+    .await;
     let delivered = up.wait_delivered(2, Duration::from_secs(10)).await;
     let mut bodies: Vec<_> = delivered.iter().map(|r| r.body.to_vec()).collect();
     bodies.sort();

@@ -230,26 +230,35 @@ pub const WAL_SIZE_LIMIT: u64 = 128 << 20;
 /// commit); what it accepts meanwhile is subtracted from the room it saw.
 const DISK_CHECK_EVERY: Duration = Duration::from_millis(100);
 
-/// Bytes a new event may add to the store, counted for `store.min_free_space`: its body and
-/// headers twice (the WAL frame and its copy in the database) plus the row's other columns
-/// and index entries.
+/// Bytes a new event may add to the store, counted for `store.min_free_space`: its body,
+/// headers and 512 bytes for the row's other columns and index entries, twice: once as a WAL
+/// frame, once as its copy in the database.
 fn disk_cost(ev: &NewEvent, headers_json: &str) -> u64 {
     2 * (ev.body.len() as u64 + headers_json.len() as u64 + 512)
 }
 
-/// The writer's view of the room the store has left: what the filesystem has available plus
-/// the database's free pages (which purges free and SQLite reuses before it grows the file;
-/// the file itself never shrinks). New events may use the room above `store.min_free_space`.
+/// The room new events have before `store.min_free_space`, from what the filesystem has
+/// available (`fs`) and the database's free pages (`free_pages`: purges free them and SQLite
+/// reuses them before it grows the file, which never shrinks). An event's copy in the
+/// database may go to free pages; its WAL frame needs the filesystem (the WAL grows into new
+/// space whenever it cannot start over), so that half is bounded by the filesystem alone.
+fn room_above(fs: u64, free_pages: u64, min: u64) -> u64 {
+    let total = fs.saturating_add(free_pages).saturating_sub(min);
+    let wal_half = fs.saturating_sub(min).saturating_mul(2);
+    total.min(wal_half)
+}
+
+/// The writer's view of the room the store has left (see `room_above`).
 struct DiskGuard {
     dir: std::path::PathBuf,
     min_free: Arc<AtomicU64>,
-    /// Bytes new events may still add before the reserve: as of `checked`, minus what was
-    /// accepted since.
+    /// Bytes new events may still add: as of `checked`, minus what was accepted since.
     room: u64,
     /// When the disk was last looked at, and the reserve then.
     checked: Option<(Instant, u64)>,
-    /// Refusing: the room has to grow an eighth of the reserve past it to end that, so a
-    /// store at the edge does not flip with every batch.
+    /// Refusing new events, since a batch had to refuse one. While refusing, an eighth of the
+    /// reserve more is held back, so it ends only once that much is free again, not with
+    /// every event's worth a purge frees.
     low: bool,
     /// A failed `statvfs` is logged once; new events then pass (SQLite still fails a commit
     /// it cannot write, and that answers 503).
@@ -271,26 +280,36 @@ impl DiskGuard {
     /// The room for the next batch's new events; looks at the disk again when the last look
     /// is older than `DISK_CHECK_EVERY` or the reserve was changed (reload).
     fn room(&mut self, conn: &Connection) -> u64 {
+        self.look_if_older(conn, DISK_CHECK_EVERY);
+        self.room
+    }
+
+    /// Looks at the disk if the last look is older than `age` or the reserve changed; keeps
+    /// the gauges current while only deliveries are recorded.
+    fn look_if_older(&mut self, conn: &Connection, age: Duration) {
         let min = self.min_free.load(Ordering::Relaxed);
-        let fresh =
-            matches!(self.checked, Some((at, m)) if m == min && at.elapsed() < DISK_CHECK_EVERY);
+        let fresh = matches!(self.checked, Some((at, m)) if m == min && at.elapsed() < age);
         if !fresh {
             self.look(conn, min);
         }
-        if min == 0 {
-            u64::MAX
-        } else {
-            self.room
-        }
     }
 
-    /// What a batch's new events took of the room.
-    fn spent(&mut self, bytes: u64) {
+    /// What a batch's new events took of the room, and whether it had to refuse one.
+    fn spent(&mut self, bytes: u64, refused: bool) {
         self.room = self.room.saturating_sub(bytes);
+        if refused && !self.low {
+            self.low = true;
+            tracing::error!(
+                path = %self.dir.display(),
+                min_free_space = self.min_free.load(Ordering::Relaxed),
+                "store: refusing new events: the disk space available to the store is down to store.min_free_space; they get 503 until space is freed (deliveries go on)"
+            );
+        }
     }
 
     fn look(&mut self, conn: &Connection, min: u64) {
         self.checked = Some((Instant::now(), min));
+        metrics::gauge!("hookgate_store_min_free_space_bytes").set(min as f64);
         let fs = match rustix::fs::statvfs(&self.dir) {
             Ok(s) => s.f_bavail.saturating_mul(s.f_frsize),
             Err(e) => {
@@ -298,7 +317,9 @@ impl DiskGuard {
                     self.failed = true;
                     tracing::warn!(path = %self.dir.display(), error = %e, "store: cannot read the free disk space; store.min_free_space is not enforced");
                 }
+                metrics::gauge!("hookgate_store_disk_available_bytes").set(f64::NAN);
                 self.room = u64::MAX;
+                self.low = false;
                 return;
             }
         };
@@ -313,30 +334,19 @@ impl DiskGuard {
             .unwrap_or(0);
         let available = fs.saturating_add(free_pages);
         metrics::gauge!("hookgate_store_disk_available_bytes").set(available as f64);
-        metrics::gauge!("hookgate_store_min_free_space_bytes").set(min as f64);
-        let threshold = if self.low {
-            min.saturating_add(min / 8)
+        if min == 0 {
+            self.room = u64::MAX;
         } else {
-            min
-        };
-        self.room = available.saturating_sub(threshold);
-        let low = min > 0 && self.room == 0;
-        if low != self.low {
-            self.low = low;
-            if low {
-                tracing::error!(
-                    path = %self.dir.display(),
-                    available,
-                    min_free_space = min,
-                    "store: disk space available to the store is below store.min_free_space; new events get 503 until space is freed (deliveries go on)"
-                );
-            } else {
-                tracing::warn!(
-                    available,
-                    min_free_space = min,
-                    "store: disk space available to the store is above store.min_free_space again; accepting new events"
-                );
-            }
+            let held_back = if self.low { min / 8 } else { 0 };
+            self.room = room_above(fs, free_pages, min).saturating_sub(held_back);
+        }
+        if self.low && self.room > 0 {
+            self.low = false;
+            tracing::warn!(
+                available,
+                min_free_space = min,
+                "store: accepting new events again: the disk space available to the store is above store.min_free_space"
+            );
         }
     }
 }
@@ -373,6 +383,8 @@ pub fn check(path: &Path, min_free: u64) -> Vec<String> {
     let size = s.f_blocks.saturating_mul(s.f_frsize);
     let available = s.f_bavail.saturating_mul(s.f_frsize);
     let mib = |b: u64| b / (1 << 20);
+    // Free pages inside an existing store are not counted here: a store that refuses for
+    // want of room should be looked at anyway.
     if min_free == 0 {
         Vec::new()
     } else if min_free >= size {
@@ -543,7 +555,7 @@ fn writer_loop(
         let first = match rx.recv_timeout(DISK_CHECK_IDLE) {
             Ok(w) => w,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                disk.room(&conn);
+                disk.look_if_older(&conn, DISK_CHECK_IDLE);
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -578,8 +590,10 @@ fn writer_loop(
         } else {
             u64::MAX
         };
-        let left = commit_batch(&mut conn, &mut batch, retention_ms, leases, &mut keys, room);
-        disk.spent(room.saturating_sub(left));
+        let (left, refused) =
+            commit_batch(&mut conn, &mut batch, retention_ms, leases, &mut keys, room);
+        disk.spent(room.saturating_sub(left), refused);
+        disk.look_if_older(&conn, DISK_CHECK_IDLE);
         commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // The checkpoint thread has just copied all but the last few frames; copying those
         // here, between transactions, lets the next transaction start the WAL over instead
@@ -736,7 +750,8 @@ fn reply(w: Write, r: Result<Out, String>, leases: &Leases) {
 /// One transaction for the whole batch (group commit); replies go out only after COMMIT.
 /// If any write fails, the whole transaction is rolled back and each write is run again in a
 /// transaction of its own, so one bad write cannot fail or half-apply the others. `room` is
-/// what new events may add (see `DiskGuard`); returns what is left of it.
+/// what new events may add (see `DiskGuard`); returns what is left of it and whether a new
+/// event had to be refused for want of it.
 fn commit_batch(
     conn: &mut Connection,
     batch: &mut Vec<Write>,
@@ -744,8 +759,9 @@ fn commit_batch(
     leases: &Leases,
     keys: &mut Keys,
     room: u64,
-) -> u64 {
+) -> (u64, bool) {
     let mut left = room;
+    let mut refused = false;
     let fast = (|| -> rusqlite::Result<Vec<Out>> {
         let tx = conn.transaction()?;
         let outs = batch
@@ -758,6 +774,7 @@ fn commit_batch(
     match fast {
         Ok(outs) => {
             keys.committed();
+            refused = outs.iter().any(|o| matches!(o, Out::DiskLow));
             for (w, o) in batch.drain(..).zip(outs) {
                 reply(w, Ok(o), leases);
             }
@@ -775,7 +792,10 @@ fn commit_batch(
                     Ok(o)
                 })();
                 match r {
-                    Ok(_) => keys.committed(),
+                    Ok(ref o) => {
+                        keys.committed();
+                        refused |= matches!(o, Out::DiskLow);
+                    }
                     Err(_) => {
                         keys.rolled_back();
                         left = before;
@@ -788,7 +808,7 @@ fn commit_batch(
             }
         }
     }
-    left
+    (left, refused)
 }
 
 fn accept_tx(
@@ -1408,6 +1428,24 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_wal_half_of_the_room_comes_from_the_filesystem_alone() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(room_above(100 * MIB, 0, 64 * MIB), 36 * MIB);
+        assert_eq!(
+            room_above(100 * MIB, 10 * MIB, 64 * MIB),
+            46 * MIB,
+            "free pages take the database's copies"
+        );
+        assert_eq!(
+            room_above(70 * MIB, 1024 * MIB, 64 * MIB),
+            12 * MIB,
+            "but the WAL frames still need the filesystem: twice its 6 MiB above the reserve"
+        );
+        assert_eq!(room_above(10 * MIB, 1024 * MIB, 64 * MIB), 0);
+        assert_eq!(room_above(0, 0, 64 * MIB), 0);
+    }
+
     /// The room is counted per event, not per batch: a batch of big events cannot take more
     /// than the room its writer saw.
     #[test]
@@ -1433,7 +1471,7 @@ mod tests {
             batch.push(Write::Accept(Box::new((ev, headers)), key, tx));
             answers.push(rx);
         }
-        let left = commit_batch(
+        let (left, refused) = commit_batch(
             &mut conn,
             &mut batch,
             60_000,
@@ -1442,6 +1480,7 @@ mod tests {
             2 * one + 7,
         );
         assert_eq!(left, 7, "two events took their cost");
+        assert!(refused, "the writer is told an event was refused");
         let answers: Vec<_> = answers
             .into_iter()
             .map(|mut rx| rx.try_recv().unwrap())
