@@ -85,7 +85,7 @@ fn row(out: &mut String, conns: usize, name: &str, m: &Measured, ratio: Option<f
     );
 }
 
-const RELAY_NOTE: &str = "The **relay floor** is the ceiling's bare server plus one HTTP round trip to the same upstream per request (hyper-util's pooled client, as hookgate's HTTP sink), answering `202` once the upstream answered: no verification, no store. hookgate's events make the same two exchanges, so the relay's rate bounds any gateway that delivers from the same core.";
+const RELAY_NOTE: &str = "The **relay floor** is the ceiling's bare server plus one HTTP round trip to the same upstream per request (hyper-util's pooled client, as hookgate's HTTP sink, with its 32 deliveries in flight and the forwarded headers), answering `202` once the upstream answered: no verification, no store. hookgate's events make the same two exchanges, so the relay's rate bounds a gateway that delivers the same way from the same core.";
 
 pub fn ratio(l: &Level) -> f64 {
     l.hookgate.rps() / l.ceiling.rps().max(1.0)
@@ -101,12 +101,17 @@ pub fn markdown(o: &Outcome, f: &Facts) -> String {
     let _ = writeln!(s, "```\n{}\n```\n", f.command);
     let _ = writeln!(
         s,
-        "`nproc` = {}; CPU: {}. Generator + upstream pinned to CPU {}, server under test (ceiling, relay floor or hookgate, all its threads) to CPU {} with `taskset` (seen: ceiling `Cpus_allowed_list` = {}, hookgate = {}). Store backend: `{}` (hookgate's binary links `{}` for its syncs); `HOOKGATE_LOG={}`; {} warm-up + {} measured per level; {}-byte bodies, unique `Idempotency-Key` each, HMAC-SHA256 signed.\n",
+        "`nproc` = {}; CPU: {}. Generator + upstream pinned to CPU {}, server under test (ceiling, relay floor or hookgate, all its threads) to CPU {} with `taskset` (seen: ceiling `Cpus_allowed_list` = {}, {}hookgate = {}). Store backend: `{}` (hookgate's binary links `{}` for its syncs); `HOOKGATE_LOG={}`; {} warm-up + {} measured per level; {}-byte bodies, unique `Idempotency-Key` each, HMAC-SHA256 signed.\n",
         f.nproc,
         f.cpu_model,
         f.loadgen_cpu,
         f.server_cpu,
         o.ceiling_cpus,
+        o.levels
+            .first()
+            .and_then(|l| l.relay_cpus.as_deref())
+            .map(|c| format!("relay floor = {c}, "))
+            .unwrap_or_default(),
         o.levels.first().map(|l| l.hookgate_cpus.as_str()).unwrap_or("?"),
         f.backend,
         f.sync,

@@ -93,8 +93,10 @@ pub struct Level {
     pub ceiling: Measured,
     /// Ceiling requests/s before and after hookgate's window.
     pub ceiling_runs: [f64; 2],
-    /// The relay floor (a bare server forwarding each request), when measured.
+    /// The relay floor (a bare server forwarding each request), when measured, and the CPUs
+    /// its process was allowed.
     pub relay: Option<Measured>,
+    pub relay_cpus: Option<String>,
     pub hookgate: Measured,
     pub delivery: Delivery,
     pub hookgate_warnings: usize,
@@ -146,11 +148,13 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
         let c1 = measure(c1_spec, conns, ceiling.pid, plan, None, None).await?;
         eprintln!("   {:.0} req/s", c1.rps());
 
+        let mut relay_cpus = None;
         let relay = if plan.relay {
             eprintln!("== {conns} connections: relay floor");
             let r = Server::relay(plan.server_cpu, up_addr)
                 .await
                 .context("relay")?;
+            relay_cpus = Some(proc::allowed_cpus(r.pid));
             let m = measure(
                 spec(r.addr, format!("r{conns}-{run_tag}")),
                 conns,
@@ -231,6 +235,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
             ceiling: Measured::combine(c1, c2)?,
             ceiling_runs,
             relay,
+            relay_cpus,
             hookgate: h,
             delivery,
             hookgate_warnings,
