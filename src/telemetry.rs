@@ -78,9 +78,9 @@ fn describe() {
         "Store operations that failed."
     );
     describe_gauge!(
-        "hookgate_store_disk_available_bytes",
+        "hookgate_store_room_bytes",
         Unit::Bytes,
-        "Embedded store: disk space available to it (filesystem available + its free pages)."
+        "Embedded store: bytes new events may still take above store.min_free_space (0: refusing)."
     );
     describe_gauge!(
         "hookgate_store_min_free_space_bytes",

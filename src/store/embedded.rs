@@ -317,37 +317,61 @@ impl DiskGuard {
                     self.failed = true;
                     tracing::warn!(path = %self.dir.display(), error = %e, "store: cannot read the free disk space; store.min_free_space is not enforced");
                 }
-                metrics::gauge!("hookgate_store_disk_available_bytes").set(f64::NAN);
+                metrics::gauge!("hookgate_store_room_bytes").set(f64::NAN);
                 self.room = u64::MAX;
                 self.low = false;
                 return;
             }
         };
-        self.failed = false;
-        let free_pages = conn
-            .query_row(
-                "SELECT f.freelist_count * p.page_size FROM pragma_freelist_count() AS f, pragma_page_size() AS p",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n.max(0) as u64)
-            .unwrap_or(0);
-        let available = fs.saturating_add(free_pages);
-        metrics::gauge!("hookgate_store_disk_available_bytes").set(available as f64);
-        if min == 0 {
-            self.room = u64::MAX;
-        } else {
-            let held_back = if self.low { min / 8 } else { 0 };
-            self.room = room_above(fs, free_pages, min).saturating_sub(held_back);
+        if self.failed {
+            self.failed = false;
+            tracing::warn!(path = %self.dir.display(), "store: reading the free disk space again; store.min_free_space is enforced");
         }
-        if self.low && self.room > 0 {
-            self.low = false;
+        // Pages committed to the WAL but not yet copied into the database file, beyond its
+        // end: the checkpoint will grow the file by that much, and the filesystem does not
+        // show it yet.
+        let (pages, free_pages) = conn
+            .query_row(
+                "SELECT c.page_count * p.page_size, f.freelist_count * p.page_size
+                 FROM pragma_page_count() AS c, pragma_freelist_count() AS f, pragma_page_size() AS p",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .map(|(a, b)| (a.max(0) as u64, b.max(0) as u64))
+            .unwrap_or((0, 0));
+        let file = std::fs::metadata(self.dir.join("hookgate.db"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let fs = fs.saturating_sub(pages.saturating_sub(file));
+        if self.decide(fs, free_pages, min) {
             tracing::warn!(
-                available,
+                filesystem_available = fs,
+                free_pages,
                 min_free_space = min,
-                "store: accepting new events again: the disk space available to the store is above store.min_free_space"
+                "store: accepting new events again: the store has room above store.min_free_space"
             );
         }
+        metrics::gauge!("hookgate_store_room_bytes").set(if min == 0 {
+            f64::NAN
+        } else {
+            self.room as f64
+        });
+    }
+
+    /// Sets the room from what the disk has, and ends refusing once an eighth of the reserve
+    /// is free beyond it (then the whole room is there again). True when refusing ended.
+    fn decide(&mut self, fs: u64, free_pages: u64, min: u64) -> bool {
+        if min == 0 {
+            self.room = u64::MAX;
+            return std::mem::take(&mut self.low);
+        }
+        let above = room_above(fs, free_pages, min);
+        let ended = self.low && above > min / 8;
+        if ended {
+            self.low = false;
+        }
+        self.room = if self.low { 0 } else { above };
+        ended
     }
 }
 
@@ -1426,6 +1450,29 @@ mod tests {
             restarts >= 3,
             "the WAL started over {restarts} times in 8 s"
         );
+    }
+
+    /// Refusing starts with the first refused event and ends only once an eighth of the
+    /// reserve is free beyond it; meanwhile the room is 0, so it does not flap with every
+    /// event's worth a purge frees.
+    #[test]
+    fn refusing_ends_an_eighth_of_the_reserve_above_it_not_before() {
+        const MIB: u64 = 1 << 20;
+        let min = 64 * MIB;
+        let mut g = DiskGuard::new(Path::new("."), Arc::new(AtomicU64::new(min)));
+        assert!(!g.decide(min + 10 * MIB, 0, min));
+        assert_eq!(g.room, 10 * MIB);
+        g.spent(10 * MIB, true);
+        assert!(g.low, "a refused event starts refusing");
+        assert!(!g.decide(min + MIB, 0, min), "one more MiB is not enough");
+        assert_eq!(g.room, 0, "while refusing there is no room");
+        assert!(!g.decide(min + min / 8, 0, min), "nor is exactly an eighth");
+        assert_eq!(g.room, 0);
+        assert!(g.decide(min + min / 8 + MIB, 0, min), "refusing ends");
+        assert_eq!(g.room, min / 8 + MIB, "with the whole room");
+        g.spent(0, true);
+        assert!(g.decide(0, 0, 0), "a reserve of 0 ends refusing too");
+        assert_eq!(g.room, u64::MAX);
     }
 
     #[test]
