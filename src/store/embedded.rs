@@ -327,22 +327,8 @@ impl DiskGuard {
             self.failed = false;
             tracing::warn!(path = %self.dir.display(), "store: reading the free disk space again; store.min_free_space is enforced");
         }
-        // Pages committed to the WAL but not yet copied into the database file, beyond its
-        // end: the checkpoint will grow the file by that much, and the filesystem does not
-        // show it yet.
-        let (pages, free_pages) = conn
-            .query_row(
-                "SELECT c.page_count * p.page_size, f.freelist_count * p.page_size
-                 FROM pragma_page_count() AS c, pragma_freelist_count() AS f, pragma_page_size() AS p",
-                [],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-            )
-            .map(|(a, b)| (a.max(0) as u64, b.max(0) as u64))
-            .unwrap_or((0, 0));
-        let file = std::fs::metadata(self.dir.join("hookgate.db"))
-            .map(|m| m.len())
-            .unwrap_or(0);
-        let fs = fs.saturating_sub(pages.saturating_sub(file));
+        let (growth, free_pages) = pending_growth_and_free_pages(conn, &self.dir);
+        let fs = fs.saturating_sub(growth);
         if self.decide(fs, free_pages, min) {
             tracing::warn!(
                 filesystem_available = fs,
@@ -373,6 +359,25 @@ impl DiskGuard {
         self.room = if self.low { 0 } else { above };
         ended
     }
+}
+
+/// What the next checkpoint will still add to the database file (pages committed to the WAL
+/// beyond the file's end, which the filesystem does not show yet), and the bytes of the
+/// database's free pages.
+fn pending_growth_and_free_pages(conn: &Connection, dir: &Path) -> (u64, u64) {
+    let (pages, free_pages) = conn
+        .query_row(
+            "SELECT c.page_count * p.page_size, f.freelist_count * p.page_size
+             FROM pragma_page_count() AS c, pragma_freelist_count() AS f, pragma_page_size() AS p",
+            [],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+        )
+        .map(|(a, b)| (a.max(0) as u64, b.max(0) as u64))
+        .unwrap_or((0, 0));
+    let file = std::fs::metadata(dir.join("hookgate.db"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    (pages.saturating_sub(file), free_pages)
 }
 
 /// A reserve at least the size of the filesystem refuses every event from the start: most
@@ -1473,6 +1478,38 @@ mod tests {
         g.spent(0, true);
         assert!(g.decide(0, 0, 0), "a reserve of 0 ends refusing too");
         assert_eq!(g.room, u64::MAX);
+    }
+
+    /// Rows committed to the WAL grow the database file only at the checkpoint: until then
+    /// the filesystem does not show that growth, so the room must.
+    #[test]
+    fn growth_still_in_the_wal_is_counted_until_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_conn(&dir.path().join("hookgate.db"), DEFAULT_PAGE_SIZE).unwrap();
+        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        conn.execute_batch("CREATE TABLE t (b BLOB)").unwrap();
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+        let (before, _) = pending_growth_and_free_pages(&conn, dir.path());
+        assert_eq!(before, 0, "all checkpointed");
+        let tx = conn.transaction().unwrap();
+        for _ in 0..256 {
+            tx.execute("INSERT INTO t VALUES (zeroblob(4000))", [])
+                .unwrap();
+        }
+        tx.commit().unwrap();
+        let (pending, _) = pending_growth_and_free_pages(&conn, dir.path());
+        assert!(pending >= 256 * 4000, "pending growth {pending}");
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+        let (after, free) = pending_growth_and_free_pages(&conn, dir.path());
+        assert_eq!(after, 0, "the checkpoint grew the file");
+        conn.execute("DELETE FROM t", []).unwrap();
+        let (_, freed) = pending_growth_and_free_pages(&conn, dir.path());
+        assert!(
+            freed > free + 200 * 4000,
+            "deleted rows free pages: {freed}"
+        );
     }
 
     #[test]
