@@ -138,13 +138,10 @@ impl RouteMetrics {
             "duplicate" => Some(&self.duplicate),
             _ => None,
         };
-        match kept {
-            Some(c) => c
-                .get_or_init(|| counter!("hookgate_requests_total", "route" => self.route.clone(), "outcome" => outcome))
-                .increment(1),
-            None => counter!("hookgate_requests_total", "route" => self.route.clone(), "outcome" => outcome)
-                .increment(1),
-        }
+        count(
+            kept,
+            || counter!("hookgate_requests_total", "route" => self.route.clone(), "outcome" => outcome),
+        );
         self.request_duration
             .get_or_init(
                 || histogram!("hookgate_request_duration_seconds", "route" => self.route.clone()),
@@ -159,13 +156,10 @@ impl RouteMetrics {
             "dead" => Some(&self.dead),
             _ => None,
         };
-        match kept {
-            Some(c) => c
-                .get_or_init(|| counter!("hookgate_deliveries_total", "route" => self.route.clone(), "outcome" => outcome))
-                .increment(1),
-            None => counter!("hookgate_deliveries_total", "route" => self.route.clone(), "outcome" => outcome)
-                .increment(1),
-        }
+        count(
+            kept,
+            || counter!("hookgate_deliveries_total", "route" => self.route.clone(), "outcome" => outcome),
+        );
         self.delivery_duration
             .get_or_init(
                 || histogram!("hookgate_delivery_duration_seconds", "route" => self.route.clone()),
@@ -174,12 +168,19 @@ impl RouteMetrics {
     }
 
     pub fn secret_matched(&self, index: usize) {
-        match self.secrets.get(index) {
-            Some(c) => c
-                .get_or_init(|| counter!("hookgate_secret_matches_total", "route" => self.route.clone(), "secret_index" => index.to_string()))
-                .increment(1),
-            None => secret_matched(&self.route, index),
-        }
+        count(
+            self.secrets.get(index),
+            || counter!("hookgate_secret_matches_total", "route" => self.route.clone(), "secret_index" => index.to_string()),
+        );
+    }
+}
+
+/// Adds one to the series `make` registers: through the kept handle when there is a slot for
+/// it (registered on first use), else looked up this once.
+fn count(kept: Option<&OnceLock<Counter>>, make: impl FnOnce() -> Counter) {
+    match kept {
+        Some(slot) => slot.get_or_init(make).increment(1),
+        None => make().increment(1),
     }
 }
 
@@ -188,10 +189,6 @@ pub fn request(route: &str, outcome: &'static str, elapsed: Duration) {
         .increment(1);
     histogram!("hookgate_request_duration_seconds", "route" => route.to_string())
         .record(elapsed.as_secs_f64());
-}
-
-pub fn secret_matched(route: &str, index: usize) {
-    counter!("hookgate_secret_matches_total", "route" => route.to_string(), "secret_index" => index.to_string()).increment(1);
 }
 
 pub fn event_counts(route: &str, pending: u64, dead: u64) {

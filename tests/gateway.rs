@@ -229,12 +229,7 @@ async fn delivery_retries_then_delivers_at_attempt_three(b: Backend) {
     assert!(log
         .iter()
         .all(|a| a["latency_ms"].is_u64() && a["started_at_ms"].is_i64()));
-    let metrics = reqwest::get(gw.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     for line in [
         r#"hookgate_deliveries_total{route="r",outcome="retry"} 2"#,
         r#"hookgate_deliveries_total{route="r",outcome="delivered"} 1"#,

@@ -196,12 +196,7 @@ async fn every_row_of_the_status_table() {
     assert!(h["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
 
     // Every response is JSON, and none reveals a secret or an expected signature.
-    let metrics = reqwest::get(f.gw.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = f.gw.metrics().await;
     for needle in [
         r#"hookgate_requests_total{route="orders",outcome="accepted"} 3"#,
         r#"hookgate_requests_total{route="orders",outcome="duplicate"} 1"#,
@@ -373,12 +368,7 @@ async fn fails_closed_with_503_when_the_event_cannot_be_recorded() {
     )
     .await;
     assert_eq!(s, 202, "{v}");
-    let metrics = reqwest::get(f.gw.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = f.gw.metrics().await;
     assert!(
         metrics.contains(r#"hookgate_requests_total{route="orders",outcome="unavailable"} 1"#),
         "{metrics}"

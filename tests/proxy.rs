@@ -107,12 +107,7 @@ async fn proxy_relays_the_upstream_answer_or_502_504() {
         "gateway_timeout"
     );
 
-    let metrics = reqwest::get(gw.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains(r#"hookgate_requests_total{route="live",outcome="proxied"} 2"#),
         "{metrics}"

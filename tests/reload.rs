@@ -15,13 +15,7 @@ fn route(name: &str, secret: &str, up: &str) -> String {
 }
 
 async fn metric(gw: &Gateway, line: &str) -> bool {
-    reqwest::get(gw.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-        .contains(line)
+    gw.metrics().await.contains(line)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,12 +138,7 @@ fn available(path: &std::path::Path) -> u64 {
 }
 
 async fn gauge(gw: &Gateway, name: &str) -> f64 {
-    let text = reqwest::get(gw.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics().await;
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .unwrap_or_else(|| panic!("no {name} in:\n{text}"))

@@ -380,19 +380,11 @@ fn pending_growth_and_free_pages(conn: &Connection, dir: &Path) -> (u64, u64) {
     (pages.saturating_sub(file), free_pages)
 }
 
-/// A reserve at least the size of the filesystem refuses every event from the start: most
-/// likely a typo (`64GiB` for `64MiB`), so it is said at start.
+/// A reserve the disk cannot meet (at least the filesystem's size, likely a typo such as
+/// `64GiB` for `64MiB`, or more than it has free) is said at start, as `hookgate check` says it.
 fn warn_if_reserve_exceeds_disk(dir: &Path, min_free: u64) {
-    if let Ok(s) = rustix::fs::statvfs(dir) {
-        let size = s.f_blocks.saturating_mul(s.f_frsize);
-        if min_free > 0 && min_free >= size {
-            tracing::warn!(
-                path = %dir.display(),
-                min_free_space = min_free,
-                filesystem_size = size,
-                "store: store.min_free_space is at least the size of the store's filesystem: every new event will get 503"
-            );
-        }
+    for w in check(dir, min_free) {
+        tracing::warn!("store: {w}");
     }
 }
 
@@ -1307,6 +1299,18 @@ mod tests {
     use super::*;
     use crate::verify::Verified;
 
+    /// A first attempt that delivered.
+    fn delivered_attempt(started_at_ms: i64, latency_ms: u64) -> Attempt {
+        Attempt {
+            n: 1,
+            started_at_ms,
+            outcome: "delivered",
+            status: Some(200),
+            latency_ms,
+            detail: String::new(),
+        }
+    }
+
     fn event(route: &str, body: &'static str) -> NewEvent {
         let parts = http::Request::post("/x?q=1")
             .body(())
@@ -1628,14 +1632,7 @@ mod tests {
         );
         let leased = store.lease("r", 10, 2_000).await.unwrap();
         assert_eq!(leased.len(), 1, "nothing but the first event was recorded");
-        let attempt = Attempt {
-            n: 1,
-            started_at_ms: 2_000,
-            outcome: "delivered",
-            status: Some(200),
-            latency_ms: 5,
-            detail: String::new(),
-        };
+        let attempt = delivered_attempt(2_000, 5);
         store
             .settle(&leased[0], attempt, Next::Delivered)
             .await
@@ -1706,14 +1703,7 @@ mod tests {
         let leased = store.lease("r", 10, 2_000).await.unwrap();
         assert_eq!(leased.len(), 1);
         assert!(store.replay(&id, 3_000).await.unwrap());
-        let attempt = Attempt {
-            n: 1,
-            started_at_ms: 2_000,
-            outcome: "delivered",
-            status: Some(200),
-            latency_ms: 5,
-            detail: String::new(),
-        };
+        let attempt = delivered_attempt(2_000, 5);
         store
             .settle(&leased[0], attempt, Next::Delivered)
             .await
@@ -1828,18 +1818,7 @@ mod tests {
         assert_eq!(&first[0].body[..], b"b", "read back whole");
         let received = first[0].received_at_ms;
         store
-            .settle(
-                &first[0],
-                Attempt {
-                    n: 1,
-                    started_at_ms: received,
-                    outcome: "delivered",
-                    status: Some(200),
-                    latency_ms: 1,
-                    detail: String::new(),
-                },
-                Next::Delivered,
-            )
+            .settle(&first[0], delivered_attempt(received, 1), Next::Delivered)
             .await
             .unwrap();
         assert!(
@@ -2010,14 +1989,7 @@ mod tests {
             };
             ids.push(id);
         }
-        let attempt = Attempt {
-            n: 1,
-            started_at_ms: t,
-            outcome: "delivered",
-            status: Some(200),
-            latency_ms: 1,
-            detail: String::new(),
-        };
+        let attempt = delivered_attempt(t, 1);
         for ev in store.lease("r", 10, t).await.unwrap() {
             let next = match &ev.body[..] {
                 b"delivered" => Next::Delivered,

@@ -132,6 +132,16 @@ impl Gateway {
         format!("http://{}{}", self.admin, path)
     }
 
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.admin_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn admin_json(&self, path: &str) -> serde_json::Value {
         reqwest::get(self.admin_url(path))
             .await
