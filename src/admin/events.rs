@@ -76,9 +76,41 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
 
 pub async fn show(admin: &Admin, id: &str) -> Reply {
     match admin.store.get(id).await {
-        Ok(Some(ev)) => ok_json(StatusCode::OK, &ev),
+        Ok(Some(mut ev)) => {
+            let table = admin.table.load();
+            let route = table.routes.iter().find(|r| r.name == ev.summary.route);
+            let extra = route.and_then(|r| r.verifier.credential_header());
+            redact_credentials(&mut ev.headers, extra);
+            ok_json(StatusCode::OK, &ev)
+        }
         Ok(None) => error(StatusCode::NOT_FOUND, "unknown_event"),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+    }
+}
+
+/// What a masked header value reads as.
+const REDACTED: &str = "[redacted]";
+
+/// Masks, in the stored `[name, value]` pairs, the values that are credentials: the route's
+/// secret itself where the scheme sends it as is (`credential`), and `Authorization` /
+/// `Proxy-Authorization` always (Basic and Bearer routes' secrets, or a credential meant for
+/// the upstream). The store keeps them as received, since they are forwarded unchanged.
+fn redact_credentials(headers: &mut serde_json::Value, credential: Option<&str>) {
+    let Some(pairs) = headers.as_array_mut() else {
+        return;
+    };
+    for pair in pairs {
+        let Some([name, value]) = pair.as_array_mut().map(|p| p.as_mut_slice()) else {
+            continue;
+        };
+        let secret = name.as_str().is_some_and(|n| {
+            n.eq_ignore_ascii_case("authorization")
+                || n.eq_ignore_ascii_case("proxy-authorization")
+                || credential.is_some_and(|c| n.eq_ignore_ascii_case(c))
+        });
+        if secret {
+            *value = serde_json::Value::from(REDACTED);
+        }
     }
 }
 
@@ -120,5 +152,34 @@ pub async fn replay_dead(admin: &Admin, name: &str) -> Reply {
             )
         }
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_masked_and_other_headers_kept() {
+        let mut h = serde_json::json!([
+            ["authorization", "Basic dXNlcjpwYXNz"],
+            ["Proxy-Authorization", "Bearer t"],
+            ["x-gitlab-token", "s3cret"],
+            ["x-okta-token", [1, 2, 3]],
+            ["content-type", "application/json"]
+        ]);
+        redact_credentials(&mut h, Some("x-okta-token"));
+        assert_eq!(
+            h,
+            serde_json::json!([
+                ["authorization", REDACTED],
+                ["Proxy-Authorization", REDACTED],
+                ["x-gitlab-token", "s3cret"],
+                ["x-okta-token", REDACTED],
+                ["content-type", "application/json"]
+            ])
+        );
+        redact_credentials(&mut h, Some("x-gitlab-token"));
+        assert_eq!(h[2][1], REDACTED);
     }
 }

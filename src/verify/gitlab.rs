@@ -61,6 +61,10 @@ impl super::Verifier for GitlabVerifier {
         SCHEME
     }
 
+    fn credential_header(&self) -> Option<&str> {
+        Some("x-gitlab-token")
+    }
+
     fn verify(&self, req: &Parts, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {
         if req.headers.contains_key("webhook-signature") {
             let mut v = self.signed.verify(req, body, now)?;

@@ -115,6 +115,13 @@ pub trait Verifier: Send + Sync + fmt::Debug {
     fn sign(&self, _body: &[u8], _now: SystemTime, _url: &str) -> Option<Vec<(String, String)>> {
         None
     }
+
+    /// The request header (lower-case name) that carries the route's secret itself, a static
+    /// token compared as sent, besides `Authorization`, which is always treated so: shown
+    /// masked wherever the admin API shows an event's headers.
+    fn credential_header(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// What a scheme's builder may need besides its own keys.

@@ -64,6 +64,10 @@ impl super::Verifier for OktaVerifier {
         SCHEME
     }
 
+    fn credential_header(&self) -> Option<&str> {
+        Some(self.header.as_str())
+    }
+
     fn verify(&self, req: &Parts, body: &[u8], _now: SystemTime) -> Result<Verified, VerifyError> {
         let i = self.check(req)?;
         Ok(Verified {
