@@ -37,6 +37,10 @@ pub struct Running {
     generation: tokio::sync::Mutex<Generation>,
     /// What a reload cannot change (listeners, store): compared to warn that it needs a restart.
     fixed: String,
+    /// Where a reload puts the new `admin_token`.
+    admin: Arc<Admin>,
+    /// The TLS certificate in use (when TLS is on); a reload swaps in the files' new content.
+    tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
 }
 
 /// The routes of one config generation, swapped atomically on reload.
@@ -60,8 +64,15 @@ fn fixed_part(config: &Config) -> String {
         *min_free_space = 0;
     }
     format!(
-        "{} {} {:?} {:?} {:?} {:?}",
-        s.listen, s.admin_listen, store, s.trusted_proxies, s.body_timeout, s.header_timeout
+        "{} {} {:?} {:?} {:?} {:?} {:?} tls={}",
+        s.listen,
+        s.admin_listen,
+        store,
+        s.trusted_proxies,
+        s.body_timeout,
+        s.header_timeout,
+        s.shutdown_grace,
+        s.tls.is_some()
     )
 }
 
@@ -125,19 +136,20 @@ async fn build(
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let metrics = telemetry::init();
     let store = store::open(&config.store).await?;
+    // Listeners first: a process that cannot serve must not start delivering either.
+    let admin_listener = ingress::bind(config.server.admin_listen, "server.admin_listen").await?;
+    let ingress_listener = ingress::bind(config.server.listen, "server.listen").await?;
     let (stop, stop_rx) = watch::channel(false);
     let (table, generation) = build(&config, &store).await?;
     let table = Arc::new(ArcSwap::from_pointee(table));
 
-    let admin_listener = ingress::bind(config.server.admin_listen, "server.admin_listen").await?;
-    let ingress_listener = ingress::bind(config.server.listen, "server.listen").await?;
     let admin_addr = admin_listener.local_addr()?;
     let ingress_addr = ingress_listener.local_addr()?;
 
     let admin = Arc::new(Admin {
         store: store.clone(),
         table: table.clone(),
-        token: config.server.admin_token.clone(),
+        token: arc_swap::ArcSwapOption::from(config.server.admin_token.clone().map(Arc::new)),
         metrics,
         ready: Default::default(),
     });
@@ -153,12 +165,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         trusted_proxies: config.server.trusted_proxies.clone(),
         body_timeout: config.server.body_timeout,
     });
+    let tls = config.server.tls.clone().map(|t| Arc::new(ArcSwap::new(t)));
     let ingress = tokio::spawn(ingress::serve(
         ingress_listener,
         ctx,
         config.server.header_timeout,
         config.server.shutdown_grace,
-        config.server.tls.clone(),
+        tls.clone(),
         stop_rx,
     ));
     admin.ready.store(true, Ordering::Release);
@@ -173,6 +186,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         table,
         generation: tokio::sync::Mutex::new(generation),
         fixed: fixed_part(&config),
+        admin,
+        tls,
     })
 }
 
@@ -180,8 +195,9 @@ impl Running {
     /// Reloads routes from `path` (SIGHUP or a changed file): an invalid config is refused and
     /// logged and the old one keeps serving; a valid one is swapped in atomically — requests
     /// see either the old routes or the new, never a mix — and the old workers stop after their
-    /// in-flight attempts. Pending events are untouched (they live in the store). Listener and
-    /// store settings need a restart; a change to them is logged as such.
+    /// in-flight attempts. Pending events are untouched (they live in the store). The admin
+    /// token and the TLS certificate's files are taken as they are now. Listener and store
+    /// settings need a restart; a change to them is logged as such.
     pub async fn reload(&self, path: &std::path::Path) -> bool {
         let config = match crate::config::load(path) {
             Ok((config, warnings)) => {
@@ -212,8 +228,14 @@ impl Running {
         if let StoreBackend::Embedded { min_free_space, .. } = &config.store.backend {
             self.store.set_min_free_space(*min_free_space);
         }
+        self.admin
+            .token
+            .store(config.server.admin_token.clone().map(Arc::new));
+        if let (Some(current), Some(new)) = (&self.tls, &config.server.tls) {
+            current.store(new.clone());
+        }
         if fixed_part(&config) != self.fixed {
-            tracing::warn!("config reload: [server] listeners, timeouts, trusted_proxies and [store] changes other than store.min_free_space take effect only after a restart (store.page_size only for a new store)");
+            tracing::warn!("config reload: [server] listeners, timeouts, trusted_proxies, shutdown_grace, turning [server.tls] on or off, and [store] changes other than store.min_free_space take effect only after a restart (store.page_size only for a new store)");
         }
         let routes = table.routes.len();
         self.table.store(Arc::new(table));
@@ -233,10 +255,14 @@ impl Running {
     /// attempts — all within the grace period. Pending events stay in the store.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        let deadline = tokio::time::Instant::now() + self.grace;
-        let _ = tokio::time::timeout_at(deadline, self.ingress).await;
+        // The workers stop leasing at once, not after the ingress drained: a slow request may
+        // take the whole grace period, and an attempt started meanwhile would be cut off at
+        // the deadline after it reached the upstream (made again after restart, a duplicate).
+        // Events accepted while the ingress drains stay pending in the store.
         let generation = self.generation.into_inner();
         let _ = generation.stop.send(true);
+        let deadline = tokio::time::Instant::now() + self.grace;
+        let _ = tokio::time::timeout_at(deadline, self.ingress).await;
         for w in generation.workers {
             if tokio::time::timeout_at(deadline, w).await.is_err() {
                 tracing::warn!("a delivery worker did not stop within the grace period; its attempts will be made again after restart");

@@ -28,7 +28,8 @@ pub struct Admin {
     pub store: Arc<dyn Store>,
     /// The current routes (swapped on reload).
     pub table: Arc<arc_swap::ArcSwap<crate::app::RouteTable>>,
-    pub token: Option<Secret>,
+    /// `server.admin_token`; swapped on reload, so revoking a leaked token needs no restart.
+    pub token: arc_swap::ArcSwapOption<Secret>,
     pub metrics: PrometheusHandle,
     /// Set once the store is open, recovery done and every worker started.
     pub ready: AtomicBool,
@@ -69,7 +70,8 @@ pub fn ok_json(status: StatusCode, v: &impl serde::Serialize) -> Reply {
 }
 
 fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
-    let Some(token) = &admin.token else {
+    let token = admin.token.load();
+    let Some(token) = token.as_deref() else {
         return true;
     };
     let given = req

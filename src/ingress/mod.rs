@@ -1,7 +1,8 @@
 //! The public listener: HTTP/1.1 on hyper, one task per connection. The request head must
 //! arrive within `server.header_timeout` (and fit in 64 KiB), the body within
 //! `server.body_timeout`. On shutdown it stops accepting, lets in-flight requests finish
-//! within the grace period, then closes what is left.
+//! within the grace period, then closes what is left. With TLS, each connection takes the
+//! certificate of the moment, so a reload's renewed certificate serves new connections.
 
 mod body;
 mod pipeline;
@@ -37,11 +38,10 @@ pub async fn serve(
     ctx: Arc<Ingress>,
     header_timeout: Duration,
     grace: Duration,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<arc_swap::ArcSwap<rustls::ServerConfig>>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -54,7 +54,9 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let (ctx, watcher, tls) = (ctx.clone(), graceful.watcher(), tls.clone());
+                // The certificate of the moment: a reload swaps in renewed files.
+                let tls = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.load_full()));
+                let (ctx, watcher) = (ctx.clone(), graceful.watcher());
                 tokio::spawn(async move {
                     match tls {
                         None => connection(stream, peer, ctx, header_timeout, watcher).await,

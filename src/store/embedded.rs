@@ -108,6 +108,8 @@ enum Write {
 pub struct EmbeddedStore {
     /// Dropped with the store, which stops the checkpoint thread.
     _alive: Arc<()>,
+    /// The exclusive lock on `hookgate.lock`, held while the store is open (see `lock_dir`).
+    _lock: Option<std::fs::File>,
     /// `store.min_free_space`, read by the writer before each batch; set again on reload.
     min_free: Arc<AtomicU64>,
     /// Transactions committed by the writer (each one fsync): fewer than writes under load.
@@ -439,6 +441,33 @@ fn open_conn(file: &Path, page_size: u32) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// Takes an exclusive `flock` on `dir/hookgate.lock`, so a second process cannot open the same
+/// store: SQLite would let both write, but leases and the dedupe index live in each process's
+/// memory, so both would deliver every pending event and each would let through duplicates of
+/// keys the other recorded. The lock goes with the process (also on SIGKILL). `None` where
+/// the filesystem has no locks (logged; nothing then stops a second process).
+fn lock_dir(dir: &Path) -> anyhow::Result<Option<std::fs::File>> {
+    let path = dir.join("hookgate.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("store.path: cannot open {}: {e}", path.display()))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(file)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(anyhow::anyhow!(
+            "store.path: {} is in use by another hookgate process (it holds {}); each process needs its own store.path (replicas that share work use backend = \"redis\")",
+            dir.display(),
+            path.display()
+        )),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "store: cannot lock the store directory; nothing stops a second process from opening the same store");
+            Ok(None)
+        }
+    }
+}
+
 impl EmbeddedStore {
     /// With the default options and `retention`.
     pub fn open(dir: &Path, retention: Duration) -> anyhow::Result<Self> {
@@ -450,6 +479,7 @@ impl EmbeddedStore {
         let page_size = opts.page_size;
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("store.path: cannot create {}: {e}", dir.display()))?;
+        let lock = lock_dir(dir)?;
         let file = dir.join("hookgate.db");
         let writer = open_conn(&file, page_size)
             .map_err(|e| anyhow::anyhow!("store.path: cannot open {}: {e}", file.display()))?;
@@ -503,6 +533,7 @@ impl EmbeddedStore {
             })?;
         Ok(EmbeddedStore {
             _alive: alive,
+            _lock: lock,
             min_free,
             commits,
             tx,
@@ -1464,6 +1495,22 @@ mod tests {
     /// Refusing starts with the first refused event and ends only once an eighth of the
     /// reserve is free beyond it; meanwhile the room is 0, so it does not flap with every
     /// event's worth a purge frees.
+    #[test]
+    fn a_second_open_of_the_same_store_is_refused_until_the_first_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
+        let err = match EmbeddedStore::open(dir.path(), Duration::from_secs(60)) {
+            Ok(_) => panic!("a second open of a store in use succeeded"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.starts_with("store.path: ") && err.contains("in use by another hookgate process"),
+            "{err}"
+        );
+        drop(first);
+        EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
+    }
+
     #[test]
     fn refusing_ends_an_eighth_of_the_reserve_above_it_not_before() {
         const MIB: u64 = 1 << 20;

@@ -1,0 +1,105 @@
+//! A process's hold on its store and its shutdown: a second process cannot open a store in
+//! use, and SIGTERM stops new delivery attempts at once while in-flight requests finish.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+const SECRET: &str = "lifecycle-secret";
+
+fn route(up: &str) -> String {
+    format!(
+        "\n[[route]]\nname = \"r\"\npath = \"/hooks/r\"\n[route.verify]\nscheme = \"hmac\"\nsecrets = [\"{SECRET}\"]\n[route.forward]\nurl = \"{up}\"\nbackoff_initial = \"10ms\"\nbackoff_max = \"20ms\"\nmax_attempts = 1000\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_the_same_store_is_refused() {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    let cfg = config(&Backend::Embedded, dir.path(), "", &route(&up.url("/in")));
+    let gw = Gateway::start(dir.path(), &cfg);
+    // Same config file, same store.path; its listeners are on other free ports.
+    let log = dir.path().join("second.log");
+    let mut second = Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["serve", "-c"])
+        .arg(&gw.config_path)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = second.try_wait().unwrap() {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let err = std::fs::read_to_string(&log).unwrap();
+    let status = status.unwrap_or_else(|| panic!("the second process kept running: {err}"));
+    assert!(!status.success(), "second process started: {err}");
+    assert!(
+        err.contains("store.path: ") && err.contains("in use by another hookgate process"),
+        "{err}"
+    );
+    // The first one still serves.
+    let r = signed(&reqwest::Client::new(), &gw.url("/hooks/r"), SECRET, "x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_delivery_attempts_while_a_slow_request_drains() {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    up.always(503);
+    let cfg = config(&Backend::Embedded, dir.path(), "", &route(&up.url("/in")));
+    let mut gw = Gateway::start(dir.path(), &cfg);
+    let r = signed(
+        &reqwest::Client::new(),
+        &gw.url("/hooks/r"),
+        SECRET,
+        "retried",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    // The event is being retried every 10–20 ms.
+    up.wait_received(3, Duration::from_secs(10)).await;
+
+    // A request whose body never completes keeps the ingress draining after SIGTERM.
+    let mut slow = TcpStream::connect(gw.ingress).unwrap();
+    slow.write_all(b"POST /hooks/r HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        .unwrap();
+    signal(gw.pid(), "TERM");
+    wait_until(Duration::from_secs(10), "shutdown to begin", || async {
+        gw.log().contains("shutting down")
+    })
+    .await;
+    // At most the attempts in flight around the signal; before, the worker kept retrying
+    // for as long as the slow request held the ingress open (up to the grace period).
+    let at_signal = up.received().len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = up.received().len();
+    assert!(
+        later <= at_signal + 2,
+        "{} attempts after SIGTERM",
+        later - at_signal
+    );
+    drop(slow);
+    assert!(gw.terminate_wait().success());
+}
