@@ -11,6 +11,9 @@ use crate::verify::Verified;
 #[derive(Debug, PartialEq, Eq)]
 pub struct MissingKey;
 
+/// The one scheme whose `auto` key may come from the `Idempotency-Key` header.
+const GENERIC_HMAC: &str = "hmac";
+
 fn body_sha256(body: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(body)))
 }
@@ -47,11 +50,19 @@ pub fn derive(
             header_value(headers, name.as_str()).map(|v| format!("header:{v}"))
         }
         DedupeKeySpec::Json(ptr) => json_value(body, ptr).map(|v| format!("json:{v}")),
+        // SPEC §3: the preset's event id; for the generic `hmac` scheme only, the sender's
+        // `Idempotency-Key` (a preset's signature does not cover that header, so honouring it
+        // would let a captured request be replayed under a fresh key).
         DedupeKeySpec::Auto => verified
             .event_id
             .clone()
             .map(|id| format!("id:{id}"))
-            .or_else(|| header_value(headers, "idempotency-key").map(|v| format!("header:{v}"))),
+            .or_else(|| {
+                (verified.scheme == GENERIC_HMAC)
+                    .then(|| header_value(headers, "idempotency-key"))
+                    .flatten()
+                    .map(|v| format!("header:{v}"))
+            }),
     };
     match found {
         Some(k) => Ok(Some(k)),
@@ -121,6 +132,40 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(sha.starts_with("sha256:") && sha.len() == 7 + 64);
+    }
+
+    /// SPEC §3: `auto` falls back to `Idempotency-Key` only for the generic `hmac` scheme; a
+    /// preset's signature does not cover that header, so without an event id it is body-sha256.
+    #[test]
+    fn auto_idempotency_key_only_for_generic_hmac() {
+        let body = br#"{"entry":[]}"#;
+        let sha = body_sha256(body);
+        for key in ["k1", "k2"] {
+            let mut h = HeaderMap::new();
+            h.insert("idempotency-key", key.parse().unwrap());
+            for scheme in ["meta", "none", "bearer", "github"] {
+                let v = Verified {
+                    scheme,
+                    event_id: None,
+                    secret_index: None,
+                };
+                assert_eq!(
+                    derive(&cfg(DedupeKeySpec::Auto, false), &v, &h, body),
+                    Ok(Some(sha.clone())),
+                    "{scheme}"
+                );
+                // Required: the preset's id is the key; the unsigned header does not stand in.
+                assert_eq!(
+                    derive(&cfg(DedupeKeySpec::Auto, true), &v, &h, body),
+                    Err(MissingKey),
+                    "{scheme}"
+                );
+            }
+            assert_eq!(
+                derive(&cfg(DedupeKeySpec::Auto, false), &verified(None), &h, body),
+                Ok(Some(format!("header:{key}")))
+            );
+        }
     }
 
     #[test]

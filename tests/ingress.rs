@@ -560,3 +560,117 @@ async fn duplicates_are_logged_as_replay_or_provider_retry() {
     .await;
     assert_eq!(f.gw.log().matches("possible replay").count(), 1);
 }
+
+/// SPEC §3: `dedupe.key = "auto"` falls back to `Idempotency-Key` for the generic `hmac` scheme
+/// only. A preset without an event id (Meta signs the body alone, no timestamp) dedupes on the
+/// body's SHA-256, so a captured request resent under a fresh, unsigned `Idempotency-Key` is a
+/// duplicate, not a second event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_dedupe_ignores_idempotency_key_on_a_preset_without_an_id() {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    let routes = format!(
+        r#"
+[[route]]
+name = "meta"
+path = "/hooks/meta"
+[route.verify]
+scheme = "meta"
+secrets = ["meta-app-secret"]
+[route.forward]
+url = "{up}/meta"
+
+[[route]]
+name = "generic"
+path = "/hooks/generic"
+[route.verify]
+scheme = "hmac"
+secrets = ["{SECRET}"]
+[route.forward]
+url = "{up}/generic"
+"#,
+        up = format!("http://{}", up.addr)
+    );
+    let gw = Gateway::start(
+        dir.path(),
+        &config(&Backend::Embedded, dir.path(), "", &routes),
+    );
+    let c = reqwest::Client::new();
+
+    // Signed as Meta does: X-Hub-Signature-256 = "sha256=" + hex HMAC-SHA256(app secret, body).
+    let body = br#"{"object":"page","entry":[{"id":"1","time":1700000000}]}"#;
+    let sig = {
+        use hmac::{Hmac, Mac};
+        let mut m = Hmac::<sha2::Sha256>::new_from_slice(b"meta-app-secret").unwrap();
+        m.update(body);
+        format!("sha256={}", hex::encode(m.finalize().into_bytes()))
+    };
+    let meta = |key: &str| {
+        c.post(gw.url("/hooks/meta"))
+            .header("X-Hub-Signature-256", sig.clone())
+            .header("Idempotency-Key", key)
+            .body(body.to_vec())
+    };
+    let (s, v, _) = answer(meta("capture-1")).await;
+    assert_eq!((s, v["status"].as_str()), (202, Some("accepted")), "{v}");
+    let first = v["event_id"].as_str().unwrap().to_string();
+    for key in ["replay-2", "replay-3"] {
+        let (s, v, _) = answer(meta(key)).await;
+        assert_eq!(
+            (s, v["status"].as_str(), v["event_id"].as_str()),
+            (200, Some("duplicate"), Some(first.as_str())),
+            "a replay under Idempotency-Key {key}"
+        );
+    }
+
+    // The generic hmac scheme still honours the sender's Idempotency-Key.
+    let generic = |key: &str| {
+        signed(&c, &gw.url("/hooks/generic"), SECRET, "same").header("Idempotency-Key", key)
+    };
+    let (s1, a, _) = answer(generic("k-1")).await;
+    let (s2, _, _) = answer(generic("k-2")).await;
+    let (s3, v, _) = answer(generic("k-1")).await;
+    assert_eq!((s1, s2, s3), (202, 202, 200));
+    assert_eq!(v["event_id"], a["event_id"]);
+
+    gw.wait_event_state(&first, "delivered", Duration::from_secs(10))
+        .await;
+    let delivered = up.wait_delivered(3, Duration::from_secs(10)).await;
+    let to = |p: &str| delivered.iter().filter(|r| r.uri.starts_with(p)).count();
+    assert_eq!((to("/meta"), to("/generic")), (1, 2), "{delivered:?}");
+}
+
+/// `allow_ips` behind a trusted proxy reads every `X-Forwarded-For` line, in order, as one
+/// list (RFC 9110 §5.3): a proxy that appends its own line (HAProxy `option forwardfor`) names
+/// the client there, and the client's forged first line cannot stand in for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_ips_reads_every_forwarded_for_line() {
+    let f = fixture("trusted_proxies = [\"127.0.0.1/32\"]").await;
+    let addr = f.gw.ingress;
+    let send = move |lines: &[&str]| {
+        let xff: String = lines
+            .iter()
+            .map(|l| format!("X-Forwarded-For: {l}\r\n"))
+            .collect();
+        let req = format!(
+            "POST /hooks/private HTTP/1.1\r\nHost: x\r\n{xff}Content-Length: 1\r\nConnection: close\r\n\r\nx"
+        );
+        raw_exchange(addr, &[req.as_bytes()], Duration::ZERO).0
+    };
+    let (forged, honest, one_line) = tokio::task::spawn_blocking(move || {
+        (
+            // The client forges an allowed address; the proxy appends the one it saw.
+            send(&["10.1.2.3", "203.0.113.7"]),
+            // The reverse: the client's own line is outside, the proxy saw an allowed address.
+            send(&["203.0.113.7", "10.1.2.3"]),
+            // The same forgery within one line, for comparison.
+            send(&["10.1.2.3, 203.0.113.7"]),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(forged.starts_with("HTTP/1.1 403"), "{forged}");
+    assert!(forged.contains("\"forbidden\""), "{forged}");
+    assert!(honest.starts_with("HTTP/1.1 202"), "{honest}");
+    assert!(one_line.starts_with("HTTP/1.1 403"), "{one_line}");
+}

@@ -329,6 +329,62 @@ async fn sdk_signed_requests_are_accepted_and_tampered_ones_refused() {
     );
 }
 
+/// Twilio signs the URL, plus the form parameters of a form POST; a JSON body is covered by
+/// `bodySHA256` in the signed query. A body covered by neither is refused: otherwise one
+/// URL-only signature (an empty POST's) would carry any body an attacker liked.
+#[tokio::test]
+async fn twilio_refuses_a_body_its_signature_does_not_cover() {
+    require_sdks();
+    let gw = Gateway::start();
+    let secret = "twilio-auth-token";
+    // JSON as Twilio sends it, signed and checked by twilio-python: accepted; tampered: refused.
+    let json = br#"{"event_type":"com.twilio.messaging.message.delivered","sid":"SM1"}"#;
+    let (headers, doc) = gw.sdk_sign(
+        "python",
+        "twilio-json",
+        secret,
+        json,
+        &["--url", &format!("{PUBLIC_URL}/twilio?x=json")],
+    );
+    let path = doc["url"]
+        .as_str()
+        .unwrap()
+        .strip_prefix(PUBLIC_URL)
+        .unwrap()
+        .to_string();
+    assert!(path.contains("bodySHA256="), "{path}");
+    accepted_and_tamper_refused(&gw, &path, &headers, json).await;
+
+    // A URL-only signature: what twilio-python computes for a POST without parameters.
+    let url = format!("{PUBLIC_URL}/twilio?x=empty");
+    let (headers, _) = gw.sdk_sign("python", "twilio", secret, b"", &["--url", &url]);
+    let (status, text) = gw.post("/twilio?x=empty", &headers, b"").await;
+    assert_eq!(
+        status, 202,
+        "an empty POST is all the URL signature covers: {text}"
+    );
+    let forged = br#"{"event_type":"forged","amount":1000000}"#;
+    let as_json: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("content-type"))
+        .cloned()
+        .chain([("Content-Type".to_string(), "application/json".to_string())])
+        .collect();
+    let untyped: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("content-type"))
+        .cloned()
+        .collect();
+    for h in [&as_json, &untyped] {
+        let (status, text) = gw.post("/twilio?x=empty", h, forged).await;
+        assert_eq!(
+            (status, text.as_str()),
+            (401, "{\"error\":\"invalid_signature\"}"),
+            "a body the URL-only signature does not cover, headers {h:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn handshakes_are_answered_as_documented() {
     require_sdks();

@@ -11,7 +11,7 @@ use http::Request;
 use hyper::body::Incoming;
 
 use super::reject::{self, Reject, Reply};
-use super::router::{client_ip, Route};
+use super::router::{client_ip, forwarded_for, Route};
 use super::Ingress;
 use crate::dedupe;
 use crate::store::{Accept, DedupeKey, NewEvent};
@@ -99,11 +99,8 @@ async fn process(
         return Err(Reject::MethodNotAllowed(route.allow.clone()));
     }
     if !cfg.allow_ips.is_empty() {
-        let xff = parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
-        if !route.ip_allowed(client_ip(peer.ip(), xff, &ctx.trusted_proxies)) {
+        let xff = forwarded_for(&parts.headers);
+        if !route.ip_allowed(client_ip(peer.ip(), xff.as_deref(), &ctx.trusted_proxies)) {
             return Err(Reject::Forbidden);
         }
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 use tokio::sync::Notify;
 
@@ -92,6 +92,22 @@ impl Router {
     }
 }
 
+/// Every `X-Forwarded-For` field line, in order, as one comma-separated list (RFC 9110 §5.3:
+/// several lines of a list field are one list). A proxy that appends its own line (HAProxy
+/// `option forwardfor`) puts the hop it saw last, so reading only the first line would take the
+/// client's own, forgeable, value. A line that is not visible ASCII stays in as an entry that
+/// does not parse, so the right-to-left walk stops there.
+pub fn forwarded_for(headers: &HeaderMap) -> Option<String> {
+    let mut lines = headers.get_all("x-forwarded-for").iter().peekable();
+    lines.peek()?;
+    Some(
+        lines
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
 /// The client's address: the peer, or — when the peer is a trusted proxy — the right-most
 /// `X-Forwarded-For` entry that is not itself a trusted proxy.
 pub fn client_ip(peer: IpAddr, xff: Option<&str>, trusted: &[IpNet]) -> IpAddr {
@@ -136,5 +152,35 @@ mod tests {
             ip("9.9.9.9")
         );
         assert_eq!(client_ip(ip("10.0.0.1"), None, &trusted), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn every_forwarded_for_line_counts_in_order() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut h = HeaderMap::new();
+        assert_eq!(forwarded_for(&h), None);
+        // The client forges the first line; the trusted proxy appends its own second line.
+        h.append("x-forwarded-for", HeaderValue::from_static("10.9.9.9"));
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 10.0.0.2"),
+        );
+        let xff = forwarded_for(&h).unwrap();
+        assert_eq!(xff, "10.9.9.9,6.6.6.6, 10.0.0.2");
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), Some(&xff), &trusted),
+            ip("6.6.6.6")
+        );
+        // A line that is not visible ASCII ends the walk where it stands.
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("9.9.9.9"));
+        h.append("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.3"));
+        let xff = forwarded_for(&h).unwrap();
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), Some(&xff), &trusted),
+            ip("10.0.0.3")
+        );
     }
 }

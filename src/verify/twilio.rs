@@ -3,7 +3,9 @@
 //! the form-encoded POST parameters sorted by name, each name followed by each of its distinct
 //! values in sorted order (twilio-python 9.13.0 `RequestValidator`). JSON bodies carry
 //! `bodySHA256=<hex sha256(body)>` in the query instead: the URL alone is signed and the body hash
-//! must match. As the SDK does, the URL is tried with and without the default port. When
+//! must match. Any other non-empty body (not a form POST, no `bodySHA256`) is refused: the
+//! signature would cover the URL alone, so the body would be unauthenticated. As the SDK does,
+//! the URL is tried with and without the default port. When
 //! `X-Twilio-Webhooks-Signature-Settings` says `algorithm=HMAC_SHA256` (SharedKey signing) the
 //! MAC is HMAC-SHA256 and the secret is the SharedKey secret. No timestamp; several secrets
 //! cover primary/secondary Auth Tokens. Event id: `I-Twilio-Idempotency-Token`.
@@ -121,6 +123,8 @@ impl super::Verifier for TwilioVerifier {
                 String::new()
             }
             None if is_form(req) && req.method == http::Method::POST => params_string(body),
+            // Only the URL would be signed: a body that nothing covers could be anything.
+            None if !body.is_empty() => return Err(VerifyError::InvalidSignature),
             None => String::new(),
         };
         let urls = port_variants(&url);
@@ -275,6 +279,40 @@ mod tests {
         );
         assert_eq!(
             v.verify(&unknown_alg, PARAMS, at(0)).unwrap_err(),
+            VerifyError::InvalidSignature
+        );
+    }
+
+    /// A URL-only signature (a GET, or an empty POST) does not vouch for a body it does not
+    /// cover: a JSON body without `bodySHA256`, or a form body on a non-POST, is refused.
+    #[test]
+    fn a_body_the_signature_does_not_cover_is_refused() {
+        let v = v("https://mycompany.com");
+        let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
+        let url_only = STANDARD.encode(crypto::mac(Algorithm::Sha1, b"12345", &[url.as_bytes()]));
+        for (method, ct) in [("POST", ""), ("GET", ""), ("POST", "application/json")] {
+            let mut h = vec![("X-Twilio-Signature", url_only.as_str())];
+            if !ct.is_empty() {
+                h.push(("Content-Type", ct));
+            }
+            let r = req_to(method, "/myapp.php?foo=1&bar=2", &h);
+            assert!(
+                v.verify(&r, b"", at(0)).is_ok(),
+                "{method} {ct:?} empty body"
+            );
+            assert_eq!(
+                v.verify(&r, br#"{"forged":true}"#, at(0)).unwrap_err(),
+                VerifyError::InvalidSignature,
+                "{method} {ct:?} with a body"
+            );
+        }
+        let put_form = req_to(
+            "PUT",
+            "/myapp.php?foo=1&bar=2",
+            &[("X-Twilio-Signature", &url_only), ("Content-Type", FORM)],
+        );
+        assert_eq!(
+            v.verify(&put_form, PARAMS, at(0)).unwrap_err(),
             VerifyError::InvalidSignature
         );
     }

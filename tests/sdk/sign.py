@@ -6,7 +6,7 @@ Used by tests/providers.rs to drive the real gateway as the provider would. Inst
 with scripts/sdk-setup.sh (versions pinned in tests/sdk/requirements.txt).
 
 usage: sign.py PROVIDER --secret S --body-file F [--timestamp UNIX_S] [--id MSG_ID] [--url URL]
-providers: stripe, standard-webhooks, svix, slack, twilio, paddle, discord
+providers: stripe, standard-webhooks, svix, slack, twilio, twilio-json, paddle, discord
 """
 import argparse
 import json
@@ -22,7 +22,7 @@ def main() -> None:
     ap.add_argument("--body-file", required=True)
     ap.add_argument("--timestamp", type=int, default=None)
     ap.add_argument("--id", default="msg_hookgate_sdk_test")
-    ap.add_argument("--url", default=None, help="public URL (twilio)")
+    ap.add_argument("--url", default=None, help="public URL (twilio, twilio-json)")
     a = ap.parse_args()
     with open(a.body_file, "rb") as f:
         body_bytes = f.read()
@@ -69,6 +69,22 @@ def main() -> None:
             "X-Twilio-Signature": sig,
             "Content-Type": "application/x-www-form-urlencoded",
         }
+    elif a.provider == "twilio-json":
+        # A JSON body as Twilio sends it: bodySHA256 of the body appended to the URL's query,
+        # the URL alone signed (no params); checked with the SDK's own validate(). Prints the
+        # signed URL as "url".
+        from twilio.request_validator import RequestValidator
+
+        if not a.url:
+            sys.exit("sign.py twilio-json: --url is required")
+        v = RequestValidator(a.secret)
+        sep = "&" if "?" in a.url else "?"
+        url = f"{a.url}{sep}bodySHA256={v.compute_hash(body)}"
+        sig = v.compute_signature(url, {})
+        if not v.validate(url, body, sig):
+            sys.exit("sign.py twilio-json: the SDK does not validate its own signature")
+        out["headers"] = {"X-Twilio-Signature": sig, "Content-Type": "application/json"}
+        out["url"] = url
     elif a.provider == "paddle":
         from paddle_billing.Notifications.PaddleSignature import PaddleSignature
 
