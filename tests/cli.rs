@@ -85,3 +85,54 @@ fn check_reports_a_missing_file_and_serve_refuses_a_bad_config() {
         "{err}"
     );
 }
+
+fn write_config(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn a_mistyped_secret_is_named_by_its_key_and_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, expected) in [
+        (
+            "[[route]]\nname = \"o\"\npath = \"/o\"\n[route.verify]\nscheme = \"hmac\"\nsecrets = \"hunter2\"\n[route.forward]\nurl = \"http://127.0.0.1:9/\"\n",
+            "route[0].verify.secrets: invalid type: string (value not shown), expected a sequence",
+        ),
+        (
+            "[[route]]\nname = \"o\"\npath = \"/o\"\n[route.verify]\nscheme = \"hmac\"\nsecrets = [\"ok\", 4242hunter2]\n",
+            "config: invalid array: expected `]` (line 6)\n",
+        ),
+        (
+            "[[route]]\nname = \"o\"\npath = \"/o\"\n[route.verify]\nscheme = \"hmac\"\nsecrets = [\"ok\", 4242]\n[route.forward]\nurl = \"http://127.0.0.1:9/\"\n",
+            "route[0].verify.secrets[1]: invalid type: integer (value not shown), expected a string",
+        ),
+        (
+            "[server]\nadmin_token = 4242\n",
+            "server.admin_token: invalid type: integer (value not shown), expected a string",
+        ),
+        (
+            "[[route]]\nname = \"o\"\npath = \"/o\"\n[route.verify]\nscheme = \"meta\"\nsecrets = [\"a\"]\nverify_token = 4242\n",
+            "route[0].verify.verify_token: invalid type: integer (value not shown), expected a string",
+        ),
+        (
+            "[[route]]\nname = \"o\"\npath = \"/o\"\n[route.verify]\nscheme = \"none\"\n[route.forward]\nurl = \"http://127.0.0.1:9/\"\nsign = { scheme = \"hmac\", secret = [\"hunter2\"] }\n",
+            "route[0].forward.sign.secret: invalid type: sequence (value not shown), expected a string",
+        ),
+    ] {
+        let p = write_config(&dir, "secret.toml", text);
+        let (code, out, err) = hookgate(&["check", "-c", &p]);
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+        let (code, _, err) = hookgate(&["serve", "-c", &p]);
+        assert_eq!(code, 1);
+        let (_, _, events) = hookgate(&["events", "-c", &p, "list"]);
+        for printed in [&out, &err, &events] {
+            assert!(
+                !printed.contains("hunter2") && !printed.contains("4242"),
+                "{printed}"
+            );
+        }
+    }
+}

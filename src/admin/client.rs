@@ -6,7 +6,6 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 
-use crate::config::raw::RawConfig;
 use crate::config::secret;
 
 pub struct Target {
@@ -29,8 +28,15 @@ pub fn target(
                     config.display()
                 )
             })?;
-            let raw: RawConfig = toml::from_str(&text)
-                .with_context(|| format!("{}: invalid config", config.display()))?;
+            // Through the config's own parser, so an error names the key and never quotes a
+            // secret written at it.
+            let raw = crate::config::parse_raw(&text).map_err(|p| {
+                anyhow::anyhow!(
+                    "{}: invalid config: {}",
+                    config.display(),
+                    p.to_string().trim_end()
+                )
+            })?;
             let listen = raw
                 .server
                 .admin_listen

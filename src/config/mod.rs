@@ -207,12 +207,25 @@ pub fn load(path: &Path) -> Result<(Config, Vec<String>), Problems> {
 
 /// Parses and validates config text.
 pub fn parse(text: &str) -> Result<(Config, Vec<String>), Problems> {
+    validate(parse_raw(text)?)
+}
+
+/// Parses config text into its raw mirror, without validating it (the admin client reads
+/// only `[server]`). A type error at a key that holds a secret names the key and the expected
+/// type, never the value written there.
+pub fn parse_raw(text: &str) -> Result<raw::RawConfig, Problems> {
     let de = toml::Deserializer::new(text);
-    let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+    serde_path_to_error::deserialize(de).map_err(|e| {
         let mut p = Problems::default();
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let msg = inner.message().to_string();
+        // One line per problem: toml's syntax messages span two ("invalid array\nexpected `]`").
+        let msg = inner.message().trim().replace('\n', ": ");
+        let msg = if raw::holds_secret(&path) {
+            redact_value(&msg)
+        } else {
+            msg
+        };
         let line = inner
             .span()
             .map(|s| {
@@ -229,6 +242,29 @@ pub fn parse(text: &str) -> Result<(Config, Vec<String>), Problems> {
         };
         p.error(path, format!("{msg}{line}"));
         p
-    })?;
-    validate(raw)
+    })
+}
+
+/// serde's `invalid type: string "hunter2", expected a sequence` without the value:
+/// `invalid type: string (value not shown), expected a sequence`. Any other message at a
+/// secret's key is replaced whole, since it might quote the value too.
+fn redact_value(msg: &str) -> String {
+    for lead in ["invalid type: ", "invalid value: "] {
+        let Some(rest) = msg.strip_prefix(lead) else {
+            continue;
+        };
+        // The expectation comes last and is the target type's own text, so the last
+        // ", expected " is the separator even when the value contains one.
+        let Some(sep) = rest.rfind(", expected ") else {
+            break;
+        };
+        let kind = rest[..sep]
+            .split(['"', '`', '\''])
+            .next()
+            .unwrap_or_default()
+            .trim();
+        let kind = if kind.is_empty() { "value" } else { kind };
+        return format!("{lead}{kind} (value not shown){}", &rest[sep..]);
+    }
+    "invalid value (not shown: this key holds a secret)".to_string()
 }

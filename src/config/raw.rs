@@ -4,6 +4,30 @@
 
 use serde::Deserialize;
 
+/// The keys that hold secrets (or `env:`/`file:` specs of them), as key paths without
+/// indices. A parse error at one of them never quotes the value written there.
+pub const SECRET_KEYS: &[&str] = &[
+    "server.admin_token",
+    "route.verify.secrets",
+    "route.verify.verify_token",
+    "route.forward.sign.secret",
+];
+
+/// Whether the key path of a parse error (`route[0].verify.secrets[1]`) is a secret's.
+pub fn holds_secret(path: &str) -> bool {
+    let mut bare = String::with_capacity(path.len());
+    let mut in_index = false;
+    for c in path.chars() {
+        match c {
+            '[' => in_index = true,
+            ']' => in_index = false,
+            c if !in_index => bare.push(c),
+            _ => {}
+        }
+    }
+    SECRET_KEYS.contains(&bare.as_str())
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -127,4 +151,27 @@ pub struct RawForward {
 pub struct RawForwardSign {
     pub scheme: String,
     pub secret: String,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secret_keys_are_recognised_at_any_index() {
+        for path in [
+            "server.admin_token",
+            "route[0].verify.secrets",
+            "route[12].verify.secrets[3]",
+            "route[0].verify.verify_token",
+            "route[1].forward.sign.secret",
+        ] {
+            assert!(super::holds_secret(path), "{path}");
+        }
+        for path in [
+            "route[0].verify.scheme",
+            "server.listen",
+            "route[0].forward.url",
+        ] {
+            assert!(!super::holds_secret(path), "{path}");
+        }
+    }
 }
