@@ -7,6 +7,7 @@ fn hookgate(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_hookgate"))
         .args(args)
         .env_remove("HOOKGATE_CONFIG")
+        .env_remove("HOOKGATE_ADMIN_TOKEN")
         .output()
         .unwrap();
     (
@@ -135,4 +136,29 @@ fn a_mistyped_secret_is_named_by_its_key_and_never_printed() {
             );
         }
     }
+}
+
+#[test]
+fn events_token_is_used_without_resolving_the_configs_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1: with the token settled, the command fails reaching the API.
+    let p = write_config(
+        &dir,
+        "admin.toml",
+        "[server]\nadmin_listen = \"127.0.0.1:1\"\nadmin_token = \"env:HOOKGATE_TEST_ADMIN_TOKEN_UNSET\"\n",
+    );
+    let (code, _, err) = hookgate(&["events", "-c", &p, "--token", "t0ken", "list"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot reach the admin API at http://127.0.0.1:1"),
+        "{err}"
+    );
+    let (code, _, err) = hookgate(&["events", "-c", &p, "list"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "server.admin_token: environment variable HOOKGATE_TEST_ADMIN_TOKEN_UNSET is not set"
+        ),
+        "{err}"
+    );
 }

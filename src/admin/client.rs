@@ -54,7 +54,9 @@ pub fn target(
             } else {
                 host
             };
-            let token = match raw.server.admin_token {
+            // `--token` wins; the config's token is resolved only without it, so an `env:`
+            // variable unset in the operator's shell is no obstacle.
+            let token = match raw.server.admin_token.filter(|_| token.is_none()) {
                 Some(spec) => Some(
                     secret::resolve(&spec)
                         .map_err(|e| anyhow::anyhow!("server.admin_token: {e}"))?
