@@ -2,8 +2,20 @@
 
 use std::time::Duration;
 
+/// The longest duration any key takes. Far beyond any sensible setting, and small enough that
+/// every use is safe: milliseconds as `i64`, `Instant + d`, `SystemTime + d`, Redis TTLs.
+/// humantime's year is 365.25 days, so `"100y"` is exactly the maximum.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
+/// A humantime duration of at most [`MAX_DURATION`] (100 years).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|_| format!("invalid duration {s:?}"))
+    let d = humantime::parse_duration(s.trim()).map_err(|_| format!("invalid duration {s:?}"))?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "duration {s:?} is too long (the maximum is 100 years)"
+        ));
+    }
+    Ok(d)
 }
 
 pub fn parse_size(s: &str) -> Result<usize, String> {
@@ -41,5 +53,14 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("10 sec"), Ok(Duration::from_secs(10)));
         assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_duration("100y"), Ok(MAX_DURATION));
+        for huge in ["101y", "300000000y", "300000000000y"] {
+            assert_eq!(
+                parse_duration(huge),
+                Err(format!(
+                    "duration {huge:?} is too long (the maximum is 100 years)"
+                ))
+            );
+        }
     }
 }

@@ -75,6 +75,16 @@ fn duration(v: &Option<String>, at: &str, default: Duration, p: &mut Problems) -
     }
 }
 
+/// A duration where 0 would break something (a timeout that fires at once, a TTL every key is
+/// born past); keys where 0 has a meaning use `duration`.
+fn nonzero_duration(v: &Option<String>, at: &str, default: Duration, p: &mut Problems) -> Duration {
+    let d = duration(v, at, default, p);
+    if d.is_zero() {
+        p.error(at, "must be greater than 0");
+    }
+    d
+}
+
 fn size(v: &Option<String>, at: &str, default: usize, p: &mut Problems) -> usize {
     match v {
         None => default,
@@ -195,18 +205,19 @@ fn check_server(s: &RawServer, p: &mut Problems) -> Option<ServerConfig> {
         max_body: size(&s.max_body, "server.max_body", 1 << 20, p),
         admin_token,
         public_url,
-        header_timeout: duration(
+        header_timeout: nonzero_duration(
             &s.header_timeout,
             "server.header_timeout",
             Duration::from_secs(10),
             p,
         ),
-        body_timeout: duration(
+        body_timeout: nonzero_duration(
             &s.body_timeout,
             "server.body_timeout",
             Duration::from_secs(30),
             p,
         ),
+        // 0 is meaningful: stop at once; unfinished deliveries are durable and run again.
         shutdown_grace: duration(
             &s.shutdown_grace,
             "server.shutdown_grace",
@@ -223,7 +234,8 @@ fn check_server(s: &RawServer, p: &mut Problems) -> Option<ServerConfig> {
 }
 
 fn check_store(s: &RawStore, p: &mut Problems) -> Option<StoreConfig> {
-    let retention = duration(
+    // 0 would purge a dead event as it dies, before anyone could replay it.
+    let retention = nonzero_duration(
         &s.retention,
         "store.retention",
         Duration::from_secs(72 * 3600),
@@ -396,6 +408,17 @@ fn check_route(
             p,
         ),
     };
+    // The verifier reads `tolerance`; 0 would reject every request that took a second to arrive.
+    if let Some(Ok(t)) = r
+        .verify
+        .as_ref()
+        .and_then(|v| v.tolerance.as_deref())
+        .map(parse_duration)
+    {
+        if t.is_zero() {
+            p.error(format!("{at}.verify.tolerance"), "must be greater than 0");
+        }
+    }
     let methods = check_methods(r.methods.as_deref(), verifier.as_deref(), at, p);
     let dedupe = check_dedupe(r.dedupe.as_ref(), &format!("{at}.dedupe"), p);
     let forward = match &r.forward {
@@ -508,15 +531,12 @@ fn check_dedupe(d: Option<&RawDedupe>, at: &str, p: &mut Problems) -> DedupeConf
             DedupeKeySpec::Auto
         }
     };
-    let ttl = duration(
+    let ttl = nonzero_duration(
         &d.ttl,
         &format!("{at}.ttl"),
         Duration::from_secs(24 * 3600),
         p,
     );
-    if ttl.is_zero() {
-        p.error(format!("{at}.ttl"), "must be greater than 0");
-    }
     let required = d.required.unwrap_or(false);
     if required && key == DedupeKeySpec::None {
         p.error(
@@ -529,13 +549,14 @@ fn check_dedupe(d: Option<&RawDedupe>, at: &str, p: &mut Problems) -> DedupeConf
 
 fn check_forward(f: &RawForward, at: &str, mode: Mode, p: &mut Problems) -> Option<ForwardConfig> {
     let target = check_sink(f, at, mode, p);
-    let timeout = duration(
+    let timeout = nonzero_duration(
         &f.timeout,
         &format!("{at}.timeout"),
         Duration::from_secs(10),
         p,
     );
-    let backoff_initial = duration(
+    // 0 would retry in a tight loop (every delay is a multiple of it).
+    let backoff_initial = nonzero_duration(
         &f.backoff_initial,
         &format!("{at}.backoff_initial"),
         Duration::from_secs(1),
@@ -553,9 +574,6 @@ fn check_forward(f: &RawForward, at: &str, mode: Mode, p: &mut Problems) -> Opti
             "must be at least backoff_initial",
         );
     }
-    if timeout.is_zero() {
-        p.error(format!("{at}.timeout"), "must be greater than 0");
-    }
     let max_attempts = f.max_attempts.unwrap_or(8);
     if max_attempts == 0 {
         p.error(format!("{at}.max_attempts"), "must be at least 1");
@@ -567,7 +585,7 @@ fn check_forward(f: &RawForward, at: &str, mode: Mode, p: &mut Problems) -> Opti
     let max_age = f
         .max_age
         .as_ref()
-        .map(|_| duration(&f.max_age, &format!("{at}.max_age"), Duration::MAX, p));
+        .map(|_| nonzero_duration(&f.max_age, &format!("{at}.max_age"), Duration::MAX, p));
     let sign = f.sign.as_ref().and_then(|s| {
         if !crate::forward::sign::SCHEMES.contains(&s.scheme.as_str()) {
             p.error(
@@ -891,6 +909,93 @@ url = "redis://localhost"
         ] {
             assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
         }
+    }
+
+    #[test]
+    fn durations_that_break_at_0_are_refused_and_0_stays_valid_where_it_means_something() {
+        let text = r#"
+[server]
+header_timeout = "0s"
+body_timeout = "0s"
+shutdown_grace = "0s"
+[store]
+retention = "0s"
+[[route]]
+name = "a"
+path = "/a"
+[route.verify]
+scheme = "hmac"
+secrets = ["x"]
+tolerance = "0s"
+[route.dedupe]
+ttl = "0s"
+[route.forward]
+url = "http://127.0.0.1:9/"
+timeout = "0ms"
+backoff_initial = "0s"
+max_age = "0s"
+"#;
+        let e = errors(text);
+        let expected: Vec<String> = [
+            "server.header_timeout",
+            "server.body_timeout",
+            "store.retention",
+            "route[0].verify.tolerance",
+            "route[0].dedupe.ttl",
+            "route[0].forward.timeout",
+            "route[0].forward.backoff_initial",
+            "route[0].forward.max_age",
+        ]
+        .iter()
+        .map(|k| format!("{k}: must be greater than 0"))
+        .collect();
+        assert_eq!(e, expected);
+        let (cfg, _) = parse(&format!("[server]\nshutdown_grace = \"0s\"\n{ROUTE}")).unwrap();
+        assert!(cfg.server.shutdown_grace.is_zero(), "0: stop at once");
+    }
+
+    #[test]
+    fn durations_longer_than_100_years_are_refused_with_their_key() {
+        let text = r#"
+[server]
+shutdown_grace = "300000000000y"
+[store]
+retention = "300000000y"
+[[route]]
+name = "a"
+path = "/a"
+[route.verify]
+scheme = "hmac"
+secrets = ["x"]
+tolerance = "101y"
+[route.dedupe]
+ttl = "300000000y"
+[route.forward]
+url = "http://127.0.0.1:9/"
+max_age = "1000y"
+backoff_max = "200y"
+"#;
+        let e = errors(text);
+        let expected: Vec<String> = [
+            ("server.shutdown_grace", "300000000000y"),
+            ("store.retention", "300000000y"),
+            ("route[0].verify.tolerance", "101y"),
+            ("route[0].dedupe.ttl", "300000000y"),
+            ("route[0].forward.backoff_max", "200y"),
+            ("route[0].forward.max_age", "1000y"),
+        ]
+        .iter()
+        .map(|(k, v)| format!("{k}: duration {v:?} is too long (the maximum is 100 years)"))
+        .collect();
+        assert_eq!(e, expected);
+        let at_most = ROUTE.replace(
+            "[route.forward]",
+            "[route.dedupe]\nttl = \"100y\"\n[route.forward]",
+        );
+        assert_eq!(
+            parse(&at_most).unwrap().0.routes[0].dedupe.ttl,
+            crate::config::units::MAX_DURATION
+        );
     }
 
     #[test]
