@@ -169,7 +169,9 @@ fn check_server(s: &RawServer, p: &mut Problems) -> Option<ServerConfig> {
     let listen = addr(&s.listen, "server.listen", "0.0.0.0:8080", p);
     let admin_listen = addr(&s.admin_listen, "server.admin_listen", "127.0.0.1:9090", p);
     if let (Some(a), Some(b)) = (listen, admin_listen) {
-        if a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified()) {
+        // Either side on the unspecified address takes the port on every interface.
+        let overlap = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+        if a.port() != 0 && a.port() == b.port() && overlap {
             p.error(
                 "server.admin_listen",
                 "must differ from server.listen: admin endpoints stay off the public port",
@@ -996,6 +998,31 @@ backoff_max = "200y"
             parse(&at_most).unwrap().0.routes[0].dedupe.ttl,
             crate::config::units::MAX_DURATION
         );
+    }
+
+    #[test]
+    fn listen_and_admin_listen_clash_on_the_same_port_whichever_is_unspecified() {
+        let with = |listen: &str, admin: &str| {
+            errors(&format!(
+                "[server]\nlisten = {listen:?}\nadmin_listen = {admin:?}\n{ROUTE}"
+            ))
+        };
+        let clash = "server.admin_listen: must differ from server.listen: admin endpoints stay off the public port";
+        for (listen, admin) in [
+            ("127.0.0.1:8080", "0.0.0.0:8080"),
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("[::1]:8080", "[::]:8080"),
+        ] {
+            assert_eq!(with(listen, admin), vec![clash], "{listen} {admin}");
+        }
+        for (listen, admin) in [
+            ("127.0.0.1:8080", "127.0.0.2:8080"),
+            ("0.0.0.0:8080", "0.0.0.0:9090"),
+            ("0.0.0.0:0", "127.0.0.1:0"),
+        ] {
+            assert!(with(listen, admin).is_empty(), "{listen} {admin}");
+        }
     }
 
     #[test]
