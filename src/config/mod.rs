@@ -166,6 +166,8 @@ impl SinkTarget {
 #[derive(Debug, Clone)]
 pub struct ForwardSign {
     pub scheme: String,
+    /// The signing key, ready: for `standard-webhooks` already decoded from `whsec_<base64>`
+    /// (`forward::sign::signing_key`).
     pub secret: Secret,
 }
 

@@ -3,6 +3,27 @@
 
 use std::fmt;
 
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
+
+/// Base64 as the Standard Webhooks reference libraries read it: padding optional, trailing
+/// bits ignored.
+pub(crate) const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// The HMAC key of a Standard Webhooks secret, `whsec_<base64>`: the prefix optional and
+/// missing `=` padding tolerated, like the reference libraries. The one decoding of this
+/// format, shared by the inbound verifier and the outbound re-signer so both sides agree.
+pub fn decode_whsec(s: &str) -> Option<Vec<u8>> {
+    let b64 = s.trim().strip_prefix("whsec_").unwrap_or(s.trim());
+    LENIENT_BASE64.decode(b64).ok().filter(|k| !k.is_empty())
+}
+
 /// A secret's bytes. Compared only through constant-time helpers in `verify`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Vec<u8>);

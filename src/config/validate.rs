@@ -599,10 +599,18 @@ fn check_forward(f: &RawForward, at: &str, mode: Mode, p: &mut Problems) -> Opti
                 ),
             );
         }
-        let secret = resolve_secret(&s.secret, &format!("{at}.sign.secret"), p)?;
+        let secret_at = format!("{at}.sign.secret");
+        let secret = resolve_secret(&s.secret, &secret_at, p)?;
+        let Some(key) = crate::forward::sign::signing_key(&s.scheme, &secret) else {
+            p.error(
+                secret_at,
+                "is not a Standard Webhooks secret (expected whsec_<base64>, as the receiver's library takes it)",
+            );
+            return None;
+        };
         Some(ForwardSign {
             scheme: s.scheme.clone(),
-            secret,
+            secret: key,
         })
     });
     if sign.is_some() && matches!(target, Some(SinkTarget::RedisStream { .. })) {
@@ -1022,6 +1030,37 @@ backoff_max = "200y"
             ("0.0.0.0:0", "127.0.0.1:0"),
         ] {
             assert!(with(listen, admin).is_empty(), "{listen} {admin}");
+        }
+    }
+
+    #[test]
+    fn a_standard_webhooks_re_signing_secret_must_decode() {
+        let with = |secret: &str| {
+            ROUTE.replace(
+                "[route.forward]",
+                &format!("[route.forward]\nsign = {{ scheme = \"standard-webhooks\", secret = {secret:?} }}"),
+            )
+        };
+        assert_eq!(
+            errors(&with("env:HOOKGATE_TEST_NOT_WHSEC")),
+            vec!["route[0].forward.sign.secret: environment variable HOOKGATE_TEST_NOT_WHSEC is not set"]
+        );
+        for bad in ["whsec_not base64!", "whsec_"] {
+            let e = errors(&with(bad));
+            assert_eq!(
+                e,
+                vec!["route[0].forward.sign.secret: is not a Standard Webhooks secret (expected whsec_<base64>, as the receiver's library takes it)"],
+                "{bad}"
+            );
+        }
+        // The key is decoded once, here: prefix and padding optional.
+        for ok in [
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ] {
+            let (cfg, _) = parse(&with(ok)).unwrap();
+            let sign = cfg.routes[0].forward.sign.as_ref().unwrap();
+            assert_eq!(sign.secret.expose().len(), 24, "{ok}");
         }
     }
 

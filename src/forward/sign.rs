@@ -12,19 +12,25 @@ use crate::verify::{mac, Algorithm};
 
 pub const SCHEMES: &[&str] = &["standard-webhooks", "hmac"];
 
-/// The key bytes of a `whsec_…` secret (base64 after the prefix); other secrets as given.
-pub fn standard_webhooks_key(secret: &Secret) -> Vec<u8> {
-    secret
-        .expose_str()
-        .and_then(|s| s.strip_prefix("whsec_"))
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-        .unwrap_or_else(|| secret.expose().to_vec())
+/// The key `sign` uses for `scheme`, from the configured secret: for `standard-webhooks` the
+/// bytes of `whsec_<base64>` (prefix optional, padding optional: the inbound verifier's own
+/// decoding, so a receiver configured with the same secret agrees); for `hmac` the secret as
+/// given. `None`: the secret does not decode, a config error.
+pub fn signing_key(scheme: &str, secret: &Secret) -> Option<Secret> {
+    match scheme {
+        "standard-webhooks" => secret
+            .expose_str()
+            .and_then(crate::config::secret::decode_whsec)
+            .map(Secret::new),
+        _ => Some(secret.clone()),
+    }
 }
 
-/// Adds the scheme's signature headers for `body`, signed at `now_secs`.
+/// Adds the scheme's signature headers for `body`, signed at `now_secs` with `key` (what
+/// `signing_key` returned at config load).
 pub fn sign(
     scheme: &str,
-    secret: &Secret,
+    key: &Secret,
     event_id: &str,
     now_secs: i64,
     body: &[u8],
@@ -35,7 +41,7 @@ pub fn sign(
         "standard-webhooks" => {
             let m = mac(
                 Algorithm::Sha256,
-                &standard_webhooks_key(secret),
+                key.expose(),
                 &[event_id.as_bytes(), b".", ts.as_bytes(), b".", body],
             );
             vec![
@@ -50,7 +56,7 @@ pub fn sign(
         _ => {
             let m = mac(
                 Algorithm::Sha256,
-                secret.expose(),
+                key.expose(),
                 &[ts.as_bytes(), b".", body],
             );
             vec![("x-timestamp", ts), ("x-signature", hex::encode(m))]
@@ -71,10 +77,11 @@ mod tests {
     fn standard_webhooks_published_vector() {
         // The Standard Webhooks spec's example: secret, id, timestamp, payload → signature.
         let secret = Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        let key = signing_key("standard-webhooks", &secret).unwrap();
         let mut h = HeaderMap::new();
         sign(
             "standard-webhooks",
-            &secret,
+            &key,
             "msg_p5jXN8AQM9LWM0D4loKWxJek",
             1614265330,
             br#"{"test": 2432232314}"#,
@@ -85,5 +92,76 @@ mod tests {
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
         assert_eq!(h["webhook-timestamp"], "1614265330");
+    }
+
+    #[test]
+    fn standard_webhooks_keys_decode_like_the_verifier_prefix_and_padding_optional() {
+        // PROVIDERS vector 2b: unpadded forms, with and without `whsec_`, decode like the
+        // padded one; the re-signer and the inbound verifier share the decoding.
+        for (padded, unpadded) in [
+            (
+                "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS=",
+                "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS",
+            ),
+            (
+                "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwBr==",
+                "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwBr",
+            ),
+        ] {
+            let want =
+                signing_key("standard-webhooks", &Secret::new(format!("whsec_{padded}"))).unwrap();
+            for form in [
+                unpadded.to_string(),
+                padded.to_string(),
+                format!("whsec_{unpadded}"),
+            ] {
+                assert_eq!(
+                    signing_key("standard-webhooks", &Secret::new(form.clone())).as_ref(),
+                    Some(&want),
+                    "{form}"
+                );
+            }
+        }
+        assert_eq!(
+            signing_key("standard-webhooks", &Secret::new("whsec_!!!")),
+            None
+        );
+        assert_eq!(
+            signing_key("hmac", &Secret::new("whsec_!!!")),
+            Some(Secret::new("whsec_!!!"))
+        );
+    }
+
+    #[test]
+    fn what_the_re_signer_signs_the_verifier_accepts_for_any_form_of_the_same_secret() {
+        // The inbound verifier is configured with the padded, prefixed secret; the re-signer
+        // with the same key unprefixed and unpadded (as the reference libraries allow).
+        let (cfg, _) = crate::config::parse(
+            r#"
+[[route]]
+name = "a"
+path = "/a"
+[route.verify]
+scheme = "standard-webhooks"
+secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS="]
+[route.forward]
+url = "http://127.0.0.1:9/"
+sign = { scheme = "standard-webhooks", secret = "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS" }
+"#,
+        )
+        .unwrap();
+        let route = &cfg.routes[0];
+        let key = &route.forward.sign.as_ref().unwrap().secret;
+        let now = std::time::SystemTime::now();
+        let secs = now
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let mut h = HeaderMap::new();
+        sign("standard-webhooks", key, "msg_1", secs, b"{}", &mut h);
+        let mut req = http::Request::post("/a").body(()).unwrap();
+        *req.headers_mut() = h;
+        let (parts, ()) = req.into_parts();
+        assert!(route.verifier.verify(&parts, b"{}", now).is_ok());
     }
 }

@@ -9,23 +9,15 @@
 
 use std::time::{Duration, SystemTime};
 
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
-use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::request::Parts;
 
 use super::preset::{self, check_fresh, parse_ts};
 use super::{crypto, only_keys, Algorithm, Verified, VerifyError};
 use crate::config::raw::RawVerify;
+use crate::config::secret::LENIENT_BASE64 as LENIENT;
 use crate::config::{Problems, Secret};
-
-/// Base64 as the reference libraries read it: padding optional, trailing bits ignored.
-const LENIENT: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new()
-        .with_decode_allow_trailing_bits(true)
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
 
 #[derive(Debug)]
 pub struct StandardWebhooksVerifier {
@@ -49,11 +41,9 @@ impl StandardWebhooksVerifier {
     }
 }
 
-/// The HMAC key of a `whsec_<base64>` secret (prefix optional).
-pub(crate) fn decode_secret(s: &str) -> Option<Vec<u8>> {
-    let b64 = s.trim().strip_prefix("whsec_").unwrap_or(s.trim());
-    LENIENT.decode(b64).ok().filter(|k| !k.is_empty())
-}
+/// The HMAC key of a `whsec_<base64>` secret (prefix optional); the same decoding as
+/// `[route.forward.sign]`'s.
+pub(crate) use crate::config::secret::decode_whsec as decode_secret;
 
 pub fn build(
     raw: &RawVerify,
