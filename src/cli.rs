@@ -92,8 +92,9 @@ pub struct SignArgs {
 }
 
 /// The output of `hookgate sign`: one `Name: value` line per header, a blank line, then a curl
-/// command that sends exactly that request to the route on `server.listen`. The route's first
-/// secret signs, at `now`. `body_file` (when the body came from a file) is referenced by curl
+/// command that sends exactly that request to the route on `server.listen` (https with
+/// `[server.tls]`), with the route's first allowed method. The route's first secret signs, at
+/// `now`. `body_file` (when the body came from a file) is referenced by curl
 /// instead of inlining the bytes.
 pub fn sign_output(
     cfg: &Config,
@@ -113,7 +114,12 @@ pub fn sign_output(
     if local.ip().is_unspecified() {
         local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let target = format!("http://{local}{}", r.path);
+    let url_scheme = if cfg.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let target = format!("{url_scheme}://{local}{}", r.path);
     let signed_url = match &cfg.server.public_url {
         Some(base) => format!("{base}{}", r.path),
         None => target.clone(),
@@ -134,7 +140,8 @@ pub fn sign_output(
         out.push_str(&format!("{k}: {v}\n"));
     }
     out.push('\n');
-    let mut curl = format!("curl -sS -X POST {}", shell_quote(&target));
+    let method = r.methods.first().map_or("POST", |m| m.as_str());
+    let mut curl = format!("curl -sS -X {method} {}", shell_quote(&target));
     for (k, v) in &headers {
         curl.push_str(&format!(" -H {}", shell_quote(&format!("{k}: {v}"))));
     }

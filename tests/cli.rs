@@ -162,3 +162,60 @@ fn events_token_is_used_without_resolving_the_configs_admin_token() {
         "{err}"
     );
 }
+
+#[test]
+fn sign_prints_a_curl_with_https_under_tls_and_the_routes_method() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-days",
+            "2",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let route = "[[route]]\nname = \"put\"\npath = \"/put\"\nmethods = [\"PUT\", \"POST\"]\n\
+                 [route.verify]\nscheme = \"hmac\"\nsecrets = [\"s\"]\n\
+                 [route.forward]\nurl = \"http://127.0.0.1:9/\"\n";
+    let tls = format!(
+        "[server]\nlisten = \"0.0.0.0:8443\"\n[server.tls]\ncert = {:?}\nkey = {:?}\n{route}",
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+    );
+    let p = write_config(&dir, "tls.toml", &tls);
+    let (code, out, err) = hookgate(&["sign", "-c", &p, "--route", "put"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("curl -sS -X PUT 'https://127.0.0.1:8443/put' -H 'x-signature: "),
+        "{out}"
+    );
+    let plain = write_config(
+        &dir,
+        "plain.toml",
+        &format!("[server]\nlisten = \"127.0.0.1:8080\"\n{route}"),
+    );
+    let (code, out, err) = hookgate(&["sign", "-c", &plain, "--route", "put"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("curl -sS -X PUT 'http://127.0.0.1:8080/put'"),
+        "{out}"
+    );
+}
