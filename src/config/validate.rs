@@ -1065,6 +1065,31 @@ backoff_max = "200y"
     }
 
     #[test]
+    fn the_example_configs_redis_store_replaces_its_store_section_as_its_comment_says() {
+        let text = include_str!("../../config/hookgate.toml");
+        parse(text).unwrap();
+        let (start, end) = (
+            text.find("[store]\n").unwrap(),
+            text.find("[[route]]").unwrap(),
+        );
+        let redis: String = text[start..end]
+            .lines()
+            .skip_while(|l| *l != "# [store]")
+            .filter_map(|l| l.strip_prefix("# "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(
+            redis.starts_with("[store]\nbackend = \"redis\"\n"),
+            "{redis}"
+        );
+        let (cfg, _) = parse(&format!("{}{redis}{}", &text[..start], &text[end..])).unwrap();
+        assert!(matches!(
+            cfg.store.backend,
+            crate::config::StoreBackend::Redis { .. }
+        ));
+    }
+
+    #[test]
     fn unparseable_urls_are_reported_without_their_password() {
         let text = ROUTE.replace("http://127.0.0.1:3000/x", "nats://u:secretpw@host:99999");
         let e = errors(&text).join("\n");
