@@ -609,3 +609,93 @@ async fn embedded_replay_during_an_attempt_is_delivered_again_promptly() {
         .iter()
         .all(|r| r.header("hookgate-event-id") == Some(id.as_str())));
 }
+
+/// An upstream that answers `200` with its headers at once, then sends part of its body and
+/// holds the rest back for `hold`; counts the requests it received.
+async fn withholding_upstream(
+    hold: Duration,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/in", listener.local_addr().unwrap());
+    let requests = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                continue;
+            };
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                // The whole request: its head, then Content-Length bytes of body.
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                let complete = |got: &[u8]| {
+                    let end = got.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+                    let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                    (got.len() >= end + len).then_some(())
+                };
+                while complete(&got).is_none() {
+                    let n = sock.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                sock.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\naccepted, more ")
+                    .await
+                    .unwrap();
+                tokio::time::sleep(hold).await;
+            });
+        }
+    });
+    (url, requests)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_is_decided_by_the_status_not_a_withheld_body() {
+    let dir = tempdir();
+    // forward.timeout is 2 s (hmac_route); the body is held back for longer.
+    let (url, requests) = withholding_upstream(Duration::from_secs(6)).await;
+    let b = Backend::Embedded;
+    let gw = Gateway::start(
+        dir.path(),
+        &config(&b, dir.path(), "", &hmac_route("r", &url, "", "")),
+    );
+    let c = reqwest::Client::new();
+    let (s, v) = json(
+        signed(&c, &gw.url("/hooks/r"), SECRET, "{\"slow\":\"body\"}")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 202);
+    let ev = gw
+        .wait_event_state(
+            v["event_id"].as_str().unwrap(),
+            "delivered",
+            Duration::from_secs(10),
+        )
+        .await;
+    let log = ev["attempt_log"].as_array().unwrap();
+    assert_eq!(log.len(), 1, "delivered at the first attempt: {ev:#}");
+    assert_eq!(log[0]["outcome"], "delivered");
+    assert_eq!(log[0]["status"], 200);
+    let detail = log[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("cut short") && detail.contains("accepted, more"),
+        "what arrived is kept, and why it stops: {detail}"
+    );
+    assert_eq!(
+        requests.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the upstream got the event once"
+    );
+}

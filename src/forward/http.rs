@@ -262,6 +262,48 @@ pub fn classify(status: u16) -> Option<bool> {
     }
 }
 
+/// The most the answer's sample may take once the status is in.
+const SAMPLE_WAIT: Duration = Duration::from_secs(1);
+
+/// How long after the attempt began its answer's sample must be read: at most `SAMPLE_WAIT`
+/// after the status arrived (`elapsed`), and a margin (a tenth of the timeout, at most 100 ms)
+/// before `timeout`, so the worker's bound on the whole attempt never fires first.
+fn sample_budget(timeout: Duration, elapsed: Duration) -> Duration {
+    let margin = (timeout / 10).min(Duration::from_millis(100));
+    (elapsed + SAMPLE_WAIT).min(timeout.saturating_sub(margin))
+}
+
+/// Up to 1 KiB of `body`, read until `deadline`; the rest is not read. A body cut short (the
+/// deadline passed or the read failed) keeps what arrived, and says why.
+async fn read_sample(mut body: AnyBody, deadline: tokio::time::Instant) -> String {
+    let mut snippet = Vec::new();
+    let mut cut = None;
+    while snippet.len() < 1024 {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(f))) => {
+                if let Some(c) = f.data_ref() {
+                    snippet.extend_from_slice(&c[..c.len().min(1024 - snippet.len())]);
+                }
+            }
+            Ok(Some(Err(e))) => {
+                cut = Some(format!("reading it failed: {}", error_chain(&*e)));
+                break;
+            }
+            Ok(None) => break,
+            Err(_) => {
+                cut = Some("it was not complete in time".to_string());
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&snippet);
+    match cut {
+        // First, so cutting the detail to 1 KiB keeps it.
+        Some(why) => format!("[answer body cut short: {why}] {text}"),
+        None => text.into_owned(),
+    }
+}
+
 #[async_trait]
 impl Sink for HttpSink {
     fn kind(&self) -> &'static str {
@@ -274,6 +316,7 @@ impl Sink for HttpSink {
             retry_after: None,
             detail: format!("request failed: {detail}"),
         };
+        let started = tokio::time::Instant::now();
         let req = self.request(ev, attempt).map_err(failed)?;
         let resp = self.send(req).await.map_err(failed)?;
         let status = resp.status().as_u16();
@@ -281,20 +324,11 @@ impl Sink for HttpSink {
             .headers()
             .get(http::header::RETRY_AFTER)
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        // At most 1 KiB of the answer is kept; the rest is not read.
-        let mut body = resp.into_body();
-        let mut snippet = Vec::new();
-        while snippet.len() < 1024 {
-            match body.frame().await {
-                Some(Ok(f)) => {
-                    if let Some(c) = f.data_ref() {
-                        snippet.extend_from_slice(&c[..c.len().min(1024 - snippet.len())]);
-                    }
-                }
-                _ => break,
-            }
-        }
-        let detail = truncate_detail(&String::from_utf8_lossy(&snippet));
+        // The status decides the outcome; at most 1 KiB of the answer is kept for the attempt
+        // log, read under its own short deadline that ends before forward.timeout, so an
+        // upstream that answers 2xx and then withholds its body has still accepted the event.
+        let deadline = started + sample_budget(self.timeout, started.elapsed());
+        let detail = truncate_detail(&read_sample(resp.into_body(), deadline).await);
         match classify(status) {
             None => Ok(Receipt {
                 status: Some(status),
@@ -397,6 +431,19 @@ mod tests {
         assert_eq!(basic.to_str().unwrap(), format!("Basic {expected}"));
         let plain = reqwest::Url::parse("http://up.example/in").unwrap();
         assert!(split_credentials(plain).1.is_none());
+    }
+
+    #[test]
+    fn the_answer_sample_ends_a_second_after_the_status_and_before_the_timeout() {
+        let ms = Duration::from_millis;
+        assert_eq!(sample_budget(ms(10_000), ms(200)), ms(1_200));
+        assert_eq!(
+            sample_budget(ms(2_000), ms(1_500)),
+            ms(1_900),
+            "100 ms early"
+        );
+        assert_eq!(sample_budget(ms(500), ms(400)), ms(450), "a tenth early");
+        assert_eq!(sample_budget(ms(500), ms(480)), ms(450), "past it: no wait");
     }
 
     #[test]
