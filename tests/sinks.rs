@@ -619,3 +619,53 @@ async fn amqp_thousand_events_and_outage() {
     let msgs = amqp_drain(&name, ids.len()).await;
     assert_no_dup(&amqp_ids(&msgs), &ids);
 }
+
+#[tokio::test]
+async fn amqp_header_names_and_content_type_past_255_bytes_are_left_out() {
+    let _one_at_a_time = AMQP_LOCK.lock().await;
+    let name = unique("long");
+    amqp_declare(&name).await;
+    let gw = gateway(&format!(
+        "url = {:?}\nexchange = {name:?}\nrouting_key = \"rk\"",
+        amqp_url()
+    ));
+    // AMQP field names and content_type are short strings (a one-byte length).
+    let long_name = format!("x-{}", "n".repeat(298));
+    let long_type = format!("application/{}", "t".repeat(288));
+    let resp = gw
+        .http
+        .post(format!("http://{}/hook", gw.ingress))
+        .header(long_name.as_str(), "v")
+        .header("content-type", long_type.as_str())
+        .header("x-short", "kept")
+        .body("long")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    let id = v["event_id"].as_str().unwrap().to_string();
+    let ev = gw.wait_outcome(&id, "delivered").await;
+    assert_eq!(
+        ev["attempt_log"].as_array().unwrap().len(),
+        1,
+        "delivered at the first attempt: {ev:#}"
+    );
+    // The connection is still good: the next event goes through at its first attempt.
+    let id2 = gw.post(b"next".to_vec()).await;
+    let ev2 = gw.wait_outcome(&id2, "delivered").await;
+    assert_eq!(ev2["attempt_log"].as_array().unwrap().len(), 1, "{ev2:#}");
+    let msgs = amqp_drain(&name, 2).await;
+    assert_eq!(amqp_ids(&msgs), vec![id, id2]);
+    let m = &msgs[0];
+    assert_eq!(m.delivery.data, b"long");
+    assert_eq!(amqp_header(m, "X-Short").as_deref(), Some("kept"));
+    let names = m.delivery.properties.headers().as_ref().unwrap().inner();
+    assert!(names.keys().all(|k| k.as_str().len() <= 255), "{names:?}");
+    assert_eq!(*m.delivery.properties.content_type(), None);
+    assert_eq!(
+        amqp_header(m, "Content-Type").as_deref(),
+        Some(long_type.as_str()),
+        "still in the header table"
+    );
+}

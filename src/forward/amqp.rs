@@ -2,7 +2,9 @@
 //! confirm mode, delivered on the broker's publisher confirm (ack). The message is persistent
 //! (`delivery_mode = 2`), `mandatory`, carries the raw body, `content_type`, `message_id` =
 //! event id, and the HTTP sink's headers (original minus hop-by-hop, plus `Hookgate-*`) as its
-//! header table.
+//! header table. AMQP limits field names and `content_type` to 255 bytes: a header with a
+//! longer name is left out of the table, a longer `Content-Type` out of the properties (it
+//! stays in the table), each noted at debug level.
 //!
 //! Error classification, where it is born:
 //! - no such exchange (the broker closes the channel with 404) → permanent: the operator must
@@ -28,6 +30,9 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use super::{message_headers, redact_url, DeliveryError, Receipt, Sink};
 use crate::config::{ForwardSign, RouteConfig};
 use crate::store::Event;
+
+/// The longest AMQP short string (field names, `content_type`): its length is one byte.
+const SHORT_STRING_MAX: usize = 255;
 
 pub struct AmqpSink {
     uri: String,
@@ -132,8 +137,20 @@ impl AmqpSink {
             if k.eq_ignore_ascii_case("cc") || k.eq_ignore_ascii_case("bcc") {
                 continue;
             }
+            // A field name is a short string (one length byte): a longer one would make a
+            // frame the broker rejects, closing the connection on every attempt.
+            if k.len() > SHORT_STRING_MAX {
+                tracing::debug!(route = %self.route, event_id = %ev.id, header_bytes = k.len(), "header name longer than 255 bytes left out of the amqp message");
+                continue;
+            }
             if k == "Content-Type" {
-                content_type = Some(String::from_utf8_lossy(&v).into_owned());
+                let ct = String::from_utf8_lossy(&v).into_owned();
+                if ct.len() <= SHORT_STRING_MAX {
+                    content_type = Some(ct);
+                } else {
+                    // Still in the header table (a long string); only the property is left out.
+                    tracing::debug!(route = %self.route, event_id = %ev.id, bytes = ct.len(), "content type longer than 255 bytes left out of the amqp message's properties");
+                }
             }
             table.insert(
                 ShortString::from(k),
