@@ -36,6 +36,12 @@ impl Circuit {
         }
     }
 
+    /// The probe ended without an answer (its task failed): the next event taken is the
+    /// probe, so a lost probe cannot hold the circuit open for good.
+    pub fn probe_abandoned(&mut self) {
+        self.probing = false;
+    }
+
     /// When the circuit lets a probe through, if it is open.
     pub fn reopens_at(&self) -> Option<Instant> {
         self.open_until.filter(|_| !self.probing)
@@ -91,5 +97,24 @@ mod tests {
         assert_eq!(c.allowance(8, t1 + Duration::from_secs(2)), 1);
         c.on_success();
         assert_eq!(c.allowance(8, t1), 8);
+    }
+
+    #[test]
+    fn a_probe_that_got_no_answer_lets_the_next_one_through() {
+        let t0 = Instant::now();
+        let mut c = Circuit::default();
+        for _ in 0..THRESHOLD {
+            c.on_failure(t0);
+        }
+        let t1 = t0 + FIRST_COOLDOWN;
+        c.probe_started();
+        assert_eq!((c.allowance(8, t1), c.reopens_at()), (0, None), "probing");
+        c.probe_abandoned();
+        assert_eq!(c.allowance(8, t1), 1, "another probe");
+        assert_eq!(
+            c.reopens_at(),
+            Some(t1),
+            "and the worker knows it may send it"
+        );
     }
 }

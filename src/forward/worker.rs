@@ -20,6 +20,10 @@ use crate::store::{Attempt, Event, Handoff, Next, ScanCursor, Store};
 
 const IDLE_POLL: Duration = Duration::from_secs(5);
 
+/// The shortest wait of a turn that took nothing: whatever such a turn could not take (the
+/// circuit or the slots held it back) is not taken sooner by asking again at once.
+const MIN_NAP: Duration = Duration::from_millis(10);
+
 /// Attempts that may wait for their record, per `forward.concurrency` slot. Under load a
 /// record waits for a group commit (several ms): at 32 slots and a few thousand deliveries
 /// a second, a hundred or more wait at once, and a tighter bound throttles delivery below
@@ -199,6 +203,12 @@ impl Worker {
                     _ => IDLE_POLL,
                 },
             };
+            // A turn that took nothing never spins on a zero-length nap.
+            let sleep_for = if leased == 0 {
+                sleep_for.max(MIN_NAP)
+            } else {
+                sleep_for
+            };
             let take_fresh = circuit.allowance(room(&inflight), Instant::now()) > 0;
             let fresh = wait_fresh(self.handoff.as_mut().filter(|_| take_fresh));
             tokio::select! {
@@ -235,12 +245,14 @@ async fn wait_fresh(handoff: Option<&mut Handoff>) {
     }
 }
 
-/// The sink's health, as the attempt's answer showed it (if it got one), moves the circuit.
+/// The sink's health, as the attempt's answer showed it, moves the circuit. An attempt that
+/// ended without one (its task panicked) says nothing about the sink; if it was the probe,
+/// the next event taken is.
 fn judge(circuit: &mut Circuit, health: Option<Health>) {
     match health {
         Some(Health::Up) => circuit.on_success(),
         Some(Health::Down) => circuit.on_failure(Instant::now()),
-        None => {}
+        None => circuit.probe_abandoned(),
     }
 }
 
@@ -249,6 +261,96 @@ fn record(retry_due: &mut Option<i64>, done: Result<Done, tokio::task::JoinError
         Ok(Some(at)) => *retry_due = Some(retry_due.map_or(at, |r| r.min(at))),
         Ok(None) => {}
         Err(e) => tracing::error!(error = %e, "delivery task failed"),
+    }
+}
+
+/// An attempt's lease, settled as a retryable failure if the attempt ends (its task panics)
+/// before it recorded its own outcome: otherwise the event would stay leased, never
+/// delivered, until a restart. Settling is asynchronous, so it runs on a task of its own.
+struct Unsettled {
+    /// The event's ids (no body), until the attempt is recorded.
+    ev: Option<Event>,
+    n: u32,
+    started_ms: i64,
+    route: Arc<RouteConfig>,
+    store: Arc<dyn Store>,
+}
+
+impl Unsettled {
+    fn new(ev: &Event, n: u32, route: &Arc<RouteConfig>, store: &Arc<dyn Store>) -> Self {
+        let ids = Event {
+            id: ev.id.clone(),
+            route: ev.route.clone(),
+            received_at_ms: ev.received_at_ms,
+            method: String::new(),
+            query: None,
+            headers: Default::default(),
+            body: bytes::Bytes::new(),
+            scheme: String::new(),
+            attempts: ev.attempts,
+            cycle_attempts: ev.cycle_attempts,
+            cycle_started_at_ms: ev.cycle_started_at_ms,
+        };
+        Unsettled {
+            ev: Some(ids),
+            n,
+            started_ms: now_ms(),
+            route: route.clone(),
+            store: store.clone(),
+        }
+    }
+
+    /// The attempt recorded its outcome: nothing left to do.
+    fn settled(mut self) {
+        self.ev = None;
+    }
+}
+
+impl Drop for Unsettled {
+    fn drop(&mut self) {
+        let Some(ev) = self.ev.take() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return; // no runtime: the process is ending, and leases end with it
+        };
+        let failed = DeliveryError::Retryable {
+            status: None,
+            retry_after: None,
+            detail: "the delivery task failed before the attempt was recorded".to_string(),
+        };
+        let next = retry::after_failure(
+            &self.route.forward,
+            &failed,
+            ev.cycle_attempts + 1,
+            ev.cycle_started_at_ms,
+            now_ms(),
+            rand::random::<f64>(),
+        );
+        let outcome = match next {
+            Next::Delivered => "delivered",
+            Next::Retry { .. } => "retry",
+            Next::Dead { .. } => "dead",
+        };
+        let record = Attempt {
+            n: self.n,
+            started_at_ms: self.started_ms,
+            outcome,
+            status: None,
+            latency_ms: (now_ms() - self.started_ms).max(0) as u64,
+            detail: failed.detail().to_string(),
+        };
+        tracing::error!(route = %self.route.name, event_id = %ev.id, attempt = self.n, outcome, "delivery task failed; its attempt is recorded as failed");
+        let (store, route) = (self.store.clone(), self.route.name.clone());
+        rt.spawn(async move {
+            let mut backoff = Duration::from_millis(50);
+            while let Err(e) = store.settle(&ev, record.clone(), next.clone()).await {
+                metrics::counter!("hookgate_store_errors_total").increment(1);
+                tracing::error!(route = %route, event_id = %ev.id, error = %e, "cannot record delivery attempt; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        });
     }
 }
 
@@ -281,6 +383,7 @@ async fn attempt(
     metrics: Arc<crate::telemetry::RouteMetrics>,
 ) -> Done {
     let n = ev.attempts + 1;
+    let unsettled = Unsettled::new(&ev, n, &route, &store);
     let started_ms = now_ms();
     let t0 = Instant::now();
     let result = match tokio::time::timeout(route.forward.timeout, sink.deliver(&ev, n)).await {
@@ -353,6 +456,7 @@ async fn attempt(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+    unsettled.settled();
     match next {
         Next::Retry { at_ms } => Some(at_ms),
         _ => None,
@@ -521,6 +625,93 @@ concurrency = 1
                 detail: String::new(),
             })
         }
+    }
+
+    /// Fails (retryably) `fail` times, panics once, then delivers; counts attempts.
+    struct FailsThenPanics {
+        fail: usize,
+        sent: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Sink for FailsThenPanics {
+        fn kind(&self) -> &'static str {
+            "http"
+        }
+        async fn deliver(&self, _: &Event, _: u32) -> Result<Receipt, DeliveryError> {
+            let n = self.sent.fetch_add(1, Ordering::SeqCst);
+            if n < self.fail {
+                return Err(DeliveryError::Retryable {
+                    status: Some(503),
+                    retry_after: None,
+                    detail: String::new(),
+                });
+            }
+            if n == self.fail {
+                panic!("a sink bug (on purpose, in a test)");
+            }
+            Ok(Receipt {
+                status: Some(200),
+                detail: String::new(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_panics_gives_its_lease_and_the_circuits_probe_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap());
+        let (cfg, _) = crate::config::parse(
+            r#"
+[[route]]
+name = "r"
+path = "/r"
+[route.verify]
+scheme = "none"
+[route.forward]
+url = "http://127.0.0.1:9/x"
+concurrency = 1
+backoff_initial = "10ms"
+backoff_max = "20ms"
+"#,
+        )
+        .unwrap();
+        // Five retryable failures open the circuit; the probe after its cool-down panics.
+        let sink = Arc::new(FailsThenPanics {
+            fail: 5,
+            sent: AtomicUsize::new(0),
+        });
+        let (stop_tx, stop) = watch::channel(false);
+        let worker = Worker {
+            route: cfg.routes[0].clone(),
+            handoff: store.handoff("r"),
+            store: store.clone(),
+            sink: sink.clone(),
+            wake: Arc::new(Notify::new()),
+            stop,
+            metrics: Arc::new(crate::telemetry::RouteMetrics::new("r")),
+        };
+        let running = tokio::spawn(worker.run());
+        let Accept::Accepted(id) = store.accept(new_event(), None).await.unwrap() else {
+            panic!("accepted")
+        };
+        // The panicked attempt is recorded as failed and its lease given back; the circuit
+        // lets the next probe through, which delivers.
+        tokio::time::timeout(3 * IDLE_POLL, async {
+            while store.counts("r").await.unwrap().delivered < 1 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("delivered after the panicked probe");
+        let ev = store.get(&id).await.unwrap().unwrap();
+        let outcomes: Vec<_> = ev.attempt_log.iter().map(|a| a.outcome).collect();
+        assert_eq!(outcomes.len(), 7, "{outcomes:?}");
+        assert_eq!(outcomes[5], "retry", "the panicked attempt, recorded");
+        assert_eq!(outcomes[6], "delivered");
+        assert_eq!(sink.sent.load(Ordering::SeqCst), 7);
+        stop_tx.send(true).unwrap();
+        running.await.unwrap();
     }
 
     #[tokio::test]
