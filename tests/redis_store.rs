@@ -168,3 +168,30 @@ async fn retry_is_due_later_and_replay_during_an_attempt_wins() {
     assert_eq!(d.attempt_log.len(), 2);
     assert!(!s.replay("no-such-event", t).await.unwrap());
 }
+
+#[tokio::test]
+async fn a_replay_before_the_attempt_began_is_answered_by_its_delivery() {
+    let redis = RedisServer::start();
+    let s = open(&redis, "rb").await;
+    let t = hookgate::forward::worker::now_ms();
+    // Leased, then replayed before its attempt began, which delivers: not sent again.
+    let id = accept(&*s, event(1, t)).await;
+    let ev = s.lease("r", 1, t).await.unwrap().remove(0);
+    assert!(s.replay(&id, t + 10).await.unwrap());
+    s.settle(&ev, attempt(1, t + 11, "delivered"), Next::Delivered)
+        .await
+        .unwrap();
+    let d = s.get(&id).await.unwrap().unwrap();
+    assert_eq!(d.summary.state, State::Delivered, "not to be sent again");
+    assert!(s.lease("r", 10, t + 20).await.unwrap().is_empty());
+    // An attempt that began at the replay's millisecond or before: the replay wins.
+    let id = accept(&*s, event(2, t)).await;
+    let ev = s.lease("r", 1, t).await.unwrap().remove(0);
+    assert!(s.replay(&id, t + 10).await.unwrap());
+    s.settle(&ev, attempt(1, t + 10, "delivered"), Next::Delivered)
+        .await
+        .unwrap();
+    let again = s.lease("r", 10, t + 20).await.unwrap();
+    assert_eq!(again.len(), 1, "the replay is delivered");
+    assert_eq!(again[0].id, id);
+}

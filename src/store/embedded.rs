@@ -904,7 +904,11 @@ fn accept_tx(
 }
 
 /// Records the attempt; moves the event to its next state only if it was not replayed while
-/// the attempt ran (a replay starts a new cycle, and the replay wins).
+/// the attempt ran (a replay starts a new cycle, and the replay wins). A replay made after the
+/// lease but before the attempt began (a fresh event waiting in its worker's handoff, say)
+/// is answered by that attempt when it delivered: it sent the event after the replay, so the
+/// event is delivered, not sent a second time. A failed attempt was judged against the old
+/// cycle's budget, so it leaves the replayed event as it is.
 fn settle_tx(
     tx: &Connection,
     id: &str,
@@ -923,19 +927,22 @@ fn settle_tx(
         Next::Retry { at_ms } => ("pending", Some(*at_ms), Some(a.detail.as_str())),
         Next::Dead { reason } => ("dead", None, Some(reason.as_str())),
     };
+    // Past this start of its cycle, the event was replayed before a delivering attempt began.
+    let delivering_start = matches!(next, Next::Delivered).then_some(a.started_at_ms);
     // One statement (each UPDATE rewrites the whole row, body included): the attempt count
-    // always moves; the state only if the event is still in the cycle the attempt began in.
+    // always moves; the state only if the event is still in the cycle the attempt began in
+    // (or the attempt delivered it after it was replayed).
     tx.prepare_cached(
         "UPDATE events SET
             attempts = MAX(attempts, ?7),
-            state = IIF(cycle_started_at = ?6, ?2, state),
-            next_attempt_at = IIF(cycle_started_at = ?6, ?3, next_attempt_at),
-            last_error = IIF(cycle_started_at = ?6, ?4, last_error),
-            updated_at = IIF(cycle_started_at = ?6, ?5, updated_at),
-            cycle_attempts = IIF(cycle_started_at = ?6, cycle_attempts + 1, cycle_attempts)
+            state = IIF(cycle_started_at = ?6 OR cycle_started_at < ?8, ?2, state),
+            next_attempt_at = IIF(cycle_started_at = ?6 OR cycle_started_at < ?8, ?3, next_attempt_at),
+            last_error = IIF(cycle_started_at = ?6 OR cycle_started_at < ?8, ?4, last_error),
+            updated_at = IIF(cycle_started_at = ?6 OR cycle_started_at < ?8, ?5, updated_at),
+            cycle_attempts = IIF(cycle_started_at = ?6 OR cycle_started_at < ?8, cycle_attempts + 1, cycle_attempts)
          WHERE id = ?1",
     )?
-    .execute(params![id, state, next_at, err, now, cycle, a.n])?;
+    .execute(params![id, state, next_at, err, now, cycle, a.n, delivering_start])?;
     Ok(())
 }
 
@@ -1765,6 +1772,60 @@ mod tests {
         let again = store.lease("r", 10, 3_000).await.unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].attempts, 1, "the next attempt is number 2");
+    }
+
+    #[tokio::test]
+    async fn a_replay_before_a_handed_over_event_is_sent_is_answered_by_its_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
+        let mut handoff = store.handoff("r").unwrap();
+        let Accept::Accepted(id) = store.accept(event("r", "x"), None).await.unwrap() else {
+            panic!()
+        };
+        // Handed over (leased) at once, then it waits in the queue (the circuit is open, say)
+        // while the operator replays it.
+        let queued = handoff.take(1).remove(0);
+        assert!(store.replay(&id, 3_000).await.unwrap());
+        // The worker sends the queued copy after the replay; the upstream takes it.
+        store
+            .settle(&queued, delivered_attempt(3_001, 5), Next::Delivered)
+            .await
+            .unwrap();
+        let ev = store.get(&id).await.unwrap().unwrap();
+        assert_eq!(ev.summary.state, State::Delivered, "not to be sent again");
+        assert!(store.lease("r", 10, 10_000).await.unwrap().is_empty());
+        // Sent at the replay's own millisecond or before: the replay still wins (it may have
+        // come while the request was out).
+        let Accept::Accepted(id) = store.accept(event("r", "y"), None).await.unwrap() else {
+            panic!()
+        };
+        let queued = handoff.take(1).remove(0);
+        assert!(store.replay(&id, 3_000).await.unwrap());
+        store
+            .settle(&queued, delivered_attempt(3_000, 5), Next::Delivered)
+            .await
+            .unwrap();
+        let again = store.lease("r", 10, 10_000).await.unwrap();
+        assert_eq!(again.len(), 1, "the replay is delivered");
+        // A failed attempt after the replay leaves the replayed event due, its budget fresh.
+        store
+            .settle(&again[0], delivered_attempt(4_000, 5), Next::Delivered)
+            .await
+            .unwrap();
+        let Accept::Accepted(id) = store.accept(event("r", "z"), None).await.unwrap() else {
+            panic!()
+        };
+        let queued = handoff.take(1).remove(0);
+        assert!(store.replay(&id, 3_000).await.unwrap());
+        let failed = Attempt {
+            outcome: "retry",
+            ..delivered_attempt(3_001, 5)
+        };
+        let retry = Next::Retry { at_ms: 9_000 };
+        store.settle(&queued, failed, retry).await.unwrap();
+        let due = store.lease("r", 10, 3_000).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].attempts, due[0].cycle_attempts), (1, 0));
     }
 
     #[tokio::test]

@@ -443,7 +443,9 @@ impl Store for RedisStore {
             .arg(now)
             .arg(attempt.n)
             .arg(s.retention_ms)
-            .arg(&ev.id);
+            .arg(&ev.id)
+            .arg(ev.cycle_started_at_ms)
+            .arg(attempt.started_at_ms);
         let mut conn = s.work.clone();
         let r: i64 = bounded(OP_TIMEOUT, inv.invoke_async(&mut conn)).await?;
         if r == 2 {

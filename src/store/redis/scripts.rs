@@ -124,9 +124,11 @@ return kept
 
 /// KEYS: ev, log, stream, retry, pending, delivered, dead, gc.
 /// ARGV: group, entry ('' if unknown), attempt JSON, log cap, state, next_at, error ('' for
-/// none), now, n, retention_ms, id.
+/// none), now, n, retention_ms, id, the cycle start the lease saw, the attempt's start.
 /// Returns 1 (settled), 2 (attempt logged, but the event was replayed or taken over since the
-/// lease, so the newer entry decides its state), 0 (no such event).
+/// lease, so the newer entry decides its state), 0 (no such event). A replay made after the
+/// lease but before a delivering attempt began is answered by it: settled (1), and the
+/// replay's entry is dropped.
 pub static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -139,11 +141,18 @@ end
 if redis.call('EXISTS', ev) == 0 then return 0 end
 redis.call('RPUSH', log, ARGV[3])
 redis.call('LTRIM', log, -tonumber(ARGV[4]), -1)
-local cur = redis.call('HMGET', ev, 'attempts', 'entry', 'received_at')
+local cur = redis.call('HMGET', ev, 'attempts', 'entry', 'received_at', 'cycle_started_at')
 if tonumber(ARGV[9]) > (tonumber(cur[1]) or 0) then
   redis.call('HSET', ev, 'attempts', ARGV[9])
 end
-if entry ~= '' and cur[2] ~= entry then return 2 end
+if entry ~= '' and cur[2] ~= entry then
+  local cycle = tonumber(cur[4] or cur[3]) or 0
+  local replayed_before = state == 'delivered' and cur[2]
+    and cycle ~= tonumber(ARGV[12]) and cycle < tonumber(ARGV[13])
+  if not replayed_before then return 2 end
+  redis.call('XACK', stream, group, cur[2])
+  redis.call('XDEL', stream, cur[2])
+end
 redis.call('HDEL', ev, 'entry')
 redis.call('HINCRBY', ev, 'cycle_attempts', 1)
 redis.call('HSET', ev, 'state', state, 'updated_at', ARGV[8])
