@@ -81,7 +81,7 @@ pub async fn build_sink(route: &Arc<RouteConfig>) -> anyhow::Result<Arc<dyn Sink
             route, url, stream, *maxlen,
         )?)),
         SinkTarget::Nats { url, subject } => {
-            Ok(Arc::new(nats::NatsSink::new(route, url, subject).await?))
+            Ok(Arc::new(nats::NatsSink::new(route, url, subject)?))
         }
         SinkTarget::Amqp {
             url,

@@ -4,11 +4,12 @@
 //! retried within the stream's duplicate window is dropped by JetStream (the ack then says
 //! `duplicate`), and an event is stored once even when an ack was lost.
 //!
-//! The client connects in the background (`retry_on_initial_connect`) and reconnects by
-//! itself: a server that is down at startup never blocks the gateway; attempts made meanwhile
-//! time out and are retried. "No stream for the subject" is permanent only once the JetStream
-//! API itself confirms no stream listens on the subject (a server still recovering its
-//! streams after a restart also answers "no responders", and that must not kill events).
+//! The client connects on the first attempt, not at startup, so a server that is down when the
+//! gateway starts only delays delivery (attempts meanwhile fail and are retried); a sink that
+//! never connected leaves nothing running behind it when a reload drops it. Once connected,
+//! the client reconnects by itself. "No stream for the subject" is permanent only once the
+//! JetStream API itself confirms no stream listens on the subject (a server still recovering
+//! its streams after a restart also answers "no responders", and that must not kill events).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,22 +22,44 @@ use crate::config::{ForwardSign, RouteConfig};
 use crate::store::Event;
 
 pub struct NatsSink {
-    js: async_nats::jetstream::Context,
+    /// Made on the first attempt that reaches the server.
+    js: tokio::sync::Mutex<Option<async_nats::jetstream::Context>>,
+    /// The address as given (it may hold credentials); only `url` is ever shown.
+    addr: String,
     route: String,
     sign: Option<ForwardSign>,
     url: String,
     subject: String,
+    timeout: Duration,
 }
 
 impl NatsSink {
-    pub async fn new(route: &Arc<RouteConfig>, url: &str, subject: &str) -> anyhow::Result<Self> {
-        let name = route.name.clone();
+    pub fn new(route: &Arc<RouteConfig>, url: &str, subject: &str) -> anyhow::Result<Self> {
         let shown = redact_url(url);
-        let (cb_route, cb_url) = (name.clone(), shown.clone());
+        url.parse::<async_nats::ServerAddr>()
+            .map_err(|e| anyhow::anyhow!("route {:?}: forward.url {shown}: {e}", route.name))?;
+        Ok(NatsSink {
+            js: tokio::sync::Mutex::new(None),
+            addr: url.to_string(),
+            sign: route.forward.sign.clone(),
+            route: route.name.clone(),
+            url: shown,
+            subject: subject.to_string(),
+            timeout: route.forward.timeout,
+        })
+    }
+
+    /// The route's JetStream context, connecting if there is none yet. One try, no retries
+    /// of its own in the background: the attempt fails and is retried like any other.
+    async fn context(&self) -> Result<async_nats::jetstream::Context, DeliveryError> {
+        let mut slot = self.js.lock().await;
+        if let Some(js) = slot.as_ref() {
+            return Ok(js.clone());
+        }
+        let (cb_route, cb_url) = (self.route.clone(), self.url.clone());
         let client = async_nats::ConnectOptions::new()
-            .name(format!("hookgate route {name}"))
-            .retry_on_initial_connect()
-            .connection_timeout(route.forward.timeout.min(Duration::from_secs(5)))
+            .name(format!("hookgate route {}", self.route))
+            .connection_timeout(self.timeout.min(Duration::from_secs(5)))
             .event_callback(move |event| {
                 let (route, url) = (cb_route.clone(), cb_url.clone());
                 async move {
@@ -50,19 +73,21 @@ impl NatsSink {
                     }
                 }
             })
-            .connect(url)
+            .connect(self.addr.as_str())
             .await
-            .map_err(|e| anyhow::anyhow!("route {name:?}: forward.url {shown}: {e}"))?;
+            .map_err(|e| {
+                tracing::warn!(route = %self.route, url = %self.url, error = %e, "cannot connect to nats (forward.url)");
+                DeliveryError::Retryable {
+                    status: None,
+                    retry_after: None,
+                    detail: format!("cannot connect to nats at {}: {e}", self.url),
+                }
+            })?;
         let mut js = async_nats::jetstream::new(client);
         // Bounded by forward.timeout anyway; fail a little earlier so the attempt says why.
-        js.set_timeout(route.forward.timeout.mul_f64(0.9));
-        Ok(NatsSink {
-            js,
-            sign: route.forward.sign.clone(),
-            route: name,
-            url: shown,
-            subject: subject.to_string(),
-        })
+        js.set_timeout(self.timeout.mul_f64(0.9));
+        *slot = Some(js.clone());
+        Ok(js)
     }
 
     fn headers(&self, ev: &Event, attempt: u32) -> async_nats::HeaderMap {
@@ -81,9 +106,13 @@ impl NatsSink {
         h
     }
 
-    async fn publish(&self, ev: &Event, attempt: u32) -> Result<Receipt, PublishErrorKind> {
-        let ack = self
-            .js
+    async fn publish(
+        &self,
+        js: &async_nats::jetstream::Context,
+        ev: &Event,
+        attempt: u32,
+    ) -> Result<Receipt, PublishErrorKind> {
+        let ack = js
             .publish_with_headers(
                 self.subject.clone(),
                 self.headers(ev, attempt),
@@ -104,7 +133,11 @@ impl NatsSink {
         })
     }
 
-    async fn classify(&self, kind: PublishErrorKind) -> DeliveryError {
+    async fn classify(
+        &self,
+        js: &async_nats::jetstream::Context,
+        kind: PublishErrorKind,
+    ) -> DeliveryError {
         let retry = |detail: String| DeliveryError::Retryable {
             status: None,
             retry_after: None,
@@ -116,7 +149,7 @@ impl NatsSink {
                 self.subject, self.url
             ));
         }
-        match self.js.stream_by_subject(self.subject.clone()).await {
+        match js.stream_by_subject(self.subject.clone()).await {
             Err(e) if e.kind() == GetStreamByNameErrorKind::NotFound => {
                 let detail = format!(
                     "route {:?}: no JetStream stream captures subject {:?} (forward.subject); \
@@ -144,9 +177,69 @@ impl Sink for NatsSink {
     }
 
     async fn deliver(&self, ev: &Event, attempt: u32) -> Result<Receipt, DeliveryError> {
-        match self.publish(ev, attempt).await {
+        let js = self.context().await?;
+        match self.publish(&js, ev, attempt).await {
             Ok(r) => Ok(r),
-            Err(kind) => Err(self.classify(kind).await),
+            Err(kind) => Err(self.classify(&js, kind).await),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(port: u16) -> Arc<RouteConfig> {
+        let (cfg, _) = crate::config::parse(&format!(
+            r#"
+[[route]]
+name = "r"
+path = "/r"
+[route.verify]
+scheme = "none"
+[route.forward]
+url = "nats://127.0.0.1:{port}"
+subject = "a.b"
+timeout = "1s"
+"#
+        ))
+        .unwrap();
+        cfg.routes[0].clone()
+    }
+
+    fn event() -> Event {
+        let parts = http::Request::post("/r").body(()).unwrap().into_parts().0;
+        let verified = crate::verify::Verified {
+            scheme: "none",
+            event_id: None,
+            secret_index: None,
+        };
+        let body = bytes::Bytes::from_static(b"{}");
+        crate::store::NewEvent::new("r", &parts, body, &verified, 1_000).into_event()
+    }
+
+    #[tokio::test]
+    async fn a_sink_dropped_while_the_server_is_down_stops_trying_to_connect() {
+        // A port nothing listens on, until the "server" comes back below.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let sink = NatsSink::new(&route(port), &format!("nats://127.0.0.1:{port}"), "a.b").unwrap();
+        let failed = sink.deliver(&event(), 1).await.unwrap_err();
+        assert!(
+            failed.detail().contains("cannot connect to nats"),
+            "{failed:?}"
+        );
+        // A reload drops the sink while the server is down.
+        drop(sink);
+        let server = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        // async-nats waits at most 4 s between tries; a sink that kept trying would be here
+        // within that.
+        let knocked = tokio::time::timeout(Duration::from_secs(5), server.accept()).await;
+        assert!(knocked.is_err(), "the dropped sink still connects");
     }
 }
