@@ -65,21 +65,23 @@ async fn a_second_process_on_the_same_store_is_refused() {
 async fn sigterm_stops_delivery_attempts_while_a_slow_request_drains() {
     let dir = tempdir();
     let up = Upstream::start().await;
-    up.always(503);
-    let cfg = config(&Backend::Embedded, dir.path(), "", &route(&up.url("/in")));
+    // One delivery at a time, each answered after 100 ms: a steady stream of attempts.
+    for _ in 0..40 {
+        up.push(Plan::Delay(Duration::from_millis(100), 200));
+    }
+    let routes =
+        route(&up.url("/in")).replace("[route.forward]\n", "[route.forward]\nconcurrency = 1\n");
+    let cfg = config(&Backend::Embedded, dir.path(), "", &routes);
     let mut gw = Gateway::start(dir.path(), &cfg);
-    let r = signed(
-        &reqwest::Client::new(),
-        &gw.url("/hooks/r"),
-        SECRET,
-        "retried",
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 202);
-    // The event is being retried every 10–20 ms.
-    up.wait_received(3, Duration::from_secs(10)).await;
+    let c = reqwest::Client::new();
+    for i in 0..40 {
+        let r = signed(&c, &gw.url("/hooks/r"), SECRET, format!("event {i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    up.wait_received(2, Duration::from_secs(10)).await;
 
     // A request whose body never completes keeps the ingress draining after SIGTERM.
     let mut slow = TcpStream::connect(gw.ingress).unwrap();
@@ -90,16 +92,17 @@ async fn sigterm_stops_delivery_attempts_while_a_slow_request_drains() {
         gw.log().contains("shutting down")
     })
     .await;
-    // At most the attempts in flight around the signal; before, the worker kept retrying
-    // for as long as the slow request held the ingress open (up to the grace period).
+    // At most the attempts in flight around the signal; before, the worker went on starting
+    // new ones for as long as the slow request held the ingress open (up to the grace period).
     let at_signal = up.received().len();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let later = up.received().len();
     assert!(
         later <= at_signal + 2,
         "{} attempts after SIGTERM",
         later - at_signal
     );
+    assert!(later < 40, "every event was delivered during the drain");
     drop(slow);
     assert!(gw.terminate_wait().success());
 }

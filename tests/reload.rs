@@ -240,3 +240,42 @@ async fn below_min_free_space_new_events_get_503_until_a_reload_lowers_it() {
     );
     assert!(gw.terminate().success());
 }
+
+/// A leaked admin token is revoked with a reload: the new token works at once and the old one
+/// is refused, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_replaces_the_admin_token() {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    let cfg = |token: &str| {
+        config(
+            &Backend::Embedded,
+            dir.path(),
+            &format!("admin_token = \"{token}\"\n"),
+            &route("a", "s", &up.url("/a")),
+        )
+    };
+    let mut gw = Gateway::start(dir.path(), &cfg("old-admin-token"));
+    let c = reqwest::Client::new();
+    let status = |token: &'static str| {
+        let req = c.get(gw.admin_url("/admin/routes")).bearer_auth(token);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status("old-admin-token").await, 200);
+    assert_eq!(status("new-admin-token").await, 401);
+
+    std::fs::write(&gw.config_path, cfg("new-admin-token")).unwrap();
+    signal(gw.pid(), "HUP");
+    wait_until(Duration::from_secs(10), "reload ok", || {
+        metric(&gw, r#"hookgate_config_reloads_total{result="ok"} 1"#)
+    })
+    .await;
+    assert_eq!(status("new-admin-token").await, 200);
+    assert_eq!(status("old-admin-token").await, 401);
+    assert!(
+        !gw.log().contains("take effect only after a restart"),
+        "the admin token applies on reload: {}",
+        gw.log()
+    );
+    assert!(gw.terminate().success());
+}

@@ -285,3 +285,55 @@ fn check_reports_unreadable_or_mismatched_tls_files() {
         "{out}"
     );
 }
+
+/// A renewed certificate is served after a reload (SIGHUP), without a restart: new
+/// connections get the new certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_serves_the_renewed_certificate() {
+    let dir = tempdir();
+    make_pki(dir.path());
+    let up = Upstream::start().await;
+    let mut gw = Gateway::start(
+        dir.path(),
+        &config(
+            &Backend::Embedded,
+            dir.path(),
+            &tls_section(dir.path()),
+            &route(&up.url("/in")),
+        ),
+    );
+    let url = format!("https://127.0.0.1:{}/t", gw.ingress.port());
+    let old_client = client(dir.path(), false);
+    let r = signed(&old_client, &url, "tls-secret", "before")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    // Renewal: a new CA and server certificate written over the same files.
+    let renewed = tempdir();
+    make_pki(renewed.path());
+    for f in ["server.crt", "server.key"] {
+        std::fs::copy(renewed.path().join(f), dir.path().join(f)).unwrap();
+    }
+    let new_client = client(renewed.path(), false);
+    signal(gw.pid(), "HUP");
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "the renewed certificate served",
+        || {
+            let req = signed(&new_client, &url, "tls-secret", "after").send();
+            async move { req.await.is_ok_and(|r| r.status() == 202) }
+        },
+    )
+    .await;
+    assert!(
+        signed(&client(dir.path(), false), &url, "tls-secret", "old CA")
+            .send()
+            .await
+            .is_err(),
+        "a client trusting only the old CA no longer connects"
+    );
+    assert!(!gw.log().contains("take effect only after a restart"));
+    assert!(gw.terminate().success());
+}

@@ -109,7 +109,8 @@ pub struct DedupeConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum DedupeKeySpec {
-    /// The verifier's event id, else the `Idempotency-Key` header, else the body's SHA-256.
+    /// The verifier's event id; for generic `hmac`, the `Idempotency-Key` header; else the
+    /// body's SHA-256 (SPEC §3).
     Auto,
     Header(HeaderName),
     /// An RFC 6901 JSON pointer into the body.
