@@ -76,6 +76,46 @@ fn fixed_part(config: &Config) -> String {
     )
 }
 
+/// Whether a worker delivers the route's accepted events (every route but an HTTP proxy).
+fn has_worker(r: &RouteConfig) -> bool {
+    !matches!(
+        (&r.mode, &r.forward.target),
+        (Mode::Proxy, SinkTarget::Http { .. })
+    )
+}
+
+/// Routes the store holds pending or dead events of that no worker of `config` delivers: a
+/// route removed or renamed, or now in proxy mode.
+pub async fn stranded_routes(store: &dyn Store, config_routes: &[Arc<RouteConfig>]) -> Vec<String> {
+    let delivered = |route: &str| {
+        config_routes
+            .iter()
+            .any(|r| r.name == route && has_worker(r))
+    };
+    match store.routes_with_undelivered().await {
+        Ok(routes) => routes.into_iter().filter(|r| !delivered(r)).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the routes the store holds undelivered events of");
+            Vec::new()
+        }
+    }
+}
+
+/// Logs, as errors, each route whose accepted events this config leaves undelivered. They stay
+/// in the store (and in `hookgate_pending_events` / `hookgate_dead_letters`) until a route of
+/// that name with a sink is configured again.
+async fn report_stranded(store: &dyn Store, config: &Config) {
+    for route in stranded_routes(store, &config.routes).await {
+        let c = store.counts(&route).await.unwrap_or_default();
+        tracing::error!(
+            route = %route,
+            pending = c.pending,
+            dead = c.dead,
+            "the store holds events of a route this config does not deliver (removed, renamed or in proxy mode); they stay undelivered until a route of that name with a sink is configured again"
+        );
+    }
+}
+
 /// Builds a generation's routes (proxy sinks included) and starts its delivery workers.
 async fn build(
     config: &Config,
@@ -174,6 +214,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tls.clone(),
         stop_rx,
     ));
+    report_stranded(store.as_ref(), &config).await;
     admin.ready.store(true, Ordering::Release);
     Ok(Running {
         ingress_addr,
@@ -248,6 +289,7 @@ impl Running {
         });
         metrics::counter!("hookgate_config_reloads_total", "result" => "ok").increment(1);
         tracing::info!(routes, "config reloaded");
+        report_stranded(self.store.as_ref(), &config).await;
         true
     }
 
@@ -293,7 +335,11 @@ async fn gauge_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let routes: Vec<String> = table.load().routes.iter().map(|r| r.name.clone()).collect();
+        let configured = table.load().routes.clone();
+        // Routes no longer configured keep their gauges while the store holds their events,
+        // so the pending and dead-letter alerts still see them.
+        let mut routes: Vec<String> = configured.iter().map(|r| r.name.clone()).collect();
+        routes.extend(stranded_routes(store.as_ref(), &configured).await);
         for r in &routes {
             if let Ok(c) = store.counts(r).await {
                 telemetry::event_counts(r, c.pending, c.dead);

@@ -279,3 +279,69 @@ async fn reload_replaces_the_admin_token() {
     );
     assert!(gw.terminate().success());
 }
+
+/// A reload that removes (here: renames) a route whose accepted events are still pending says
+/// so as an error, keeps showing them (admin API, gauge), and a reload that brings the route
+/// back delivers them: nothing acknowledged is silently left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_route_with_pending_events_is_reported_and_delivered_once_restored() {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    up.always(503);
+    let cfg = |name: &str| {
+        config(
+            &Backend::Embedded,
+            dir.path(),
+            "",
+            &route(name, "s", &up.url("/a")),
+        )
+    };
+    let mut gw = Gateway::start(dir.path(), &cfg("a"));
+    let c = reqwest::Client::new();
+    let r = signed(&c, &gw.url("/hooks/a"), "s", "left behind")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<serde_json::Value>().await.unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    up.wait_received(1, Duration::from_secs(10)).await;
+
+    std::fs::write(&gw.config_path, cfg("renamed")).unwrap();
+    signal(gw.pid(), "HUP");
+    wait_until(
+        Duration::from_secs(10),
+        "the stranded route logged",
+        || async {
+            gw.log()
+                .lines()
+                .any(|l| l.contains("ERROR") && l.contains("this config does not deliver"))
+        },
+    )
+    .await;
+    let routes = gw.admin_json("/admin/routes").await;
+    let stranded = routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "a")
+        .cloned()
+        .unwrap_or_else(|| panic!("route a not listed: {routes}"));
+    assert_eq!(stranded["configured"], false, "{routes}");
+    assert_eq!(stranded["pending"], 1, "{routes}");
+    let listed = gw.admin_json("/admin/events?route=a").await;
+    assert_eq!(listed["events"][0]["event_id"], id.as_str(), "{listed}");
+    wait_until(Duration::from_secs(15), "the gauge kept", || {
+        metric(&gw, r#"hookgate_pending_events{route="a"} 1"#)
+    })
+    .await;
+
+    up.always(200);
+    std::fs::write(&gw.config_path, cfg("a")).unwrap();
+    signal(gw.pid(), "HUP");
+    gw.wait_event_state(&id, "delivered", Duration::from_secs(15))
+        .await;
+    assert!(gw.terminate().success());
+}

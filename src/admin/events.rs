@@ -14,9 +14,15 @@ const MAX_LIMIT: usize = 1000;
 #[derive(Serialize)]
 struct RouteView<'a> {
     name: &'a str,
-    path: &'a str,
-    verify: &'static str,
-    sink: &'static str,
+    /// `false` for a route the store holds pending or dead events of that the config no
+    /// longer delivers (removed, renamed, or now in proxy mode): nothing delivers them.
+    configured: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verify: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sink: Option<&'static str>,
     pending: u64,
     delivered: u64,
     dead: u64,
@@ -25,16 +31,21 @@ struct RouteView<'a> {
 pub async fn routes(admin: &Admin) -> Reply {
     let mut out = Vec::new();
     let table = admin.table.load_full();
-    for r in &table.routes {
-        let c = match admin.store.counts(&r.name).await {
+    let mut stranded = crate::app::stranded_routes(admin.store.as_ref(), &table.routes).await;
+    // A route in proxy mode is listed once, as configured.
+    stranded.retain(|n| !table.routes.iter().any(|r| &r.name == n));
+    let configured = table.routes.iter().map(|r| (r.name.as_str(), Some(r)));
+    for (name, r) in configured.chain(stranded.iter().map(|n| (n.as_str(), None))) {
+        let c = match admin.store.counts(name).await {
             Ok(c) => c,
             Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
         };
         out.push(RouteView {
-            name: &r.name,
-            path: &r.path,
-            verify: r.verifier.scheme(),
-            sink: r.forward.target.kind(),
+            name,
+            configured: r.is_some(),
+            path: r.map(|r| r.path.as_str()),
+            verify: r.map(|r| r.verifier.scheme()),
+            sink: r.map(|r| r.forward.target.kind()),
             pending: c.pending,
             delivered: c.delivered,
             dead: c.dead,
@@ -52,7 +63,12 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match k.as_ref() {
             "route" if !v.is_empty() => {
-                if !admin.table.load().routes.iter().any(|r| r.name == v) {
+                let table = admin.table.load_full();
+                if !table.routes.iter().any(|r| r.name == v)
+                    && !crate::app::stranded_routes(admin.store.as_ref(), &table.routes)
+                        .await
+                        .contains(&v.to_string())
+                {
                     return error(StatusCode::NOT_FOUND, "unknown_route");
                 }
                 q.route = Some(v.into_owned());

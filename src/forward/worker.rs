@@ -515,6 +515,9 @@ mod tests {
         async fn counts(&self, r: &str) -> Result<RouteCounts, StoreError> {
             self.inner.counts(r).await
         }
+        async fn routes_with_undelivered(&self) -> Result<Vec<String>, StoreError> {
+            self.inner.routes_with_undelivered().await
+        }
         async fn replay(&self, id: &str, now: i64) -> Result<bool, StoreError> {
             self.inner.replay(id, now).await
         }

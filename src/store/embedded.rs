@@ -1269,15 +1269,32 @@ impl Store for EmbeddedStore {
                     .query_row(params![route], |r| r.get(0))?;
                 Ok(n as u64)
             };
+            // One snapshot for the three: between separate statements, accepts and settles
+            // would make delivered too low or too high.
+            let tx = conn.unchecked_transaction()?;
             let all = count("SELECT COUNT(*) FROM events WHERE route = ?1")?;
             let pending =
                 count("SELECT COUNT(*) FROM events WHERE route = ?1 AND state = 'pending'")?;
             let dead = count("SELECT COUNT(*) FROM events WHERE route = ?1 AND state = 'dead'")?;
+            tx.finish()?;
             Ok(RouteCounts {
                 pending,
                 dead,
                 delivered: all.saturating_sub(pending + dead),
             })
+        })
+        .await
+    }
+
+    async fn routes_with_undelivered(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|conn| {
+            // Both from the partial indexes, which hold only pending and dead events.
+            let mut stmt = conn.prepare_cached(
+                "SELECT route FROM events WHERE state = 'pending' \
+                 UNION SELECT route FROM events WHERE state = 'dead' ORDER BY route",
+            )?;
+            let routes = stmt.query_map([], |r| r.get(0))?;
+            routes.collect()
         })
         .await
     }

@@ -175,6 +175,9 @@ pub trait Store: Send + Sync {
     async fn get(&self, event_id: &str) -> Result<Option<EventDetail>, StoreError>;
     async fn list(&self, q: &ListQuery) -> Result<Vec<EventSummary>, StoreError>;
     async fn counts(&self, route: &str) -> Result<RouteCounts, StoreError>;
+    /// Every route the store holds pending or dead events of, sorted: set against the
+    /// configured routes, it finds events no worker will deliver (a route removed or renamed).
+    async fn routes_with_undelivered(&self) -> Result<Vec<String>, StoreError>;
 
     /// Makes the event pending again, due now, with a fresh retry budget. `false`: no such event.
     async fn replay(&self, event_id: &str, now_ms: i64) -> Result<bool, StoreError>;

@@ -562,6 +562,24 @@ impl Store for RedisStore {
         })
     }
 
+    async fn routes_with_undelivered(&self) -> Result<Vec<String>, StoreError> {
+        let s = &self.inner;
+        let routes = s.routes().await?;
+        let mut p = ::redis::pipe();
+        for r in &routes {
+            p.cmd("ZCARD").arg(s.keys.state(r, State::Pending));
+            p.cmd("ZCARD").arg(s.keys.state(r, State::Dead));
+        }
+        let mut conn = s.work.clone();
+        let n: Vec<u64> = bounded(OP_TIMEOUT, p.query_async(&mut conn)).await?;
+        Ok(routes
+            .into_iter()
+            .zip(n.chunks(2))
+            .filter(|(_, c)| c.iter().any(|&x| x > 0))
+            .map(|(r, _)| r)
+            .collect())
+    }
+
     async fn replay(&self, event_id: &str, now_ms: i64) -> Result<bool, StoreError> {
         let s = &self.inner;
         let Some(route) = s.find(event_id).await? else {
