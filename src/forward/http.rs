@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -279,7 +280,13 @@ async fn read_sample(mut body: AnyBody, deadline: tokio::time::Instant) -> Strin
     let mut snippet = Vec::new();
     let mut cut = None;
     while snippet.len() < 1024 {
-        match tokio::time::timeout_at(deadline, body.frame()).await {
+        // A frame already in (the usual case: the answer came with its status) needs no
+        // timer; only a wait is bounded by the deadline.
+        let next = match body.frame().now_or_never() {
+            Some(frame) => Ok(frame),
+            None => tokio::time::timeout_at(deadline, body.frame()).await,
+        };
+        match next {
             Ok(Some(Ok(f))) => {
                 if let Some(c) = f.data_ref() {
                     snippet.extend_from_slice(&c[..c.len().min(1024 - snippet.len())]);
