@@ -725,6 +725,15 @@ fn check_sink(f: &RawForward, at: &str, mode: Mode, p: &mut Problems) -> Option<
                     "is required for an amqp:// sink",
                 );
             }
+            // AMQP short strings: a longer name cannot be sent (the frame would be malformed).
+            for (key, v) in [("exchange", &f.exchange), ("routing_key", &f.routing_key)] {
+                if v.as_ref().is_some_and(|v| v.len() > 255) {
+                    p.error(
+                        format!("{at}.{key}"),
+                        "is longer than 255 bytes, the most AMQP allows",
+                    );
+                }
+            }
             Some(SinkTarget::Amqp {
                 url: raw_url.to_string(),
                 exchange: f.exchange.clone()?,
@@ -1087,6 +1096,30 @@ backoff_max = "200y"
             cfg.store.backend,
             crate::config::StoreBackend::Redis { .. }
         ));
+    }
+
+    #[test]
+    fn amqp_names_past_255_bytes_are_refused() {
+        let long = "x".repeat(256);
+        let text = ROUTE.replace(
+            "url = \"http://127.0.0.1:3000/x\"",
+            &format!("url = \"amqp://127.0.0.1:5672/%2f\"\nexchange = \"{long}\"\nrouting_key = \"{long}\""),
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "route[0].forward.exchange: is longer than 255 bytes, the most AMQP allows",
+                "route[0].forward.routing_key: is longer than 255 bytes, the most AMQP allows"
+            ]
+        );
+        let ok = ROUTE.replace(
+            "url = \"http://127.0.0.1:3000/x\"",
+            &format!(
+                "url = \"amqp://127.0.0.1:5672/%2f\"\nexchange = \"\"\nrouting_key = \"{}\"",
+                "k".repeat(255)
+            ),
+        );
+        assert_eq!(errors(&ok), Vec::<String>::new());
     }
 
     #[test]
