@@ -334,12 +334,21 @@ async fn gauge_loop(
     table: Arc<ArcSwap<RouteTable>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // The routes outside the config that had events at the last look: one that no longer has
+    // any is updated once more (to 0), so its gauges do not keep a stale count.
+    let mut last_stranded: Vec<String> = Vec::new();
     loop {
         let configured = table.load().routes.clone();
         // Routes no longer configured keep their gauges while the store holds their events,
         // so the pending and dead-letter alerts still see them.
+        let stranded = stranded_routes(store.as_ref(), &configured).await;
         let mut routes: Vec<String> = configured.iter().map(|r| r.name.clone()).collect();
-        routes.extend(stranded_routes(store.as_ref(), &configured).await);
+        for r in stranded.iter().chain(&last_stranded) {
+            if !routes.contains(r) {
+                routes.push(r.clone());
+            }
+        }
+        last_stranded = stranded;
         for r in &routes {
             if let Ok(c) = store.counts(r).await {
                 telemetry::event_counts(r, c.pending, c.dead);

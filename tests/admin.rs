@@ -93,6 +93,29 @@ url = "{basic}"
         assert_eq!(shown(header), Some("[redacted]".into()), "{path}: {text}");
         assert_eq!(shown("x-kept"), Some("visible".into()), "{path}: {text}");
     }
+    // A route since removed is masked by its scheme: the gitlab token of an event recorded
+    // under a route the config no longer has stays hidden.
+    let gl_id = gw.admin_json("/admin/events?route=gl").await["events"][0]["event_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let without_gl = routes[routes.find("[[route]]\nname = \"okta\"").unwrap()..].to_string();
+    std::fs::write(
+        &gw.config_path,
+        config(&Backend::Embedded, dir.path(), "", &without_gl),
+    )
+    .unwrap();
+    signal(gw.pid(), "HUP");
+    wait_until(Duration::from_secs(10), "reload ok", || async {
+        gw.metrics()
+            .await
+            .contains(r#"hookgate_config_reloads_total{result="ok"} 1"#)
+    })
+    .await;
+    let ev = gw.admin_json(&format!("/admin/events/{gl_id}")).await;
+    assert_eq!(ev["route"], "gl", "{ev}");
+    assert!(!ev.to_string().contains("gl-token-s3cret"), "{ev}");
+
     // The upstream still received the credentials as sent (forwarded unchanged).
     let got = up.received();
     assert_eq!(got.len(), 3);

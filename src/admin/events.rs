@@ -14,8 +14,9 @@ const MAX_LIMIT: usize = 1000;
 #[derive(Serialize)]
 struct RouteView<'a> {
     name: &'a str,
-    /// `false` for a route the store holds pending or dead events of that the config no
-    /// longer delivers (removed, renamed, or now in proxy mode): nothing delivers them.
+    /// `false` for a route the store holds pending or dead events of that the config no longer
+    /// has (removed or renamed): nothing delivers them. (A route switched to proxy mode is
+    /// listed as configured; its pending count is what no worker delivers.)
     configured: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<&'a str>,
@@ -93,10 +94,18 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
 pub async fn show(admin: &Admin, id: &str) -> Reply {
     match admin.store.get(id).await {
         Ok(Some(mut ev)) => {
+            // Every configured route's token header, not only the event's route's: the event
+            // may be of a route since removed or changed. GitLab's is known by its scheme.
             let table = admin.table.load();
-            let route = table.routes.iter().find(|r| r.name == ev.summary.route);
-            let extra = route.and_then(|r| r.verifier.credential_header());
-            redact_credentials(&mut ev.headers, extra);
+            let mut credentials: Vec<&str> = table
+                .routes
+                .iter()
+                .filter_map(|r| r.verifier.credential_header())
+                .collect();
+            if ev.summary.verified == "gitlab" {
+                credentials.push("x-gitlab-token");
+            }
+            redact_credentials(&mut ev.headers, &credentials);
             ok_json(StatusCode::OK, &ev)
         }
         Ok(None) => error(StatusCode::NOT_FOUND, "unknown_event"),
@@ -107,11 +116,12 @@ pub async fn show(admin: &Admin, id: &str) -> Reply {
 /// What a masked header value reads as.
 const REDACTED: &str = "[redacted]";
 
-/// Masks, in the stored `[name, value]` pairs, the values that are credentials: the route's
-/// secret itself where the scheme sends it as is (`credential`), and `Authorization` /
-/// `Proxy-Authorization` always (Basic and Bearer routes' secrets, or a credential meant for
-/// the upstream). The store keeps them as received, since they are forwarded unchanged.
-fn redact_credentials(headers: &mut serde_json::Value, credential: Option<&str>) {
+/// Masks, in the stored `[name, value]` pairs, the values that are credentials: a secret
+/// itself where a scheme sends it as is (`credentials`: static-token header names), and
+/// `Authorization` / `Proxy-Authorization` always (Basic and Bearer routes' secrets, or a
+/// credential meant for the upstream). The store keeps them as received, since they are
+/// forwarded unchanged.
+fn redact_credentials(headers: &mut serde_json::Value, credentials: &[&str]) {
     let Some(pairs) = headers.as_array_mut() else {
         return;
     };
@@ -122,7 +132,7 @@ fn redact_credentials(headers: &mut serde_json::Value, credential: Option<&str>)
         let secret = name.as_str().is_some_and(|n| {
             n.eq_ignore_ascii_case("authorization")
                 || n.eq_ignore_ascii_case("proxy-authorization")
-                || credential.is_some_and(|c| n.eq_ignore_ascii_case(c))
+                || credentials.iter().any(|c| n.eq_ignore_ascii_case(c))
         });
         if secret {
             *value = serde_json::Value::from(REDACTED);
@@ -184,7 +194,7 @@ mod tests {
             ["x-okta-token", [1, 2, 3]],
             ["content-type", "application/json"]
         ]);
-        redact_credentials(&mut h, Some("x-okta-token"));
+        redact_credentials(&mut h, &["x-okta-token"]);
         assert_eq!(
             h,
             serde_json::json!([
@@ -195,7 +205,7 @@ mod tests {
                 ["content-type", "application/json"]
             ])
         );
-        redact_credentials(&mut h, Some("x-gitlab-token"));
+        redact_credentials(&mut h, &["x-gitlab-token"]);
         assert_eq!(h[2][1], REDACTED);
     }
 }

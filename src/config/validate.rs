@@ -236,8 +236,9 @@ fn check_server(s: &RawServer, p: &mut Problems) -> Option<ServerConfig> {
 }
 
 fn check_store(s: &RawStore, p: &mut Problems) -> Option<StoreConfig> {
-    // 0 would purge a dead event as it dies, before anyone could replay it.
-    let retention = nonzero_duration(
+    // 0 is valid: delivered events (and their payloads) go at the next purge; retention never
+    // purges pending or dead events.
+    let retention = duration(
         &s.retention,
         "store.retention",
         Duration::from_secs(72 * 3600),
@@ -958,7 +959,6 @@ max_age = "0s"
         let expected: Vec<String> = [
             "server.header_timeout",
             "server.body_timeout",
-            "store.retention",
             "route[0].verify.tolerance",
             "route[0].dedupe.ttl",
             "route[0].forward.timeout",

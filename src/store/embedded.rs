@@ -1288,13 +1288,23 @@ impl Store for EmbeddedStore {
 
     async fn routes_with_undelivered(&self) -> Result<Vec<String>, StoreError> {
         self.read(|conn| {
-            // Both from the partial indexes, which hold only pending and dead events.
-            let mut stmt = conn.prepare_cached(
-                "SELECT route FROM events WHERE state = 'pending' \
-                 UNION SELECT route FROM events WHERE state = 'dead' ORDER BY route",
-            )?;
-            let routes = stmt.query_map([], |r| r.get(0))?;
-            routes.collect()
+            // A skip scan of each partial index (which holds only pending, or only dead,
+            // events): one seek per route, however many events wait.
+            let mut routes = std::collections::BTreeSet::new();
+            for sql in [
+                "SELECT MIN(route) FROM events WHERE state = 'pending' AND route > ?1",
+                "SELECT MIN(route) FROM events WHERE state = 'dead' AND route > ?1",
+            ] {
+                let mut stmt = conn.prepare_cached(sql)?;
+                let mut after = String::new();
+                while let Some(next) =
+                    stmt.query_row(params![after], |r| r.get::<_, Option<String>>(0))?
+                {
+                    routes.insert(next.clone());
+                    after = next;
+                }
+            }
+            Ok(routes.into_iter().collect())
         })
         .await
     }
@@ -2099,6 +2109,43 @@ mod tests {
             Accept::Duplicate("01900000-0000-7000-8000-0000000000aa".into())
         );
     }
+    #[tokio::test]
+    async fn routes_with_undelivered_are_those_with_pending_or_dead_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
+        let t = crate::forward::worker::now_ms();
+        // Route "pending" keeps one pending; "dead" one dead; "done" only delivered ones;
+        // "mixed" a delivered and a dead one.
+        for (route, outcome) in [
+            ("pending", "pending"),
+            ("dead", "dead"),
+            ("done", "delivered"),
+            ("done", "delivered"),
+            ("mixed", "delivered"),
+            ("mixed", "dead"),
+        ] {
+            store.accept(event(route, outcome), None).await.unwrap();
+        }
+        for route in ["dead", "done", "mixed"] {
+            for ev in store.lease(route, 10, t).await.unwrap() {
+                let next = match &ev.body[..] {
+                    b"delivered" => Next::Delivered,
+                    _ => Next::Dead {
+                        reason: "gone".into(),
+                    },
+                };
+                store
+                    .settle(&ev, delivered_attempt(t, 1), next)
+                    .await
+                    .unwrap();
+            }
+        }
+        assert_eq!(
+            store.routes_with_undelivered().await.unwrap(),
+            ["dead", "mixed", "pending"]
+        );
+    }
+
     #[tokio::test]
     async fn delivered_events_are_purged_after_retention_others_kept() {
         let dir = tempfile::tempdir().unwrap();
