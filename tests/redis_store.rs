@@ -195,3 +195,62 @@ async fn a_replay_before_the_attempt_began_is_answered_by_its_delivery() {
     assert_eq!(again.len(), 1, "the replay is delivered");
     assert_eq!(again[0].id, id);
 }
+
+/// Two replicas: a replay that reaches one while the other is delivering the event does not
+/// start a second, concurrent delivery; the event is delivered again after that attempt.
+#[tokio::test]
+async fn a_replay_on_another_replica_waits_for_the_attempt_under_way() {
+    let redis = RedisServer::start();
+    let a = open(&redis, "rx").await;
+    let b = open(&redis, "rx").await;
+    let t = hookgate::forward::worker::now_ms();
+    let id = accept(&*a, event(1, t)).await;
+    let ev = a.lease("r", 1, t).await.unwrap().remove(0);
+    assert!(b.replay(&id, t + 10).await.unwrap());
+    assert!(
+        b.lease("r", 10, t + 20).await.unwrap().is_empty(),
+        "replica b must not deliver while a's attempt is out"
+    );
+    assert!(a.lease("r", 10, t + 20).await.unwrap().is_empty());
+    // a's attempt began before the replay: the replay is not answered by it.
+    a.settle(&ev, attempt(1, t + 5, "delivered"), Next::Delivered)
+        .await
+        .unwrap();
+    let again = b.lease("r", 10, t + 30).await.unwrap();
+    assert_eq!(again.len(), 1, "the replay is delivered after the attempt");
+    assert_eq!(
+        (again[0].id.as_str(), again[0].cycle_attempts),
+        (id.as_str(), 0)
+    );
+    b.settle(&again[0], attempt(2, t + 31, "delivered"), Next::Delivered)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.get(&id).await.unwrap().unwrap().summary.state,
+        State::Delivered
+    );
+    assert!(a.lease("r", 10, t + 40).await.unwrap().is_empty());
+}
+
+/// A redrive replays the events dead when it began (a snapshot, each once) and counts them.
+#[tokio::test]
+async fn replay_dead_replays_every_dead_event_and_counts_them() {
+    let redis = RedisServer::start();
+    let s = open(&redis, "rd").await;
+    let t = hookgate::forward::worker::now_ms();
+    for n in 0..3 {
+        accept(&*s, event(n, t)).await;
+    }
+    for ev in s.lease("r", 10, t).await.unwrap() {
+        s.settle(
+            &ev,
+            attempt(1, t, "dead"),
+            Next::Dead { reason: "x".into() },
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(s.replay_dead("r", t + 1).await.unwrap(), 3);
+    assert_eq!(s.counts("r").await.unwrap().pending, 3);
+    assert_eq!(s.replay_dead("r", t + 2).await.unwrap(), 0, "none dead now");
+}

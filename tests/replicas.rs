@@ -399,6 +399,23 @@ fn check_warns_when_redis_does_not_persist_and_fails_when_unreachable() {
     let mut con = client.get_connection().unwrap();
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
+        .arg("appendfsync")
+        .arg("no")
+        .query(&mut con)
+        .unwrap();
+    let out = check();
+    assert!(out.status.success(), "a warning is not an error: {out:?}");
+    let expected = format!(
+        "warning: store.url: Redis at {} has appendfsync no: the OS decides when the AOF reaches the disk",
+        redis.url()
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&expected),
+        "{out:?}"
+    );
+
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
         .arg("appendonly")
         .arg("no")
         .query(&mut con)

@@ -6,10 +6,11 @@
 //! get one `Accepted`. `accept` returns (and the ingress answers 202) only after Redis replied
 //! to that script. What the reply guarantees is Redis's persistence setting: with
 //! `appendonly yes` + `appendfsync always` the event is fsync'd before the reply; with
-//! `everysec` (Redis's default) a crash of the Redis *host* can lose about the last second of
-//! acknowledged events (a crash of the Redis process alone loses nothing already written to
-//! the AOF); with `appendonly no` a Redis restart loses everything, and startup and
-//! `hookgate check` warn about it. Replication to replicas is asynchronous; a failover can
+//! `everysec` (Redis's default) a crash of the Redis *host*, or of the process while a slow
+//! background fsync holds back its AOF writes, can lose up to about the last 2 seconds of
+//! acknowledged events (docs/REDIS.md); with `appendonly no` a Redis restart loses everything,
+//! and with `appendfsync no` a host crash can, and startup and `hookgate check` warn about
+//! both. Replication to replicas is asynchronous; a failover can
 //! lose the last writes. If the reply does not arrive within `OP_TIMEOUT` the request is
 //! answered 503 and the sender retries; if Redis did apply the script, the retry is a
 //! duplicate (same key) or a second event (no key): at least once, never lost.
@@ -508,7 +509,9 @@ impl Store for RedisStore {
         if routes.is_empty() || q.limit == 0 {
             return Ok(Vec::new());
         }
+        // MULTI/EXEC: an event that changes state meanwhile is listed once, not twice.
         let mut p = ::redis::pipe();
+        p.atomic();
         let mut sources = Vec::new();
         for r in &routes {
             for st in &states {
@@ -548,7 +551,9 @@ impl Store for RedisStore {
 
     async fn counts(&self, route: &str) -> Result<RouteCounts, StoreError> {
         let s = &self.inner;
+        // MULTI/EXEC: one snapshot, no settle between the three counts.
         let mut p = ::redis::pipe();
+        p.atomic();
         for st in [State::Pending, State::Delivered, State::Dead] {
             p.cmd("ZCARD").arg(s.keys.state(route, st));
         }
@@ -587,7 +592,10 @@ impl Store for RedisStore {
         };
         let mut inv = scripts::REPLAY.prepare_invoke();
         s.route_keys(&mut inv, &route, event_id);
-        inv.arg(s.keys.tag(&route)).arg(event_id).arg(now_ms);
+        inv.arg(s.keys.tag(&route))
+            .arg(event_id)
+            .arg(now_ms)
+            .arg(GROUP);
         let mut conn = s.work.clone();
         let n: i64 = bounded(OP_TIMEOUT, inv.invoke_async(&mut conn)).await?;
         Ok(n > 0)
@@ -596,8 +604,19 @@ impl Store for RedisStore {
     async fn replay_dead(&self, route: &str, now_ms: i64) -> Result<u64, StoreError> {
         let s = &self.inner;
         let k = &s.keys;
+        let mut conn = s.work.clone();
+        // The dead set as it is now; each of these is replayed at most once by this call.
+        let dead: Vec<String> = bounded(
+            SLOW_OP_TIMEOUT,
+            ::redis::cmd("ZRANGE")
+                .arg(k.state(route, State::Dead))
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn),
+        )
+        .await?;
         let mut total = 0u64;
-        loop {
+        for ids in dead.chunks(BATCH) {
             let mut inv = scripts::REPLAY_DEAD.key(k.stream(route));
             inv.key(k.retry(route))
                 .key(k.state(route, State::Pending))
@@ -606,14 +625,12 @@ impl Store for RedisStore {
                 .key(k.gc(route))
                 .arg(k.tag(route))
                 .arg(now_ms)
-                .arg(BATCH);
-            let mut conn = s.work.clone();
+                .arg(GROUP)
+                .arg(ids);
             let n: u64 = bounded(SLOW_OP_TIMEOUT, inv.invoke_async(&mut conn)).await?;
             total += n;
-            if n < BATCH as u64 {
-                return Ok(total);
-            }
         }
+        Ok(total)
     }
 
     async fn purge(&self, now_ms: i64) -> Result<(), StoreError> {

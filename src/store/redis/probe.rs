@@ -31,7 +31,13 @@ pub async fn persistence_warnings(conn: &mut impl ConnectionLike, shown: &str) -
         Some(v) if v == "no" => out.push(format!(
             "store.url: Redis at {shown} does not persist (appendonly no): a Redis restart loses acknowledged events"
         )),
-        Some(_) => {}
+        Some(_) => {
+            if config_get(conn, "appendfsync").await.as_deref() == Some("no") {
+                out.push(format!(
+                    "store.url: Redis at {shown} has appendfsync no: the OS decides when the AOF reaches the disk, so a host crash loses acknowledged events (use always, or everysec knowingly)"
+                ));
+            }
+        }
         None => out.push(format!(
             "store.url: cannot read the persistence settings of Redis at {shown} (CONFIG GET refused): make sure appendonly is yes"
         )),

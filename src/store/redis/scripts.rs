@@ -141,9 +141,20 @@ end
 if redis.call('EXISTS', ev) == 0 then return 0 end
 redis.call('RPUSH', log, ARGV[3])
 redis.call('LTRIM', log, -tonumber(ARGV[4]), -1)
-local cur = redis.call('HMGET', ev, 'attempts', 'entry', 'received_at', 'cycle_started_at')
+local cur = redis.call('HMGET', ev, 'attempts', 'entry', 'received_at', 'cycle_started_at',
+  'replay_pending')
 if tonumber(ARGV[9]) > (tonumber(cur[1]) or 0) then
   redis.call('HSET', ev, 'attempts', ARGV[9])
+end
+if cur[5] and entry ~= '' and cur[2] == entry then
+  -- Replayed while this attempt was out: the replay already reset the event; it is answered
+  -- by a delivering attempt that began after it, else it gets its own entry now.
+  redis.call('HDEL', ev, 'replay_pending')
+  local cycle = tonumber(cur[4] or cur[3]) or 0
+  if not (state == 'delivered' and cycle < tonumber(ARGV[13])) then
+    redis.call('HSET', ev, 'entry', redis.call('XADD', stream, '*', 'id', id))
+    return 2
+  end
 end
 if entry ~= '' and cur[2] ~= entry then
   local cycle = tonumber(cur[4] or cur[3]) or 0
@@ -193,13 +204,22 @@ return 1
 });
 
 /// The body shared by the two replay scripts: makes `id` pending, due now, with a fresh retry
-/// budget, and gives it a new stream entry (an older entry becomes stale and is dropped).
+/// budget, and gives it a new stream entry (an older entry becomes stale and is dropped). An
+/// event whose entry a replica is delivering right now (read, not acknowledged) gets no new
+/// entry, which another replica could lease while that attempt is out: it is flagged, and the
+/// attempt's settle gives it its entry (see `SETTLE`).
 macro_rules! replay_fn {
     () => {
         r#"
-local function replay(tag, id, now)
+local function replay(tag, id, now, group)
   local ev = tag .. 'ev:' .. id
   if redis.call('EXISTS', ev) == 0 then return 0 end
+  local entry = redis.call('HGET', ev, 'entry')
+  local out = false
+  if entry then
+    local p = redis.pcall('XPENDING', tag .. 'stream', group, entry, entry, 1)
+    out = type(p) == 'table' and not p.err and #p > 0
+  end
   local score = redis.call('HGET', ev, 'received_at') or now
   redis.call('HSET', ev, 'state', 'pending', 'next_attempt_at', now, 'cycle_attempts', 0,
     'cycle_started_at', now, 'updated_at', now)
@@ -211,33 +231,40 @@ local function replay(tag, id, now)
   redis.call('ZADD', tag .. 'pending', score, id)
   redis.call('PERSIST', ev)
   redis.call('PERSIST', tag .. 'log:' .. id)
-  redis.call('HSET', ev, 'entry', redis.call('XADD', tag .. 'stream', '*', 'id', id))
+  if out then
+    redis.call('HSET', ev, 'replay_pending', 1)
+  else
+    redis.call('HSET', ev, 'entry', redis.call('XADD', tag .. 'stream', '*', 'id', id))
+  end
   return 1
 end
 "#
     };
 }
 
-/// KEYS: ev, log, stream, retry, pending, delivered, dead, gc. ARGV: tag, id, now.
+/// KEYS: ev, log, stream, retry, pending, delivered, dead, gc. ARGV: tag, id, now, group.
 pub static REPLAY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         replay_fn!(),
-        "return replay(ARGV[1], ARGV[2], ARGV[3])\n"
+        "return replay(ARGV[1], ARGV[2], ARGV[3], ARGV[4])\n"
     ))
 });
 
-/// KEYS: stream, retry, pending, delivered, dead, gc. ARGV: tag, now, batch.
-/// Replays up to `batch` dead events; returns how many.
+/// KEYS: stream, retry, pending, delivered, dead, gc. ARGV: tag, now, group, then event ids
+/// (a snapshot of the dead set taken before the first batch). Replays those still dead, so
+/// an event replayed by an earlier batch that died again meanwhile is not sent twice by one
+/// redrive; returns how many.
 pub static REPLAY_DEAD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         replay_fn!(),
         r#"
 local n = 0
-for _, id in ipairs(redis.call('ZRANGE', KEYS[5], 0, tonumber(ARGV[3]) - 1)) do
-  if replay(ARGV[1], id, ARGV[2]) == 0 then
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  if redis.call('HGET', ARGV[1] .. 'ev:' .. id, 'state') == 'dead' then
+    if replay(ARGV[1], id, ARGV[2], ARGV[3]) == 1 then n = n + 1 end
+  elseif redis.call('EXISTS', ARGV[1] .. 'ev:' .. id) == 0 then
     redis.call('ZREM', KEYS[5], id)
-  else
-    n = n + 1
   end
 end
 return n
