@@ -398,7 +398,10 @@ impl Store for RedisStore {
                 }
             };
             // Reclaimed from ourselves (a late heartbeat): the attempt is still running here.
-            if leased.contains_key(&ev.id) {
+            // Another entry of an event leased here is newer than that attempt (its settle
+            // added it, as for a replay flagged during it): taken, and the attempt's own
+            // release leaves it alone (see `settle`).
+            if leased.get(&ev.id).is_some_and(|(_, e)| *e == entry) {
                 continue;
             }
             leased.insert(ev.id.clone(), (route.to_string(), entry));
@@ -452,9 +455,12 @@ impl Store for RedisStore {
         if r == 2 {
             tracing::info!(route = %ev.route, event_id = %ev.id, "event was replayed or taken over during the attempt; its newer delivery decides its state");
         }
-        // Released only once the new state is recorded, as in the embedded store.
+        // Released only once the new state is recorded, as in the embedded store; and only
+        // this attempt's entry: a lease may already have taken the entry its settle added.
         if let Ok(mut l) = s.leased.lock() {
-            l.remove(&ev.id);
+            if l.get(&ev.id).is_some_and(|(_, e)| *e == entry) {
+                l.remove(&ev.id);
+            }
         }
         Ok(())
     }
@@ -595,7 +601,8 @@ impl Store for RedisStore {
         inv.arg(s.keys.tag(&route))
             .arg(event_id)
             .arg(now_ms)
-            .arg(GROUP);
+            .arg(GROUP)
+            .arg(s.visibility.as_millis() as u64);
         let mut conn = s.work.clone();
         let n: i64 = bounded(OP_TIMEOUT, inv.invoke_async(&mut conn)).await?;
         Ok(n > 0)
@@ -605,18 +612,11 @@ impl Store for RedisStore {
         let s = &self.inner;
         let k = &s.keys;
         let mut conn = s.work.clone();
-        // The dead set as it is now; each of these is replayed at most once by this call.
-        let dead: Vec<String> = bounded(
-            SLOW_OP_TIMEOUT,
-            ::redis::cmd("ZRANGE")
-                .arg(k.state(route, State::Dead))
-                .arg(0)
-                .arg(-1)
-                .query_async(&mut conn),
-        )
-        .await?;
-        let mut total = 0u64;
-        for ids in dead.chunks(BATCH) {
+        // Pages of the dead set from its head. Replayed events leave the set; the ones left
+        // (dead again since an earlier page replayed them) stay, so the next page starts past
+        // them. Only events that died before `now_ms` are replayed: each at most once.
+        let (mut total, mut offset) = (0u64, 0u64);
+        loop {
             let mut inv = scripts::REPLAY_DEAD.key(k.stream(route));
             inv.key(k.retry(route))
                 .key(k.state(route, State::Pending))
@@ -626,11 +626,17 @@ impl Store for RedisStore {
                 .arg(k.tag(route))
                 .arg(now_ms)
                 .arg(GROUP)
-                .arg(ids);
-            let n: u64 = bounded(SLOW_OP_TIMEOUT, inv.invoke_async(&mut conn)).await?;
+                .arg(s.visibility.as_millis() as u64)
+                .arg(offset)
+                .arg(BATCH);
+            let (n, left, looked): (u64, u64, u64) =
+                bounded(SLOW_OP_TIMEOUT, inv.invoke_async(&mut conn)).await?;
             total += n;
+            offset += left;
+            if looked < BATCH as u64 {
+                return Ok(total);
+            }
         }
-        Ok(total)
     }
 
     async fn purge(&self, now_ms: i64) -> Result<(), StoreError> {

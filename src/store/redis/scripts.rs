@@ -164,7 +164,7 @@ if entry ~= '' and cur[2] ~= entry then
   redis.call('XACK', stream, group, cur[2])
   redis.call('XDEL', stream, cur[2])
 end
-redis.call('HDEL', ev, 'entry')
+redis.call('HDEL', ev, 'entry', 'replay_pending')
 redis.call('HINCRBY', ev, 'cycle_attempts', 1)
 redis.call('HSET', ev, 'state', state, 'updated_at', ARGV[8])
 if ARGV[7] ~= '' then
@@ -211,14 +211,16 @@ return 1
 macro_rules! replay_fn {
     () => {
         r#"
-local function replay(tag, id, now, group)
+local function replay(tag, id, now, group, visibility)
   local ev = tag .. 'ev:' .. id
   if redis.call('EXISTS', ev) == 0 then return 0 end
   local entry = redis.call('HGET', ev, 'entry')
   local out = false
   if entry then
+    -- Read, not acknowledged, and renewed within the visibility timeout: an attempt is out.
+    -- An entry idle longer is abandoned (its replica died): a new entry replaces it at once.
     local p = redis.pcall('XPENDING', tag .. 'stream', group, entry, entry, 1)
-    out = type(p) == 'table' and not p.err and #p > 0
+    out = type(p) == 'table' and not p.err and #p > 0 and p[1][3] < tonumber(visibility)
   end
   local score = redis.call('HGET', ev, 'received_at') or now
   redis.call('HSET', ev, 'state', 'pending', 'next_attempt_at', now, 'cycle_attempts', 0,
@@ -234,6 +236,7 @@ local function replay(tag, id, now, group)
   if out then
     redis.call('HSET', ev, 'replay_pending', 1)
   else
+    redis.call('HDEL', ev, 'replay_pending')
     redis.call('HSET', ev, 'entry', redis.call('XADD', tag .. 'stream', '*', 'id', id))
   end
   return 1
@@ -242,32 +245,38 @@ end
     };
 }
 
-/// KEYS: ev, log, stream, retry, pending, delivered, dead, gc. ARGV: tag, id, now, group.
+/// KEYS: ev, log, stream, retry, pending, delivered, dead, gc. ARGV: tag, id, now, group,
+/// visibility timeout (ms).
 pub static REPLAY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         replay_fn!(),
-        "return replay(ARGV[1], ARGV[2], ARGV[3], ARGV[4])\n"
+        "return replay(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])\n"
     ))
 });
 
-/// KEYS: stream, retry, pending, delivered, dead, gc. ARGV: tag, now, group, then event ids
-/// (a snapshot of the dead set taken before the first batch). Replays those still dead, so
-/// an event replayed by an earlier batch that died again meanwhile is not sent twice by one
-/// redrive; returns how many.
+/// KEYS: stream, retry, pending, delivered, dead, gc. ARGV: tag, now, group, visibility
+/// timeout (ms), offset, batch. Replays the dead events at ranks `offset..offset + batch`
+/// that died before `now` (the redrive's start); one that died again since an earlier batch
+/// of the same redrive replayed it is left (it stays in the set: the next offset counts it).
+/// Returns `{replayed, left, looked_at}`.
 pub static REPLAY_DEAD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         replay_fn!(),
         r#"
-local n = 0
-for i = 4, #ARGV do
-  local id = ARGV[i]
-  if redis.call('HGET', ARGV[1] .. 'ev:' .. id, 'state') == 'dead' then
-    if replay(ARGV[1], id, ARGV[2], ARGV[3]) == 1 then n = n + 1 end
-  elseif redis.call('EXISTS', ARGV[1] .. 'ev:' .. id) == 0 then
+local tag, now = ARGV[1], tonumber(ARGV[2])
+local ids = redis.call('ZRANGE', KEYS[5], tonumber(ARGV[5]), tonumber(ARGV[5]) + tonumber(ARGV[6]) - 1)
+local n, left = 0, 0
+for _, id in ipairs(ids) do
+  local f = redis.call('HMGET', tag .. 'ev:' .. id, 'state', 'updated_at')
+  if not f[1] then
     redis.call('ZREM', KEYS[5], id)
+  elseif f[1] == 'dead' and (tonumber(f[2]) or 0) < now then
+    n = n + replay(tag, id, ARGV[2], ARGV[3], ARGV[4])
+  else
+    left = left + 1
   end
 end
-return n
+return {n, left, #ids}
 "#
     ))
 });
