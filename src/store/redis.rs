@@ -398,10 +398,11 @@ impl Store for RedisStore {
                 }
             };
             // Reclaimed from ourselves (a late heartbeat): the attempt is still running here.
-            // Another entry of an event leased here is newer than that attempt (its settle
-            // added it, as for a replay flagged during it): taken, and the attempt's own
-            // release leaves it alone (see `settle`).
-            if leased.get(&ev.id).is_some_and(|(_, e)| *e == entry) {
+            // So is any other entry of an event leased here: never two attempts of one event
+            // in this process. (An entry its settle added, read in the instant before the
+            // attempt released its lease, is left unrenewed and reclaimed after the
+            // visibility timeout: a delay, not a second delivery.)
+            if leased.contains_key(&ev.id) {
                 continue;
             }
             leased.insert(ev.id.clone(), (route.to_string(), entry));
@@ -455,12 +456,9 @@ impl Store for RedisStore {
         if r == 2 {
             tracing::info!(route = %ev.route, event_id = %ev.id, "event was replayed or taken over during the attempt; its newer delivery decides its state");
         }
-        // Released only once the new state is recorded, as in the embedded store; and only
-        // this attempt's entry: a lease may already have taken the entry its settle added.
+        // Released only once the new state is recorded, as in the embedded store.
         if let Ok(mut l) = s.leased.lock() {
-            if l.get(&ev.id).is_some_and(|(_, e)| *e == entry) {
-                l.remove(&ev.id);
-            }
+            l.remove(&ev.id);
         }
         Ok(())
     }
