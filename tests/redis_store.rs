@@ -15,11 +15,15 @@ use support::RedisServer;
 const RETENTION: Duration = Duration::from_secs(3600);
 
 async fn open(redis: &RedisServer, prefix: &str) -> Arc<dyn Store> {
+    open_with(redis, prefix, Duration::from_secs(30)).await
+}
+
+async fn open_with(redis: &RedisServer, prefix: &str, visibility: Duration) -> Arc<dyn Store> {
     store::open(&StoreConfig {
         backend: StoreBackend::Redis {
             url: redis.url(),
             key_prefix: prefix.into(),
-            visibility_timeout: Duration::from_secs(30),
+            visibility_timeout: visibility,
         },
         retention: RETENTION,
     })
@@ -261,5 +265,83 @@ async fn replay_dead_replays_what_died_before_it_began() {
         s.replay_dead("r", t + 3_000).await.unwrap(),
         0,
         "none dead now"
+    );
+}
+
+/// A replay of an event whose entry a replica read and then stopped renewing (it died) is not
+/// held for that replica: once the entry is idle past the visibility timeout, the replay gives
+/// the event a new entry at once.
+#[tokio::test]
+async fn a_replay_of_an_abandoned_entry_is_delivered_at_once() {
+    let redis = RedisServer::start();
+    let visibility = Duration::from_secs(1);
+    let t = hookgate::forward::worker::now_ms();
+    let id = {
+        let dead = open_with(&redis, "ra", visibility).await;
+        let id = accept(&*dead, event(1, t)).await;
+        assert_eq!(dead.lease("r", 1, t).await.unwrap().len(), 1);
+        id
+        // `dead` is dropped with the event leased: its heartbeats stop.
+    };
+    let b = open_with(&redis, "ra", visibility).await;
+    // Past the visibility timeout without a renewal (polled, not slept: the idle time is
+    // Redis's own).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = redis::Client::open(redis.url()).unwrap();
+        let mut con = c.get_multiplexed_async_connection().await.unwrap();
+        let key: String = redis::cmd("KEYS")
+            .arg("*ra*stream*")
+            .query_async::<Vec<String>>(&mut con)
+            .await
+            .unwrap()
+            .remove(0);
+        let p: redis::Value = redis::cmd("XPENDING")
+            .arg(&key)
+            .arg("hookgate")
+            .arg("-")
+            .arg("+")
+            .arg(1)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let idle = match p {
+            redis::Value::Array(rows) => match rows.first() {
+                Some(redis::Value::Array(r)) => match r.get(2) {
+                    Some(redis::Value::Int(i)) => *i,
+                    _ => 0,
+                },
+                _ => 0,
+            },
+            _ => 0,
+        };
+        if idle > 1_100 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "entry never idle");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(b.replay(&id, t + 10).await.unwrap());
+    let c = redis::Client::open(redis.url()).unwrap();
+    let mut con = c.get_multiplexed_async_connection().await.unwrap();
+    let ev_key: String = redis::cmd("KEYS")
+        .arg(format!("*ra*ev:{id}"))
+        .query_async::<Vec<String>>(&mut con)
+        .await
+        .unwrap()
+        .remove(0);
+    let flagged: bool = redis::cmd("HEXISTS")
+        .arg(&ev_key)
+        .arg("replay_pending")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(!flagged, "an abandoned entry is not waited for");
+    // The XADDed entry is new, so XREADGROUP hands it out at once (no reclaim needed).
+    let got = b.lease("r", 10, t + 20).await.unwrap();
+    assert_eq!(got.len(), 1, "the replay is delivered at once");
+    assert_eq!(
+        (got[0].id.as_str(), got[0].cycle_attempts),
+        (id.as_str(), 0)
     );
 }
