@@ -102,8 +102,8 @@ pub async fn show(admin: &Admin, id: &str) -> Reply {
                 .iter()
                 .filter_map(|r| r.verifier.credential_header())
                 .collect();
-            if ev.summary.verified == "gitlab" {
-                credentials.push("x-gitlab-token");
+            if ev.summary.verified == crate::verify::gitlab::SCHEME {
+                credentials.push(crate::verify::gitlab::TOKEN_HEADER);
             }
             redact_credentials(&mut ev.headers, &credentials);
             ok_json(StatusCode::OK, &ev)

@@ -341,16 +341,8 @@ impl Drop for Unsettled {
             detail: failed.detail().to_string(),
         };
         tracing::error!(route = %self.route.name, event_id = %ev.id, attempt = self.n, outcome, "delivery task failed; its attempt is recorded as failed");
-        let (store, route) = (self.store.clone(), self.route.name.clone());
-        rt.spawn(async move {
-            let mut backoff = Duration::from_millis(50);
-            while let Err(e) = store.settle(&ev, record.clone(), next.clone()).await {
-                metrics::counter!("hookgate_store_errors_total").increment(1);
-                tracing::error!(route = %route, event_id = %ev.id, error = %e, "cannot record delivery attempt; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        });
+        let (store, route) = (self.store.clone(), self.route.clone());
+        rt.spawn(async move { settle_until_recorded(&*store, &route, &ev, record, &next).await });
     }
 }
 
@@ -449,17 +441,29 @@ async fn attempt(
         latency_ms,
         detail: super::truncate_detail(&detail),
     };
-    let mut backoff = Duration::from_millis(50);
-    while let Err(e) = store.settle(&ev, record.clone(), next.clone()).await {
-        metrics::counter!("hookgate_store_errors_total").increment(1);
-        tracing::error!(route = %route.name, event_id = %ev.id, error = %e, "cannot record delivery attempt; retrying");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
+    settle_until_recorded(&*store, &route, &ev, record, &next).await;
     unsettled.settled();
     match next {
         Next::Retry { at_ms } => Some(at_ms),
         _ => None,
+    }
+}
+
+/// Records the attempt and the event's new state, retrying with backoff while the store
+/// refuses: the lease is released only with the record.
+async fn settle_until_recorded(
+    store: &dyn Store,
+    route: &RouteConfig,
+    ev: &Event,
+    record: Attempt,
+    next: &Next,
+) {
+    let mut backoff = Duration::from_millis(50);
+    while let Err(e) = store.settle(ev, record.clone(), next.clone()).await {
+        metrics::counter!("hookgate_store_errors_total").increment(1);
+        tracing::error!(route = %route.name, event_id = %ev.id, error = %e, "cannot record delivery attempt; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -559,14 +563,15 @@ mod tests {
         }
     }
 
-    /// A worker for `one_slot_route`, running; send `true` to stop it.
+    /// A worker for `one_slot_route(forward)`, running; send `true` to stop it.
     fn run_one_slot_worker(
         store: Arc<dyn Store>,
         sink: Arc<dyn Sink>,
+        forward: &str,
     ) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
         let (stop_tx, stop) = watch::channel(false);
         let worker = Worker {
-            route: one_slot_route(),
+            route: one_slot_route(forward),
             handoff: store.handoff("r"),
             store,
             sink,
@@ -577,9 +582,9 @@ mod tests {
         (stop_tx, tokio::spawn(worker.run()))
     }
 
-    /// Route "r": no verification, one `forward.concurrency` slot.
-    fn one_slot_route() -> Arc<RouteConfig> {
-        let (cfg, _) = crate::config::parse(
+    /// Route "r": no verification, one `forward.concurrency` slot, then `forward`'s lines.
+    fn one_slot_route(forward: &str) -> Arc<RouteConfig> {
+        let (cfg, _) = crate::config::parse(&format!(
             r#"
 [[route]]
 name = "r"
@@ -589,8 +594,9 @@ scheme = "none"
 [route.forward]
 url = "http://127.0.0.1:9/x"
 concurrency = 1
-"#,
-        )
+{forward}
+"#
+        ))
         .unwrap();
         cfg.routes[0].clone()
     }
@@ -664,37 +670,16 @@ concurrency = 1
     async fn an_attempt_that_panics_gives_its_lease_and_the_circuits_probe_back() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap());
-        let (cfg, _) = crate::config::parse(
-            r#"
-[[route]]
-name = "r"
-path = "/r"
-[route.verify]
-scheme = "none"
-[route.forward]
-url = "http://127.0.0.1:9/x"
-concurrency = 1
-backoff_initial = "10ms"
-backoff_max = "20ms"
-"#,
-        )
-        .unwrap();
         // Five retryable failures open the circuit; the probe after its cool-down panics.
         let sink = Arc::new(FailsThenPanics {
             fail: 5,
             sent: AtomicUsize::new(0),
         });
-        let (stop_tx, stop) = watch::channel(false);
-        let worker = Worker {
-            route: cfg.routes[0].clone(),
-            handoff: store.handoff("r"),
-            store: store.clone(),
-            sink: sink.clone(),
-            wake: Arc::new(Notify::new()),
-            stop,
-            metrics: Arc::new(crate::telemetry::RouteMetrics::new("r")),
-        };
-        let running = tokio::spawn(worker.run());
+        let (stop_tx, running) = run_one_slot_worker(
+            store.clone(),
+            sink.clone(),
+            "backoff_initial = \"10ms\"\nbackoff_max = \"20ms\"",
+        );
         let Accept::Accepted(id) = store.accept(new_event(), None).await.unwrap() else {
             panic!("accepted")
         };
@@ -735,7 +720,7 @@ backoff_max = "20ms"
             order: Default::default(),
             more: Notify::new(),
         });
-        let (stop_tx, running) = run_one_slot_worker(store.clone(), sink.clone());
+        let (stop_tx, running) = run_one_slot_worker(store.clone(), sink.clone(), "");
         let delivered = |n: usize| {
             let sink = sink.clone();
             async move {
@@ -795,7 +780,7 @@ backoff_max = "20ms"
             sent: AtomicUsize::new(0),
             more: Notify::new(),
         });
-        let (stop_tx, running) = run_one_slot_worker(store.clone(), sink.clone());
+        let (stop_tx, running) = run_one_slot_worker(store.clone(), sink.clone(), "");
         // One more event than may wait for their record.
         let events = AWAITING_RECORD_PER_SLOT + 1;
         for _ in 0..events {

@@ -19,7 +19,9 @@ use super::{only_keys, secrets, Verified, VerifyError};
 use crate::config::raw::RawVerify;
 use crate::config::{Problems, Secret};
 
-const SCHEME: &str = "gitlab";
+pub(crate) const SCHEME: &str = "gitlab";
+/// The header that carries the token itself (shown masked by the admin API).
+pub(crate) const TOKEN_HEADER: &str = "x-gitlab-token";
 
 #[derive(Debug)]
 pub struct GitlabVerifier {
@@ -62,7 +64,7 @@ impl super::Verifier for GitlabVerifier {
     }
 
     fn credential_header(&self) -> Option<&str> {
-        Some("x-gitlab-token")
+        Some(TOKEN_HEADER)
     }
 
     fn verify(&self, req: &Parts, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {
@@ -73,7 +75,7 @@ impl super::Verifier for GitlabVerifier {
             return Ok(v);
         }
         let token =
-            preset::header_nonempty(req, "x-gitlab-token").ok_or(VerifyError::MissingSignature)?;
+            preset::header_nonempty(req, TOKEN_HEADER).ok_or(VerifyError::MissingSignature)?;
         let i = find_secret(&self.secrets, |s| preset::token_eq(token.as_bytes(), s))
             .ok_or(VerifyError::InvalidSignature)?;
         let id = preset::header_nonempty(req, "idempotency-key")

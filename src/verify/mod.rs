@@ -26,7 +26,7 @@ mod basic;
 mod bearer;
 mod discord;
 mod github;
-mod gitlab;
+pub(crate) mod gitlab;
 mod linear;
 mod paddle;
 mod preset;
