@@ -268,6 +268,46 @@ async fn replay_dead_replays_what_died_before_it_began() {
     );
 }
 
+/// A redrive pages through a dead set larger than one page whose events all share one score
+/// (received in the same millisecond): each page starts after the last event the one before
+/// looked at, so every event is looked at once. Every seventh died after the redrive began
+/// and stays dead.
+#[tokio::test]
+async fn replay_dead_pages_through_events_of_one_score() {
+    let redis = RedisServer::start();
+    let s = open(&redis, "rdp").await;
+    let t = hookgate::forward::worker::now_ms();
+    const N: usize = 1_100; // three pages of the script's 500
+    for n in 0..N {
+        accept(&*s, event(n as u32, t)).await;
+    }
+    let mut late = 0;
+    let mut settled = 0;
+    while settled < N {
+        let leased = s.lease("r", 200, t).await.unwrap();
+        assert!(
+            !leased.is_empty(),
+            "{settled} of {N} settled, none left to lease"
+        );
+        for ev in leased {
+            let at = if settled % 7 == 0 { t + 1_000 } else { t };
+            late += usize::from(at > t);
+            s.settle(
+                &ev,
+                attempt(1, at, "dead"),
+                Next::Dead { reason: "x".into() },
+            )
+            .await
+            .unwrap();
+            settled += 1;
+        }
+    }
+    let replayed = s.replay_dead("r", t + 500).await.unwrap();
+    assert_eq!(replayed as usize, N - late);
+    let c = s.counts("r").await.unwrap();
+    assert_eq!((c.pending as usize, c.dead as usize), (N - late, late));
+}
+
 /// A replay of an event whose entry a replica read and then stopped renewing (it died) is not
 /// held for that replica: once the entry is idle past the visibility timeout, the replay gives
 /// the event a new entry at once.

@@ -610,10 +610,9 @@ impl Store for RedisStore {
         let s = &self.inner;
         let k = &s.keys;
         let mut conn = s.work.clone();
-        // Pages of the dead set from its head. Replayed events leave the set; the ones left
-        // (dead again since an earlier page replayed them) stay, so the next page starts past
-        // them. Only events that died before `now_ms` are replayed: each at most once.
-        let (mut total, mut offset) = (0u64, 0u64);
+        // Pages of the dead set from its head, each after the last event the previous one
+        // looked at. Only events that died before `now_ms` are replayed: each at most once.
+        let (mut total, mut score, mut after) = (0u64, String::new(), String::new());
         loop {
             let mut inv = scripts::REPLAY_DEAD.key(k.stream(route));
             inv.key(k.retry(route))
@@ -625,15 +624,16 @@ impl Store for RedisStore {
                 .arg(now_ms)
                 .arg(GROUP)
                 .arg(s.visibility.as_millis() as u64)
-                .arg(offset)
+                .arg(&score)
+                .arg(&after)
                 .arg(BATCH);
-            let (n, left, looked): (u64, u64, u64) =
+            let (n, looked, last_score, last_id): (u64, u64, String, String) =
                 bounded(SLOW_OP_TIMEOUT, inv.invoke_async(&mut conn)).await?;
             total += n;
-            offset += left;
             if looked < BATCH as u64 {
                 return Ok(total);
             }
+            (score, after) = (last_score, last_id);
         }
     }
 

@@ -255,28 +255,41 @@ pub static REPLAY: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// KEYS: stream, retry, pending, delivered, dead, gc. ARGV: tag, now, group, visibility
-/// timeout (ms), offset, batch. Replays the dead events at ranks `offset..offset + batch`
-/// that died before `now` (the redrive's start); one that died again since an earlier batch
-/// of the same redrive replayed it is left (it stays in the set: the next offset counts it).
-/// Returns `{replayed, left, looked_at}`.
+/// timeout (ms), cursor score, cursor id, batch. Replays, of the next `batch` dead events after
+/// the cursor (the set's order: score, then id; `''` for the cursor id starts at the head),
+/// those that died before `now` (the redrive's start). One that died again since an earlier
+/// batch of the same redrive replayed it is left; it stays in the set, behind the cursor.
+/// The cursor is a position, not a rank, so events leaving the set meanwhile (another
+/// replay, a purge) shift nothing past it. Returns `{replayed, looked_at, score, id}` of the
+/// last event looked at.
 pub static REPLAY_DEAD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         replay_fn!(),
         r#"
 local tag, now = ARGV[1], tonumber(ARGV[2])
-local ids = redis.call('ZRANGE', KEYS[5], tonumber(ARGV[5]), tonumber(ARGV[5]) + tonumber(ARGV[6]) - 1)
-local n, left = 0, 0
-for _, id in ipairs(ids) do
+local cs, cid, batch = ARGV[5], ARGV[6], tonumber(ARGV[7])
+local start = 0
+if cid ~= '' then
+  start = redis.call('ZCOUNT', KEYS[5], '-inf', '(' .. cs)
+  -- Ties are in byte order in the set; Lua compares with strcoll, which orders event ids
+  -- (one fixed format of lowercase hex and dashes) the same way in any locale.
+  for _, t in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], cs, cs)) do
+    if t <= cid then start = start + 1 end
+  end
+end
+local page = redis.call('ZRANGE', KEYS[5], start, start + batch - 1, 'WITHSCORES')
+local n, looked, ls, lid = 0, 0, cs, cid
+for i = 1, #page, 2 do
+  local id = page[i]
+  looked, ls, lid = looked + 1, page[i + 1], id
   local f = redis.call('HMGET', tag .. 'ev:' .. id, 'state', 'updated_at')
   if not f[1] then
     redis.call('ZREM', KEYS[5], id)
   elseif f[1] == 'dead' and (tonumber(f[2]) or 0) < now then
     n = n + replay(tag, id, ARGV[2], ARGV[3], ARGV[4])
-  else
-    left = left + 1
   end
 end
-return {n, left, #ids}
+return {n, looked, ls, lid}
 "#
     ))
 });
