@@ -77,7 +77,7 @@ fn fixed_part(config: &Config) -> String {
 }
 
 /// Whether a worker delivers the route's accepted events (every route but an HTTP proxy).
-fn has_worker(r: &RouteConfig) -> bool {
+pub fn has_worker(r: &RouteConfig) -> bool {
     !matches!(
         (&r.mode, &r.forward.target),
         (Mode::Proxy, SinkTarget::Http { .. })
@@ -102,7 +102,7 @@ pub async fn stranded_routes(store: &dyn Store, config_routes: &[Arc<RouteConfig
 }
 
 /// Logs, as errors, each route whose accepted events this config leaves undelivered. They stay
-/// in the store (and in `hookgate_pending_events` / `hookgate_dead_letters`) until a route of
+/// in the store (and in `hookgate_pending_events` / `hookgate_dead_events`) until a route of
 /// that name with a sink is configured again.
 async fn report_stranded(store: &dyn Store, config: &Config) {
     for route in stranded_routes(store, &config.routes).await {
@@ -334,21 +334,26 @@ async fn gauge_loop(
     table: Arc<ArcSwap<RouteTable>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    // The routes outside the config that had events at the last look: one that no longer has
-    // any is updated once more (to 0), so its gauges do not keep a stale count.
-    let mut last_stranded: Vec<String> = Vec::new();
+    // Every route refreshed at the last look: one that is neither configured nor stranded now
+    // (removed with no events left, or its last ones delivered since) is updated once more,
+    // to its counts now (0), so its gauges do not keep a stale count.
+    let mut last: Vec<String> = Vec::new();
     loop {
         let configured = table.load().routes.clone();
         // Routes no longer configured keep their gauges while the store holds their events,
         // so the pending and dead-letter alerts still see them.
         let stranded = stranded_routes(store.as_ref(), &configured).await;
         let mut routes: Vec<String> = configured.iter().map(|r| r.name.clone()).collect();
-        for r in stranded.iter().chain(&last_stranded) {
+        for r in stranded.iter().chain(&last) {
             if !routes.contains(r) {
                 routes.push(r.clone());
             }
         }
-        last_stranded = stranded;
+        last = configured
+            .iter()
+            .map(|r| r.name.clone())
+            .chain(stranded)
+            .collect();
         for r in &routes {
             if let Ok(c) = store.counts(r).await {
                 telemetry::event_counts(r, c.pending, c.dead);

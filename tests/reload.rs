@@ -337,11 +337,82 @@ async fn a_removed_route_with_pending_events_is_reported_and_delivered_once_rest
         metric(&gw, r#"hookgate_pending_events{route="a"} 1"#)
     })
     .await;
+    // A replay answers that nothing would deliver it, rather than "replaying"; a route the
+    // store has never seen is still unknown.
+    for (path, status, answer) in [
+        (
+            format!("/admin/events/{id}/replay"),
+            409,
+            "route_not_delivered",
+        ),
+        (
+            "/admin/routes/a/replay-dead".to_string(),
+            409,
+            "route_not_delivered",
+        ),
+        (
+            "/admin/routes/nope/replay-dead".to_string(),
+            404,
+            "unknown_route",
+        ),
+    ] {
+        let r = c.post(gw.admin_url(&path)).send().await.unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"], answer, "{path}");
+    }
 
     up.always(200);
     std::fs::write(&gw.config_path, cfg("a")).unwrap();
     signal(gw.pid(), "HUP");
     gw.wait_event_state(&id, "delivered", Duration::from_secs(15))
         .await;
+    assert!(gw.terminate().success());
+}
+
+/// A route removed while its last event is out for delivery: the attempt ends after the
+/// reload and delivers it, so the route is neither configured nor stranded at the next look.
+/// Its pending gauge is set once more, to 0, instead of keeping the 1 it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_routes_gauge_is_cleared_once_its_last_event_is_delivered() {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    // The gauges are refreshed at the start and every 5 s. The event is sent after the first
+    // refresh, and its attempt is out for 7 s: the refresh at ~5 s sees it pending, the reload
+    // follows at once, and the delivery ends before the refresh at ~10 s, which then sees the
+    // route neither configured nor stranded. (Were the timing off, a refresh would see the
+    // route stranded and the test would pass without exercising the case; it never fails.)
+    up.push(Plan::Delay(Duration::from_secs(7), 200));
+    let cfg = |name: &str| {
+        let slow = format!("{}timeout = \"60s\"\n", route(name, "s", &up.url("/a")));
+        config(&Backend::Embedded, dir.path(), "", &slow)
+    };
+    let mut gw = Gateway::start(dir.path(), &cfg("a"));
+    wait_until(Duration::from_secs(10), "the first refresh", || {
+        metric(&gw, r#"hookgate_pending_events{route="a"} 0"#)
+    })
+    .await;
+    let c = reqwest::Client::new();
+    let r = signed(&c, &gw.url("/hooks/a"), "s", "last one")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<serde_json::Value>().await.unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_until(Duration::from_secs(12), "the gauge sees it pending", || {
+        metric(&gw, r#"hookgate_pending_events{route="a"} 1"#)
+    })
+    .await;
+    std::fs::write(&gw.config_path, cfg("b")).unwrap();
+    signal(gw.pid(), "HUP");
+    gw.wait_event_state(&id, "delivered", Duration::from_secs(30))
+        .await;
+    wait_until(Duration::from_secs(15), "the gauge cleared", || {
+        metric(&gw, r#"hookgate_pending_events{route="a"} 0"#)
+    })
+    .await;
     assert!(gw.terminate().success());
 }
