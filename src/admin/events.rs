@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::{error, ok_json, Admin};
 use crate::forward::worker::now_ms;
 use crate::ingress::reject::Reply;
-use crate::store::{ListQuery, State};
+use crate::store::{ListQuery, State, StoreError};
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 1000;
@@ -29,6 +29,25 @@ struct RouteView<'a> {
     dead: u64,
 }
 
+/// A store operation of the admin API failed: counted with the others, logged, `503`.
+fn unavailable(e: StoreError) -> Reply {
+    metrics::counter!("hookgate_store_errors_total").increment(1);
+    tracing::warn!(error = %e, "admin: store operation failed");
+    error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+}
+
+/// Whether a worker of the current config delivers `route`'s events. A replay of an event no
+/// worker delivers (its route removed, renamed, or now in proxy mode) is refused with `409`:
+/// it would be marked pending and then wait, stranded, while the answer said "replaying".
+fn delivered_by_a_worker(admin: &Admin, route: &str) -> bool {
+    admin
+        .table
+        .load()
+        .routes
+        .iter()
+        .any(|r| r.name == route && crate::app::has_worker(r))
+}
+
 pub async fn routes(admin: &Admin) -> Reply {
     let mut out = Vec::new();
     let table = admin.table.load_full();
@@ -39,7 +58,7 @@ pub async fn routes(admin: &Admin) -> Reply {
     for (name, r) in configured.chain(stranded.iter().map(|n| (n.as_str(), None))) {
         let c = match admin.store.counts(name).await {
             Ok(c) => c,
-            Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            Err(e) => return unavailable(e),
         };
         out.push(RouteView {
             name,
@@ -87,7 +106,7 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
     }
     match admin.store.list(&q).await {
         Ok(events) => ok_json(StatusCode::OK, &serde_json::json!({ "events": events })),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+        Err(e) => unavailable(e),
     }
 }
 
@@ -109,7 +128,7 @@ pub async fn show(admin: &Admin, id: &str) -> Reply {
             ok_json(StatusCode::OK, &ev)
         }
         Ok(None) => error(StatusCode::NOT_FOUND, "unknown_event"),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+        Err(e) => unavailable(e),
     }
 }
 
@@ -144,8 +163,11 @@ pub async fn replay(admin: &Admin, id: &str) -> Reply {
     let route = match admin.store.get(id).await {
         Ok(Some(ev)) => ev.summary.route,
         Ok(None) => return error(StatusCode::NOT_FOUND, "unknown_event"),
-        Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+        Err(e) => return unavailable(e),
     };
+    if !delivered_by_a_worker(admin, &route) {
+        return error(StatusCode::CONFLICT, "route_not_delivered");
+    }
     match admin.store.replay(id, now_ms()).await {
         Ok(true) => {
             if let Some(w) = admin.table.load().wake.get(&route).cloned() {
@@ -158,13 +180,24 @@ pub async fn replay(admin: &Admin, id: &str) -> Reply {
             )
         }
         Ok(false) => error(StatusCode::NOT_FOUND, "unknown_event"),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+        Err(e) => unavailable(e),
     }
 }
 
 pub async fn replay_dead(admin: &Admin, name: &str) -> Reply {
-    if !admin.table.load().routes.iter().any(|r| r.name == name) {
-        return error(StatusCode::NOT_FOUND, "unknown_route");
+    if !delivered_by_a_worker(admin, name) {
+        // A route the config has (in proxy mode), or one it no longer has whose events the
+        // store still holds (`/admin/routes` lists it), exists: nothing would deliver them.
+        let known = admin.table.load().routes.iter().any(|r| r.name == name)
+            || match admin.store.counts(name).await {
+                Ok(c) => c.pending + c.delivered + c.dead > 0,
+                Err(e) => return unavailable(e),
+            };
+        return if known {
+            error(StatusCode::CONFLICT, "route_not_delivered")
+        } else {
+            error(StatusCode::NOT_FOUND, "unknown_route")
+        };
     }
     match admin.store.replay_dead(name, now_ms()).await {
         Ok(n) => {
@@ -177,7 +210,7 @@ pub async fn replay_dead(admin: &Admin, name: &str) -> Reply {
                 &serde_json::json!({ "status": "replaying", "replayed": n }),
             )
         }
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+        Err(e) => unavailable(e),
     }
 }
 
