@@ -421,6 +421,22 @@ async fn admin_is_separate_and_token_protected() {
     assert_eq!(ok.status(), 200);
     let routes: Value = ok.json().await.unwrap();
     assert_eq!(routes["routes"].as_array().unwrap().len(), 3);
+    // The scheme's name is case-insensitive; the token is not.
+    for (header, status) in [
+        ("bearer adm1n-t0ken", 200),
+        ("BEARER adm1n-t0ken", 200),
+        ("Bearer ADM1N-T0KEN", 401),
+        ("Basic adm1n-t0ken", 401),
+        ("Bearer", 401),
+    ] {
+        let r = c
+            .get(gw.admin_url("/admin/routes"))
+            .header("authorization", header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{header}");
+    }
     assert_eq!(routes["routes"][0]["name"], "orders");
     for probe in ["/healthz", "/readyz", "/metrics"] {
         assert_eq!(

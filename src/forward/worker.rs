@@ -272,12 +272,20 @@ struct Unsettled {
     ev: Option<Event>,
     n: u32,
     started_ms: i64,
+    started: Instant,
     route: Arc<RouteConfig>,
     store: Arc<dyn Store>,
+    metrics: Arc<crate::telemetry::RouteMetrics>,
 }
 
 impl Unsettled {
-    fn new(ev: &Event, n: u32, route: &Arc<RouteConfig>, store: &Arc<dyn Store>) -> Self {
+    fn new(
+        ev: &Event,
+        n: u32,
+        route: &Arc<RouteConfig>,
+        store: &Arc<dyn Store>,
+        metrics: &Arc<crate::telemetry::RouteMetrics>,
+    ) -> Self {
         let ids = Event {
             id: ev.id.clone(),
             route: ev.route.clone(),
@@ -295,8 +303,10 @@ impl Unsettled {
             ev: Some(ids),
             n,
             started_ms: now_ms(),
+            started: Instant::now(),
             route: route.clone(),
             store: store.clone(),
+            metrics: metrics.clone(),
         }
     }
 
@@ -340,6 +350,8 @@ impl Drop for Unsettled {
             latency_ms: (now_ms() - self.started_ms).max(0) as u64,
             detail: failed.detail().to_string(),
         };
+        // Counted like every attempt, so an event that dies here shows in the dead count.
+        self.metrics.delivery(outcome, self.started.elapsed());
         tracing::error!(route = %self.route.name, event_id = %ev.id, attempt = self.n, outcome, "delivery task failed; its attempt is recorded as failed");
         let (store, route) = (self.store.clone(), self.route.clone());
         rt.spawn(async move { settle_until_recorded(&*store, &route, &ev, record, &next).await });
@@ -375,7 +387,7 @@ async fn attempt(
     metrics: Arc<crate::telemetry::RouteMetrics>,
 ) -> Done {
     let n = ev.attempts + 1;
-    let unsettled = Unsettled::new(&ev, n, &route, &store);
+    let unsettled = Unsettled::new(&ev, n, &route, &store, &metrics);
     let started_ms = now_ms();
     let t0 = Instant::now();
     let result = match tokio::time::timeout(route.forward.timeout, sink.deliver(&ev, n)).await {

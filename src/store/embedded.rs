@@ -115,6 +115,8 @@ pub struct EmbeddedStore {
     /// Transactions committed by the writer (each one fsync): fewer than writes under load.
     commits: Arc<std::sync::atomic::AtomicU64>,
     tx: mpsc::SyncSender<Write>,
+    /// The writer thread: `/readyz` is not ready once it has ended (every write would fail).
+    writer: std::thread::JoinHandle<()>,
     reader: Arc<Mutex<Connection>>,
     leases: Arc<Leases>,
 }
@@ -520,7 +522,7 @@ impl EmbeddedStore {
         let counter = commits.clone();
         let leases = Arc::new(Leases::default());
         let shared = leases.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("hookgate-store".into())
             .spawn(move || {
                 let writer = Writer {
@@ -532,6 +534,7 @@ impl EmbeddedStore {
                 writer_loop(writer, rx, &counter, &shared, &caught_up)
             })?;
         Ok(EmbeddedStore {
+            writer,
             _alive: alive,
             _lock: lock,
             min_free,
@@ -852,9 +855,6 @@ fn commit_batch(
                         keys.rolled_back();
                         left = before;
                     }
-                }
-                if r.is_err() {
-                    metrics::counter!("hookgate_store_errors_total").increment(1);
                 }
                 reply(w, r.map_err(|e| e.to_string()), leases);
             }
@@ -1328,6 +1328,9 @@ impl Store for EmbeddedStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        if self.writer.is_finished() {
+            return Err(StoreError::Unavailable("writer stopped".into()));
+        }
         self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
             .await
     }
