@@ -98,10 +98,13 @@ mod tests {
 
     #[test]
     fn env_file_literal() {
-        std::env::set_var("HOOKGATE_TEST_SECRET_X", "abc");
+        // A variable every test process has: setting one here would race other tests'
+        // reads of the environment (set_var is not thread-safe).
+        let path = std::env::var_os("PATH").expect("PATH is set");
+        let (s, src) = resolve("env:PATH").unwrap();
         assert_eq!(
-            resolve("env:HOOKGATE_TEST_SECRET_X").unwrap().0.expose(),
-            b"abc"
+            (s.expose(), src),
+            (path.as_encoded_bytes(), SecretSource::Env)
         );
         assert_eq!(
             resolve("env:HOOKGATE_TEST_SECRET_MISSING").unwrap_err(),

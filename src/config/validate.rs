@@ -130,6 +130,34 @@ pub(crate) fn mask_userinfo(url: &str) -> String {
     }
 }
 
+/// A URL that may carry credentials (`store.url`, `forward.url`): `env:NAME` or `file:/path`
+/// for the whole URL (so a broker's password need not sit in the config file), or a literal,
+/// warned about when it holds a password. Errors never quote the value.
+pub(crate) fn resolve_url(spec: &str, at: &str, p: &mut Problems) -> Option<String> {
+    if !(spec.starts_with("env:") || spec.starts_with("file:")) {
+        if reqwest::Url::parse(spec).is_ok_and(|u| u.password().is_some()) {
+            p.warn(
+                at,
+                "the URL's password is a literal in the config file; prefer \"env:NAME\" or \"file:/path\" for the whole URL",
+            );
+        }
+        return Some(spec.to_string());
+    }
+    match secret::resolve(spec) {
+        Ok((s, _)) => match std::str::from_utf8(s.expose()) {
+            Ok(url) => Some(url.trim().to_string()),
+            Err(_) => {
+                p.error(at, "the URL it names is not UTF-8 text");
+                None
+            }
+        },
+        Err(e) => {
+            p.error(at, e);
+            None
+        }
+    }
+}
+
 /// Resolves a secret spec, warning on a literal (it ends up in the config file).
 pub(crate) fn resolve_secret(spec: &str, at: &str, p: &mut Problems) -> Option<Secret> {
     match secret::resolve(spec) {
@@ -301,17 +329,20 @@ fn check_store(s: &RawStore, p: &mut Problems) -> Option<StoreConfig> {
                     "only used with backend = \"embedded\"",
                 );
             }
-            let url = s
-                .url
-                .clone()
-                .unwrap_or_else(|| "redis://127.0.0.1:6379/0".to_string());
-            match reqwest::Url::parse(&url) {
-                Ok(u) if matches!(u.scheme(), "redis" | "rediss") => {}
-                _ => p.error(
-                    "store.url",
-                    format!("invalid Redis URL {:?}", mask_userinfo(&url)),
-                ),
+            let url = match &s.url {
+                Some(spec) => resolve_url(spec, "store.url", p),
+                None => Some("redis://127.0.0.1:6379/0".to_string()),
+            };
+            if let Some(u) = &url {
+                match reqwest::Url::parse(u) {
+                    Ok(parsed) if matches!(parsed.scheme(), "redis" | "rediss") => {}
+                    _ => p.error(
+                        "store.url",
+                        format!("invalid Redis URL {:?}", mask_userinfo(u)),
+                    ),
+                }
             }
+            let url = url.unwrap_or_default();
             let key_prefix = s.key_prefix.clone().unwrap_or_else(|| "hookgate".into());
             if key_prefix.is_empty() || key_prefix.contains(['{', '}']) {
                 p.error(
@@ -634,10 +665,12 @@ fn check_forward(f: &RawForward, at: &str, mode: Mode, p: &mut Problems) -> Opti
 
 /// The sink from `url`'s scheme; each sink's own keys are required, the others refused.
 fn check_sink(f: &RawForward, at: &str, mode: Mode, p: &mut Problems) -> Option<SinkTarget> {
-    let Some(raw_url) = f.url.as_deref() else {
+    let Some(spec) = f.url.as_deref() else {
         p.error(format!("{at}.url"), "is required");
         return None;
     };
+    let resolved = resolve_url(spec, &format!("{at}.url"), p)?;
+    let raw_url = resolved.as_str();
     let url = match reqwest::Url::parse(raw_url) {
         Ok(u) => u,
         Err(e) => {
@@ -781,6 +814,60 @@ scheme = "none"
 [route.forward]
 url = "http://127.0.0.1:3000/x"
 "#;
+
+    /// A broker URL, password and all, may come from a file or the environment; errors and
+    /// warnings never quote it.
+    #[test]
+    fn urls_with_credentials_come_from_file_or_env_and_are_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("url");
+        std::fs::write(&file, "amqp://hg:s3cr3t@mq.internal:5672/%2f\n").unwrap();
+        let with = |url: &str| {
+            ROUTE.replace("http://127.0.0.1:3000/x", url)
+                + "exchange = \"events\"\nrouting_key = \"k\"\n"
+        };
+        let (cfg, warnings) = parse(&with(&format!("file:{}", file.display()))).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        match &cfg.routes[0].forward.target {
+            crate::config::SinkTarget::Amqp { url, .. } => {
+                assert_eq!(url, "amqp://hg:s3cr3t@mq.internal:5672/%2f")
+            }
+            other => panic!("{other:?}"),
+        }
+        let (_, warnings) = parse(&with("amqp://hg:s3cr3t@mq.internal:5672/%2f")).unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("route[0].forward.url: the URL's password is a literal")
+                && !warnings[0].contains("s3cr3t"),
+            "{warnings:?}"
+        );
+        let e = errors(&with("env:HOOKGATE_TEST_URL_UNSET")).join("\n");
+        assert_eq!(
+            e,
+            "route[0].forward.url: environment variable HOOKGATE_TEST_URL_UNSET is not set"
+        );
+        std::fs::write(&file, "amqp://hg:s3cr3t@[bad\n").unwrap();
+        let e = errors(&with(&format!("file:{}", file.display()))).join("\n");
+        assert!(
+            e.starts_with("route[0].forward.url: invalid URL \"amqp://***@[bad\"")
+                && !e.contains("s3cr3t"),
+            "{e}"
+        );
+        let store = |spec: &str| format!("[store]\nbackend = \"redis\"\nurl = \"{spec}\"\n{ROUTE}");
+        std::fs::write(&file, "rediss://:pw@redis.internal:6380/0").unwrap();
+        let (cfg, warnings) = parse(&store(&format!("file:{}", file.display()))).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        match &cfg.store.backend {
+            crate::config::StoreBackend::Redis { url, .. } => {
+                assert_eq!(url, "rediss://:pw@redis.internal:6380/0")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            errors(&store("file:/nonexistent/hookgate-url")),
+            ["store.url: cannot read secret file /nonexistent/hookgate-url: No such file or directory (os error 2)"]
+        );
+    }
 
     #[test]
     fn a_minimal_config_is_valid_with_defaults() {
