@@ -125,7 +125,8 @@ pub fn sign_output(
         None => target.clone(),
     };
     let scheme = r.verifier.scheme();
-    let headers = match r.verifier.sign(body, now, &signed_url) {
+    let method = r.methods.first().unwrap_or(&http::Method::POST);
+    let headers = match r.verifier.sign_as(method, body, now, &signed_url) {
         Some(h) => h,
         None if scheme == "none" => Vec::new(),
         None => {
@@ -140,7 +141,6 @@ pub fn sign_output(
         out.push_str(&format!("{k}: {v}\n"));
     }
     out.push('\n');
-    let method = r.methods.first().map_or("POST", |m| m.as_str());
     let mut curl = format!("curl -sS -X {method} {}", shell_quote(&target));
     for (k, v) in &headers {
         curl.push_str(&format!(" -H {}", shell_quote(&format!("{k}: {v}"))));
@@ -214,5 +214,30 @@ forward = { url = "http://127.0.0.1:9/" }
         assert!(sign_output(&cfg, "nope", b"", None, now)
             .unwrap_err()
             .contains("routes: gh, discord"));
+    }
+
+    /// A route that takes PUT and signs the method: the signature is over `PUT`, as the
+    /// printed curl sends it (it was over `POST`, and the request was refused).
+    #[test]
+    fn sign_signs_the_method_the_curl_sends() {
+        use hmac::Mac;
+        let (cfg, _) = crate::config::parse(
+            r#"
+[[route]]
+name = "put"
+path = "/p"
+methods = ["PUT"]
+verify = { scheme = "hmac", secrets = ["env:PATH"], signed_payload = "{method}.{body}" }
+forward = { url = "http://127.0.0.1:9/" }
+"#,
+        )
+        .unwrap();
+        let out = sign_output(&cfg, "put", b"{}", None, SystemTime::UNIX_EPOCH).unwrap();
+        let key = std::env::var("PATH").unwrap();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+        mac.update(b"PUT.{}");
+        let want = hex::encode(mac.finalize().into_bytes());
+        assert!(out.starts_with(&format!("x-signature: {want}\n")), "{out}");
+        assert!(out.contains("curl -sS -X PUT "), "{out}");
     }
 }

@@ -271,6 +271,16 @@ impl super::Verifier for HmacVerifier {
     }
 
     fn sign(&self, body: &[u8], now: SystemTime, url: &str) -> Option<Vec<(String, String)>> {
+        self.sign_as(&http::Method::POST, body, now, url)
+    }
+
+    fn sign_as(
+        &self,
+        method: &http::Method,
+        body: &[u8],
+        now: SystemTime,
+        url: &str,
+    ) -> Option<Vec<(String, String)>> {
         let secret = self.secrets.first()?;
         let ts = now
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -278,7 +288,7 @@ impl super::Verifier for HmacVerifier {
             .unwrap_or(0)
             .to_string();
         let id = uuid::Uuid::now_v7().to_string();
-        let method = http::Method::POST.as_str().as_bytes();
+        let method = method.as_str().as_bytes();
         let chunks: Vec<&[u8]> = self
             .template
             .iter()

@@ -116,6 +116,18 @@ pub trait Verifier: Send + Sync + fmt::Debug {
         None
     }
 
+    /// `sign` for a request made with `method`: only a scheme that signs the method (`hmac`
+    /// with `{method}` in its template) needs it.
+    fn sign_as(
+        &self,
+        _method: &Method,
+        body: &[u8],
+        now: SystemTime,
+        url: &str,
+    ) -> Option<Vec<(String, String)>> {
+        self.sign(body, now, url)
+    }
+
     /// The request header (lower-case name) that carries the route's secret itself, a static
     /// token compared as sent, besides `Authorization`, which is always treated so: shown
     /// masked wherever the admin API shows an event's headers.
