@@ -361,6 +361,23 @@ async fn a_removed_route_with_pending_events_is_reported_and_delivered_once_rest
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(body["error"], answer, "{path}");
     }
+    // The operator's client says what to do about it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args([
+            "events",
+            "--admin",
+            &format!("http://{}", gw.admin),
+            "replay",
+            &id,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("route_not_delivered") && err.contains("configure a route of that name"),
+        "{err}"
+    );
 
     up.always(200);
     std::fs::write(&gw.config_path, cfg("a")).unwrap();

@@ -94,7 +94,15 @@ pub async fn call(
     let status = resp.status();
     let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
     if !status.is_success() {
-        bail!("{} {}: {}", status.as_u16(), path, body);
+        let hint = match body["error"].as_str() {
+            Some("route_not_delivered") => {
+                "\n  nothing delivers this route's events now (removed, renamed, or in proxy \
+                 mode): configure a route of that name with a sink, then replay"
+            }
+            Some("unauthorized") => "\n  pass --token, or set server.admin_token in the config",
+            _ => "",
+        };
+        bail!("{} {}: {}{hint}", status.as_u16(), path, body);
     }
     Ok(body)
 }
