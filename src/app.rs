@@ -355,8 +355,11 @@ async fn gauge_loop(
             .chain(stranded)
             .collect();
         for r in &routes {
-            if let Ok(c) = store.counts(r).await {
-                telemetry::event_counts(r, c.pending, c.dead);
+            match store.counts(r).await {
+                Ok(c) => telemetry::event_counts(r, c.pending, c.dead),
+                // Looked at again next time, whatever the config says by then.
+                Err(_) if !last.contains(r) => last.push(r.clone()),
+                Err(_) => {}
             }
         }
         tokio::select! {

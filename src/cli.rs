@@ -125,7 +125,12 @@ pub fn sign_output(
         None => target.clone(),
     };
     let scheme = r.verifier.scheme();
-    let method = r.methods.first().unwrap_or(&http::Method::POST);
+    // POST when the route takes it (a webhook carries a body), else its first method.
+    let method = if r.methods.contains(&http::Method::POST) {
+        &http::Method::POST
+    } else {
+        r.methods.first().unwrap_or(&http::Method::POST)
+    };
     let headers = match r.verifier.sign_as(method, body, now, &signed_url) {
         Some(h) => h,
         None if scheme == "none" => Vec::new(),

@@ -97,7 +97,8 @@ pub async fn call(
         let hint = match body["error"].as_str() {
             Some("route_not_delivered") => {
                 "\n  nothing delivers this route's events now (removed, renamed, or in proxy \
-                 mode): configure a route of that name with a sink, then replay"
+                 mode): configure a route of that name with a sink, not in proxy mode, then \
+                 replay"
             }
             Some("unauthorized") => "\n  pass --token, or set server.admin_token in the config",
             _ => "",

@@ -169,6 +169,12 @@ pub async fn replay(admin: &Admin, id: &str) -> Reply {
         return error(StatusCode::CONFLICT, "route_not_delivered");
     }
     match admin.store.replay(id, now_ms()).await {
+        Ok(true) if !delivered_by_a_worker(admin, &route) => {
+            // A reload removed the route's worker meanwhile: the event is pending and waits
+            // for a route of that name, as a stranded one.
+            tracing::error!(route = %route, event_id = %id, "replayed, but a reload removed the route's worker meanwhile");
+            error(StatusCode::CONFLICT, "route_not_delivered")
+        }
         Ok(true) => {
             if let Some(w) = admin.table.load().wake.get(&route).cloned() {
                 w.notify_one();
@@ -200,6 +206,10 @@ pub async fn replay_dead(admin: &Admin, name: &str) -> Reply {
         };
     }
     match admin.store.replay_dead(name, now_ms()).await {
+        Ok(n) if !delivered_by_a_worker(admin, name) => {
+            tracing::error!(route = %name, replayed = n, "dead events redriven, but a reload removed the route's worker meanwhile");
+            error(StatusCode::CONFLICT, "route_not_delivered")
+        }
         Ok(n) => {
             if let Some(w) = admin.table.load().wake.get(name).cloned() {
                 w.notify_one();

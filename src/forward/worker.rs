@@ -276,6 +276,9 @@ struct Unsettled {
     route: Arc<RouteConfig>,
     store: Arc<dyn Store>,
     metrics: Arc<crate::telemetry::RouteMetrics>,
+    /// The attempt's outcome was counted (the sink answered): a panic while it is recorded
+    /// must not count it again.
+    counted: bool,
 }
 
 impl Unsettled {
@@ -307,6 +310,7 @@ impl Unsettled {
             route: route.clone(),
             store: store.clone(),
             metrics: metrics.clone(),
+            counted: false,
         }
     }
 
@@ -350,8 +354,11 @@ impl Drop for Unsettled {
             latency_ms: (now_ms() - self.started_ms).max(0) as u64,
             detail: failed.detail().to_string(),
         };
-        // Counted like every attempt, so an event that dies here shows in the dead count.
-        self.metrics.delivery(outcome, self.started.elapsed());
+        // Counted like every attempt (unless it was, before the panic), so an event that dies
+        // here shows in the dead count.
+        if !self.counted {
+            self.metrics.delivery(outcome, self.started.elapsed());
+        }
         tracing::error!(route = %self.route.name, event_id = %ev.id, attempt = self.n, outcome, "delivery task failed; its attempt is recorded as failed");
         let (store, route) = (self.store.clone(), self.route.clone());
         rt.spawn(async move { settle_until_recorded(&*store, &route, &ev, record, &next).await });
@@ -387,7 +394,7 @@ async fn attempt(
     metrics: Arc<crate::telemetry::RouteMetrics>,
 ) -> Done {
     let n = ev.attempts + 1;
-    let unsettled = Unsettled::new(&ev, n, &route, &store, &metrics);
+    let mut unsettled = Unsettled::new(&ev, n, &route, &store, &metrics);
     let started_ms = now_ms();
     let t0 = Instant::now();
     let result = match tokio::time::timeout(route.forward.timeout, sink.deliver(&ev, n)).await {
@@ -433,6 +440,7 @@ async fn attempt(
         Next::Dead { .. } => "dead",
     };
     metrics.delivery(outcome, latency);
+    unsettled.counted = true;
     let latency_ms = latency.as_millis() as u64;
     match &next {
         Next::Delivered => {
