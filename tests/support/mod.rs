@@ -189,6 +189,61 @@ impl Gateway {
             .unwrap()
     }
 
+    /// A series' value in `/metrics` (`name{labels}` as exported), 0 if it is not there yet
+    /// (a counter appears with its first increment).
+    pub async fn counter(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0.0, |v| {
+                v.trim()
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{series} {v:?}: {e}"))
+            })
+    }
+
+    /// `hookgate_config_reloads_total{result="<result>"}`.
+    pub async fn reloads(&self, result: &str) -> f64 {
+        self.counter(&format!(
+            "hookgate_config_reloads_total{{result=\"{result}\"}}"
+        ))
+        .await
+    }
+
+    /// Writes `config` over the config file (atomically), sends SIGHUP and waits until that
+    /// signal's reload is done and one more reload with `result` ("ok" or "error") was
+    /// counted. `serve` also polls the file every 2 s, so a change may be reloaded twice (the
+    /// poll, then the signal): waiting for the signal's own reload, and for every reload
+    /// begun since to be counted, leaves none still to come that a later step could take
+    /// for its own.
+    pub async fn reload(&self, config: &str, result: &str) {
+        let counts = || async {
+            let log = self.log();
+            let hups = log.matches("SIGHUP: reloading config").count();
+            let begun = hups + log.matches("config file changed: reloading").count();
+            let done = self.reloads("ok").await + self.reloads("error").await;
+            (hups, begun as f64, done, self.reloads(result).await)
+        };
+        let (hups0, begun0, done0, result0) = counts().await;
+        write_config(&self.config_path, config);
+        signal(self.pid(), "HUP");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (hups, begun, done, n) = counts().await;
+            if hups > hups0 && done - done0 >= begun - begun0 && n > result0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "SIGHUP's reload ({result}) not done within 10 s: {} of {} reloads begun are done, {result} {result0} -> {n}; log:\n{}",
+                done - done0,
+                begun - begun0,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The event's admin record, once it is in `state`.
     pub async fn wait_event_state(
         &self,
