@@ -320,6 +320,34 @@ pub fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill -{sig} {pid} failed");
 }
 
+/// Sends a request head on a new connection to `addr` with `Expect: 100-continue` and returns
+/// once the server answered `100 Continue`: it has read the head and its handler is reading
+/// the body, so the request is in flight. `head` is the request line and headers, without
+/// the blank line ending them; the caller sends the body (or part of it) next.
+pub fn request_in_flight(addr: SocketAddr, head: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(head.trim_end().as_bytes()).unwrap();
+    s.write_all(b"\r\nExpect: 100-continue\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !got.ends_with(b"\r\n\r\n") {
+        // One byte at a time would be slow; the interim answer is all the server sends now.
+        let n = s
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("no 100 Continue within 10 s: {e}"));
+        assert!(n > 0, "connection closed before 100 Continue: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 100 Continue\r\n"),
+        "expected 100 Continue: {text}"
+    );
+    s
+}
+
 pub fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
