@@ -100,18 +100,13 @@ url = "{basic}"
         .unwrap()
         .to_string();
     let without_gl = routes[routes.find("[[route]]\nname = \"okta\"").unwrap()..].to_string();
-    std::fs::write(
-        &gw.config_path,
-        config(&Backend::Embedded, dir.path(), "", &without_gl),
+    gw.reload(
+        &config(&Backend::Embedded, dir.path(), "", &without_gl),
+        "ok",
     )
-    .unwrap();
-    signal(gw.pid(), "HUP");
-    wait_until(Duration::from_secs(10), "reload ok", || async {
-        gw.metrics()
-            .await
-            .contains(r#"hookgate_config_reloads_total{result="ok"} 1"#)
-    })
     .await;
+    let r = c.post(gw.url("/gl")).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 404, "route gl is gone");
     let ev = gw.admin_json(&format!("/admin/events/{gl_id}")).await;
     assert_eq!(ev["route"], "gl", "{ev}");
     assert!(!ev.to_string().contains("gl-token-s3cret"), "{ev}");

@@ -6,12 +6,14 @@
 //! these tests fail, they never pass silently. Self-contained: its own small helpers.
 
 // Test code: a failed step should panic with its message. The child is killed and reaped by
-// `Gateway`'s Drop once it is ready, and on the early-exit path below.
+// `Gateway`'s Drop once it is ready, and on the paths below that fail before.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::zombie_processes)]
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 const PUBLIC_URL: &str = "https://hooks.example.com";
 /// RFC 8032 §7.1 TEST 1 seed and its public key (Discord e2e).
@@ -112,25 +114,40 @@ impl Gateway {
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
             .spawn()
             .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
+        // Lines are read on a thread, so a gateway that neither gets ready nor exits fails
+        // the test after a while instead of blocking it.
+        let (tx, lines) = mpsc::channel();
+        if let Some(out) = child.stdout.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            line.clear();
-            if out.read_line(&mut line).unwrap() == 0 {
-                let err =
-                    std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("hookgate exited before it was ready: {err}");
-            }
-            if let Some(rest) = line.trim().strip_prefix("hookgate listening ingress=") {
-                let ingress = rest.split_whitespace().next().unwrap().to_string();
-                return Gateway {
-                    child,
-                    ingress,
-                    config,
-                    dir,
-                };
+            match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    if let Some(rest) = line.trim().strip_prefix("hookgate listening ingress=") {
+                        let ingress = rest.split_whitespace().next().unwrap_or_default();
+                        return Gateway {
+                            child,
+                            ingress: ingress.to_string(),
+                            config,
+                            dir,
+                        };
+                    }
+                }
+                // Disconnected: stdout closed, the process exited. Timeout: not ready in 30 s.
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let err =
+                        std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+                    panic!("hookgate was not ready ({e}): {err}");
+                }
             }
         }
     }
@@ -516,5 +533,4 @@ fn check_names_missing_public_url() {
         text.contains("server.public_url: is required by route[0].verify.scheme = \"twilio\""),
         "{text}"
     );
-    let _ = Path::new(&cfg);
 }

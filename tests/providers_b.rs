@@ -67,19 +67,28 @@ fn start(server_extra: &str, routes: &str) -> Gateway {
             }
         }
     });
-    let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
-        let _ = child.kill();
-        panic!(
-            "hookgate did not start; log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+    // Disconnected (it exited) fails at once, a timeout after 30 s; either way the child is
+    // killed and reaped before the panic, as it is on every path once `Gateway` owns it.
+    let ingress = rx
+        .recv_timeout(Duration::from_secs(30))
+        .map_err(|e| e.to_string())
+        .and_then(|line| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix("ingress="))
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| format!("no ingress address in {line:?}"))
+        });
+    let ingress = match ingress {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "hookgate did not start ({e}); log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
     };
-    let ingress = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("ingress="))
-        .unwrap()
-        .parse()
-        .unwrap();
     Gateway {
         child,
         ingress,

@@ -806,9 +806,11 @@ concurrency = 1
         for _ in 0..events {
             store.accept(new_event(), None).await.unwrap();
         }
-        // Concurrency 1 and no settle gets through: the next events are still sent, long
-        // before the worker's idle poll (5 s) would have woken it.
-        tokio::time::timeout(IDLE_POLL / 2, async {
+        // Concurrency 1 and no settle gets through: the next events are still sent, each as
+        // the one before is answered. A worker that waited for a record would send no second
+        // one, and one woken only by its idle poll (5 s) would take 35 s for the eight; twice
+        // the idle poll leaves a loaded machine room and fails either.
+        tokio::time::timeout(IDLE_POLL * 2, async {
             while sink.sent.load(Ordering::SeqCst) < AWAITING_RECORD_PER_SLOT {
                 sink.more.notified().await;
             }

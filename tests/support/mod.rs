@@ -63,11 +63,48 @@ pub struct Gateway {
 
 static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// A child process killed and reaped on drop, from the moment it is spawned: a harness step
+/// that panics before the child is handed over (a timeout, an unexpected line) leaves no
+/// process behind.
+pub struct ChildGuard(Option<Child>);
+
+impl ChildGuard {
+    pub fn new(child: Child) -> ChildGuard {
+        ChildGuard(Some(child))
+    }
+
+    pub fn get(&mut self) -> &mut Child {
+        self.0.as_mut().expect("child still guarded")
+    }
+
+    /// Hands the child over; the caller now kills and reaps it.
+    pub fn into_inner(mut self) -> Child {
+        self.0.take().expect("child still guarded")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Writes `contents` to `path` atomically: a temp file in the same directory renamed over it.
+/// `serve` polls its config file every 2 s; a plain write could be read half-written.
+pub fn write_config(path: &Path, contents: &str) {
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 impl Gateway {
     /// Writes `config` to `dir/hookgate.toml` and starts `hookgate serve` on it.
     pub fn start(dir: &Path, config: &str) -> Gateway {
         let config_path = dir.join("hookgate.toml");
-        std::fs::write(&config_path, config).unwrap();
+        write_config(&config_path, config);
         Self::start_with(&config_path, &[])
     }
 
@@ -84,12 +121,13 @@ impl Gateway {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn hookgate");
-        let stdout = child.stdout.take().unwrap();
+        let mut child = ChildGuard::new(
+            cmd.stdout(Stdio::piped())
+                .stderr(Stdio::from(log))
+                .spawn()
+                .expect("spawn hookgate"),
+        );
+        let stdout = child.get().stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -98,27 +136,27 @@ impl Gateway {
                 }
             }
         });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
+        // Disconnected (the child closed its stdout: it exited) fails at once; the guard
+        // kills and reaps it on a timeout.
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|e| {
                 panic!(
-                    "hookgate did not start; log:\n{}",
+                    "hookgate did not start ({e}); log:\n{}",
                     std::fs::read_to_string(&log_path).unwrap_or_default()
-                );
-            }
-        };
+                )
+            });
         let addr = |key: &str| -> SocketAddr {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(key))
-                .unwrap()
+                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
                 .parse()
                 .unwrap()
         };
         Gateway {
             ingress: addr("ingress="),
             admin: addr("admin="),
-            child: Some(child),
+            child: Some(child.into_inner()),
             config_path: config_path.to_path_buf(),
             log_path,
         }
@@ -151,6 +189,61 @@ impl Gateway {
             .unwrap()
     }
 
+    /// A series' value in `/metrics` (`name{labels}` as exported), 0 if it is not there yet
+    /// (a counter appears with its first increment).
+    pub async fn counter(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0.0, |v| {
+                v.trim()
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{series} {v:?}: {e}"))
+            })
+    }
+
+    /// `hookgate_config_reloads_total{result="<result>"}`.
+    pub async fn reloads(&self, result: &str) -> f64 {
+        self.counter(&format!(
+            "hookgate_config_reloads_total{{result=\"{result}\"}}"
+        ))
+        .await
+    }
+
+    /// Writes `config` over the config file (atomically), sends SIGHUP and waits until that
+    /// signal's reload is done and one more reload with `result` ("ok" or "error") was
+    /// counted. `serve` also polls the file every 2 s, so a change may be reloaded twice (the
+    /// poll, then the signal): waiting for the signal's own reload, and for every reload
+    /// begun since to be counted, leaves none still to come that a later step could take
+    /// for its own.
+    pub async fn reload(&self, config: &str, result: &str) {
+        let counts = || async {
+            let log = self.log();
+            let hups = log.matches("SIGHUP: reloading config").count();
+            let begun = hups + log.matches("config file changed: reloading").count();
+            let done = self.reloads("ok").await + self.reloads("error").await;
+            (hups, begun as f64, done, self.reloads(result).await)
+        };
+        let (hups0, begun0, done0, result0) = counts().await;
+        write_config(&self.config_path, config);
+        signal(self.pid(), "HUP");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (hups, begun, done, n) = counts().await;
+            if hups > hups0 && done - done0 >= begun - begun0 && n > result0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "SIGHUP's reload ({result}) not done within 10 s: {} of {} reloads begun are done, {result} {result0} -> {n}; log:\n{}",
+                done - done0,
+                begun - begun0,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The event's admin record, once it is in `state`.
     pub async fn wait_event_state(
         &self,
@@ -173,6 +266,14 @@ impl Gateway {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// Whether the process is still running (false once it exited, or was waited for).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
     }
 
     /// SIGKILL: no chance to flush or clean up.
@@ -217,6 +318,34 @@ pub fn signal(pid: u32, sig: &str) {
         .unwrap()
         .success();
     assert!(ok, "kill -{sig} {pid} failed");
+}
+
+/// Sends a request head on a new connection to `addr` with `Expect: 100-continue` and returns
+/// once the server answered `100 Continue`: it has read the head and its handler is reading
+/// the body, so the request is in flight. `head` is the request line and headers, without
+/// the blank line ending them; the caller sends the body (or part of it) next.
+pub fn request_in_flight(addr: SocketAddr, head: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(head.trim_end().as_bytes()).unwrap();
+    s.write_all(b"\r\nExpect: 100-continue\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !got.ends_with(b"\r\n\r\n") {
+        // One byte at a time would be slow; the interim answer is all the server sends now.
+        let n = s
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("no 100 Continue within 10 s: {e}"));
+        assert!(n > 0, "connection closed before 100 Continue: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 100 Continue\r\n"),
+        "expected 100 Continue: {text}"
+    );
+    s
 }
 
 pub fn now_secs() -> i64 {
@@ -304,33 +433,66 @@ impl RedisServer {
         self.child = Self::spawn(self.port, self._dir.path());
     }
 
+    /// Starts `redis-server` on `port` and returns once it answers there. A server that exits
+    /// (the port was taken meanwhile) or does not answer within 10 s fails the test with its
+    /// log, and is killed and reaped first; the answer is checked to come from this process,
+    /// never from another that holds the port.
     fn spawn(port: u16, dir: &Path) -> Child {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-            ])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (scripts/test.sh installs it)");
+        let log_path = dir.join(format!("redis-{port}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = ChildGuard::new(
+            Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                ])
+                .arg("--dir")
+                .arg(dir)
+                .stdout(Stdio::from(log))
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (scripts/test.sh installs it)"),
+        );
+        let pid = child.get().id();
+        let url = format!("redis://127.0.0.1:{port}/0");
+        let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        loop {
+            if let Some(status) = child.get().try_wait().unwrap() {
+                panic!(
+                    "redis-server on port {port} exited ({status}); log:\n{}",
+                    log()
+                );
+            }
+            if let Some(info) = Self::server_info(&url) {
+                assert!(
+                    info.lines().any(|l| l.trim() == format!("process_id:{pid}")),
+                    "port {port} is answered by another Redis than the one started (pid {pid}): {info}"
+                );
+                return child.into_inner();
+            }
             assert!(
                 Instant::now() < deadline,
-                "redis-server did not start on port {port}"
+                "redis-server did not start on port {port}; log:\n{}",
+                log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        child
+    }
+
+    /// `INFO server` from whatever answers at `url`, if anything does yet.
+    fn server_info(url: &str) -> Option<String> {
+        let client = redis::Client::open(url).ok()?;
+        let mut con = client
+            .get_connection_with_timeout(Duration::from_secs(1))
+            .ok()?;
+        redis::cmd("INFO").arg("server").query(&mut con).ok()
     }
 
     pub fn url(&self) -> String {

@@ -1,20 +1,24 @@
 //! A scriptable upstream HTTP server on 127.0.0.1:0: records every request and answers from a
-//! plan (`fail_next(3, 503)`, delays, Retry-After, a random failure rate).
+//! plan (`fail_next(3, 503)`, delays, Retry-After, a random failure rate), or holds every
+//! answer until released. A failure of the server itself (a panic in a connection's task, an
+//! accept error) is kept and raised in the test by the next look at what it received.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -22,6 +26,9 @@ pub struct Received {
     pub uri: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When the request arrived (its body read), before any hold or planned delay.
+    pub arrived: Instant,
+    /// When it was answered: after a hold and the plan's delay.
     pub at: Instant,
     /// The status this upstream answered.
     pub status: u16,
@@ -41,14 +48,50 @@ pub enum Plan {
     Delay(Duration, u16),
 }
 
-#[derive(Default)]
 struct State {
     received: Mutex<Vec<Received>>,
+    /// When each request arrived, in order, including those not answered yet.
+    arrivals: Mutex<Vec<Instant>>,
+    /// While true, requests wait (after arriving) until it is false again.
+    hold: watch::Sender<bool>,
+    /// What went wrong in the server's own tasks; raised by `check`.
+    failures: Mutex<Vec<String>>,
     plan: Mutex<VecDeque<Plan>>,
     /// (probability, status) of a random failure when the plan is empty.
     random_failure: Mutex<Option<(f64, u16)>>,
     default_status: Mutex<Option<u16>>,
     notify: Notify,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            received: Mutex::default(),
+            arrivals: Mutex::default(),
+            hold: watch::Sender::new(false),
+            failures: Mutex::default(),
+            plan: Mutex::default(),
+            random_failure: Mutex::default(),
+            default_status: Mutex::default(),
+            notify: Notify::new(),
+        }
+    }
+}
+
+/// Runs `fut`, keeping a panic's message in `st.failures` instead of losing it with the task.
+async fn reporting_panics(st: Arc<State>, what: &'static str, fut: impl Future<Output = ()>) {
+    if let Err(p) = std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "non-string panic".into());
+        st.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!("{what} panicked: {msg}"));
+        st.notify.notify_waiters();
+    }
 }
 
 #[derive(Clone)]
@@ -67,20 +110,36 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
         let st = state.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let st = st.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(st.clone(), req));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+        tokio::spawn(reporting_panics(
+            st.clone(),
+            "the accept loop",
+            async move {
+                loop {
+                    let stream = match listener.accept().await {
+                        Ok((stream, _)) => stream,
+                        Err(e) => {
+                            // Out of file descriptors or the like: note it (the test fails at
+                            // its next look) and back off rather than spin.
+                            st.failures
+                                .lock()
+                                .unwrap()
+                                .push(format!("upstream accept failed: {e}"));
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let st = st.clone();
+                    tokio::spawn(reporting_panics(st.clone(), "a connection", async move {
+                        let svc = service_fn(move |req| handle(st.clone(), req));
+                        // A connection the gateway dropped (a forward timeout) ends with an
+                        // error here; that is the gateway's business, not a fault of this server.
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    }));
+                }
+            },
+        ));
         Upstream { addr, state }
     }
 
@@ -108,8 +167,31 @@ impl Upstream {
         *self.state.default_status.lock().unwrap() = Some(status);
     }
 
+    /// Holds every request from now on (after it arrived, before its plan) until `release`.
+    pub fn hold(&self) {
+        self.state.hold.send_replace(true);
+    }
+
+    pub fn release(&self) {
+        self.state.hold.send_replace(false);
+    }
+
+    /// Panics with what went wrong in the server's own tasks, if anything did.
+    pub fn check(&self) {
+        let failures = self.state.failures.lock().unwrap().clone();
+        assert!(failures.is_empty(), "test upstream failed: {failures:?}");
+    }
+
+    /// Requests answered so far, in the order they were answered.
     pub fn received(&self) -> Vec<Received> {
+        self.check();
         self.state.received.lock().unwrap().clone()
+    }
+
+    /// When each request arrived, answered or not (held, or in a planned delay).
+    pub fn arrivals(&self) -> Vec<Instant> {
+        self.check();
+        self.state.arrivals.lock().unwrap().clone()
     }
 
     /// Requests answered 2xx.
@@ -125,18 +207,24 @@ impl Upstream {
         self.wait(n, within, "deliveries", Self::delivered).await
     }
 
-    /// Waits until at least `n` requests arrived, whatever they were answered.
+    /// Waits until at least `n` requests were answered, whatever the answer.
     pub async fn wait_received(&self, n: usize, within: Duration) -> Vec<Received> {
         self.wait(n, within, "requests", Self::received).await
     }
 
-    async fn wait(
+    /// Waits until at least `n` requests arrived, before they are answered (so a request
+    /// held or in a planned delay counts).
+    pub async fn wait_arrived(&self, n: usize, within: Duration) -> Vec<Instant> {
+        self.wait(n, within, "arrivals", Self::arrivals).await
+    }
+
+    async fn wait<T>(
         &self,
         n: usize,
         within: Duration,
         what: &str,
-        get: fn(&Self) -> Vec<Received>,
-    ) -> Vec<Received> {
+        get: fn(&Self) -> Vec<T>,
+    ) -> Vec<T> {
         let deadline = Instant::now() + within;
         loop {
             let notified = self.state.notify.notified();
@@ -163,6 +251,12 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, hyper::Error> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await?.to_bytes();
+    let arrived = Instant::now();
+    st.arrivals.lock().unwrap().push(arrived);
+    st.notify.notify_waiters();
+    let mut hold = st.hold.subscribe();
+    // Err only if the sender is gone, and `st` owns it.
+    let _ = hold.wait_for(|held| !*held).await;
     let plan = st.plan.lock().unwrap().pop_front();
     let plan = plan.unwrap_or_else(|| {
         let random = *st.random_failure.lock().unwrap();
@@ -184,6 +278,7 @@ async fn handle(
         uri: parts.uri.to_string(),
         headers: parts.headers,
         body,
+        arrived,
         at: Instant::now(),
         status,
     });
