@@ -125,12 +125,14 @@ pub fn sign_output(
         None => target.clone(),
     };
     let scheme = r.verifier.scheme();
-    // POST when the route takes it (a webhook carries a body), else its first method.
-    let method = if r.methods.contains(&http::Method::POST) {
-        &http::Method::POST
-    } else {
-        r.methods.first().unwrap_or(&http::Method::POST)
-    };
+    // The route's first method that carries a body (a GET handshake listed first is not
+    // what a webhook is sent with), else its first.
+    let method = r
+        .methods
+        .iter()
+        .find(|m| !matches!(*m, &http::Method::GET | &http::Method::HEAD))
+        .or(r.methods.first())
+        .unwrap_or(&http::Method::POST);
     let headers = match r.verifier.sign_as(method, body, now, &signed_url) {
         Some(h) => h,
         None if scheme == "none" => Vec::new(),
