@@ -172,6 +172,13 @@ async fn events(args: EventsArgs) -> anyhow::Result<()> {
 
 async fn serve(cfg: config::Config, path: std::path::PathBuf) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
+    // Handlers first: a signal's default action ends the process, so a SIGTERM (or a
+    // reload's SIGHUP) that came between the ready line and their installation killed it
+    // at once, cutting off requests in flight. Installed, one that comes during start is
+    // acted on once the gateway is up.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let running = app::start(cfg).await?;
     tracing::info!(ingress = %running.ingress_addr, admin = %running.admin_addr, version = env!("CARGO_PKG_VERSION"), "hookgate ready");
     // One machine-readable line on stdout, for scripts and tests that bind port 0.
@@ -179,9 +186,6 @@ async fn serve(cfg: config::Config, path: std::path::PathBuf) -> anyhow::Result<
         "hookgate listening ingress={} admin={}",
         running.ingress_addr, running.admin_addr
     );
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
     // The file is compared by content, so a Kubernetes ConfigMap's symlink swap counts too.
     let mut last = std::fs::read(&path).ok();
     let mut tick = tokio::time::interval(CONFIG_POLL);
