@@ -164,7 +164,8 @@ async fn nats_stream(n: &Nats) -> async_nats::jetstream::stream::Stream {
     .unwrap()
 }
 
-/// Every message of the stream, read by a JetStream pull consumer.
+/// Every message of the stream, read by a JetStream pull consumer: fetches until `want`
+/// arrived (or the deadline), then once more briefly, so a duplicate would show up too.
 async fn nats_read_all(n: &Nats, want: usize) -> Vec<async_nats::jetstream::Message> {
     use futures_util::StreamExt;
     let js = n.js().await;
@@ -172,22 +173,36 @@ async fn nats_read_all(n: &Nats, want: usize) -> Vec<async_nats::jetstream::Mess
     let consumer = stream
         .create_consumer(async_nats::jetstream::consumer::pull::Config {
             deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
+            // Unacknowledged messages must not come back while the test is still reading.
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
             ..Default::default()
         })
         .await
         .unwrap();
     let mut out = Vec::new();
-    let mut batch = consumer
-        .fetch()
-        .max_messages(want + 10)
-        .expires(Duration::from_secs(2))
-        .messages()
-        .await
-        .unwrap();
-    while let Some(m) = batch.next().await {
-        out.push(m.unwrap());
+    let end = Instant::now() + DEADLINE;
+    let mut last = false;
+    loop {
+        last |= out.len() >= want || Instant::now() >= end;
+        let (max, expires) = if last {
+            (10, Duration::from_millis(500))
+        } else {
+            (want - out.len(), Duration::from_secs(2))
+        };
+        let mut batch = consumer
+            .fetch()
+            .max_messages(max)
+            .expires(expires)
+            .messages()
+            .await
+            .unwrap();
+        while let Some(m) = batch.next().await {
+            out.push(m.unwrap());
+        }
+        if last {
+            return out;
+        }
     }
-    out
 }
 
 async fn nats_count(n: &Nats) -> Option<u64> {

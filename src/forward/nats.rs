@@ -220,12 +220,11 @@ timeout = "1s"
 
     #[tokio::test]
     async fn a_sink_dropped_while_the_server_is_down_stops_trying_to_connect() {
-        // A port nothing listens on, until the "server" comes back below.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // A port held by a socket that is bound but not listening, so connects are refused
+        // and no other process can take it before the "server" comes back below.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = socket.local_addr().unwrap().port();
         let sink = NatsSink::new(&route(port), &format!("nats://127.0.0.1:{port}"), "a.b").unwrap();
         let failed = sink.deliver(&event(), 1).await.unwrap_err();
         assert!(
@@ -234,9 +233,7 @@ timeout = "1s"
         );
         // A reload drops the sink while the server is down.
         drop(sink);
-        let server = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
+        let server = socket.listen(16).unwrap();
         // async-nats waits at most 4 s between tries; a sink that kept trying would be here
         // within that.
         let knocked = tokio::time::timeout(Duration::from_secs(5), server.accept()).await;
