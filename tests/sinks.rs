@@ -352,6 +352,61 @@ async fn nats_down_at_startup_does_not_block_and_delivers_later() {
     gw.wait_outcome(&id, "delivered").await;
 }
 
+#[tokio::test]
+async fn nats_user_and_password_in_the_url_are_used() {
+    let n = Nats::start_with(
+        &["--user", "hook", "--pass", "s3cr:t/pw"],
+        NatsAuth::UserPassword("hook".into(), "s3cr:t/pw".into()),
+    )
+    .await;
+    nats_stream(&n).await;
+    // Percent-encoded in the URL, as a URL's password must be.
+    let gw = gateway(&format!(
+        "url = \"nats://hook:s3cr%3At%2Fpw@127.0.0.1:{}\"\nsubject = \"hooks.in\"",
+        n.port
+    ));
+    let id = gw.post(b"with a password".to_vec()).await;
+    gw.wait_outcome(&id, "delivered").await;
+    assert_eq!(nats_ids(&nats_read_all(&n, 1).await), vec![id]);
+
+    // A wrong password: retried, with a detail that says why and does not repeat it.
+    let wrong = gateway(&format!(
+        "url = \"nats://hook:not-the-pw@127.0.0.1:{}\"\nsubject = \"hooks.in\"",
+        n.port
+    ));
+    let id = wrong.post(b"x".to_vec()).await;
+    let ev = wrong.wait_outcome(&id, "retry").await;
+    let detail = ev["attempt_log"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("authorization violation") && detail.contains("redacted"),
+        "{detail}"
+    );
+    assert!(!detail.contains("not-the-pw"), "{detail}");
+}
+
+#[tokio::test]
+async fn nats_token_in_the_url_is_used() {
+    let n = Nats::start_with(&["--auth", "t0ken"], NatsAuth::Token("t0ken".into())).await;
+    nats_stream(&n).await;
+    let gw = gateway(&format!(
+        "url = \"nats://t0ken@127.0.0.1:{}\"\nsubject = \"hooks.in\"",
+        n.port
+    ));
+    let id = gw.post(b"with a token".to_vec()).await;
+    gw.wait_outcome(&id, "delivered").await;
+    assert_eq!(nats_ids(&nats_read_all(&n, 1).await), vec![id]);
+
+    let wrong = gateway(&format!(
+        "url = \"nats://not-the-token@127.0.0.1:{}\"\nsubject = \"hooks.in\"",
+        n.port
+    ));
+    let id = wrong.post(b"x".to_vec()).await;
+    let ev = wrong.wait_outcome(&id, "retry").await;
+    let detail = ev["attempt_log"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("authorization violation"), "{detail}");
+    assert!(!detail.contains("not-the-token"), "{detail}");
+}
+
 // ---------------------------------------------------------------- RabbitMQ
 
 /// The AMQP tests share one node and one of them stops its broker app: one at a time.

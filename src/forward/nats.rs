@@ -24,8 +24,10 @@ use crate::store::Event;
 pub struct NatsSink {
     /// Made on the first attempt that reaches the server.
     js: tokio::sync::Mutex<Option<async_nats::jetstream::Context>>,
-    /// The address as given (it may hold credentials); only `url` is ever shown.
+    /// The address without credentials (async-nats ignores those in the URL).
     addr: String,
+    /// The URL's credentials, given to the client as options.
+    auth: Option<Credentials>,
     route: String,
     sign: Option<ForwardSign>,
     url: String,
@@ -33,14 +35,52 @@ pub struct NatsSink {
     timeout: Duration,
 }
 
+/// Credentials from a `nats://` URL: `user:password@` or a token as `token@`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Credentials {
+    UserPassword(String, String),
+    Token(String),
+}
+
+/// Splits the credentials off a NATS URL: async-nats 0.46 only authenticates with those given
+/// as connect options and ignores any in the address (nats-io/nats.rs#1623), so a URL's
+/// `user:password@` or `token@` must be passed as options and the address used without them.
+/// Percent-encoded characters in them are decoded. Errors never repeat the credentials.
+pub fn split_credentials(url: &str) -> Result<(String, Option<Credentials>), String> {
+    let mut u = reqwest::Url::parse(url).map_err(|e| format!("not a valid URL: {e}"))?;
+    if u.username().is_empty() && u.password().is_none() {
+        return Ok((url.to_string(), None));
+    }
+    let decode = |what: &str, s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|_| format!("the {what} in the URL is not valid UTF-8 once percent-decoded"))
+    };
+    let user = decode("user name", u.username())?;
+    let auth = match u.password() {
+        Some(p) => Credentials::UserPassword(user, decode("password", p)?),
+        None => Credentials::Token(user),
+    };
+    if u.set_username("").is_err() || u.set_password(None).is_err() {
+        return Err("credentials cannot be taken out of this URL".to_string());
+    }
+    Ok((u.to_string(), Some(auth)))
+}
+
 impl NatsSink {
     pub fn new(route: &Arc<RouteConfig>, url: &str, subject: &str) -> anyhow::Result<Self> {
         let shown = redact_url(url);
-        url.parse::<async_nats::ServerAddr>()
-            .map_err(|e| anyhow::anyhow!("route {:?}: forward.url {shown}: {e}", route.name))?;
+        let bad = |e: &dyn std::fmt::Display| {
+            anyhow::anyhow!("route {:?}: forward.url {shown}: {e}", route.name)
+        };
+        let (addr, auth) = split_credentials(url).map_err(|e| bad(&e))?;
+        addr.parse::<async_nats::ServerAddr>()
+            .map_err(|e| bad(&e))?;
         Ok(NatsSink {
             js: tokio::sync::Mutex::new(None),
-            addr: url.to_string(),
+            addr,
+            auth,
             sign: route.forward.sign.clone(),
             route: route.name.clone(),
             url: shown,
@@ -57,7 +97,15 @@ impl NatsSink {
             return Ok(js.clone());
         }
         let (cb_route, cb_url) = (self.route.clone(), self.url.clone());
-        let client = async_nats::ConnectOptions::new()
+        let mut opts = async_nats::ConnectOptions::new();
+        match self.auth.clone() {
+            Some(Credentials::UserPassword(user, pass)) => {
+                opts = opts.user_and_password(user, pass)
+            }
+            Some(Credentials::Token(token)) => opts = opts.token(token),
+            None => {}
+        }
+        let client = opts
             .name(format!("hookgate route {}", self.route))
             .connection_timeout(self.timeout.min(Duration::from_secs(5)))
             .event_callback(move |event| {
@@ -238,5 +286,27 @@ timeout = "1s"
         // within that.
         let knocked = tokio::time::timeout(Duration::from_secs(5), server.accept()).await;
         assert!(knocked.is_err(), "the dropped sink still connects");
+    }
+
+    #[test]
+    fn credentials_are_taken_out_of_the_url_and_decoded() {
+        assert_eq!(
+            split_credentials("nats://127.0.0.1:4222").unwrap(),
+            ("nats://127.0.0.1:4222".to_string(), None)
+        );
+        let (addr, auth) = split_credentials("nats://us%40r:p%3Ass@h:4222").unwrap();
+        assert_eq!(addr, "nats://h:4222");
+        assert_eq!(
+            auth,
+            Some(Credentials::UserPassword("us@r".into(), "p:ss".into()))
+        );
+        let (addr, auth) = split_credentials("nats://s3cr3t@h:4222").unwrap();
+        assert_eq!(addr, "nats://h:4222");
+        assert_eq!(auth, Some(Credentials::Token("s3cr3t".into())));
+        let err = split_credentials("nats://%ff%fe:hunter2@h").unwrap_err();
+        assert!(
+            err.contains("user name") && !err.contains("hunter2"),
+            "{err}"
+        );
     }
 }
