@@ -407,6 +407,32 @@ async fn nats_token_in_the_url_is_used() {
     assert!(!detail.contains("not-the-token"), "{detail}");
 }
 
+#[tokio::test]
+async fn nats_message_over_max_payload_is_permanent_and_the_route_goes_on() {
+    let conf = tempfile::tempdir().unwrap();
+    let path = conf.path().join("nats.conf");
+    std::fs::write(&path, "max_payload: 4096\n").unwrap();
+    let n = Nats::start_with(&["-c", path.to_str().unwrap()], NatsAuth::None).await;
+    nats_stream(&n).await;
+    let gw = gateway(&format!("url = {:?}\nsubject = \"hooks.in\"", n.url()));
+    let small = gw.post(b"small".to_vec()).await;
+    gw.wait_outcome(&small, "delivered").await;
+    let big = gw.post(vec![b'x'; 5000]).await;
+    let ev = gw.wait_outcome(&big, "dead").await;
+    let log = ev["attempt_log"].as_array().unwrap();
+    assert_eq!(log.len(), 1, "dead at the first attempt: {ev:#}");
+    let detail = log[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("exceeds the NATS server's max_payload of 4096"),
+        "{detail}"
+    );
+    // The connection is still good: the next event goes through at its first attempt.
+    let next = gw.post(b"next".to_vec()).await;
+    let ev = gw.wait_outcome(&next, "delivered").await;
+    assert_eq!(ev["attempt_log"].as_array().unwrap().len(), 1, "{ev:#}");
+    assert_eq!(nats_ids(&nats_read_all(&n, 2).await), vec![small, next]);
+}
+
 // ---------------------------------------------------------------- RabbitMQ
 
 /// The AMQP tests share one node and one of them stops its broker app: one at a time.

@@ -10,11 +10,13 @@
 //! the client reconnects by itself. "No stream for the subject" is permanent only once the
 //! JetStream API itself confirms no stream listens on the subject (a server still recovering
 //! its streams after a restart also answers "no responders", and that must not kill events).
+//! A message (body and headers) larger than the server's `max_payload` is permanent, decided
+//! before publishing: the server would answer it with -ERR and close the connection.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishErrorKind};
+use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishError, PublishErrorKind};
 use async_trait::async_trait;
 
 use super::{message_headers, redact_url, DeliveryError, Receipt, Sink};
@@ -157,19 +159,13 @@ impl NatsSink {
     async fn publish(
         &self,
         js: &async_nats::jetstream::Context,
+        headers: async_nats::HeaderMap,
         ev: &Event,
-        attempt: u32,
-    ) -> Result<Receipt, PublishErrorKind> {
+    ) -> Result<Receipt, PublishError> {
         let ack = js
-            .publish_with_headers(
-                self.subject.clone(),
-                self.headers(ev, attempt),
-                ev.body.clone(),
-            )
-            .await
-            .map_err(|e| e.kind())?
-            .await
-            .map_err(|e| e.kind())?;
+            .publish_with_headers(self.subject.clone(), headers, ev.body.clone())
+            .await?
+            .await?;
         let dup = if ack.duplicate {
             " (duplicate: already stored, dropped by JetStream)"
         } else {
@@ -184,8 +180,9 @@ impl NatsSink {
     async fn classify(
         &self,
         js: &async_nats::jetstream::Context,
-        kind: PublishErrorKind,
+        e: PublishError,
     ) -> DeliveryError {
+        let kind = e.kind();
         let retry = |detail: String| DeliveryError::Retryable {
             status: None,
             retry_after: None,
@@ -193,7 +190,7 @@ impl NatsSink {
         };
         if kind != PublishErrorKind::StreamNotFound {
             return retry(format!(
-                "JetStream publish to {:?} at {} failed: {kind}",
+                "JetStream publish to {:?} at {} failed: {e}",
                 self.subject, self.url
             ));
         }
@@ -226,11 +223,43 @@ impl Sink for NatsSink {
 
     async fn deliver(&self, ev: &Event, attempt: u32) -> Result<Receipt, DeliveryError> {
         let js = self.context().await?;
-        match self.publish(&js, ev, attempt).await {
+        let headers = self.headers(ev, attempt);
+        // JetStream's publish does not check the server's max_payload; the server answers a
+        // larger message with -ERR and closes the connection, which would fail every publish
+        // in flight on the route, at every attempt, until the event died.
+        let size = ev.body.len() + header_bytes(&headers);
+        let max = js.client().server_info().max_payload;
+        if max > 0 && size > max {
+            let detail = format!(
+                "route {:?}: message of {size} bytes (body and headers) exceeds the NATS \
+                 server's max_payload of {max} at {}; raise max_payload on the server",
+                self.route, self.url
+            );
+            tracing::error!(route = %self.route, event_id = %ev.id, "{detail}");
+            return Err(DeliveryError::Permanent {
+                status: None,
+                detail,
+            });
+        }
+        match self.publish(&js, headers, ev).await {
             Ok(r) => Ok(r),
-            Err(kind) => Err(self.classify(&js, kind).await),
+            Err(e) => Err(self.classify(&js, e).await),
         }
     }
+}
+
+/// The bytes `headers` take in an `HPUB` (what the server counts against max_payload with the
+/// payload): `NATS/1.0\r\n`, `Name: value\r\n` per value, and a blank line.
+fn header_bytes(headers: &async_nats::HeaderMap) -> usize {
+    let mut n = "NATS/1.0\r\n\r\n".len();
+    for (name, values) in headers.iter() {
+        let name: &str = name.as_ref();
+        for v in values {
+            let v: &str = v.as_ref();
+            n += name.len() + 2 + v.len() + 2;
+        }
+    }
+    n
 }
 
 #[cfg(test)]
@@ -308,5 +337,14 @@ timeout = "1s"
             err.contains("user name") && !err.contains("hunter2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn header_bytes_counts_what_hpub_sends() {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("A", "bc");
+        h.append("A", "d");
+        // "NATS/1.0\r\n" + "A: bc\r\n" + "A: d\r\n" + "\r\n"
+        assert_eq!(header_bytes(&h), 10 + 7 + 6 + 2);
     }
 }
