@@ -25,7 +25,15 @@ const ODD_BODY: &[u8] = b"  {\"caf\xc3\xa9\": \"\xe2\x82\xac\"}\r\n\t \x00\xff\x
 // ---------------------------------------------------------------- Redis Streams
 
 async fn xrange(r: &Redis, stream: &str) -> Vec<std::collections::HashMap<String, Vec<u8>>> {
-    let mut c = r.conn().await;
+    xrange_with(&r.url(), stream).await
+}
+
+async fn xrange_with(url: &str, stream: &str) -> Vec<std::collections::HashMap<String, Vec<u8>>> {
+    let mut c = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(stream)
         .arg("-")
@@ -147,6 +155,64 @@ async fn redis_wrongtype_is_permanent_and_says_why() {
         "{detail}"
     );
     assert!(detail.contains("\"events\""), "names the route: {detail}");
+}
+
+#[tokio::test]
+async fn redis_reconnect_refused_by_the_server_does_not_stick() {
+    let r = Redis::start_with(&["--requirepass", "pw-one"]).await;
+    let url = |pw: &str| format!("redis://:{pw}@127.0.0.1:{}/0", r.port);
+    let gw = gateway(&format!("url = {:?}\nstream = \"hooks\"", url("pw-one")));
+    let first = gw.post(b"first".to_vec()).await;
+    gw.wait_outcome(&first, "delivered").await;
+    // The password changes and the sink's connection is cut: its connection manager
+    // reconnects by itself, and the server refuses that reconnect.
+    let mut admin = redis::Client::open(url("pw-one"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let set_password = |pw: &'static str| {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("SET").arg("requirepass").arg(pw);
+        cmd
+    };
+    let _: () = set_password("pw-two")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(killed >= 1, "the sink's connection was not cut");
+    let second = gw.post(b"second".to_vec()).await;
+    wait_for("an attempt refused for its password", || async {
+        let ev = gw.event(&second).await;
+        let refused = ev["attempt_log"].as_array()?.iter().any(|a| {
+            a["detail"]
+                .as_str()
+                .is_some_and(|d| d.to_ascii_lowercase().contains("authentication failed"))
+        });
+        refused.then_some(())
+    })
+    .await;
+    // Fixed: the next attempts must connect afresh instead of repeating the refused reconnect.
+    let _: () = set_password("pw-one")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    gw.wait_outcome(&second, "delivered").await;
+    let got: Vec<String> = xrange_with(&url("pw-one"), "hooks")
+        .await
+        .iter()
+        .map(|e| field(e, "event_id"))
+        .collect();
+    assert_eq!(got, vec![first, second]);
 }
 
 // ---------------------------------------------------------------- NATS JetStream
