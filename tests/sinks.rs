@@ -831,3 +831,96 @@ async fn amqp_header_names_and_content_type_past_255_bytes_are_left_out() {
         "still in the header table"
     );
 }
+
+/// Waits until the event is delivered or dead; returns it.
+async fn settled(gw: &Gateway, id: &str) -> Value {
+    wait_for("the event's attempt", || async {
+        let ev = gw.event(id).await;
+        (ev["state"] == "delivered" || ev["state"] == "dead").then_some(ev)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn amqp_returns_are_paired_with_their_own_publish_under_concurrency() {
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    let _one_at_a_time = AMQP_LOCK.lock().await;
+    // A headers exchange routes by the message's headers: on one route, events with
+    // `X-Kind: ok` are routable and the others are returned, published concurrently.
+    let name = unique("pairs");
+    let (_c, ch) = amqp_channel().await;
+    ch.exchange_declare(
+        &name,
+        lapin::ExchangeKind::Headers,
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_declare(&name, Default::default(), Default::default())
+        .await
+        .unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-match".into(),
+        AMQPValue::LongString(LongString::from("all")),
+    );
+    args.insert(
+        "X-Kind".into(),
+        AMQPValue::LongString(LongString::from("ok")),
+    );
+    ch.queue_bind(&name, &name, "", Default::default(), args)
+        .await
+        .unwrap();
+    // One attempt each (a returned event is dead at once), so no retry mixes in.
+    let gw = gateway(&format!(
+        "url = {:?}\nexchange = {name:?}\nrouting_key = \"\"\nconcurrency = 16\nmax_attempts = 1",
+        amqp_url()
+    ));
+    let post = |kind: &'static str| {
+        let req = gw
+            .http
+            .post(format!("http://{}/hook", gw.ingress))
+            .header("x-kind", kind)
+            .body(kind);
+        async move {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 202);
+            let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+            v["event_id"].as_str().unwrap().to_string()
+        }
+    };
+    let (mut ok, mut returned) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        // 12 routable and 4 returned at once; then a lone routable one, which closes the
+        // route's circuit (never 5 failures in a row, so it never holds attempts back).
+        let kinds: Vec<&str> = (0..16)
+            .map(|i| if i % 4 == 3 { "no" } else { "ok" })
+            .collect();
+        let ids = futures_util::future::join_all(kinds.iter().map(|k| post(k))).await;
+        for (kind, id) in kinds.iter().zip(ids) {
+            let ev = settled(&gw, &id).await;
+            let log = ev["attempt_log"].as_array().unwrap();
+            assert_eq!(log.len(), 1, "{ev:#}");
+            let detail = log[0]["detail"].as_str().unwrap();
+            if *kind == "ok" {
+                assert_eq!(
+                    ev["state"], "delivered",
+                    "a routable event was taken for returned: {ev:#}"
+                );
+                ok.push(id);
+            } else {
+                assert!(
+                    ev["state"] == "dead" && detail.contains("unroutable"),
+                    "a returned event was taken for delivered: {ev:#}"
+                );
+                returned.push(id);
+            }
+        }
+        let lone = post("ok").await;
+        assert_eq!(settled(&gw, &lone).await["state"], "delivered");
+        ok.push(lone);
+    }
+    let got = amqp_ids(&amqp_drain(&name, ok.len()).await);
+    assert_no_dup(&got, &ok.into_iter().collect());
+}

@@ -14,9 +14,15 @@
 //!   minutes, and the event must not be lost meanwhile; the attempt detail says so;
 //! - broker down, connection or channel lost, nack, timeouts → retryable.
 //!
-//! Each route has its own connection and channel, made on the first attempt (so a broker that
-//! is down at startup never blocks the gateway) and made again after any failure that closed
-//! them; a broken channel on one route cannot stall another.
+//! Each route has its own connection, made on the first attempt (so a broker that is down at
+//! startup never blocks the gateway) and made again after any failure that closed it; a
+//! broken connection on one route cannot stall another. An attempt publishes on a channel of
+//! its own, taken from a small pool (at most `forward.concurrency` idle channels), so each
+//! channel has at most one publish awaiting its confirm: with several on one channel, lapin
+//! can hand a returned (unroutable) message to the wrong publish when the broker acks them
+//! together (`multiple`), making one attempt look unroutable and the other delivered. The
+//! publish and its confirm are bounded by 90% of `forward.timeout`; a channel whose confirm
+//! did not come in time is not used again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +32,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::time::Instant;
 
 use super::{message_headers, redact_url, DeliveryError, Receipt, Sink};
 use crate::config::{ForwardSign, RouteConfig};
@@ -34,9 +41,17 @@ use crate::store::Event;
 /// The longest AMQP short string (field names, `content_type`): its length is one byte.
 const SHORT_STRING_MAX: usize = 255;
 
+/// The route's connection and its channels that have no publish in flight.
+struct Link {
+    conn: Arc<Connection>,
+    idle: Vec<Channel>,
+}
+
 pub struct AmqpSink {
     uri: String,
-    conn: tokio::sync::Mutex<Option<(Connection, Channel)>>,
+    link: tokio::sync::Mutex<Option<Link>>,
+    /// At most this many idle channels are kept (`forward.concurrency`).
+    channels_max: usize,
     route: String,
     sign: Option<ForwardSign>,
     url: String,
@@ -69,7 +84,8 @@ impl AmqpSink {
         })?;
         Ok(AmqpSink {
             uri: url.to_string(),
-            conn: tokio::sync::Mutex::new(None),
+            link: tokio::sync::Mutex::new(None),
+            channels_max: route.forward.concurrency.max(1),
             route: route.name.clone(),
             sign: route.forward.sign.clone(),
             url: redact_url(url),
@@ -87,37 +103,80 @@ impl AmqpSink {
         }
     }
 
-    /// The route's channel, (re)connecting when there is none or it was closed.
-    async fn channel(&self) -> Result<Channel, DeliveryError> {
-        let mut slot = self.conn.lock().await;
-        if let Some((c, ch)) = slot.as_ref() {
-            if c.status().connected() && ch.status().connected() {
-                return Ok(ch.clone());
+    /// A channel in confirm mode with nothing in flight, (re)connecting when there is no
+    /// connection or it was closed.
+    async fn checkout(&self, deadline: Instant) -> Result<Channel, DeliveryError> {
+        let conn = {
+            let mut slot = self.link.lock().await;
+            if slot.as_ref().is_some_and(|l| !l.conn.status().connected()) {
+                // The connection is gone (the broker closed it, or it broke).
+                slot.take();
+            }
+            match slot.as_mut() {
+                Some(link) => {
+                    while let Some(ch) = link.idle.pop() {
+                        if ch.status().connected() {
+                            return Ok(ch);
+                        }
+                    }
+                    link.conn.clone()
+                }
+                None => {
+                    let conn = Arc::new(self.connect(deadline).await?);
+                    *slot = Some(Link {
+                        conn: conn.clone(),
+                        idle: Vec::new(),
+                    });
+                    conn
+                }
+            }
+        };
+        let made = tokio::time::timeout_at(deadline, async {
+            let ch = conn.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            Ok::<_, lapin::Error>(ch)
+        })
+        .await;
+        match made {
+            Ok(Ok(ch)) => Ok(ch),
+            Ok(Err(e)) => Err(retryable(format!(
+                "cannot open a channel to the amqp broker at {}: {e}",
+                self.url
+            ))),
+            Err(_) => Err(retryable(format!(
+                "cannot open a channel to the amqp broker at {}: timed out",
+                self.url
+            ))),
+        }
+    }
+
+    /// Gives back a channel whose publish is settled, if it is still open and on the current
+    /// connection, and the pool is not full.
+    async fn checkin(&self, ch: Channel) {
+        if !ch.status().connected() {
+            return;
+        }
+        let mut slot = self.link.lock().await;
+        if let Some(link) = slot.as_mut() {
+            if link.conn.status().connected() && link.idle.len() < self.channels_max {
+                link.idle.push(ch);
             }
         }
-        if let Some((c, _)) = slot.take() {
-            if c.status().connected() {
-                // The channel died (e.g. a 404); a fresh connection is simplest and cheap.
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(1), c.close(200, "reconnect")).await;
-            }
-        }
-        let made = tokio::time::timeout(self.timeout, async {
+    }
+
+    async fn connect(&self, deadline: Instant) -> Result<Connection, DeliveryError> {
+        let made = tokio::time::timeout_at(deadline, async {
             let props = ConnectionProperties::default()
                 .with_executor(tokio_executor_trait::Tokio::current())
                 .with_reactor(tokio_reactor_trait::Tokio)
                 .with_connection_name(format!("hookgate route {}", self.route).into());
-            let c = Connection::connect(&self.uri, props).await?;
-            let ch = c.create_channel().await?;
-            ch.confirm_select(ConfirmSelectOptions::default()).await?;
-            Ok::<_, lapin::Error>((c, ch))
+            Connection::connect(&self.uri, props).await
         })
         .await;
         let err = match made {
-            Ok(Ok((c, ch))) => {
+            Ok(Ok(c)) => {
                 tracing::info!(route = %self.route, url = %self.url, "connected to amqp broker (forward.url)");
-                *slot = Some((c, ch.clone()));
-                return Ok(ch);
+                return Ok(c);
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => "timed out".to_string(),
@@ -199,24 +258,41 @@ impl Sink for AmqpSink {
     }
 
     async fn deliver(&self, ev: &Event, attempt: u32) -> Result<Receipt, DeliveryError> {
-        let ch = self.channel().await?;
+        // A little under forward.timeout (which the worker enforces), so the attempt can say
+        // why and its channel is left behind rather than reused.
+        let deadline = Instant::now() + self.timeout.mul_f64(0.9);
+        let ch = self.checkout(deadline).await?;
         let opts = BasicPublishOptions {
             mandatory: true,
             ..Default::default()
         };
-        let confirm = ch
-            .basic_publish(
+        let published = tokio::time::timeout_at(deadline, async {
+            ch.basic_publish(
                 &self.exchange,
                 &self.routing_key,
                 opts,
                 &ev.body,
                 self.properties(ev, attempt),
             )
+            .await?
             .await
-            .map_err(|e| self.classify(&e))?
-            .await
-            .map_err(|e| self.classify(&e))?;
-        match confirm {
+        })
+        .await;
+        let confirm = match published {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(self.classify(&e)),
+            Err(_) => {
+                // The channel still awaits this confirm: never reused (its late ack or return
+                // could be taken for another publish's). Dropping it closes it.
+                return Err(retryable(format!(
+                    "no publisher confirm from the broker at {} within {:?} (exchange {})",
+                    self.url,
+                    self.timeout.mul_f64(0.9),
+                    self.exchange_name()
+                )));
+            }
+        };
+        let outcome = match confirm {
             Confirmation::Ack(None) => Ok(Receipt {
                 status: None,
                 detail: format!(
@@ -225,6 +301,22 @@ impl Sink for AmqpSink {
                     self.routing_key
                 ),
             }),
+            Confirmation::Ack(Some(ret)) | Confirmation::Nack(Some(ret))
+                if ret
+                    .delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|m| m.as_str())
+                    != Some(ev.id.as_str()) =>
+            {
+                // Cannot happen with one publish per channel; never call it unroutable.
+                return Err(retryable(format!(
+                    "the broker's confirm came with another message's return (message id {:?}); \
+                     retrying",
+                    ret.delivery.properties.message_id()
+                )));
+            }
             Confirmation::Ack(Some(ret)) | Confirmation::Nack(Some(ret)) => {
                 let detail = format!(
                     "route {:?}: message returned unroutable by exchange {} for routing key {:?} \
@@ -243,9 +335,13 @@ impl Sink for AmqpSink {
                 "broker nacked the message (exchange {})",
                 self.exchange_name()
             ))),
-            Confirmation::NotRequested => Err(retryable(
-                "channel is not in confirm mode; reconnecting".to_string(),
-            )),
-        }
+            Confirmation::NotRequested => {
+                return Err(retryable(
+                    "channel is not in confirm mode; reconnecting".to_string(),
+                ))
+            }
+        };
+        self.checkin(ch).await;
+        outcome
     }
 }

@@ -267,7 +267,7 @@ key = "none"
 
 [route.forward]
 timeout = "2s"
-max_attempts = 1000
+{max_attempts}
 backoff_initial = "{initial}"
 backoff_max = "{max}"
 {forward}
@@ -275,6 +275,12 @@ backoff_max = "{max}"
             data = dir.path().join("data").display().to_string(),
             initial = backoff.0,
             max = backoff.1,
+            // 1,000 unless `forward` sets it.
+            max_attempts = if forward.contains("max_attempts") {
+                ""
+            } else {
+                "max_attempts = 1000"
+            },
         );
         let path = dir.path().join("hookgate.toml");
         std::fs::write(&path, cfg).unwrap();
