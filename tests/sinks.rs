@@ -832,6 +832,91 @@ async fn amqp_header_names_and_content_type_past_255_bytes_are_left_out() {
     );
 }
 
+/// Raises a memory alarm on the node (high watermark 0, so every publishing connection is
+/// blocked) and puts the watermark back as it was when dropped, even while a test unwinds.
+struct MemoryAlarm(String);
+
+fn rabbitmq_eval(expr: &str) -> String {
+    let out = Command::new("rabbitmqctl")
+        .args(["-q", "-n", &amqp_node(), "eval", expr])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rabbitmqctl eval {expr} failed: {out:?}"
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+impl MemoryAlarm {
+    fn raise() -> MemoryAlarm {
+        let was = rabbitmq_eval("vm_memory_monitor:get_vm_memory_high_watermark().");
+        let alarm = MemoryAlarm(was);
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0"]);
+        alarm
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        let st = Command::new("rabbitmqctl")
+            .args(["-q", "-n", &amqp_node(), "eval"])
+            .arg(format!(
+                "vm_memory_monitor:set_vm_memory_high_watermark({}).",
+                self.0
+            ))
+            .stdout(Stdio::null())
+            .status();
+        if !st.is_ok_and(|s| s.success()) && !std::thread::panicking() {
+            panic!("could not restore the memory high watermark to {}", self.0);
+        }
+    }
+}
+
+#[tokio::test]
+async fn amqp_resource_alarm_does_not_queue_a_copy_per_attempt() {
+    let _one_at_a_time = AMQP_LOCK.lock().await;
+    let name = unique("alarm");
+    amqp_declare(&name).await;
+    let gw = gateway(&format!(
+        "url = {:?}\nexchange = {name:?}\nrouting_key = \"rk\"",
+        amqp_url()
+    ));
+    let first = gw.post(b"before".to_vec()).await;
+    gw.wait_outcome(&first, "delivered").await;
+    let alarm = MemoryAlarm::raise();
+    let id = gw.post(b"during".to_vec()).await;
+    wait_for("4 failed attempts during the alarm", || async {
+        let ev = gw.event(&id).await;
+        (ev["attempt_log"].as_array()?.len() >= 4).then_some(())
+    })
+    .await;
+    drop(alarm);
+    let ev = gw.wait_outcome(&id, "delivered").await;
+    let blocked = ev["attempt_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| {
+            a["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("broker blocked (resource alarm)"))
+        })
+        .count();
+    assert!(blocked >= 2, "attempts did not see the block: {ev:#}");
+    let ids = amqp_ids(&amqp_drain(&name, 2).await);
+    assert_eq!(ids.iter().filter(|x| **x == first).count(), 1, "{ids:?}");
+    // The publish in flight when the broker blocked the connection is sent when it unblocks
+    // (lapin cannot take back a queued frame), and the retry that delivered it is another
+    // copy: at least once. Every attempt in between must add nothing.
+    let copies = ids.iter().filter(|x| **x == id).count();
+    assert!(
+        (1..=2).contains(&copies),
+        "{copies} copies of the event after {} attempts: {ids:?}",
+        ev["attempt_log"].as_array().unwrap().len()
+    );
+}
+
 /// Waits until the event is delivered or dead; returns it.
 async fn settled(gw: &Gateway, id: &str) -> Value {
     wait_for("the event's attempt", || async {

@@ -14,6 +14,10 @@
 //!   minutes, and the event must not be lost meanwhile; the attempt detail says so;
 //! - broker down, connection or channel lost, nack, timeouts → retryable.
 //!
+//! - the broker blocked the connection (a memory or disk alarm) → retryable, without
+//!   publishing: lapin queues a blocked connection's frames and sends them all when the alarm
+//!   clears, so every attempt that published meanwhile would add a copy of the message.
+//!
 //! Each route has its own connection, made on the first attempt (so a broker that is down at
 //! startup never blocks the gateway) and made again after any failure that closed it; a
 //! broken connection on one route cannot stall another. An attempt publishes on a channel of
@@ -104,7 +108,7 @@ impl AmqpSink {
     }
 
     /// A channel in confirm mode with nothing in flight, (re)connecting when there is no
-    /// connection or it was closed.
+    /// connection or it was closed. Refuses while the broker blocks the connection.
     async fn checkout(&self, deadline: Instant) -> Result<Channel, DeliveryError> {
         let conn = {
             let mut slot = self.link.lock().await;
@@ -114,6 +118,14 @@ impl AmqpSink {
             }
             match slot.as_mut() {
                 Some(link) => {
+                    if link.conn.status().blocked() {
+                        return Err(retryable(format!(
+                            "broker blocked (resource alarm): the broker at {} blocks publishing \
+                             on this connection (memory or disk alarm); not publishing until it \
+                             unblocks",
+                            self.url
+                        )));
+                    }
                     while let Some(ch) = link.idle.pop() {
                         if ch.status().connected() {
                             return Ok(ch);
