@@ -70,6 +70,40 @@ pub fn split_credentials(url: &str) -> Result<(String, Option<Credentials>), Str
     Ok((u.to_string(), Some(auth)))
 }
 
+/// Why `subject` cannot be published to, if it cannot: NATS subjects are tokens separated
+/// by single dots, with no whitespace or control characters, and a publish names one concrete
+/// subject (no `*` or `>` wildcards).
+pub fn subject_problem(subject: &str) -> Option<String> {
+    if subject.is_empty() {
+        return Some("it is empty".into());
+    }
+    if let Some((at, c)) = subject
+        .char_indices()
+        .find(|(_, c)| c.is_whitespace() || c.is_control())
+    {
+        return Some(format!(
+            "it contains whitespace or a control character (U+{:04X} at byte {at}), which \
+             NATS subjects cannot",
+            c as u32
+        ));
+    }
+    if subject.contains(['*', '>']) {
+        return Some(
+            "it contains a wildcard ('*' or '>'); a message is published to one concrete \
+             subject"
+                .into(),
+        );
+    }
+    if subject.split('.').any(str::is_empty) {
+        return Some(
+            "it has an empty token (a leading or trailing '.', or '..'); tokens are separated \
+             by single dots"
+                .into(),
+        );
+    }
+    None
+}
+
 impl NatsSink {
     pub fn new(route: &Arc<RouteConfig>, url: &str, subject: &str) -> anyhow::Result<Self> {
         let shown = redact_url(url);
@@ -335,6 +369,47 @@ timeout = "1s"
         let err = split_credentials("nats://%ff%fe:hunter2@h").unwrap_err();
         assert!(
             err.contains("user name") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn subjects_are_checked_token_by_token() {
+        for ok in ["a", "a.b", "webhooks.orders-v2", "a_b.c:d"] {
+            assert_eq!(subject_problem(ok), None, "{ok}");
+        }
+        for (bad, says) in [
+            ("", "empty"),
+            ("a..b", "empty token"),
+            (".a", "empty token"),
+            ("a.", "empty token"),
+            ("a b", "U+0020"),
+            ("a\tb", "U+0009"),
+            ("a\u{7f}", "U+007F"),
+            ("a.\u{a0}", "U+00A0"),
+            ("a.*", "wildcard"),
+            ("a.>", "wildcard"),
+        ] {
+            let problem = subject_problem(bad).unwrap_or_default();
+            assert!(problem.contains(says), "{bad:?}: {problem}");
+        }
+    }
+
+    #[test]
+    fn a_bad_subject_is_a_config_error_that_says_why() {
+        let cfg = |subject: &str| {
+            format!(
+                "[[route]]\nname = \"r\"\npath = \"/r\"\n[route.verify]\nscheme = \"none\"\n\
+                 [route.forward]\nurl = \"nats://127.0.0.1:4222\"\nsubject = {subject:?}\n"
+            )
+        };
+        assert!(crate::config::parse(&cfg("a.b")).is_ok());
+        let err = crate::config::parse(&cfg("orders..new"))
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(
+            err.contains("forward.subject") && err.contains("empty token"),
             "{err}"
         );
     }
