@@ -317,6 +317,8 @@ async fn nats_body_and_metadata() {
         Some("application/octet-stream")
     );
     assert_eq!(get("X-Custom").as_deref(), Some("Ünïcode-free value"));
+    let repeated: Vec<String> = h.get_all("X-Repeated").map(|v| v.to_string()).collect();
+    assert_eq!(repeated, ["one", "two"], "{h:?}");
     assert_eq!(get("Connection"), None, "hop-by-hop header forwarded");
     // Sender-set `Nats-*` headers would steer JetStream (Nats-Rollup purges the stream).
     let nats_named: Vec<String> = h
@@ -663,6 +665,11 @@ async fn amqp_body_and_metadata() {
     assert_eq!(
         amqp_header(m, "X-Custom").as_deref(),
         Some("Ünïcode-free value")
+    );
+    assert_eq!(
+        amqp_header(m, "X-Repeated").as_deref(),
+        Some("one, two"),
+        "every value of a repeated header"
     );
     assert_eq!(amqp_header(m, "Connection"), None);
     assert_eq!(

@@ -2,9 +2,10 @@
 //! confirm mode, delivered on the broker's publisher confirm (ack). The message is persistent
 //! (`delivery_mode = 2`), `mandatory`, carries the raw body, `content_type`, `message_id` =
 //! event id, and the HTTP sink's headers (original minus hop-by-hop, plus `Hookgate-*`) as its
-//! header table. AMQP limits field names and `content_type` to 255 bytes: a header with a
-//! longer name is left out of the table, a longer `Content-Type` out of the properties (it
-//! stays in the table), each noted at debug level.
+//! header table, a repeated header's values joined with `, ` (a table holds one value per
+//! name). AMQP limits field names and `content_type` to 255 bytes: a header with a longer name
+//! is left out of the table, a longer `Content-Type` out of the properties (it stays in the
+//! table), each noted at debug level.
 //!
 //! Error classification, where it is born:
 //! - no such exchange (the broker closes the channel with 404) → permanent: the operator must
@@ -203,6 +204,7 @@ impl AmqpSink {
     fn properties(&self, ev: &Event, attempt: u32) -> BasicProperties {
         let mut table = FieldTable::default();
         let mut content_type = None;
+        let mut values: Vec<(String, Vec<u8>)> = Vec::new();
         for (k, v) in message_headers(ev, &self.route, attempt, self.sign.as_ref()) {
             // RabbitMQ routes copies of a message by its `CC` / `BCC` headers: no sender may.
             if k.eq_ignore_ascii_case("cc") || k.eq_ignore_ascii_case("bcc") {
@@ -214,7 +216,7 @@ impl AmqpSink {
                 tracing::debug!(route = %self.route, event_id = %ev.id, header_bytes = k.len(), "header name longer than 255 bytes left out of the amqp message");
                 continue;
             }
-            if k == "Content-Type" {
+            if k == "Content-Type" && content_type.is_none() {
                 let ct = String::from_utf8_lossy(&v).into_owned();
                 if ct.len() <= SHORT_STRING_MAX {
                     content_type = Some(ct);
@@ -223,6 +225,17 @@ impl AmqpSink {
                     tracing::debug!(route = %self.route, event_id = %ev.id, bytes = ct.len(), "content type longer than 255 bytes left out of the amqp message's properties");
                 }
             }
+            // A table holds one value per name: a repeated header's values are joined with
+            // ", " in their order, as HTTP allows for a list (RFC 9110 §5.3).
+            match values.iter_mut().find(|(name, _)| *name == k) {
+                Some((_, joined)) => {
+                    joined.extend_from_slice(b", ");
+                    joined.extend_from_slice(&v);
+                }
+                None => values.push((k, v)),
+            }
+        }
+        for (k, v) in values {
             table.insert(
                 ShortString::from(k),
                 AMQPValue::LongString(LongString::from(v)),

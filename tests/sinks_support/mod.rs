@@ -349,6 +349,8 @@ backoff_max = "{max}"
             .post(format!("http://{}/hook?x=1", self.ingress))
             .header("content-type", "application/octet-stream")
             .header("x-custom", "Ünïcode-free value")
+            .header("x-repeated", "one")
+            .header("x-repeated", "two")
             .header("hookgate-event-id", "forged")
             .header("connection", "keep-alive")
             // Headers that would steer the broker if passed through (they must not be).
