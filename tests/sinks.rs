@@ -860,6 +860,12 @@ impl MemoryAlarm {
         let was = rabbitmq_eval("vm_memory_monitor:get_vm_memory_high_watermark().");
         let alarm = MemoryAlarm(was);
         rabbitmqctl(&["set_vm_memory_high_watermark", "0"]);
+        // The memory monitor raises the alarm on its own time: wait for it.
+        let end = Instant::now() + DEADLINE;
+        while !rabbitmq_eval("rabbit_alarm:get_alarms().").contains("memory") {
+            assert!(Instant::now() < end, "the memory alarm was not raised");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         alarm
     }
 }
@@ -892,35 +898,46 @@ async fn amqp_resource_alarm_does_not_queue_a_copy_per_attempt() {
     let first = gw.post(b"before".to_vec()).await;
     gw.wait_outcome(&first, "delivered").await;
     let alarm = MemoryAlarm::raise();
-    let id = gw.post(b"during".to_vec()).await;
-    wait_for("4 failed attempts during the alarm", || async {
-        let ev = gw.event(&id).await;
-        (ev["attempt_log"].as_array()?.len() >= 4).then_some(())
-    })
-    .await;
+    // Its publish blocks the connection (RabbitMQ blocks a connection when it publishes
+    // during an alarm) and is never confirmed while the alarm lasts.
+    let during = gw.post(b"during".to_vec()).await;
+    let attempts = |n: usize, id: String| {
+        let gw = &gw;
+        async move {
+            wait_for(&format!("{n} attempts during the alarm"), || async {
+                let ev = gw.event(&id).await;
+                (ev["attempt_log"].as_array()?.len() >= n).then_some(())
+            })
+            .await
+        }
+    };
+    attempts(4, during.clone()).await;
+    // Posted once the connection is blocked: never published while it is.
+    let blocked = gw.post(b"blocked".to_vec()).await;
+    attempts(3, blocked.clone()).await;
     drop(alarm);
-    let ev = gw.wait_outcome(&id, "delivered").await;
-    let blocked = ev["attempt_log"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| {
-            a["detail"]
-                .as_str()
-                .is_some_and(|d| d.contains("broker blocked (resource alarm)"))
-        })
-        .count();
-    assert!(blocked >= 2, "attempts did not see the block: {ev:#}");
-    let ids = amqp_ids(&amqp_drain(&name, 2).await);
-    assert_eq!(ids.iter().filter(|x| **x == first).count(), 1, "{ids:?}");
-    // The publish in flight when the broker blocked the connection is sent when it unblocks
-    // (lapin cannot take back a queued frame), and the retry that delivered it is another
-    // copy: at least once. Every attempt in between must add nothing.
-    let copies = ids.iter().filter(|x| **x == id).count();
+    let ev = gw.wait_outcome(&during, "delivered").await;
+    let ev_blocked = gw.wait_outcome(&blocked, "delivered").await;
+    // Each once: nothing queued per attempt, and the publish in flight when the broker
+    // blocked the connection was not published again.
+    let ids = amqp_ids(&amqp_drain(&name, 3).await);
+    assert_no_dup(&ids, &[first, during, blocked].into_iter().collect());
+    let log = ev["attempt_log"].as_array().unwrap();
     assert!(
-        (1..=2).contains(&copies),
-        "{copies} copies of the event after {} attempts: {ids:?}",
-        ev["attempt_log"].as_array().unwrap().len()
+        log[1..log.len() - 1].iter().all(|a| a["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not publishing another copy")),
+        "later attempts waited for the first one's confirm: {ev:#}"
+    );
+    let ev = ev_blocked;
+    let log = ev["attempt_log"].as_array().unwrap();
+    assert!(
+        log[..log.len() - 1].iter().all(|a| a["detail"]
+            .as_str()
+            .unwrap()
+            .contains("broker blocked (resource alarm)")),
+        "attempts on the blocked connection did not publish: {ev:#}"
     );
 }
 

@@ -13,11 +13,16 @@
 //! - unroutable (returned because `mandatory`: no queue bound for the routing key) →
 //!   retryable, on purpose: a missing binding is usually an operator's slip that is fixed in
 //!   minutes, and the event must not be lost meanwhile; the attempt detail says so;
-//! - broker down, connection or channel lost, nack, timeouts → retryable.
-//!
+//! - broker down, connection or channel lost, nack, timeouts → retryable;
 //! - the broker blocked the connection (a memory or disk alarm) → retryable, without
 //!   publishing: lapin queues a blocked connection's frames and sends them all when the alarm
 //!   clears, so every attempt that published meanwhile would add a copy of the message.
+//!
+//! A publish whose confirm does not come in time cannot be taken back (lapin sends a queued
+//! frame even after its channel or connection is closed), so it is parked: the event's next
+//! attempt is delivered if the broker confirmed it meanwhile, fails without publishing while
+//! the confirm may still come (up to 5 minutes; at most `forward.concurrency` parked per
+//! route), and publishes again only once it was returned, nacked or lost with its channel.
 //!
 //! Each route has its own connection, made on the first attempt (so a broker that is down at
 //! startup never blocks the gateway) and made again after any failure that closed it; a
@@ -46,6 +51,26 @@ use crate::store::Event;
 /// The longest AMQP short string (field names, `content_type`): its length is one byte.
 const SHORT_STRING_MAX: usize = 255;
 
+/// How long an attempt waits for the confirm of a message an earlier attempt published
+/// before publishing another copy, unless the broker still blocks the connection.
+const PARK_MAX: Duration = Duration::from_secs(300);
+
+/// A publish whose confirm did not come within its attempt's time, kept with its channel
+/// until the event's next attempt: if the broker confirmed it meanwhile, that attempt is
+/// delivered without publishing a second copy. Dropping it stops waiting.
+struct Parked {
+    event_id: String,
+    ch: Channel,
+    task: tokio::task::JoinHandle<lapin::Result<Confirmation>>,
+    since: Instant,
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// The route's connection and its channels that have no publish in flight.
 struct Link {
     conn: Arc<Connection>,
@@ -55,8 +80,10 @@ struct Link {
 pub struct AmqpSink {
     uri: String,
     link: tokio::sync::Mutex<Option<Link>>,
-    /// At most this many idle channels are kept (`forward.concurrency`).
+    /// At most this many idle channels are kept (`forward.concurrency`), and as many
+    /// publishes parked.
     channels_max: usize,
+    parked: std::sync::Mutex<Vec<Parked>>,
     route: String,
     sign: Option<ForwardSign>,
     url: String,
@@ -91,6 +118,7 @@ impl AmqpSink {
             uri: url.to_string(),
             link: tokio::sync::Mutex::new(None),
             channels_max: route.forward.concurrency.max(1),
+            parked: std::sync::Mutex::new(Vec::new()),
             route: route.name.clone(),
             sign: route.forward.sign.clone(),
             url: redact_url(url),
@@ -175,6 +203,40 @@ impl AmqpSink {
                 link.idle.push(ch);
             }
         }
+    }
+
+    fn parked(&self) -> std::sync::MutexGuard<'_, Vec<Parked>> {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps a publish whose confirm is late (the oldest parked one goes if there are too
+    /// many).
+    fn park(&self, parked: Parked) {
+        let mut all = self.parked();
+        all.retain(|p| p.event_id != parked.event_id);
+        if all.len() >= self.channels_max {
+            all.remove(0);
+        }
+        all.push(parked);
+    }
+
+    /// What became of the publish an earlier attempt of this event left parked: `Err` while
+    /// its confirm may still come, `Ok(Some(..))` once it settled, `Ok(None)` if there is
+    /// none (or it is given up: its channel closed, or it waited past `PARK_MAX`).
+    fn unpark(&self, event_id: &str) -> Result<Option<Parked>, ()> {
+        let mut all = self.parked();
+        let Some(i) = all.iter().position(|p| p.event_id == event_id) else {
+            return Ok(None);
+        };
+        let p = &all[i];
+        if p.task.is_finished() {
+            return Ok(Some(all.remove(i)));
+        }
+        if p.ch.status().connected() && p.since.elapsed() < PARK_MAX {
+            return Err(());
+        }
+        all.remove(i);
+        Ok(None)
     }
 
     async fn connect(&self, deadline: Instant) -> Result<Connection, DeliveryError> {
@@ -284,35 +346,72 @@ impl Sink for AmqpSink {
 
     async fn deliver(&self, ev: &Event, attempt: u32) -> Result<Receipt, DeliveryError> {
         // A little under forward.timeout (which the worker enforces), so the attempt can say
-        // why and its channel is left behind rather than reused.
-        let deadline = Instant::now() + self.timeout.mul_f64(0.9);
+        // why and park its publish.
+        let wait = self.timeout.mul_f64(0.9);
+        let deadline = Instant::now() + wait;
+        match self.unpark(&ev.id) {
+            Err(()) => {
+                return Err(retryable(format!(
+                    "the broker at {} has not yet confirmed the message an earlier attempt \
+                     published (broker blocked or slow); not publishing another copy until it \
+                     does",
+                    self.url
+                )))
+            }
+            Ok(Some(mut p)) => {
+                if let Ok(Ok(Confirmation::Ack(None))) = (&mut p.task).await {
+                    let ch = p.ch.clone();
+                    drop(p);
+                    self.checkin(ch).await;
+                    return Ok(Receipt {
+                        status: None,
+                        detail: format!(
+                            "confirmed by broker (exchange {}, routing key {:?}): the message \
+                             an earlier attempt published, confirmed after that attempt's time \
+                             ran out",
+                            self.exchange_name(),
+                            self.routing_key
+                        ),
+                    });
+                }
+                // Returned, nacked or failed: publish again.
+            }
+            Ok(None) => {}
+        }
         let ch = self.checkout(deadline).await?;
         let opts = BasicPublishOptions {
             mandatory: true,
             ..Default::default()
         };
-        let published = tokio::time::timeout_at(deadline, async {
-            ch.basic_publish(
-                &self.exchange,
-                &self.routing_key,
-                opts,
-                &ev.body,
-                self.properties(ev, attempt),
-            )
-            .await?
-            .await
-        })
-        .await;
-        let confirm = match published {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(self.classify(&e)),
+        // On a task of its own, so a publish whose time runs out can be kept (parked).
+        let mut task = tokio::spawn({
+            let (ch, exchange, routing_key) =
+                (ch.clone(), self.exchange.clone(), self.routing_key.clone());
+            let (body, props) = (ev.body.clone(), self.properties(ev, attempt));
+            async move {
+                ch.basic_publish(&exchange, &routing_key, opts, &body, props)
+                    .await?
+                    .await
+            }
+        });
+        let confirm = match tokio::time::timeout_at(deadline, &mut task).await {
+            Ok(Ok(Ok(c))) => c,
+            Ok(Ok(Err(e))) => return Err(self.classify(&e)),
+            Ok(Err(e)) => return Err(retryable(format!("publish task failed: {e}"))),
             Err(_) => {
-                // The channel still awaits this confirm: never reused (its late ack or return
-                // could be taken for another publish's). Dropping it closes it.
+                // The channel awaits this confirm, so it is never reused; lapin sends the
+                // message even if it is still queued (a blocked connection), so the next
+                // attempt waits for this confirm instead of publishing another copy.
+                self.park(Parked {
+                    event_id: ev.id.clone(),
+                    ch,
+                    task,
+                    since: Instant::now(),
+                });
                 return Err(retryable(format!(
-                    "no publisher confirm from the broker at {} within {:?} (exchange {})",
+                    "no publisher confirm from the broker at {} within {wait:?} (exchange {}); \
+                     the next attempt waits for it before publishing again",
                     self.url,
-                    self.timeout.mul_f64(0.9),
                     self.exchange_name()
                 )));
             }
