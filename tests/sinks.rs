@@ -215,6 +215,61 @@ async fn redis_reconnect_refused_by_the_server_does_not_stick() {
     assert_eq!(got, vec![first, second]);
 }
 
+/// A TCP proxy on a free port: each new connection goes to the port `target` holds then
+/// (connections already made stay where they are), as a DNS name or virtual IP moved by a
+/// failover does.
+async fn proxy(target: std::sync::Arc<std::sync::atomic::AtomicU16>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let to = target.load(std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_failover_reaches_the_new_primary() {
+    let old = Redis::start().await;
+    let new = Redis::start().await;
+    let target = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(old.port));
+    let port = proxy(target.clone()).await;
+    let gw = gateway(&format!(
+        "url = \"redis://127.0.0.1:{port}/0\"\nstream = \"hooks\""
+    ));
+    let first = gw.post(b"first".to_vec()).await;
+    gw.wait_outcome(&first, "delivered").await;
+    // Failover: the old primary becomes a replica of the new one (answering READONLY to the
+    // sink's connection, which stays open) and the address now leads to the new primary.
+    let mut c = old.conn().await;
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(new.port)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    target.store(new.port, std::sync::atomic::Ordering::SeqCst);
+    let second = gw.post(b"second".to_vec()).await;
+    let ev = gw.wait_outcome(&second, "delivered").await;
+    let refused = ev["attempt_log"].as_array().unwrap()[0]["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(refused.to_ascii_lowercase().contains("readonly"), "{ev:#}");
+    let got: Vec<String> = xrange(&new, "hooks")
+        .await
+        .iter()
+        .map(|e| field(e, "event_id"))
+        .collect();
+    assert_eq!(got, vec![second]);
+}
+
 // ---------------------------------------------------------------- NATS JetStream
 
 async fn nats_stream(n: &Nats) -> async_nats::jetstream::stream::Stream {
