@@ -122,6 +122,9 @@ impl Redis {
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            // A replica's full sync writes an RDB file even with --save "": keep it here.
+            .arg("--dir")
+            .arg(self.dir.path())
             .args(&self.args);
         let mut proc = spawn_logged(cmd, &log);
         wait_ready(
