@@ -265,8 +265,9 @@ impl Sink for NatsSink {
         let max = js.client().server_info().max_payload;
         if max > 0 && size > max {
             let detail = format!(
-                "route {:?}: message of {size} bytes (body and headers) exceeds the NATS \
-                 server's max_payload of {max} at {}; raise max_payload on the server",
+                "route {:?}: message of {size} bytes exceeds the NATS server's max_payload \
+                 of {max} at {} (body and headers together must fit); raise max_payload on the \
+                 server",
                 self.route, self.url
             );
             tracing::error!(route = %self.route, event_id = %ev.id, "{detail}");
