@@ -25,7 +25,15 @@ const ODD_BODY: &[u8] = b"  {\"caf\xc3\xa9\": \"\xe2\x82\xac\"}\r\n\t \x00\xff\x
 // ---------------------------------------------------------------- Redis Streams
 
 async fn xrange(r: &Redis, stream: &str) -> Vec<std::collections::HashMap<String, Vec<u8>>> {
-    let mut c = r.conn().await;
+    xrange_with(&r.url(), stream).await
+}
+
+async fn xrange_with(url: &str, stream: &str) -> Vec<std::collections::HashMap<String, Vec<u8>>> {
+    let mut c = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(stream)
         .arg("-")
@@ -149,6 +157,119 @@ async fn redis_wrongtype_is_permanent_and_says_why() {
     assert!(detail.contains("\"events\""), "names the route: {detail}");
 }
 
+#[tokio::test]
+async fn redis_reconnect_refused_by_the_server_does_not_stick() {
+    let r = Redis::start_with(&["--requirepass", "pw-one"]).await;
+    let url = |pw: &str| format!("redis://:{pw}@127.0.0.1:{}/0", r.port);
+    let gw = gateway(&format!("url = {:?}\nstream = \"hooks\"", url("pw-one")));
+    let first = gw.post(b"first".to_vec()).await;
+    gw.wait_outcome(&first, "delivered").await;
+    // The password changes and the sink's connection is cut: its connection manager
+    // reconnects by itself, and the server refuses that reconnect.
+    let mut admin = redis::Client::open(url("pw-one"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let set_password = |pw: &'static str| {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("SET").arg("requirepass").arg(pw);
+        cmd
+    };
+    let _: () = set_password("pw-two")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(killed >= 1, "the sink's connection was not cut");
+    let second = gw.post(b"second".to_vec()).await;
+    wait_for("an attempt refused for its password", || async {
+        let ev = gw.event(&second).await;
+        let refused = ev["attempt_log"].as_array()?.iter().any(|a| {
+            a["detail"]
+                .as_str()
+                .is_some_and(|d| d.to_ascii_lowercase().contains("authentication failed"))
+        });
+        refused.then_some(())
+    })
+    .await;
+    // Fixed: the next attempts must connect afresh instead of repeating the refused reconnect.
+    let _: () = set_password("pw-one")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    gw.wait_outcome(&second, "delivered").await;
+    let got: Vec<String> = xrange_with(&url("pw-one"), "hooks")
+        .await
+        .iter()
+        .map(|e| field(e, "event_id"))
+        .collect();
+    assert_eq!(got, vec![first, second]);
+}
+
+/// A TCP proxy on a free port: each new connection goes to the port `target` holds then
+/// (connections already made stay where they are), as a DNS name or virtual IP moved by a
+/// failover does.
+async fn proxy(target: std::sync::Arc<std::sync::atomic::AtomicU16>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let to = target.load(std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_failover_reaches_the_new_primary() {
+    let old = Redis::start().await;
+    let new = Redis::start().await;
+    let target = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(old.port));
+    let port = proxy(target.clone()).await;
+    let gw = gateway(&format!(
+        "url = \"redis://127.0.0.1:{port}/0\"\nstream = \"hooks\""
+    ));
+    let first = gw.post(b"first".to_vec()).await;
+    gw.wait_outcome(&first, "delivered").await;
+    // Failover: the old primary becomes a replica of the new one (answering READONLY to the
+    // sink's connection, which stays open) and the address now leads to the new primary.
+    let mut c = old.conn().await;
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(new.port)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    target.store(new.port, std::sync::atomic::Ordering::SeqCst);
+    let second = gw.post(b"second".to_vec()).await;
+    let ev = gw.wait_outcome(&second, "delivered").await;
+    let refused = ev["attempt_log"].as_array().unwrap()[0]["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(refused.to_ascii_lowercase().contains("readonly"), "{ev:#}");
+    let got: Vec<String> = xrange(&new, "hooks")
+        .await
+        .iter()
+        .map(|e| field(e, "event_id"))
+        .collect();
+    assert_eq!(got, vec![second]);
+}
+
 // ---------------------------------------------------------------- NATS JetStream
 
 async fn nats_stream(n: &Nats) -> async_nats::jetstream::stream::Stream {
@@ -164,7 +285,8 @@ async fn nats_stream(n: &Nats) -> async_nats::jetstream::stream::Stream {
     .unwrap()
 }
 
-/// Every message of the stream, read by a JetStream pull consumer.
+/// Every message of the stream, read by a JetStream pull consumer: fetches until `want`
+/// arrived (or the deadline), then once more briefly, so a duplicate would show up too.
 async fn nats_read_all(n: &Nats, want: usize) -> Vec<async_nats::jetstream::Message> {
     use futures_util::StreamExt;
     let js = n.js().await;
@@ -172,22 +294,36 @@ async fn nats_read_all(n: &Nats, want: usize) -> Vec<async_nats::jetstream::Mess
     let consumer = stream
         .create_consumer(async_nats::jetstream::consumer::pull::Config {
             deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
+            // Unacknowledged messages must not come back while the test is still reading.
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
             ..Default::default()
         })
         .await
         .unwrap();
     let mut out = Vec::new();
-    let mut batch = consumer
-        .fetch()
-        .max_messages(want + 10)
-        .expires(Duration::from_secs(2))
-        .messages()
-        .await
-        .unwrap();
-    while let Some(m) = batch.next().await {
-        out.push(m.unwrap());
+    let end = Instant::now() + DEADLINE;
+    let mut last = false;
+    loop {
+        last |= out.len() >= want || Instant::now() >= end;
+        let (max, expires) = if last {
+            (10, Duration::from_millis(500))
+        } else {
+            (want - out.len(), Duration::from_secs(2))
+        };
+        let mut batch = consumer
+            .fetch()
+            .max_messages(max)
+            .expires(expires)
+            .messages()
+            .await
+            .unwrap();
+        while let Some(m) = batch.next().await {
+            out.push(m.unwrap());
+        }
+        if last {
+            return out;
+        }
     }
-    out
 }
 
 async fn nats_count(n: &Nats) -> Option<u64> {
@@ -236,6 +372,8 @@ async fn nats_body_and_metadata() {
         Some("application/octet-stream")
     );
     assert_eq!(get("X-Custom").as_deref(), Some("Ünïcode-free value"));
+    let repeated: Vec<String> = h.get_all("X-Repeated").map(|v| v.to_string()).collect();
+    assert_eq!(repeated, ["one", "two"], "{h:?}");
     assert_eq!(get("Connection"), None, "hop-by-hop header forwarded");
     // Sender-set `Nats-*` headers would steer JetStream (Nats-Rollup purges the stream).
     let nats_named: Vec<String> = h
@@ -335,6 +473,87 @@ async fn nats_down_at_startup_does_not_block_and_delivers_later() {
     gw.wait_outcome(&id, "retry").await;
     n.restart().await;
     gw.wait_outcome(&id, "delivered").await;
+}
+
+#[tokio::test]
+async fn nats_user_and_password_in_the_url_are_used() {
+    let n = Nats::start_with(
+        &["--user", "hook", "--pass", "s3cr:t/pw"],
+        NatsAuth::UserPassword("hook".into(), "s3cr:t/pw".into()),
+    )
+    .await;
+    nats_stream(&n).await;
+    // Percent-encoded in the URL, as a URL's password must be.
+    let gw = gateway(&format!(
+        "url = \"nats://hook:s3cr%3At%2Fpw@127.0.0.1:{}\"\nsubject = \"hooks.in\"",
+        n.port
+    ));
+    let id = gw.post(b"with a password".to_vec()).await;
+    gw.wait_outcome(&id, "delivered").await;
+    assert_eq!(nats_ids(&nats_read_all(&n, 1).await), vec![id]);
+
+    // A wrong password: retried, with a detail that says why and does not repeat it.
+    let wrong = gateway(&format!(
+        "url = \"nats://hook:not-the-pw@127.0.0.1:{}\"\nsubject = \"hooks.in\"",
+        n.port
+    ));
+    let id = wrong.post(b"x".to_vec()).await;
+    let ev = wrong.wait_outcome(&id, "retry").await;
+    let detail = ev["attempt_log"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("authorization violation") && detail.contains("redacted"),
+        "{detail}"
+    );
+    assert!(!detail.contains("not-the-pw"), "{detail}");
+}
+
+#[tokio::test]
+async fn nats_token_in_the_url_is_used() {
+    let n = Nats::start_with(&["--auth", "t0ken"], NatsAuth::Token("t0ken".into())).await;
+    nats_stream(&n).await;
+    let gw = gateway(&format!(
+        "url = \"nats://t0ken@127.0.0.1:{}\"\nsubject = \"hooks.in\"",
+        n.port
+    ));
+    let id = gw.post(b"with a token".to_vec()).await;
+    gw.wait_outcome(&id, "delivered").await;
+    assert_eq!(nats_ids(&nats_read_all(&n, 1).await), vec![id]);
+
+    let wrong = gateway(&format!(
+        "url = \"nats://not-the-token@127.0.0.1:{}\"\nsubject = \"hooks.in\"",
+        n.port
+    ));
+    let id = wrong.post(b"x".to_vec()).await;
+    let ev = wrong.wait_outcome(&id, "retry").await;
+    let detail = ev["attempt_log"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("authorization violation"), "{detail}");
+    assert!(!detail.contains("not-the-token"), "{detail}");
+}
+
+#[tokio::test]
+async fn nats_message_over_max_payload_is_permanent_and_the_route_goes_on() {
+    let conf = tempfile::tempdir().unwrap();
+    let path = conf.path().join("nats.conf");
+    std::fs::write(&path, "max_payload: 4096\n").unwrap();
+    let n = Nats::start_with(&["-c", path.to_str().unwrap()], NatsAuth::None).await;
+    nats_stream(&n).await;
+    let gw = gateway(&format!("url = {:?}\nsubject = \"hooks.in\"", n.url()));
+    let small = gw.post(b"small".to_vec()).await;
+    gw.wait_outcome(&small, "delivered").await;
+    let big = gw.post(vec![b'x'; 5000]).await;
+    let ev = gw.wait_outcome(&big, "dead").await;
+    let log = ev["attempt_log"].as_array().unwrap();
+    assert_eq!(log.len(), 1, "dead at the first attempt: {ev:#}");
+    let detail = log[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("exceeds the NATS server's max_payload of 4096"),
+        "{detail}"
+    );
+    // The connection is still good: the next event goes through at its first attempt.
+    let next = gw.post(b"next".to_vec()).await;
+    let ev = gw.wait_outcome(&next, "delivered").await;
+    assert_eq!(ev["attempt_log"].as_array().unwrap().len(), 1, "{ev:#}");
+    assert_eq!(nats_ids(&nats_read_all(&n, 2).await), vec![small, next]);
 }
 
 // ---------------------------------------------------------------- RabbitMQ
@@ -502,6 +721,11 @@ async fn amqp_body_and_metadata() {
         amqp_header(m, "X-Custom").as_deref(),
         Some("Ünïcode-free value")
     );
+    assert_eq!(
+        amqp_header(m, "X-Repeated").as_deref(),
+        Some("one, two"),
+        "every value of a repeated header"
+    );
     assert_eq!(amqp_header(m, "Connection"), None);
     assert_eq!(
         amqp_header(m, "Cc"),
@@ -668,4 +892,199 @@ async fn amqp_header_names_and_content_type_past_255_bytes_are_left_out() {
         Some(long_type.as_str()),
         "still in the header table"
     );
+}
+
+/// Raises a memory alarm on the node (high watermark 0, so every publishing connection is
+/// blocked) and puts the watermark back as it was when dropped, even while a test unwinds.
+struct MemoryAlarm(String);
+
+fn rabbitmq_eval(expr: &str) -> String {
+    let out = Command::new("rabbitmqctl")
+        .args(["-q", "-n", &amqp_node(), "eval", expr])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rabbitmqctl eval {expr} failed: {out:?}"
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+impl MemoryAlarm {
+    fn raise() -> MemoryAlarm {
+        let was = rabbitmq_eval("vm_memory_monitor:get_vm_memory_high_watermark().");
+        let alarm = MemoryAlarm(was);
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0"]);
+        // The memory monitor raises the alarm on its own time: wait for it.
+        let end = Instant::now() + DEADLINE;
+        while !rabbitmq_eval("rabbit_alarm:get_alarms().").contains("memory") {
+            assert!(Instant::now() < end, "the memory alarm was not raised");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        alarm
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        let st = Command::new("rabbitmqctl")
+            .args(["-q", "-n", &amqp_node(), "eval"])
+            .arg(format!(
+                "vm_memory_monitor:set_vm_memory_high_watermark({}).",
+                self.0
+            ))
+            .stdout(Stdio::null())
+            .status();
+        if !st.is_ok_and(|s| s.success()) && !std::thread::panicking() {
+            panic!("could not restore the memory high watermark to {}", self.0);
+        }
+    }
+}
+
+#[tokio::test]
+async fn amqp_resource_alarm_does_not_queue_a_copy_per_attempt() {
+    let _one_at_a_time = AMQP_LOCK.lock().await;
+    let name = unique("alarm");
+    amqp_declare(&name).await;
+    let gw = gateway(&format!(
+        "url = {:?}\nexchange = {name:?}\nrouting_key = \"rk\"",
+        amqp_url()
+    ));
+    let first = gw.post(b"before".to_vec()).await;
+    gw.wait_outcome(&first, "delivered").await;
+    let alarm = MemoryAlarm::raise();
+    // Its publish blocks the connection (RabbitMQ blocks a connection when it publishes
+    // during an alarm) and is never confirmed while the alarm lasts.
+    let during = gw.post(b"during".to_vec()).await;
+    let attempts = |n: usize, id: String| {
+        let gw = &gw;
+        async move {
+            wait_for(&format!("{n} attempts during the alarm"), || async {
+                let ev = gw.event(&id).await;
+                (ev["attempt_log"].as_array()?.len() >= n).then_some(())
+            })
+            .await
+        }
+    };
+    attempts(4, during.clone()).await;
+    // Posted once the connection is blocked: never published while it is.
+    let blocked = gw.post(b"blocked".to_vec()).await;
+    attempts(3, blocked.clone()).await;
+    drop(alarm);
+    let ev = gw.wait_outcome(&during, "delivered").await;
+    let ev_blocked = gw.wait_outcome(&blocked, "delivered").await;
+    // Each once: nothing queued per attempt, and the publish in flight when the broker
+    // blocked the connection was not published again.
+    let ids = amqp_ids(&amqp_drain(&name, 3).await);
+    assert_no_dup(&ids, &[first, during, blocked].into_iter().collect());
+    let log = ev["attempt_log"].as_array().unwrap();
+    assert!(
+        log[1..log.len() - 1].iter().all(|a| a["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not publishing another copy")),
+        "later attempts waited for the first one's confirm: {ev:#}"
+    );
+    let ev = ev_blocked;
+    let log = ev["attempt_log"].as_array().unwrap();
+    assert!(
+        log[..log.len() - 1].iter().all(|a| a["detail"]
+            .as_str()
+            .unwrap()
+            .contains("broker blocked (resource alarm)")),
+        "attempts on the blocked connection did not publish: {ev:#}"
+    );
+}
+
+/// Waits until the event is delivered or dead; returns it.
+async fn settled(gw: &Gateway, id: &str) -> Value {
+    wait_for("the event's attempt", || async {
+        let ev = gw.event(id).await;
+        (ev["state"] == "delivered" || ev["state"] == "dead").then_some(ev)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn amqp_returns_are_paired_with_their_own_publish_under_concurrency() {
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    let _one_at_a_time = AMQP_LOCK.lock().await;
+    // A headers exchange routes by the message's headers: on one route, events with
+    // `X-Kind: ok` are routable and the others are returned, published concurrently.
+    let name = unique("pairs");
+    let (_c, ch) = amqp_channel().await;
+    ch.exchange_declare(
+        &name,
+        lapin::ExchangeKind::Headers,
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_declare(&name, Default::default(), Default::default())
+        .await
+        .unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-match".into(),
+        AMQPValue::LongString(LongString::from("all")),
+    );
+    args.insert(
+        "X-Kind".into(),
+        AMQPValue::LongString(LongString::from("ok")),
+    );
+    ch.queue_bind(&name, &name, "", Default::default(), args)
+        .await
+        .unwrap();
+    // One attempt each (a returned event is dead at once), so no retry mixes in.
+    let gw = gateway(&format!(
+        "url = {:?}\nexchange = {name:?}\nrouting_key = \"\"\nconcurrency = 16\nmax_attempts = 1",
+        amqp_url()
+    ));
+    let post = |kind: &'static str| {
+        let req = gw
+            .http
+            .post(format!("http://{}/hook", gw.ingress))
+            .header("x-kind", kind)
+            .body(kind);
+        async move {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 202);
+            let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+            v["event_id"].as_str().unwrap().to_string()
+        }
+    };
+    let (mut ok, mut returned) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        // 12 routable and 4 returned at once; then a lone routable one, which closes the
+        // route's circuit (never 5 failures in a row, so it never holds attempts back).
+        let kinds: Vec<&str> = (0..16)
+            .map(|i| if i % 4 == 3 { "no" } else { "ok" })
+            .collect();
+        let ids = futures_util::future::join_all(kinds.iter().map(|k| post(k))).await;
+        for (kind, id) in kinds.iter().zip(ids) {
+            let ev = settled(&gw, &id).await;
+            let log = ev["attempt_log"].as_array().unwrap();
+            assert_eq!(log.len(), 1, "{ev:#}");
+            let detail = log[0]["detail"].as_str().unwrap();
+            if *kind == "ok" {
+                assert_eq!(
+                    ev["state"], "delivered",
+                    "a routable event was taken for returned: {ev:#}"
+                );
+                ok.push(id);
+            } else {
+                assert!(
+                    ev["state"] == "dead" && detail.contains("unroutable"),
+                    "a returned event was taken for delivered: {ev:#}"
+                );
+                returned.push(id);
+            }
+        }
+        let lone = post("ok").await;
+        assert_eq!(settled(&gw, &lone).await["state"], "delivered");
+        ok.push(lone);
+    }
+    let got = amqp_ids(&amqp_drain(&name, ok.len()).await);
+    assert_no_dup(&got, &ok.into_iter().collect());
 }

@@ -724,7 +724,7 @@ fn check_sink(f: &RawForward, at: &str, mode: Mode, p: &mut Problems) -> Option<
             unused("exchange", f.exchange.is_some());
             unused("routing_key", f.routing_key.is_some());
             match &f.subject {
-                Some(s) if !s.is_empty() && !s.contains([' ', '*', '>']) => {
+                Some(s) if crate::forward::nats::subject_problem(s).is_none() => {
                     Some(SinkTarget::Nats {
                         url: raw_url.to_string(),
                         subject: s.clone(),
@@ -733,7 +733,10 @@ fn check_sink(f: &RawForward, at: &str, mode: Mode, p: &mut Problems) -> Option<
                 Some(s) => {
                     p.error(
                         format!("{at}.subject"),
-                        format!("{s:?} is not a valid subject to publish to"),
+                        format!(
+                            "{s:?} is not a valid subject to publish to: {}",
+                            crate::forward::nats::subject_problem(s).unwrap_or_default()
+                        ),
                     );
                     None
                 }

@@ -2,9 +2,10 @@
 //! confirm mode, delivered on the broker's publisher confirm (ack). The message is persistent
 //! (`delivery_mode = 2`), `mandatory`, carries the raw body, `content_type`, `message_id` =
 //! event id, and the HTTP sink's headers (original minus hop-by-hop, plus `Hookgate-*`) as its
-//! header table. AMQP limits field names and `content_type` to 255 bytes: a header with a
-//! longer name is left out of the table, a longer `Content-Type` out of the properties (it
-//! stays in the table), each noted at debug level.
+//! header table, a repeated header's values joined with `, ` (a table holds one value per
+//! name). AMQP limits field names and `content_type` to 255 bytes: a header with a longer name
+//! is left out of the table, a longer `Content-Type` out of the properties (it stays in the
+//! table), each noted at debug level.
 //!
 //! Error classification, where it is born:
 //! - no such exchange (the broker closes the channel with 404) → permanent: the operator must
@@ -12,11 +13,26 @@
 //! - unroutable (returned because `mandatory`: no queue bound for the routing key) →
 //!   retryable, on purpose: a missing binding is usually an operator's slip that is fixed in
 //!   minutes, and the event must not be lost meanwhile; the attempt detail says so;
-//! - broker down, connection or channel lost, nack, timeouts → retryable.
+//! - broker down, connection or channel lost, nack, timeouts → retryable;
+//! - the broker blocked the connection (a memory or disk alarm) → retryable, without
+//!   publishing: lapin queues a blocked connection's frames and sends them all when the alarm
+//!   clears, so every attempt that published meanwhile would add a copy of the message.
 //!
-//! Each route has its own connection and channel, made on the first attempt (so a broker that
-//! is down at startup never blocks the gateway) and made again after any failure that closed
-//! them; a broken channel on one route cannot stall another.
+//! A publish whose confirm does not come in time cannot be taken back (lapin sends a queued
+//! frame even after its channel or connection is closed), so it is parked: the event's next
+//! attempt is delivered if the broker confirmed it meanwhile, fails without publishing while
+//! the confirm may still come (up to 5 minutes; at most `forward.concurrency` parked per
+//! route), and publishes again only once it was returned, nacked or lost with its channel.
+//!
+//! Each route has its own connection, made on the first attempt (so a broker that is down at
+//! startup never blocks the gateway) and made again after any failure that closed it; a
+//! broken connection on one route cannot stall another. An attempt publishes on a channel of
+//! its own, taken from a small pool (at most `forward.concurrency` idle channels), so each
+//! channel has at most one publish awaiting its confirm: with several on one channel, lapin
+//! can hand a returned (unroutable) message to the wrong publish when the broker acks them
+//! together (`multiple`), making one attempt look unroutable and the other delivered. The
+//! publish and its confirm are bounded by 90% of `forward.timeout`; a channel whose confirm
+//! did not come in time is not used again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +42,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::time::Instant;
 
 use super::{message_headers, redact_url, DeliveryError, Receipt, Sink};
 use crate::config::{ForwardSign, RouteConfig};
@@ -34,9 +51,39 @@ use crate::store::Event;
 /// The longest AMQP short string (field names, `content_type`): its length is one byte.
 const SHORT_STRING_MAX: usize = 255;
 
+/// How long an attempt waits for the confirm of a message an earlier attempt published
+/// before publishing another copy, unless the broker still blocks the connection.
+const PARK_MAX: Duration = Duration::from_secs(300);
+
+/// A publish whose confirm did not come within its attempt's time, kept with its channel
+/// until the event's next attempt: if the broker confirmed it meanwhile, that attempt is
+/// delivered without publishing a second copy. Dropping it stops waiting.
+struct Parked {
+    event_id: String,
+    ch: Channel,
+    task: tokio::task::JoinHandle<lapin::Result<Confirmation>>,
+    since: Instant,
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The route's connection and its channels that have no publish in flight.
+struct Link {
+    conn: Arc<Connection>,
+    idle: Vec<Channel>,
+}
+
 pub struct AmqpSink {
     uri: String,
-    conn: tokio::sync::Mutex<Option<(Connection, Channel)>>,
+    link: tokio::sync::Mutex<Option<Link>>,
+    /// At most this many idle channels are kept (`forward.concurrency`), and as many
+    /// publishes parked.
+    channels_max: usize,
+    parked: std::sync::Mutex<Vec<Parked>>,
     route: String,
     sign: Option<ForwardSign>,
     url: String,
@@ -69,7 +116,9 @@ impl AmqpSink {
         })?;
         Ok(AmqpSink {
             uri: url.to_string(),
-            conn: tokio::sync::Mutex::new(None),
+            link: tokio::sync::Mutex::new(None),
+            channels_max: route.forward.concurrency.max(1),
+            parked: std::sync::Mutex::new(Vec::new()),
             route: route.name.clone(),
             sign: route.forward.sign.clone(),
             url: redact_url(url),
@@ -87,37 +136,122 @@ impl AmqpSink {
         }
     }
 
-    /// The route's channel, (re)connecting when there is none or it was closed.
-    async fn channel(&self) -> Result<Channel, DeliveryError> {
-        let mut slot = self.conn.lock().await;
-        if let Some((c, ch)) = slot.as_ref() {
-            if c.status().connected() && ch.status().connected() {
-                return Ok(ch.clone());
+    /// A channel in confirm mode with nothing in flight, (re)connecting when there is no
+    /// connection or it was closed. Refuses while the broker blocks the connection.
+    async fn checkout(&self, deadline: Instant) -> Result<Channel, DeliveryError> {
+        let conn = {
+            let mut slot = self.link.lock().await;
+            if slot.as_ref().is_some_and(|l| !l.conn.status().connected()) {
+                // The connection is gone (the broker closed it, or it broke).
+                slot.take();
+            }
+            match slot.as_mut() {
+                Some(link) => {
+                    if link.conn.status().blocked() {
+                        return Err(retryable(format!(
+                            "broker blocked (resource alarm): the broker at {} blocks publishing \
+                             on this connection (memory or disk alarm); not publishing until it \
+                             unblocks",
+                            self.url
+                        )));
+                    }
+                    while let Some(ch) = link.idle.pop() {
+                        if ch.status().connected() {
+                            return Ok(ch);
+                        }
+                    }
+                    link.conn.clone()
+                }
+                None => {
+                    let conn = Arc::new(self.connect(deadline).await?);
+                    *slot = Some(Link {
+                        conn: conn.clone(),
+                        idle: Vec::new(),
+                    });
+                    conn
+                }
+            }
+        };
+        let made = tokio::time::timeout_at(deadline, async {
+            let ch = conn.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            Ok::<_, lapin::Error>(ch)
+        })
+        .await;
+        match made {
+            Ok(Ok(ch)) => Ok(ch),
+            Ok(Err(e)) => Err(retryable(format!(
+                "cannot open a channel to the amqp broker at {}: {e}",
+                self.url
+            ))),
+            Err(_) => Err(retryable(format!(
+                "cannot open a channel to the amqp broker at {}: timed out",
+                self.url
+            ))),
+        }
+    }
+
+    /// Gives back a channel whose publish is settled, if it is still open and on the current
+    /// connection, and the pool is not full.
+    async fn checkin(&self, ch: Channel) {
+        if !ch.status().connected() {
+            return;
+        }
+        let mut slot = self.link.lock().await;
+        if let Some(link) = slot.as_mut() {
+            if link.conn.status().connected() && link.idle.len() < self.channels_max {
+                link.idle.push(ch);
             }
         }
-        if let Some((c, _)) = slot.take() {
-            if c.status().connected() {
-                // The channel died (e.g. a 404); a fresh connection is simplest and cheap.
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(1), c.close(200, "reconnect")).await;
-            }
+    }
+
+    fn parked(&self) -> std::sync::MutexGuard<'_, Vec<Parked>> {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps a publish whose confirm is late (the oldest parked one goes if there are too
+    /// many).
+    fn park(&self, parked: Parked) {
+        let mut all = self.parked();
+        all.retain(|p| p.event_id != parked.event_id);
+        if all.len() >= self.channels_max {
+            all.remove(0);
         }
-        let made = tokio::time::timeout(self.timeout, async {
+        all.push(parked);
+    }
+
+    /// What became of the publish an earlier attempt of this event left parked: `Err` while
+    /// its confirm may still come, `Ok(Some(..))` once it settled, `Ok(None)` if there is
+    /// none (or it is given up: its channel closed, or it waited past `PARK_MAX`).
+    fn unpark(&self, event_id: &str) -> Result<Option<Parked>, ()> {
+        let mut all = self.parked();
+        let Some(i) = all.iter().position(|p| p.event_id == event_id) else {
+            return Ok(None);
+        };
+        let p = &all[i];
+        if p.task.is_finished() {
+            return Ok(Some(all.remove(i)));
+        }
+        if p.ch.status().connected() && p.since.elapsed() < PARK_MAX {
+            return Err(());
+        }
+        all.remove(i);
+        Ok(None)
+    }
+
+    async fn connect(&self, deadline: Instant) -> Result<Connection, DeliveryError> {
+        let made = tokio::time::timeout_at(deadline, async {
             let props = ConnectionProperties::default()
                 .with_executor(tokio_executor_trait::Tokio::current())
                 .with_reactor(tokio_reactor_trait::Tokio)
                 .with_connection_name(format!("hookgate route {}", self.route).into());
-            let c = Connection::connect(&self.uri, props).await?;
-            let ch = c.create_channel().await?;
-            ch.confirm_select(ConfirmSelectOptions::default()).await?;
-            Ok::<_, lapin::Error>((c, ch))
+            Connection::connect(&self.uri, props).await
         })
         .await;
         let err = match made {
-            Ok(Ok((c, ch))) => {
+            Ok(Ok(c)) => {
                 tracing::info!(route = %self.route, url = %self.url, "connected to amqp broker (forward.url)");
-                *slot = Some((c, ch.clone()));
-                return Ok(ch);
+                return Ok(c);
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => "timed out".to_string(),
@@ -132,6 +266,7 @@ impl AmqpSink {
     fn properties(&self, ev: &Event, attempt: u32) -> BasicProperties {
         let mut table = FieldTable::default();
         let mut content_type = None;
+        let mut values: Vec<(String, Vec<u8>)> = Vec::new();
         for (k, v) in message_headers(ev, &self.route, attempt, self.sign.as_ref()) {
             // RabbitMQ routes copies of a message by its `CC` / `BCC` headers: no sender may.
             if k.eq_ignore_ascii_case("cc") || k.eq_ignore_ascii_case("bcc") {
@@ -143,7 +278,7 @@ impl AmqpSink {
                 tracing::debug!(route = %self.route, event_id = %ev.id, header_bytes = k.len(), "header name longer than 255 bytes left out of the amqp message");
                 continue;
             }
-            if k == "Content-Type" {
+            if k == "Content-Type" && content_type.is_none() {
                 let ct = String::from_utf8_lossy(&v).into_owned();
                 if ct.len() <= SHORT_STRING_MAX {
                     content_type = Some(ct);
@@ -152,6 +287,17 @@ impl AmqpSink {
                     tracing::debug!(route = %self.route, event_id = %ev.id, bytes = ct.len(), "content type longer than 255 bytes left out of the amqp message's properties");
                 }
             }
+            // A table holds one value per name: a repeated header's values are joined with
+            // ", " in their order, as HTTP allows for a list (RFC 9110 §5.3).
+            match values.iter_mut().find(|(name, _)| *name == k) {
+                Some((_, joined)) => {
+                    joined.extend_from_slice(b", ");
+                    joined.extend_from_slice(&v);
+                }
+                None => values.push((k, v)),
+            }
+        }
+        for (k, v) in values {
             table.insert(
                 ShortString::from(k),
                 AMQPValue::LongString(LongString::from(v)),
@@ -199,24 +345,78 @@ impl Sink for AmqpSink {
     }
 
     async fn deliver(&self, ev: &Event, attempt: u32) -> Result<Receipt, DeliveryError> {
-        let ch = self.channel().await?;
+        // A little under forward.timeout (which the worker enforces), so the attempt can say
+        // why and park its publish.
+        let wait = self.timeout.mul_f64(0.9);
+        let deadline = Instant::now() + wait;
+        match self.unpark(&ev.id) {
+            Err(()) => {
+                return Err(retryable(format!(
+                    "the broker at {} has not yet confirmed the message an earlier attempt \
+                     published (broker blocked or slow); not publishing another copy until it \
+                     does",
+                    self.url
+                )))
+            }
+            Ok(Some(mut p)) => {
+                if let Ok(Ok(Confirmation::Ack(None))) = (&mut p.task).await {
+                    let ch = p.ch.clone();
+                    drop(p);
+                    self.checkin(ch).await;
+                    return Ok(Receipt {
+                        status: None,
+                        detail: format!(
+                            "confirmed by broker (exchange {}, routing key {:?}): the message \
+                             an earlier attempt published, confirmed after that attempt's time \
+                             ran out",
+                            self.exchange_name(),
+                            self.routing_key
+                        ),
+                    });
+                }
+                // Returned, nacked or failed: publish again.
+            }
+            Ok(None) => {}
+        }
+        let ch = self.checkout(deadline).await?;
         let opts = BasicPublishOptions {
             mandatory: true,
             ..Default::default()
         };
-        let confirm = ch
-            .basic_publish(
-                &self.exchange,
-                &self.routing_key,
-                opts,
-                &ev.body,
-                self.properties(ev, attempt),
-            )
-            .await
-            .map_err(|e| self.classify(&e))?
-            .await
-            .map_err(|e| self.classify(&e))?;
-        match confirm {
+        // On a task of its own, so a publish whose time runs out can be kept (parked).
+        let mut task = tokio::spawn({
+            let (ch, exchange, routing_key) =
+                (ch.clone(), self.exchange.clone(), self.routing_key.clone());
+            let (body, props) = (ev.body.clone(), self.properties(ev, attempt));
+            async move {
+                ch.basic_publish(&exchange, &routing_key, opts, &body, props)
+                    .await?
+                    .await
+            }
+        });
+        let confirm = match tokio::time::timeout_at(deadline, &mut task).await {
+            Ok(Ok(Ok(c))) => c,
+            Ok(Ok(Err(e))) => return Err(self.classify(&e)),
+            Ok(Err(e)) => return Err(retryable(format!("publish task failed: {e}"))),
+            Err(_) => {
+                // The channel awaits this confirm, so it is never reused; lapin sends the
+                // message even if it is still queued (a blocked connection), so the next
+                // attempt waits for this confirm instead of publishing another copy.
+                self.park(Parked {
+                    event_id: ev.id.clone(),
+                    ch,
+                    task,
+                    since: Instant::now(),
+                });
+                return Err(retryable(format!(
+                    "no publisher confirm from the broker at {} within {wait:?} (exchange {}); \
+                     the next attempt waits for it before publishing again",
+                    self.url,
+                    self.exchange_name()
+                )));
+            }
+        };
+        let outcome = match confirm {
             Confirmation::Ack(None) => Ok(Receipt {
                 status: None,
                 detail: format!(
@@ -225,6 +425,22 @@ impl Sink for AmqpSink {
                     self.routing_key
                 ),
             }),
+            Confirmation::Ack(Some(ret)) | Confirmation::Nack(Some(ret))
+                if ret
+                    .delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|m| m.as_str())
+                    != Some(ev.id.as_str()) =>
+            {
+                // Cannot happen with one publish per channel; never call it unroutable.
+                return Err(retryable(format!(
+                    "the broker's confirm came with another message's return (message id {:?}); \
+                     retrying",
+                    ret.delivery.properties.message_id()
+                )));
+            }
             Confirmation::Ack(Some(ret)) | Confirmation::Nack(Some(ret)) => {
                 let detail = format!(
                     "route {:?}: message returned unroutable by exchange {} for routing key {:?} \
@@ -243,9 +459,13 @@ impl Sink for AmqpSink {
                 "broker nacked the message (exchange {})",
                 self.exchange_name()
             ))),
-            Confirmation::NotRequested => Err(retryable(
-                "channel is not in confirm mode; reconnecting".to_string(),
-            )),
-        }
+            Confirmation::NotRequested => {
+                return Err(retryable(
+                    "channel is not in confirm mode; reconnecting".to_string(),
+                ))
+            }
+        };
+        self.checkin(ch).await;
+        outcome
     }
 }

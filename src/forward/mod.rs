@@ -118,8 +118,11 @@ pub fn check_target(target: &SinkTarget) -> Result<(), (&'static str, String)> {
         SinkTarget::RedisStream { url, .. } => redis::Client::open(url.as_str())
             .map(|_| ())
             .map_err(|e| bad_url("redis", url, &e)),
-        SinkTarget::Nats { url, .. } => url
-            .parse::<async_nats::ServerAddr>()
+        SinkTarget::Nats { url, .. } => nats::split_credentials(url)
+            .and_then(|(addr, _)| {
+                addr.parse::<async_nats::ServerAddr>()
+                    .map_err(|e| e.to_string())
+            })
             .map(|_| ())
             .map_err(|e| bad_url("NATS", url, &e)),
         SinkTarget::Amqp { url, .. } => url
@@ -163,12 +166,15 @@ pub fn title_case(name: &str) -> String {
     out
 }
 
-/// A URL with any password replaced, for logs and attempt details (secrets never appear).
+/// A URL with any password replaced, for logs and attempt details (secrets never appear). A
+/// user name without a password is replaced too: NATS takes it as a token (`nats://token@h`).
 pub fn redact_url(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(mut u) => {
             if u.password().is_some() {
                 let _ = u.set_password(Some("redacted"));
+            } else if !u.username().is_empty() {
+                let _ = u.set_username("redacted");
             }
             u.to_string()
         }
@@ -225,6 +231,16 @@ mod tests {
             subject: "a.b".into(),
         };
         assert!(check_target(&nats).is_ok());
+    }
+
+    #[test]
+    fn redact_url_hides_passwords_and_tokens() {
+        assert_eq!(
+            redact_url("nats://u:hunter2@h:4222"),
+            "nats://u:redacted@h:4222"
+        );
+        assert_eq!(redact_url("nats://s3cr3t@h:4222"), "nats://redacted@h:4222");
+        assert_eq!(redact_url("redis://h:6379/0"), "redis://h:6379/0");
     }
 
     #[test]

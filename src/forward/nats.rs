@@ -10,11 +10,13 @@
 //! the client reconnects by itself. "No stream for the subject" is permanent only once the
 //! JetStream API itself confirms no stream listens on the subject (a server still recovering
 //! its streams after a restart also answers "no responders", and that must not kill events).
+//! A message (body and headers) larger than the server's `max_payload` is permanent, decided
+//! before publishing: the server would answer it with -ERR and close the connection.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishErrorKind};
+use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishError, PublishErrorKind};
 use async_trait::async_trait;
 
 use super::{message_headers, redact_url, DeliveryError, Receipt, Sink};
@@ -24,8 +26,10 @@ use crate::store::Event;
 pub struct NatsSink {
     /// Made on the first attempt that reaches the server.
     js: tokio::sync::Mutex<Option<async_nats::jetstream::Context>>,
-    /// The address as given (it may hold credentials); only `url` is ever shown.
+    /// The address without credentials (async-nats ignores those in the URL).
     addr: String,
+    /// The URL's credentials, given to the client as options.
+    auth: Option<Credentials>,
     route: String,
     sign: Option<ForwardSign>,
     url: String,
@@ -33,14 +37,86 @@ pub struct NatsSink {
     timeout: Duration,
 }
 
+/// Credentials from a `nats://` URL: `user:password@` or a token as `token@`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Credentials {
+    UserPassword(String, String),
+    Token(String),
+}
+
+/// Splits the credentials off a NATS URL: async-nats 0.46 only authenticates with those given
+/// as connect options and ignores any in the address (nats-io/nats.rs#1623), so a URL's
+/// `user:password@` or `token@` must be passed as options and the address used without them.
+/// Percent-encoded characters in them are decoded. Errors never repeat the credentials.
+pub fn split_credentials(url: &str) -> Result<(String, Option<Credentials>), String> {
+    let mut u = reqwest::Url::parse(url).map_err(|e| format!("not a valid URL: {e}"))?;
+    if u.username().is_empty() && u.password().is_none() {
+        return Ok((url.to_string(), None));
+    }
+    let decode = |what: &str, s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|_| format!("the {what} in the URL is not valid UTF-8 once percent-decoded"))
+    };
+    let user = decode("user name", u.username())?;
+    let auth = match u.password() {
+        Some(p) => Credentials::UserPassword(user, decode("password", p)?),
+        None => Credentials::Token(user),
+    };
+    if u.set_username("").is_err() || u.set_password(None).is_err() {
+        return Err("credentials cannot be taken out of this URL".to_string());
+    }
+    Ok((u.to_string(), Some(auth)))
+}
+
+/// Why `subject` cannot be published to, if it cannot: NATS subjects are tokens separated
+/// by single dots, with no whitespace or control characters, and a publish names one concrete
+/// subject (no `*` or `>` wildcards).
+pub fn subject_problem(subject: &str) -> Option<String> {
+    if subject.is_empty() {
+        return Some("it is empty".into());
+    }
+    if let Some((at, c)) = subject
+        .char_indices()
+        .find(|(_, c)| c.is_whitespace() || c.is_control())
+    {
+        return Some(format!(
+            "it contains whitespace or a control character (U+{:04X} at byte {at}), which \
+             NATS subjects cannot",
+            c as u32
+        ));
+    }
+    if subject.contains(['*', '>']) {
+        return Some(
+            "it contains a wildcard ('*' or '>'); a message is published to one concrete \
+             subject"
+                .into(),
+        );
+    }
+    if subject.split('.').any(str::is_empty) {
+        return Some(
+            "it has an empty token (a leading or trailing '.', or '..'); tokens are separated \
+             by single dots"
+                .into(),
+        );
+    }
+    None
+}
+
 impl NatsSink {
     pub fn new(route: &Arc<RouteConfig>, url: &str, subject: &str) -> anyhow::Result<Self> {
         let shown = redact_url(url);
-        url.parse::<async_nats::ServerAddr>()
-            .map_err(|e| anyhow::anyhow!("route {:?}: forward.url {shown}: {e}", route.name))?;
+        let bad = |e: &dyn std::fmt::Display| {
+            anyhow::anyhow!("route {:?}: forward.url {shown}: {e}", route.name)
+        };
+        let (addr, auth) = split_credentials(url).map_err(|e| bad(&e))?;
+        addr.parse::<async_nats::ServerAddr>()
+            .map_err(|e| bad(&e))?;
         Ok(NatsSink {
             js: tokio::sync::Mutex::new(None),
-            addr: url.to_string(),
+            addr,
+            auth,
             sign: route.forward.sign.clone(),
             route: route.name.clone(),
             url: shown,
@@ -57,7 +133,15 @@ impl NatsSink {
             return Ok(js.clone());
         }
         let (cb_route, cb_url) = (self.route.clone(), self.url.clone());
-        let client = async_nats::ConnectOptions::new()
+        let mut opts = async_nats::ConnectOptions::new();
+        match self.auth.clone() {
+            Some(Credentials::UserPassword(user, pass)) => {
+                opts = opts.user_and_password(user, pass)
+            }
+            Some(Credentials::Token(token)) => opts = opts.token(token),
+            None => {}
+        }
+        let client = opts
             .name(format!("hookgate route {}", self.route))
             .connection_timeout(self.timeout.min(Duration::from_secs(5)))
             .event_callback(move |event| {
@@ -109,19 +193,13 @@ impl NatsSink {
     async fn publish(
         &self,
         js: &async_nats::jetstream::Context,
+        headers: async_nats::HeaderMap,
         ev: &Event,
-        attempt: u32,
-    ) -> Result<Receipt, PublishErrorKind> {
+    ) -> Result<Receipt, PublishError> {
         let ack = js
-            .publish_with_headers(
-                self.subject.clone(),
-                self.headers(ev, attempt),
-                ev.body.clone(),
-            )
-            .await
-            .map_err(|e| e.kind())?
-            .await
-            .map_err(|e| e.kind())?;
+            .publish_with_headers(self.subject.clone(), headers, ev.body.clone())
+            .await?
+            .await?;
         let dup = if ack.duplicate {
             " (duplicate: already stored, dropped by JetStream)"
         } else {
@@ -136,8 +214,9 @@ impl NatsSink {
     async fn classify(
         &self,
         js: &async_nats::jetstream::Context,
-        kind: PublishErrorKind,
+        e: PublishError,
     ) -> DeliveryError {
+        let kind = e.kind();
         let retry = |detail: String| DeliveryError::Retryable {
             status: None,
             retry_after: None,
@@ -145,7 +224,7 @@ impl NatsSink {
         };
         if kind != PublishErrorKind::StreamNotFound {
             return retry(format!(
-                "JetStream publish to {:?} at {} failed: {kind}",
+                "JetStream publish to {:?} at {} failed: {e}",
                 self.subject, self.url
             ));
         }
@@ -178,11 +257,44 @@ impl Sink for NatsSink {
 
     async fn deliver(&self, ev: &Event, attempt: u32) -> Result<Receipt, DeliveryError> {
         let js = self.context().await?;
-        match self.publish(&js, ev, attempt).await {
+        let headers = self.headers(ev, attempt);
+        // JetStream's publish does not check the server's max_payload; the server answers a
+        // larger message with -ERR and closes the connection, which would fail every publish
+        // in flight on the route, at every attempt, until the event died.
+        let size = ev.body.len() + header_bytes(&headers);
+        let max = js.client().server_info().max_payload;
+        if max > 0 && size > max {
+            let detail = format!(
+                "route {:?}: message of {size} bytes exceeds the NATS server's max_payload \
+                 of {max} at {} (body and headers together must fit); raise max_payload on the \
+                 server",
+                self.route, self.url
+            );
+            tracing::error!(route = %self.route, event_id = %ev.id, "{detail}");
+            return Err(DeliveryError::Permanent {
+                status: None,
+                detail,
+            });
+        }
+        match self.publish(&js, headers, ev).await {
             Ok(r) => Ok(r),
-            Err(kind) => Err(self.classify(&js, kind).await),
+            Err(e) => Err(self.classify(&js, e).await),
         }
     }
+}
+
+/// The bytes `headers` take in an `HPUB` (what the server counts against max_payload with the
+/// payload): `NATS/1.0\r\n`, `Name: value\r\n` per value, and a blank line.
+fn header_bytes(headers: &async_nats::HeaderMap) -> usize {
+    let mut n = "NATS/1.0\r\n\r\n".len();
+    for (name, values) in headers.iter() {
+        let name: &str = name.as_ref();
+        for v in values {
+            let v: &str = v.as_ref();
+            n += name.len() + 2 + v.len() + 2;
+        }
+    }
+    n
 }
 
 #[cfg(test)]
@@ -220,12 +332,11 @@ timeout = "1s"
 
     #[tokio::test]
     async fn a_sink_dropped_while_the_server_is_down_stops_trying_to_connect() {
-        // A port nothing listens on, until the "server" comes back below.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // A port held by a socket that is bound but not listening, so connects are refused
+        // and no other process can take it before the "server" comes back below.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = socket.local_addr().unwrap().port();
         let sink = NatsSink::new(&route(port), &format!("nats://127.0.0.1:{port}"), "a.b").unwrap();
         let failed = sink.deliver(&event(), 1).await.unwrap_err();
         assert!(
@@ -234,12 +345,82 @@ timeout = "1s"
         );
         // A reload drops the sink while the server is down.
         drop(sink);
-        let server = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
+        let server = socket.listen(16).unwrap();
         // async-nats waits at most 4 s between tries; a sink that kept trying would be here
         // within that.
         let knocked = tokio::time::timeout(Duration::from_secs(5), server.accept()).await;
         assert!(knocked.is_err(), "the dropped sink still connects");
+    }
+
+    #[test]
+    fn credentials_are_taken_out_of_the_url_and_decoded() {
+        assert_eq!(
+            split_credentials("nats://127.0.0.1:4222").unwrap(),
+            ("nats://127.0.0.1:4222".to_string(), None)
+        );
+        let (addr, auth) = split_credentials("nats://us%40r:p%3Ass@h:4222").unwrap();
+        assert_eq!(addr, "nats://h:4222");
+        assert_eq!(
+            auth,
+            Some(Credentials::UserPassword("us@r".into(), "p:ss".into()))
+        );
+        let (addr, auth) = split_credentials("nats://s3cr3t@h:4222").unwrap();
+        assert_eq!(addr, "nats://h:4222");
+        assert_eq!(auth, Some(Credentials::Token("s3cr3t".into())));
+        let err = split_credentials("nats://%ff%fe:hunter2@h").unwrap_err();
+        assert!(
+            err.contains("user name") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn subjects_are_checked_token_by_token() {
+        for ok in ["a", "a.b", "webhooks.orders-v2", "a_b.c:d"] {
+            assert_eq!(subject_problem(ok), None, "{ok}");
+        }
+        for (bad, says) in [
+            ("", "empty"),
+            ("a..b", "empty token"),
+            (".a", "empty token"),
+            ("a.", "empty token"),
+            ("a b", "U+0020"),
+            ("a\tb", "U+0009"),
+            ("a\u{7f}", "U+007F"),
+            ("a.\u{a0}", "U+00A0"),
+            ("a.*", "wildcard"),
+            ("a.>", "wildcard"),
+        ] {
+            let problem = subject_problem(bad).unwrap_or_default();
+            assert!(problem.contains(says), "{bad:?}: {problem}");
+        }
+    }
+
+    #[test]
+    fn a_bad_subject_is_a_config_error_that_says_why() {
+        let cfg = |subject: &str| {
+            format!(
+                "[[route]]\nname = \"r\"\npath = \"/r\"\n[route.verify]\nscheme = \"none\"\n\
+                 [route.forward]\nurl = \"nats://127.0.0.1:4222\"\nsubject = {subject:?}\n"
+            )
+        };
+        assert!(crate::config::parse(&cfg("a.b")).is_ok());
+        let err = crate::config::parse(&cfg("orders..new"))
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(
+            err.contains("forward.subject") && err.contains("empty token"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn header_bytes_counts_what_hpub_sends() {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("A", "bc");
+        h.append("A", "d");
+        // "NATS/1.0\r\n" + "A: bc\r\n" + "A: d\r\n" + "\r\n"
+        assert_eq!(header_bytes(&h), 10 + 7 + 6 + 2);
     }
 }

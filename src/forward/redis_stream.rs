@@ -4,10 +4,13 @@
 //! returns.
 //!
 //! The connection is made on the first attempt, not at startup, so a Redis that is down when
-//! the gateway starts only delays delivery; once made, the connection manager reconnects by
-//! itself. `WRONGTYPE` (the key holds something else than a stream) is permanent: the operator
-//! must fix the key; every other failure (connection refused, reset, timeouts, `OOM`,
-//! `LOADING`, auth) is retryable, so nothing is lost while Redis is fixed.
+//! the gateway starts only delays delivery. `WRONGTYPE` (the key holds something else than a
+//! stream) is permanent: the operator must fix the key; every other failure (connection
+//! refused, reset, timeouts, `OOM`, `LOADING`, auth, `READONLY`) is retryable, so nothing is
+//! lost while Redis is fixed, and drops the connection so the next attempt makes a fresh one:
+//! the connection manager only reconnects after an I/O error, so it would otherwise keep
+//! talking to an old primary that answers `READONLY` after a failover, or keep returning the
+//! error of a reconnect the server refused (`WRONGPASS`, max clients) until a restart.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +24,9 @@ use crate::store::{rfc3339_ms, Event};
 
 pub struct RedisStreamSink {
     client: redis::Client,
-    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+    /// The connection and its generation (so that of several attempts failing on one
+    /// connection, only the first drops it, not the fresh one another attempt made since).
+    conn: tokio::sync::Mutex<(u64, Option<ConnectionManager>)>,
     route: String,
     url: String,
     stream: String,
@@ -45,7 +50,7 @@ impl RedisStreamSink {
         })?;
         Ok(RedisStreamSink {
             client,
-            conn: tokio::sync::Mutex::new(None),
+            conn: tokio::sync::Mutex::new((0, None)),
             route: route.name.clone(),
             url: redact_url(url),
             stream: stream.to_string(),
@@ -54,10 +59,10 @@ impl RedisStreamSink {
         })
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, DeliveryError> {
+    async fn connection(&self) -> Result<(u64, ConnectionManager), DeliveryError> {
         let mut slot = self.conn.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
+        if let Some(c) = slot.1.as_ref() {
+            return Ok((slot.0, c.clone()));
         }
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(self.timeout)
@@ -75,8 +80,17 @@ impl RedisStreamSink {
                     detail: format!("cannot connect to redis at {}: {e}", self.url),
                 }
             })?;
-        *slot = Some(c.clone());
-        Ok(c)
+        slot.0 += 1;
+        slot.1 = Some(c.clone());
+        Ok((slot.0, c))
+    }
+
+    /// Drops connection `generation` if it is still the current one.
+    async fn discard(&self, generation: u64) {
+        let mut slot = self.conn.lock().await;
+        if slot.0 == generation && slot.1.take().is_some() {
+            tracing::info!(route = %self.route, url = %self.url, "dropping the redis connection after an error; the next attempt makes a new one");
+        }
     }
 
     fn command(&self, ev: &Event, attempt: u32) -> redis::Cmd {
@@ -134,12 +148,16 @@ impl Sink for RedisStreamSink {
     }
 
     async fn deliver(&self, ev: &Event, attempt: u32) -> Result<Receipt, DeliveryError> {
-        let mut conn = self.connection().await?;
-        let id: String = self
-            .command(ev, attempt)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.classify(&e))?;
+        let (generation, mut conn) = self.connection().await?;
+        let id: String = match self.command(ev, attempt).query_async(&mut conn).await {
+            Ok(id) => id,
+            Err(e) => {
+                if e.code() != Some("WRONGTYPE") {
+                    self.discard(generation).await;
+                }
+                return Err(self.classify(&e));
+            }
+        };
         Ok(Receipt {
             status: None,
             detail: format!("XADD {} → {id}", self.stream),

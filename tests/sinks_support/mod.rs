@@ -54,34 +54,88 @@ impl Drop for Proc {
     }
 }
 
+/// Spawns `cmd` with stdout and stderr to `log`, owned by a `Proc` from the start (so a panic
+/// before the broker is up still kills it).
+fn spawn_logged(mut cmd: Command, log: &Path) -> Proc {
+    let out = std::fs::File::create(log).unwrap();
+    let err = out.try_clone().unwrap();
+    let child = cmd
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{:?} must be installed: {e}", cmd.get_program()));
+    Proc(child)
+}
+
+/// Waits until the broker says in its log that it is ready and its port answers. The log line
+/// proves this process bound the port (one that could not would exit instead), so a test
+/// never talks to another process that took the free port meanwhile; if it exits, panics
+/// with its log.
+async fn wait_ready(proc: &mut Proc, what: &str, log: &Path, ready: &str, port: u16) {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if let Some(st) = proc.0.try_wait().unwrap() {
+            panic!(
+                "{what} on port {port} exited ({st}) before it was ready; its log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        let said = std::fs::read_to_string(log).is_ok_and(|l| l.contains(ready));
+        if said && port_open(port).await {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out waiting for {what} on port {port}; its log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub struct Redis {
     pub port: u16,
     pub proc: Option<Proc>,
+    /// Extra `redis-server` arguments (e.g. `--requirepass`).
+    pub args: Vec<String>,
+    pub dir: tempfile::TempDir,
 }
 
 impl Redis {
     pub async fn start() -> Redis {
+        Redis::start_with(&[]).await
+    }
+
+    pub async fn start_with(args: &[&str]) -> Redis {
         let mut r = Redis {
             port: free_port(),
             proc: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            dir: tempfile::tempdir().unwrap(),
         };
         r.restart().await;
         r
     }
 
     pub async fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let log = self.dir.path().join("redis.log");
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed");
-        self.proc = Some(Proc(child));
-        let port = self.port;
-        wait_for("redis-server to listen", || async move {
-            port_open(port).await.then_some(())
-        })
+            // A replica's full sync writes an RDB file even with --save "": keep it here.
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.args);
+        let mut proc = spawn_logged(cmd, &log);
+        wait_ready(
+            &mut proc,
+            "redis-server",
+            &log,
+            "Ready to accept connections",
+            self.port,
+        )
         .await;
+        self.proc = Some(proc);
     }
 
     pub fn stop(&mut self) {
@@ -101,38 +155,51 @@ impl Redis {
     }
 }
 
+/// How a test client authenticates to a `Nats` started with credentials.
+#[derive(Clone)]
+pub enum NatsAuth {
+    None,
+    UserPassword(String, String),
+    Token(String),
+}
+
 pub struct Nats {
     pub port: u16,
     pub dir: tempfile::TempDir,
     pub proc: Option<Proc>,
+    /// Extra `nats-server` arguments (e.g. `--user`, `-c`).
+    pub args: Vec<String>,
+    pub auth: NatsAuth,
 }
 
 impl Nats {
     pub async fn start() -> Nats {
+        Nats::start_with(&[], NatsAuth::None).await
+    }
+
+    /// With extra `nats-server` arguments; `auth` is what `js()` connects with.
+    pub async fn start_with(args: &[&str], auth: NatsAuth) -> Nats {
         let mut n = Nats {
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             proc: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            auth,
         };
         n.restart().await;
         n
     }
 
     pub async fn restart(&mut self) {
-        let child = Command::new("nats-server")
+        let log = self.dir.path().join("nats.log");
+        let mut cmd = Command::new("nats-server");
+        cmd.args(&self.args)
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("-sd")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server must be installed");
-        self.proc = Some(Proc(child));
-        let port = self.port;
-        wait_for("nats-server to listen", || async move {
-            port_open(port).await.then_some(())
-        })
-        .await;
+            .arg(self.dir.path().join("store"));
+        let mut proc = spawn_logged(cmd, &log);
+        wait_ready(&mut proc, "nats-server", &log, "Server is ready", self.port).await;
+        self.proc = Some(proc);
     }
 
     pub fn stop(&mut self) {
@@ -144,7 +211,14 @@ impl Nats {
     }
 
     pub async fn js(&self) -> async_nats::jetstream::Context {
-        async_nats::jetstream::new(async_nats::connect(self.url()).await.unwrap())
+        let opts = match self.auth.clone() {
+            NatsAuth::None => async_nats::ConnectOptions::new(),
+            NatsAuth::UserPassword(u, p) => {
+                async_nats::ConnectOptions::with_user_and_password(u, p)
+            }
+            NatsAuth::Token(t) => async_nats::ConnectOptions::with_token(t),
+        };
+        async_nats::jetstream::new(opts.connect(self.url()).await.unwrap())
     }
 }
 
@@ -196,7 +270,7 @@ key = "none"
 
 [route.forward]
 timeout = "2s"
-max_attempts = 1000
+{max_attempts}
 backoff_initial = "{initial}"
 backoff_max = "{max}"
 {forward}
@@ -204,6 +278,12 @@ backoff_max = "{max}"
             data = dir.path().join("data").display().to_string(),
             initial = backoff.0,
             max = backoff.1,
+            // 1,000 unless `forward` sets it.
+            max_attempts = if forward.contains("max_attempts") {
+                ""
+            } else {
+                "max_attempts = 1000"
+            },
         );
         let path = dir.path().join("hookgate.toml");
         std::fs::write(&path, cfg).unwrap();
@@ -216,12 +296,27 @@ backoff_max = "{max}"
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let stdout = child.stdout.take().unwrap();
         let proc = Proc(child);
-        let line = lines
-            .next()
-            .and_then(Result::ok)
-            .unwrap_or_else(|| panic!("gateway did not start: {}", log_of(dir.path())));
+        // The first line says where it listens; read on a thread so a gateway that hangs
+        // before printing it fails the test at the deadline instead of blocking it. The
+        // thread then keeps draining stdout so the gateway never blocks on a full pipe.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next().and_then(Result::ok));
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(DEADLINE) {
+            Ok(Some(line)) => line,
+            Ok(None) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("gateway did not start: {}", log_of(dir.path()))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!(
+                "gateway printed nothing within {DEADLINE:?}: {}",
+                log_of(dir.path())
+            ),
+        };
         let mut ingress = String::new();
         let mut admin = String::new();
         for part in line.split_whitespace() {
@@ -235,8 +330,6 @@ backoff_max = "{max}"
             !ingress.is_empty() && !admin.is_empty(),
             "bad line {line:?}"
         );
-        // Keep draining stdout so the gateway never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
         Gateway {
             ingress,
             admin,
@@ -259,6 +352,8 @@ backoff_max = "{max}"
             .post(format!("http://{}/hook?x=1", self.ingress))
             .header("content-type", "application/octet-stream")
             .header("x-custom", "Ünïcode-free value")
+            .header("x-repeated", "one")
+            .header("x-repeated", "two")
             .header("hookgate-event-id", "forged")
             .header("connection", "keep-alive")
             // Headers that would steer the broker if passed through (they must not be).
