@@ -135,7 +135,11 @@ pub(crate) fn mask_userinfo(url: &str) -> String {
 /// warned about when it holds a password. Errors never quote the value.
 pub(crate) fn resolve_url(spec: &str, at: &str, p: &mut Problems) -> Option<String> {
     if !(spec.starts_with("env:") || spec.starts_with("file:")) {
-        if reqwest::Url::parse(spec).is_ok_and(|u| u.password().is_some()) {
+        // A NATS URL's user without a password is a token.
+        let secret = |u: reqwest::Url| {
+            u.password().is_some() || (u.scheme() == "nats" && !u.username().is_empty())
+        };
+        if reqwest::Url::parse(spec).is_ok_and(secret) {
             p.warn(
                 at,
                 "the URL's password is a literal in the config file; prefer \"env:NAME\" or \"file:/path\" for the whole URL",
@@ -837,6 +841,13 @@ url = "http://127.0.0.1:3000/x"
             }
             other => panic!("{other:?}"),
         }
+        let token = ROUTE.replace("http://127.0.0.1:3000/x", "nats://t0k3n@nats.internal:4222")
+            + "subject = \"events.orders\"\n";
+        let (_, warnings) = parse(&token).unwrap();
+        assert!(
+            warnings.len() == 1 && !warnings[0].contains("t0k3n"),
+            "{warnings:?}"
+        );
         let (_, warnings) = parse(&with("amqp://hg:s3cr3t@mq.internal:5672/%2f")).unwrap();
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(
