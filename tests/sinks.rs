@@ -384,14 +384,15 @@ async fn nats_body_and_metadata() {
     assert_eq!(nats_named, vec!["Nats-Msg-Id".to_string()], "{h:?}");
 }
 
+/// A replay is "deliver it again": inside the stream's duplicate window too, its message is
+/// stored again (a new `Nats-Msg-Id` per delivery cycle), with the same `Hookgate-Event-Id`.
 #[tokio::test]
-async fn nats_republish_is_dropped_by_the_duplicate_window() {
+async fn nats_replay_inside_the_duplicate_window_is_stored_again() {
     let n = Nats::start().await;
     nats_stream(&n).await;
     let gw = gateway(&format!("url = {:?}\nsubject = \"hooks.in\"", n.url()));
     let id = gw.post(b"once".to_vec()).await;
     gw.wait_outcome(&id, "delivered").await;
-    // A replay publishes the same event again, as a retry after a lost ack would.
     let resp = gw
         .http
         .post(format!("http://{}/admin/events/{id}/replay", gw.admin))
@@ -405,8 +406,20 @@ async fn nats_republish_is_dropped_by_the_duplicate_window() {
     })
     .await;
     let detail = ev["attempt_log"][1]["detail"].as_str().unwrap();
-    assert!(detail.contains("duplicate"), "{detail}");
-    assert_eq!(nats_count(&n).await, Some(1));
+    assert!(!detail.contains("duplicate"), "{detail}");
+    let msgs = nats_read_all(&n, 2).await;
+    assert_eq!(nats_ids(&msgs), [id.clone(), id.clone()]);
+    let attempts: Vec<String> = msgs
+        .iter()
+        .map(|m| {
+            m.headers
+                .as_ref()
+                .and_then(|h| h.get("Hookgate-Attempt"))
+                .map(|v| v.to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(attempts, ["1", "2"], "the original, then the replay");
 }
 
 #[tokio::test]

@@ -2,7 +2,9 @@
 //! PubAck. The payload is the raw body; the headers are the HTTP sink's (original headers
 //! minus hop-by-hop ones, plus `Hookgate-*`), and `Nats-Msg-Id` is the event id, so a publish
 //! retried within the stream's duplicate window is dropped by JetStream (the ack then says
-//! `duplicate`), and an event is stored once even when an ack was lost.
+//! `duplicate`), and an event is stored once even when an ack was lost. A replay starts a new
+//! delivery cycle, and its messages carry `{event id}:{cycle start, ms}`: an operator's
+//! "deliver it again" is stored again, while its own retries still dedupe.
 //!
 //! The client connects on the first attempt, not at startup, so a server that is down when the
 //! gateway starts only delays delivery (attempts meanwhile fail and are retried); a sink that
@@ -186,7 +188,7 @@ impl NatsSink {
             let v = String::from_utf8_lossy(&v);
             h.append(k.as_str(), v.as_ref());
         }
-        h.insert("Nats-Msg-Id", ev.id.as_str());
+        h.insert("Nats-Msg-Id", msg_id(ev).as_str());
         h
     }
 
@@ -297,6 +299,16 @@ fn header_bytes(headers: &async_nats::HeaderMap) -> usize {
     n
 }
 
+/// The message's `Nats-Msg-Id`: the event id in its first delivery cycle (every retry of it
+/// dedupes), the id and the cycle's start after a replay (a new message, stored again).
+fn msg_id(ev: &Event) -> String {
+    if ev.cycle_started_at_ms == ev.received_at_ms {
+        ev.id.clone()
+    } else {
+        format!("{}:{}", ev.id, ev.cycle_started_at_ms)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +329,14 @@ timeout = "1s"
         ))
         .unwrap();
         cfg.routes[0].clone()
+    }
+
+    #[test]
+    fn msg_id_is_the_event_id_until_a_replay_starts_a_new_cycle() {
+        let mut ev = event();
+        assert_eq!(msg_id(&ev), ev.id);
+        ev.cycle_started_at_ms = 5_000;
+        assert_eq!(msg_id(&ev), format!("{}:5000", ev.id));
     }
 
     fn event() -> Event {
