@@ -215,6 +215,66 @@ async fn redis_reconnect_refused_by_the_server_does_not_stick() {
     assert_eq!(got, vec![first, second]);
 }
 
+/// A primary that goes silent (its connection open, nothing answered: a network cut, a frozen
+/// VM) while the address moves to a new primary: the attempt that gets no answer drops the
+/// connection, and the next one reaches the new primary, long before the old one would answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_silent_primary_is_left_for_the_new_one() {
+    let old = Redis::start_with(&["--enable-debug-command", "yes"]).await;
+    let new = Redis::start().await;
+    let target = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(old.port));
+    let port = proxy(target.clone()).await;
+    let gw = gateway(&format!(
+        "url = \"redis://127.0.0.1:{port}/0\"\nstream = \"hooks\"" // timeout = "2s"
+    ));
+    let first = gw.post(b"first".to_vec()).await;
+    gw.wait_outcome(&first, "delivered").await;
+    // The old primary stops answering for 60 s (its socket stays open); new connections now
+    // lead to the new primary.
+    let mut c = old.conn().await;
+    let sleeper = tokio::spawn(async move {
+        let _: redis::RedisResult<()> = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(60)
+            .query_async(&mut c)
+            .await;
+    });
+    // DEBUG SLEEP has begun once the old primary stops answering a PING.
+    wait_for("the old primary silent", || async {
+        let ping = async {
+            let mut probe = old.conn().await;
+            redis::cmd("PING").query_async::<String>(&mut probe).await
+        };
+        tokio::time::timeout(Duration::from_millis(300), ping)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    target.store(new.port, std::sync::atomic::Ordering::SeqCst);
+    let t0 = Instant::now();
+    let second = gw.post(b"second".to_vec()).await;
+    let ev = gw.wait_outcome(&second, "delivered").await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "{:?} {ev:#}",
+        t0.elapsed()
+    );
+    // The first attempt timed out (inside forward.timeout, so the sink saw it) and dropped
+    // the connection; the second went to the new primary.
+    let log = ev["attempt_log"].as_array().unwrap();
+    assert_eq!(log.len(), 2, "{ev:#}");
+    let detail = log[0]["detail"].as_str().unwrap();
+    assert!(detail.contains("timed out"), "{detail}");
+    let got: Vec<String> = xrange(&new, "hooks")
+        .await
+        .iter()
+        .map(|e| field(e, "event_id"))
+        .collect();
+    assert_eq!(got, vec![second], "{ev:#}");
+    sleeper.abort();
+}
+
 /// A TCP proxy on a free port: each new connection goes to the port `target` holds then
 /// (connections already made stay where they are), as a DNS name or virtual IP moved by a
 /// failover does.

@@ -92,6 +92,20 @@ pub struct AmqpSink {
     timeout: Duration,
 }
 
+/// The longest an attempt refused while the broker blocks, or while an earlier publish's
+/// confirm may still come, asks to wait (as a `Retry-After`): without it the retry budget
+/// (SPEC's default: 8 attempts in ~1 min) would be spent, and the event dead, long before a
+/// resource alarm or a parked confirm is over.
+const REFUSED_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+fn retry_later(left: Duration, detail: String) -> DeliveryError {
+    DeliveryError::Retryable {
+        status: None,
+        retry_after: Some(left.clamp(Duration::from_secs(1), REFUSED_RETRY_AFTER)),
+        detail,
+    }
+}
+
 fn retryable(detail: String) -> DeliveryError {
     DeliveryError::Retryable {
         status: None,
@@ -148,12 +162,15 @@ impl AmqpSink {
             match slot.as_mut() {
                 Some(link) => {
                     if link.conn.status().blocked() {
-                        return Err(retryable(format!(
+                        return Err(retry_later(
+                            REFUSED_RETRY_AFTER,
+                            format!(
                             "broker blocked (resource alarm): the broker at {} blocks publishing \
                              on this connection (memory or disk alarm); not publishing until it \
                              unblocks",
                             self.url
-                        )));
+                        ),
+                        ));
                     }
                     while let Some(ch) = link.idle.pop() {
                         if ch.status().connected() {
@@ -193,11 +210,16 @@ impl AmqpSink {
 
     /// Gives back a channel whose publish is settled, if it is still open and on the current
     /// connection, and the pool is not full.
-    async fn checkin(&self, ch: Channel) {
+    fn checkin(&self, ch: Channel) {
         if !ch.status().connected() {
             return;
         }
-        let mut slot = self.link.lock().await;
+        // Not waited for: another attempt may hold the lock while it connects, and this
+        // attempt's confirm must be recorded before the worker's timeout. A busy lock costs
+        // one channel, made again later.
+        let Ok(mut slot) = self.link.try_lock() else {
+            return;
+        };
         if let Some(link) = slot.as_mut() {
             if link.conn.status().connected() && link.idle.len() < self.channels_max {
                 link.idle.push(ch);
@@ -223,7 +245,7 @@ impl AmqpSink {
     /// What became of the publish an earlier attempt of this event left parked: `Err` while
     /// its confirm may still come, `Ok(Some(..))` once it settled, `Ok(None)` if there is
     /// none (or it is given up: its channel closed, or it waited past `PARK_MAX`).
-    fn unpark(&self, event_id: &str) -> Result<Option<Parked>, ()> {
+    fn unpark(&self, event_id: &str) -> Result<Option<Parked>, Duration> {
         let mut all = self.parked();
         let Some(i) = all.iter().position(|p| p.event_id == event_id) else {
             return Ok(None);
@@ -233,7 +255,7 @@ impl AmqpSink {
             return Ok(Some(all.remove(i)));
         }
         if p.ch.status().connected() && p.since.elapsed() < PARK_MAX {
-            return Err(());
+            return Err(PARK_MAX - p.since.elapsed());
         }
         all.remove(i);
         Ok(None)
@@ -350,19 +372,22 @@ impl Sink for AmqpSink {
         let wait = self.timeout.mul_f64(0.9);
         let deadline = Instant::now() + wait;
         match self.unpark(&ev.id) {
-            Err(()) => {
-                return Err(retryable(format!(
-                    "the broker at {} has not yet confirmed the message an earlier attempt \
+            Err(wait_left) => {
+                return Err(retry_later(
+                    wait_left,
+                    format!(
+                        "the broker at {} has not yet confirmed the message an earlier attempt \
                      published (broker blocked or slow); not publishing another copy until it \
                      does",
-                    self.url
-                )))
+                        self.url
+                    ),
+                ))
             }
             Ok(Some(mut p)) => {
                 if let Ok(Ok(Confirmation::Ack(None))) = (&mut p.task).await {
                     let ch = p.ch.clone();
                     drop(p);
-                    self.checkin(ch).await;
+                    self.checkin(ch);
                     return Ok(Receipt {
                         status: None,
                         detail: format!(
@@ -465,7 +490,7 @@ impl Sink for AmqpSink {
                 ))
             }
         };
-        self.checkin(ch).await;
+        self.checkin(ch);
         outcome
     }
 }

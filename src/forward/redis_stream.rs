@@ -64,9 +64,10 @@ impl RedisStreamSink {
         if let Some(c) = slot.1.as_ref() {
             return Ok((slot.0, c.clone()));
         }
+        // Inside forward.timeout (which the worker enforces), so the attempt says why.
         let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout)
+            .set_connection_timeout(self.timeout.mul_f64(0.45))
+            .set_response_timeout(self.timeout.mul_f64(0.9))
             .set_number_of_retries(1);
         let c = self
             .client
@@ -149,13 +150,31 @@ impl Sink for RedisStreamSink {
 
     async fn deliver(&self, ev: &Event, attempt: u32) -> Result<Receipt, DeliveryError> {
         let (generation, mut conn) = self.connection().await?;
-        let id: String = match self.command(ev, attempt).query_async(&mut conn).await {
-            Ok(id) => id,
-            Err(e) => {
+        // Bounded here, a little inside forward.timeout: the manager does not reconnect after
+        // a timeout (it retries on the same socket), so a primary gone silent (a network cut,
+        // a dead VM after a failover) would hold every attempt until the kernel gives up on
+        // the socket. A timed-out XADD may have been applied: the retry may add a duplicate,
+        // never lose the event.
+        let wait = self.timeout.mul_f64(0.9);
+        let cmd = self.command(ev, attempt);
+        let id: String = match tokio::time::timeout(wait, cmd.query_async(&mut conn)).await {
+            Ok(Ok(id)) => id,
+            Ok(Err(e)) => {
                 if e.code() != Some("WRONGTYPE") {
                     self.discard(generation).await;
                 }
                 return Err(self.classify(&e));
+            }
+            Err(_) => {
+                self.discard(generation).await;
+                return Err(DeliveryError::Retryable {
+                    status: None,
+                    retry_after: None,
+                    detail: format!(
+                        "XADD {} at {}: no answer within {wait:?}; the connection is dropped",
+                        self.stream, self.url
+                    ),
+                });
             }
         };
         Ok(Receipt {
