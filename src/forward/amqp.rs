@@ -267,7 +267,18 @@ impl AmqpSink {
                 .with_executor(tokio_executor_trait::Tokio::current())
                 .with_reactor(tokio_reactor_trait::Tokio)
                 .with_connection_name(format!("hookgate route {}", self.route).into());
-            Connection::connect(&self.uri, props).await
+            // lapin connects on a blocking thread that an attempt's timeout abandons, not
+            // stops: without a connect timeout of its own, an unreachable broker (no answer to
+            // the SYN) would hold one thread per attempt for the OS's ~2 min.
+            let mut uri: lapin::uri::AMQPUri = self
+                .uri
+                .parse()
+                .map_err(|e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            if uri.query.connection_timeout.is_none() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                uri.query.connection_timeout = Some(left.as_millis().max(1) as u64);
+            }
+            Connection::connect_uri(uri, props).await
         })
         .await;
         let err = match made {
