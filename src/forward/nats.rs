@@ -243,9 +243,15 @@ impl NatsSink {
                     detail,
                 }
             }
-            _ => retry(format!(
-                "JetStream at {} has no responder for {:?} (not ready yet?)",
-                self.url, self.subject
+            looked => retry(format!(
+                "JetStream at {} has no responder for {:?} (not ready yet?): {e}; looking up \
+                 its stream: {}",
+                self.url,
+                self.subject,
+                match looked {
+                    Ok(stream) => format!("stream {stream:?} captures it"),
+                    Err(l) => l.to_string(),
+                }
             )),
         }
     }
