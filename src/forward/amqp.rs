@@ -122,6 +122,8 @@ impl AmqpSink {
         routing_key: &str,
     ) -> anyhow::Result<Self> {
         url.parse::<lapin::uri::AMQPUri>().map_err(|e| {
+            // The parser may quote the URL: never its password.
+            let e = e.replace(url, &redact_url(url));
             anyhow::anyhow!(
                 "route {:?}: forward.url {}: {e}",
                 route.name,

@@ -102,6 +102,8 @@ pub async fn build_sink(route: &Arc<RouteConfig>) -> anyhow::Result<Arc<dyn Sink
 /// messages never repeat the URL's password.
 pub fn check_target(target: &SinkTarget) -> Result<(), (&'static str, String)> {
     let bad_url = |kind: &str, url: &str, e: &dyn std::fmt::Display| {
+        // A parser may quote the URL (lapin's: "Invalid URL: '…'"): never its password.
+        let e = e.to_string().replace(url, &redact_url(url));
         (
             "url",
             format!("invalid {kind} URL {}: {e}", redact_url(url)),
@@ -125,10 +127,16 @@ pub fn check_target(target: &SinkTarget) -> Result<(), (&'static str, String)> {
             })
             .map(|_| ())
             .map_err(|e| bad_url("NATS", url, &e)),
-        SinkTarget::Amqp { url, .. } => url
-            .parse::<lapin::uri::AMQPUri>()
-            .map(|_| ())
-            .map_err(|e| bad_url("AMQP", url, &e)),
+        SinkTarget::Amqp { url, .. } => match url.parse::<lapin::uri::AMQPUri>() {
+            Err(e) => Err(bad_url("AMQP", url, &e)),
+            Ok(u) if u.query.connection_timeout == Some(0) => Err(bad_url(
+                "AMQP",
+                url,
+                &"connection_timeout=0 would fail every connect (leave it out: the attempt's \
+                  time left bounds the connect)",
+            )),
+            Ok(_) => Ok(()),
+        },
     }
 }
 
@@ -170,6 +178,8 @@ pub fn title_case(name: &str) -> String {
 /// user name without a password is replaced too: NATS takes it as a token (`nats://token@h`).
 pub fn redact_url(url: &str) -> String {
     match reqwest::Url::parse(url) {
+        // `scheme:user:pass@host` parses with no authority: all of it is the path.
+        Ok(u) if u.cannot_be_a_base() => format!("{}:(not shown)", u.scheme()),
         Ok(mut u) => {
             if u.password().is_some() {
                 let _ = u.set_password(Some("redacted"));
@@ -226,6 +236,22 @@ mod tests {
         let (key, msg) = check_target(&amqp).unwrap_err();
         assert_eq!(key, "url");
         assert!(!msg.contains("hunter2"), "{msg}");
+        for (url, says) in [
+            ("amqp:u:hunter2@h", "Invalid URL"),
+            (
+                "amqp://u:hunter2@h/%2f?connection_timeout=0",
+                "connection_timeout=0",
+            ),
+        ] {
+            let amqp = SinkTarget::Amqp {
+                url: url.into(),
+                exchange: String::new(),
+                routing_key: "q".into(),
+            };
+            let (key, msg) = check_target(&amqp).unwrap_err();
+            assert_eq!(key, "url");
+            assert!(msg.contains(says) && !msg.contains("hunter2"), "{msg}");
+        }
         let nats = SinkTarget::Nats {
             url: "nats://127.0.0.1:4222".into(),
             subject: "a.b".into(),

@@ -64,11 +64,13 @@ impl RedisStreamSink {
         if let Some(c) = slot.1.as_ref() {
             return Ok((slot.0, c.clone()));
         }
-        // Inside forward.timeout (which the worker enforces), so the attempt says why.
+        // The connect inside forward.timeout (which the worker enforces), so the attempt says
+        // why; one try (a retry waits 1-2 s more). Replies are bounded by `deliver`'s own
+        // timer, which drops the connection (the manager's would keep the socket).
         let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout.mul_f64(0.45))
-            .set_response_timeout(self.timeout.mul_f64(0.9))
-            .set_number_of_retries(1);
+            .set_connection_timeout(self.timeout.mul_f64(0.8))
+            .set_response_timeout(self.timeout)
+            .set_number_of_retries(0);
         let c = self
             .client
             .get_connection_manager_with_config(cfg)
