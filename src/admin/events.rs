@@ -124,7 +124,11 @@ pub async fn show(admin: &Admin, id: &str) -> Reply {
             if ev.summary.verified == crate::verify::gitlab::SCHEME {
                 credentials.push(crate::verify::gitlab::TOKEN_HEADER);
             }
-            redact_credentials(&mut ev.headers, &credentials);
+            // Okta's token header is the hook's choice, and the event does not record which
+            // it was (the route may have changed it since): every header but the common
+            // harmless ones is masked.
+            let unknown_token = ev.summary.verified == crate::verify::okta::SCHEME;
+            redact_credentials(&mut ev.headers, &credentials, unknown_token);
             ok_json(StatusCode::OK, &ev)
         }
         Ok(None) => error(StatusCode::NOT_FOUND, "unknown_event"),
@@ -140,7 +144,21 @@ const REDACTED: &str = "[redacted]";
 /// `Authorization` / `Proxy-Authorization` always (Basic and Bearer routes' secrets, or a
 /// credential meant for the upstream). The store keeps them as received, since they are
 /// forwarded unchanged.
-fn redact_credentials(headers: &mut serde_json::Value, credentials: &[&str]) {
+fn redact_credentials(headers: &mut serde_json::Value, credentials: &[&str], only_known: bool) {
+    /// Headers shown even when the token's header is not known (`only_known`).
+    const HARMLESS: &[&str] = &[
+        "accept",
+        "accept-encoding",
+        "content-length",
+        "content-type",
+        "date",
+        "traceparent",
+        "user-agent",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-okta-verification-challenge",
+        "x-real-ip",
+    ];
     let Some(pairs) = headers.as_array_mut() else {
         return;
     };
@@ -148,10 +166,11 @@ fn redact_credentials(headers: &mut serde_json::Value, credentials: &[&str]) {
         let Some([name, value]) = pair.as_array_mut().map(|p| p.as_mut_slice()) else {
             continue;
         };
-        let secret = name.as_str().is_some_and(|n| {
+        let secret = name.as_str().map_or(true, |n| {
             n.eq_ignore_ascii_case("authorization")
                 || n.eq_ignore_ascii_case("proxy-authorization")
                 || credentials.iter().any(|c| n.eq_ignore_ascii_case(c))
+                || (only_known && !HARMLESS.iter().any(|h| n.eq_ignore_ascii_case(h)))
         });
         if secret {
             *value = serde_json::Value::from(REDACTED);
@@ -237,7 +256,7 @@ mod tests {
             ["x-okta-token", [1, 2, 3]],
             ["content-type", "application/json"]
         ]);
-        redact_credentials(&mut h, &["x-okta-token"]);
+        redact_credentials(&mut h, &["x-okta-token"], false);
         assert_eq!(
             h,
             serde_json::json!([
@@ -248,7 +267,22 @@ mod tests {
                 ["content-type", "application/json"]
             ])
         );
-        redact_credentials(&mut h, &["x-gitlab-token"]);
+        redact_credentials(&mut h, &["x-gitlab-token"], false);
         assert_eq!(h[2][1], REDACTED);
+        // An okta event: its token header is not known, so only harmless headers are shown.
+        let mut h = serde_json::json!([
+            ["X-Custom-Okta-Secret", "s3cret"],
+            ["Content-Type", "application/json"],
+            ["user-agent", "Okta Google-HTTP-Java-Client"]
+        ]);
+        redact_credentials(&mut h, &[], true);
+        assert_eq!(
+            h,
+            serde_json::json!([
+                ["X-Custom-Okta-Secret", REDACTED],
+                ["Content-Type", "application/json"],
+                ["user-agent", "Okta Google-HTTP-Java-Client"]
+            ])
+        );
     }
 }

@@ -16,7 +16,7 @@ mod intercom;
 mod kit;
 mod meta;
 mod msgraph;
-mod okta;
+pub(crate) mod okta;
 mod razorpay;
 mod sendgrid;
 mod twitch;

@@ -21,7 +21,7 @@ use super::{header, only_keys, secrets, Handshake, Verified, VerifyError};
 use crate::config::raw::RawVerify;
 use crate::config::{Problems, Secret};
 
-const SCHEME: &str = "okta";
+pub(crate) const SCHEME: &str = "okta";
 const CHALLENGE: &str = "x-okta-verification-challenge";
 
 #[derive(Debug)]
