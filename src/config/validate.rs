@@ -1174,6 +1174,28 @@ backoff_max = "200y"
         }
     }
 
+    /// The Kubernetes sidecar's ConfigMap holds a config that `serve` accepts (its secrets
+    /// come from the pod's Secret and environment, stood in for here).
+    #[test]
+    fn the_kubernetes_sidecars_config_is_valid() {
+        let yaml = include_str!("../../deploy/kubernetes/sidecar.yaml");
+        let toml: String = yaml
+            .lines()
+            .skip_while(|l| l.trim() != "hookgate.toml: |")
+            .skip(1)
+            .take_while(|l| l.starts_with("    ") || l.is_empty())
+            .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+            .collect();
+        assert!(toml.contains("[[route]]"), "{toml}");
+        let toml = toml
+            .replace("env:HOOKGATE_ADMIN_TOKEN", "admin-token")
+            .replace("file:/etc/hookgate/secrets/orders-secret", "whsec_dGVzdA==");
+        let (cfg, _) = parse(&toml).unwrap();
+        let r = &cfg.routes[0];
+        assert_eq!(r.verifier.scheme(), "stripe");
+        assert_eq!(r.forward.max_attempts, 20);
+    }
+
     #[test]
     fn the_example_configs_redis_store_replaces_its_store_section_as_its_comment_says() {
         let text = include_str!("../../config/hookgate.toml");
