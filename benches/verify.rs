@@ -115,7 +115,12 @@ fn headers(name: &str, v: &dyn Verifier, body: &[u8], now: SystemTime) -> Vec<(S
         }
         _ => {
             let mut h = v
-                .sign(body, now, &format!("{PUBLIC_URL}/{name}"))
+                .sign(
+                    &http::Method::POST,
+                    body,
+                    now,
+                    &format!("{PUBLIC_URL}/{name}"),
+                )
                 .unwrap_or_default();
             h.push(("Content-Type".into(), "application/json".into()));
             if name == "twilio" {

@@ -133,7 +133,7 @@ pub fn sign_output(
         .find(|m| !matches!(*m, &http::Method::GET | &http::Method::HEAD))
         .or(r.methods.first())
         .unwrap_or(&http::Method::POST);
-    let headers = match r.verifier.sign_as(method, body, now, &signed_url) {
+    let headers = match r.verifier.sign(method, body, now, &signed_url) {
         Some(h) => h,
         None if scheme == "none" => Vec::new(),
         None => {

@@ -58,7 +58,13 @@ impl super::Verifier for BasicVerifier {
         Ok(preset::verified(SCHEME, None, Some(i)))
     }
 
-    fn sign(&self, _body: &[u8], _now: SystemTime, _url: &str) -> Option<Vec<(String, String)>> {
+    fn sign(
+        &self,
+        _method: &http::Method,
+        _body: &[u8],
+        _now: SystemTime,
+        _url: &str,
+    ) -> Option<Vec<(String, String)>> {
         let creds = STANDARD.encode(self.secrets.first()?.expose());
         Some(vec![("Authorization".into(), format!("Basic {creds}"))])
     }
@@ -122,7 +128,7 @@ mod tests {
                 "{bad}"
             );
         }
-        let h = v.sign(b"", at(0), "").unwrap();
+        let h = v.sign(&http::Method::POST, b"", at(0), "").unwrap();
         assert!(v.verify(&signed_req(&h), b"", at(0)).is_ok());
         let e = try_build("scheme = \"basic\"\nsecrets = [\"nocolon\"]", None).unwrap_err();
         assert_eq!(

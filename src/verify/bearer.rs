@@ -38,7 +38,13 @@ impl super::Verifier for BearerVerifier {
         Ok(preset::verified(SCHEME, None, Some(i)))
     }
 
-    fn sign(&self, _body: &[u8], _now: SystemTime, _url: &str) -> Option<Vec<(String, String)>> {
+    fn sign(
+        &self,
+        _method: &http::Method,
+        _body: &[u8],
+        _now: SystemTime,
+        _url: &str,
+    ) -> Option<Vec<(String, String)>> {
         let token = self.secrets.first()?.expose_str()?;
         Some(vec![("Authorization".into(), format!("Bearer {token}"))])
     }
@@ -92,7 +98,7 @@ mod tests {
                 "{bad}"
             );
         }
-        let h = v.sign(b"", at(0), "").unwrap();
+        let h = v.sign(&http::Method::POST, b"", at(0), "").unwrap();
         assert!(v.verify(&signed_req(&h), b"", at(0)).is_ok());
     }
 }

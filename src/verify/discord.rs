@@ -202,7 +202,7 @@ mod tests {
             VerifyError::InvalidSignature
         );
         assert!(
-            v.sign(b"{}", now, "").is_none(),
+            v.sign(&http::Method::POST, b"{}", now, "").is_none(),
             "signing needs the private key"
         );
     }

@@ -45,7 +45,13 @@ impl super::Verifier for GithubVerifier {
         Ok(preset::verified(SCHEME, id, Some(i)))
     }
 
-    fn sign(&self, body: &[u8], _now: SystemTime, _url: &str) -> Option<Vec<(String, String)>> {
+    fn sign(
+        &self,
+        _method: &http::Method,
+        body: &[u8],
+        _now: SystemTime,
+        _url: &str,
+    ) -> Option<Vec<(String, String)>> {
         let m = crypto::mac(Algorithm::Sha256, self.secrets.first()?.expose(), &[body]);
         Some(vec![
             (
@@ -138,7 +144,7 @@ mod tests {
     #[test]
     fn sign_round_trips() {
         let v = verifier("scheme = \"github\"\nsecrets = [\"a\", \"b\"]");
-        let h = v.sign(b"x", at(0), "").unwrap();
+        let h = v.sign(&http::Method::POST, b"x", at(0), "").unwrap();
         let ok = v.verify(&signed_req(&h), b"x", at(0)).unwrap();
         assert_eq!(ok.secret_index, Some(0));
         assert!(ok.event_id.is_some());

@@ -84,7 +84,13 @@ impl super::Verifier for GitlabVerifier {
         Ok(preset::verified(SCHEME, id, Some(i)))
     }
 
-    fn sign(&self, _body: &[u8], _now: SystemTime, _url: &str) -> Option<Vec<(String, String)>> {
+    fn sign(
+        &self,
+        _method: &http::Method,
+        _body: &[u8],
+        _now: SystemTime,
+        _url: &str,
+    ) -> Option<Vec<(String, String)>> {
         let token = self.secrets.first()?.expose_str()?.to_string();
         Some(vec![
             ("X-Gitlab-Token".into(), token),
@@ -139,7 +145,7 @@ mod tests {
                 "{bad}"
             );
         }
-        let h = v.sign(b"", at(0), "").unwrap();
+        let h = v.sign(&http::Method::POST, b"", at(0), "").unwrap();
         assert!(v.verify(&signed_req(&h), b"anything", at(0)).is_ok());
         assert!(try_build(
             "scheme = \"gitlab\"\nsecrets = [\"t\"]\nsignature_header = \"X\"",

@@ -270,11 +270,7 @@ impl super::Verifier for HmacVerifier {
         Err(VerifyError::InvalidSignature)
     }
 
-    fn sign(&self, body: &[u8], now: SystemTime, url: &str) -> Option<Vec<(String, String)>> {
-        self.sign_as(&http::Method::POST, body, now, url)
-    }
-
-    fn sign_as(
+    fn sign(
         &self,
         method: &http::Method,
         body: &[u8],
@@ -448,6 +444,7 @@ mod tests {
         let v = verifier("signed_payload = \"{id}.{timestamp}.{method}.{url}.{body}\"\nid_header = \"Webhook-Id\"");
         let h = v
             .sign(
+                &http::Method::POST,
                 b"hi",
                 at(1_700_000_000),
                 "https://hooks.example.com/hook?a=1",

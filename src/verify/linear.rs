@@ -55,7 +55,13 @@ impl super::Verifier for LinearVerifier {
     }
 
     /// The body must carry a current `webhookTimestamp` (ms) for the request to pass.
-    fn sign(&self, body: &[u8], _now: SystemTime, _url: &str) -> Option<Vec<(String, String)>> {
+    fn sign(
+        &self,
+        _method: &http::Method,
+        body: &[u8],
+        _now: SystemTime,
+        _url: &str,
+    ) -> Option<Vec<(String, String)>> {
         let m = crypto::mac(Algorithm::Sha256, self.secrets.first()?.expose(), &[body]);
         Some(vec![
             ("Linear-Signature".into(), hex::encode(m)),
@@ -136,13 +142,13 @@ mod tests {
             b"{\"webhookTimestamp\":1700000000}",
             b"not json",
         ] {
-            let h = v.sign(body, now, "").unwrap();
+            let h = v.sign(&http::Method::POST, body, now, "").unwrap();
             assert_eq!(
                 v.verify(&signed_req(&h), body, now).unwrap_err(),
                 VerifyError::StaleTimestamp
             );
         }
-        let h = v.sign(BODY, now, "").unwrap();
+        let h = v.sign(&http::Method::POST, BODY, now, "").unwrap();
         assert!(v.verify(&signed_req(&h), BODY, now).is_ok());
     }
 }

@@ -110,22 +110,17 @@ pub trait Verifier: Send + Sync + fmt::Debug {
     }
 
     /// Headers of a correctly signed request for `body` at `now` (`hookgate sign`), with the
-    /// first configured secret; `url` is the public URL the provider would call. `None` when
+    /// first configured secret; `url` is the public URL the provider would call, `method` the
+    /// one the request is sent with (only `hmac` with `{method}` in its template signs it). `None` when
     /// the scheme cannot sign (public-key schemes need the provider's private key).
-    fn sign(&self, _body: &[u8], _now: SystemTime, _url: &str) -> Option<Vec<(String, String)>> {
-        None
-    }
-
-    /// `sign` for a request made with `method`: only a scheme that signs the method (`hmac`
-    /// with `{method}` in its template) needs it.
-    fn sign_as(
+    fn sign(
         &self,
-        _method: &Method,
-        body: &[u8],
-        now: SystemTime,
-        url: &str,
+        _method: &http::Method,
+        _body: &[u8],
+        _now: SystemTime,
+        _url: &str,
     ) -> Option<Vec<(String, String)>> {
-        self.sign(body, now, url)
+        None
     }
 
     /// The request header (lower-case name) that carries the route's secret itself, a static

@@ -57,7 +57,13 @@ impl super::Verifier for PaddleVerifier {
         ))
     }
 
-    fn sign(&self, body: &[u8], now: SystemTime, _url: &str) -> Option<Vec<(String, String)>> {
+    fn sign(
+        &self,
+        _method: &http::Method,
+        body: &[u8],
+        now: SystemTime,
+        _url: &str,
+    ) -> Option<Vec<(String, String)>> {
         let ts = preset::unix_secs(now).to_string();
         let m = expected(self.secrets.first()?.expose(), &ts, body);
         Some(vec![(
@@ -148,7 +154,9 @@ mod tests {
         let v = v();
         let body =
             br#"{"event_id":"evt_01hv8wptq8987qeep44cyrewp9","event_type":"transaction.billed"}"#;
-        let h = v.sign(body, at(1_700_000_000), "").unwrap();
+        let h = v
+            .sign(&http::Method::POST, body, at(1_700_000_000), "")
+            .unwrap();
         let ok = v.verify(&signed_req(&h), body, at(1_700_000_000)).unwrap();
         assert_eq!(
             ok.event_id.as_deref(),

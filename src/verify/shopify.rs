@@ -55,7 +55,13 @@ impl super::Verifier for ShopifyVerifier {
         Ok(preset::verified(SCHEME, id, Some(i)))
     }
 
-    fn sign(&self, body: &[u8], _now: SystemTime, _url: &str) -> Option<Vec<(String, String)>> {
+    fn sign(
+        &self,
+        _method: &http::Method,
+        body: &[u8],
+        _now: SystemTime,
+        _url: &str,
+    ) -> Option<Vec<(String, String)>> {
         let m = crypto::mac(Algorithm::Sha256, self.secrets.first()?.expose(), &[body]);
         Some(vec![
             ("X-Shopify-Hmac-Sha256".into(), STANDARD.encode(m)),
@@ -134,7 +140,7 @@ mod tests {
             wrong.verify(&r, BODY, at(0)).unwrap_err(),
             VerifyError::InvalidSignature
         );
-        let h = v.sign(b"{}", at(0), "").unwrap();
+        let h = v.sign(&http::Method::POST, b"{}", at(0), "").unwrap();
         assert!(v.verify(&signed_req(&h), b"{}", at(0)).is_ok());
     }
 }

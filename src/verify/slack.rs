@@ -89,7 +89,13 @@ impl super::Verifier for SlackVerifier {
         }))
     }
 
-    fn sign(&self, body: &[u8], now: SystemTime, _url: &str) -> Option<Vec<(String, String)>> {
+    fn sign(
+        &self,
+        _method: &http::Method,
+        body: &[u8],
+        now: SystemTime,
+        _url: &str,
+    ) -> Option<Vec<(String, String)>> {
         let ts = preset::unix_secs(now).to_string();
         let m = expected(self.secrets.first()?.expose(), &ts, body);
         Some(vec![
@@ -186,7 +192,7 @@ mod tests {
         let v = v();
         let now = at(1_700_000_000);
         let body = br#"{"token":"Jhj5dZrVaK7ZwHHjRyZWjbDl","challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P","type":"url_verification"}"#;
-        let h = v.sign(body, now, "").unwrap();
+        let h = v.sign(&http::Method::POST, body, now, "").unwrap();
         let hs = v.handshake(&signed_req(&h), body, now).unwrap().unwrap();
         assert_eq!(hs.status, StatusCode::OK);
         assert_eq!(
@@ -208,7 +214,7 @@ mod tests {
         );
         // An ordinary event is not a handshake; its event_id is the dedupe id.
         let ev = br#"{"type":"event_callback","event_id":"Ev123","event":{"type":"message"}}"#;
-        let h = v.sign(ev, now, "").unwrap();
+        let h = v.sign(&http::Method::POST, ev, now, "").unwrap();
         assert!(v.handshake(&signed_req(&h), ev, now).is_none());
         assert_eq!(
             v.verify(&signed_req(&h), ev, now)

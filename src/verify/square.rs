@@ -64,7 +64,13 @@ impl super::Verifier for SquareVerifier {
         ))
     }
 
-    fn sign(&self, body: &[u8], _now: SystemTime, url: &str) -> Option<Vec<(String, String)>> {
+    fn sign(
+        &self,
+        _method: &http::Method,
+        body: &[u8],
+        _now: SystemTime,
+        url: &str,
+    ) -> Option<Vec<(String, String)>> {
         let m = crypto::mac(
             Algorithm::Sha256,
             self.secrets.first()?.expose(),
@@ -165,7 +171,9 @@ mod tests {
             wrong.verify(&r, BODY, at(0)).unwrap_err(),
             VerifyError::InvalidSignature
         );
-        let h = v.sign(b"{}", at(0), "https://webhook.site/x").unwrap();
+        let h = v
+            .sign(&http::Method::POST, b"{}", at(0), "https://webhook.site/x")
+            .unwrap();
         let signed = req_to("POST", "/x", &[(h[0].0.as_str(), h[0].1.as_str())]);
         assert!(v.verify(&signed, b"{}", at(0)).is_ok());
         let e = try_build("scheme = \"square\"\nsecrets = [\"x\"]", None).unwrap_err();

@@ -153,7 +153,13 @@ impl super::Verifier for StandardWebhooksVerifier {
         }
     }
 
-    fn sign(&self, body: &[u8], now: SystemTime, _url: &str) -> Option<Vec<(String, String)>> {
+    fn sign(
+        &self,
+        _method: &http::Method,
+        body: &[u8],
+        now: SystemTime,
+        _url: &str,
+    ) -> Option<Vec<(String, String)>> {
         let key = self.keys.first()?;
         let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
         let ts = preset::unix_secs(now).to_string();
@@ -354,7 +360,7 @@ mod tests {
         assert!(v
             .verify(&wh(V1_ID, "1614265330", V1_SIG), V1_BODY, now)
             .is_ok());
-        let h = v.sign(b"hi", now, "").unwrap();
+        let h = v.sign(&http::Method::POST, b"hi", now, "").unwrap();
         assert_eq!(h[0].0, "svix-id");
         assert_eq!(
             v.verify(&signed_req(&h), b"hi", now).unwrap().secret_index,
@@ -400,7 +406,7 @@ mod tests {
                 at(1_614_265_330)
             )
             .is_err());
-        assert!(v.sign(b"x", at(0), "").is_none());
+        assert!(v.sign(&http::Method::POST, b"x", at(0), "").is_none());
         let e = try_build(
             "scheme = \"standard-webhooks\"\npublic_key = \"whpk_AAAA\"",
             None,

@@ -56,7 +56,13 @@ impl super::Verifier for StripeVerifier {
         ))
     }
 
-    fn sign(&self, body: &[u8], now: SystemTime, _url: &str) -> Option<Vec<(String, String)>> {
+    fn sign(
+        &self,
+        _method: &http::Method,
+        body: &[u8],
+        now: SystemTime,
+        _url: &str,
+    ) -> Option<Vec<(String, String)>> {
         let ts = preset::unix_secs(now).to_string();
         let m = expected(self.secrets.first()?.expose(), &ts, body);
         Some(vec![(
@@ -160,7 +166,9 @@ mod tests {
     #[test]
     fn sign_round_trips_and_body_is_not_json() {
         let v = v();
-        let h = v.sign(b"not json", at(1_700_000_000), "").unwrap();
+        let h = v
+            .sign(&http::Method::POST, b"not json", at(1_700_000_000), "")
+            .unwrap();
         let ok = v
             .verify(&signed_req(&h), b"not json", at(1_700_000_000))
             .unwrap();

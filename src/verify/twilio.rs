@@ -142,7 +142,13 @@ impl super::Verifier for TwilioVerifier {
     }
 
     /// Signs `body` as Twilio's usual form POST to `url`.
-    fn sign(&self, body: &[u8], _now: SystemTime, url: &str) -> Option<Vec<(String, String)>> {
+    fn sign(
+        &self,
+        _method: &http::Method,
+        body: &[u8],
+        _now: SystemTime,
+        url: &str,
+    ) -> Option<Vec<(String, String)>> {
         let params = params_string(body);
         let m = crypto::mac(
             Algorithm::Sha1,
@@ -349,7 +355,12 @@ mod tests {
     fn sign_and_config() {
         let v = v("https://hooks.example.com");
         let h = v
-            .sign(b"A=1&B=2", at(0), "https://hooks.example.com/hook")
+            .sign(
+                &http::Method::POST,
+                b"A=1&B=2",
+                at(0),
+                "https://hooks.example.com/hook",
+            )
             .unwrap();
         assert!(v.verify(&signed_req(&h), b"A=1&B=2", at(0)).is_ok());
         let e = try_build("scheme = \"twilio\"\nsecrets = [\"x\"]", None).unwrap_err();

@@ -88,7 +88,13 @@ impl super::Verifier for ZoomVerifier {
         }))
     }
 
-    fn sign(&self, body: &[u8], now: SystemTime, _url: &str) -> Option<Vec<(String, String)>> {
+    fn sign(
+        &self,
+        _method: &http::Method,
+        body: &[u8],
+        now: SystemTime,
+        _url: &str,
+    ) -> Option<Vec<(String, String)>> {
         let ts = preset::unix_secs(now).to_string();
         let m = expected(self.secrets.first()?.expose(), &ts, body);
         Some(vec![
