@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hookgate::config::{StoreBackend, StoreConfig};
-use hookgate::store::{self, Attempt, DedupeKey, NewEvent, Next, State, Store, StoredHeaders};
+use hookgate::store::{
+    self, Attempt, DedupeKey, Event, NewEvent, Next, State, Store, StoredHeaders,
+};
 use support::RedisServer;
 
 const RETENTION: Duration = Duration::from_secs(3600);
@@ -54,6 +56,17 @@ fn attempt(n: u32, at: i64, outcome: &'static str) -> Attempt {
         latency_ms: 3,
         detail: "ok".into(),
     }
+}
+
+/// Settles `ev`'s first attempt, made at `at`, as dead.
+async fn die(s: &dyn Store, ev: &Event, at: i64) {
+    s.settle(
+        ev,
+        attempt(1, at, "dead"),
+        Next::Dead { reason: "x".into() },
+    )
+    .await
+    .unwrap();
 }
 
 async fn accept(s: &dyn Store, ev: NewEvent) -> String {
@@ -249,13 +262,7 @@ async fn replay_dead_replays_what_died_before_it_began() {
     // Three die at about t, the fourth at about t + 1000.
     for (i, ev) in s.lease("r", 10, t).await.unwrap().into_iter().enumerate() {
         let at = if i == 3 { t + 1_000 } else { t };
-        s.settle(
-            &ev,
-            attempt(1, at, "dead"),
-            Next::Dead { reason: "x".into() },
-        )
-        .await
-        .unwrap();
+        die(&*s, &ev, at).await;
     }
     assert_eq!(s.replay_dead("r", t + 500).await.unwrap(), 3);
     let c = s.counts("r").await.unwrap();
@@ -292,13 +299,7 @@ async fn replay_dead_pages_through_events_of_one_score() {
         for ev in leased {
             let at = if settled % 7 == 0 { t + 1_000 } else { t };
             late += usize::from(at > t);
-            s.settle(
-                &ev,
-                attempt(1, at, "dead"),
-                Next::Dead { reason: "x".into() },
-            )
-            .await
-            .unwrap();
+            die(&*s, &ev, at).await;
             settled += 1;
         }
     }

@@ -284,15 +284,7 @@ async fn a_removed_route_with_pending_events_is_reported_and_delivered_once_rest
     };
     let mut gw = Gateway::start(dir.path(), &cfg("a"));
     let c = reqwest::Client::new();
-    let r = signed(&c, &gw.url("/hooks/a"), "s", "left behind")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let id = r.json::<serde_json::Value>().await.unwrap()["event_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = accepted(signed(&c, &gw.url("/hooks/a"), "s", "left behind")).await;
     up.wait_received(1, Duration::from_secs(10)).await;
 
     gw.reload(&cfg("renamed"), "ok").await;
@@ -395,21 +387,12 @@ async fn a_removed_routes_gauge_is_cleared_once_its_last_event_is_delivered() {
     })
     .await;
     let c = reqwest::Client::new();
-    let r = signed(&c, &gw.url("/hooks/a"), "s", "last one")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let id = r.json::<serde_json::Value>().await.unwrap()["event_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = accepted(signed(&c, &gw.url("/hooks/a"), "s", "last one")).await;
     wait_until(Duration::from_secs(12), "the gauge sees it pending", || {
         metric(&gw, r#"hookgate_pending_events{route="a"} 1"#)
     })
     .await;
-    std::fs::write(&gw.config_path, cfg("b")).unwrap();
-    signal(gw.pid(), "HUP");
+    gw.reload(&cfg("b"), "ok").await;
     gw.wait_event_state(&id, "delivered", Duration::from_secs(30))
         .await;
     wait_until(Duration::from_secs(15), "the gauge cleared", || {

@@ -382,6 +382,16 @@ pub fn signed(
         .body(body)
 }
 
+/// Sends `req`, which must be answered `202`, and returns the accepted event's id.
+pub async fn accepted(req: reqwest::RequestBuilder) -> String {
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    r.json::<serde_json::Value>().await.unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// Polls `cond` every 20 ms until it holds or `within` passes (then panics with `what`).
 pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut cond: F)
 where
