@@ -262,6 +262,9 @@ async fn raw_body_and_headers_arrive_as_specified() {
             .header("Content-Type", "application/octet-stream")
             .header("Hookgate-Event-Id", "forged")
             .header("Hookgate-Verified", "forged")
+            // Look-alikes a CGI-style upstream reads as HTTP_HOOKGATE_VERIFIED.
+            .header("Hookgate_Verified", "forged")
+            .header("Hookgate.Route", "forged")
             .header("Proxy-Authorization", "hop")
             .body(body.to_vec()),
     )
@@ -295,6 +298,10 @@ async fn raw_body_and_headers_arrive_as_specified() {
     assert_eq!(got.header("hookgate-attempt"), Some("1"));
     assert!(humantime::parse_rfc3339(got.header("hookgate-received-at").unwrap()).is_ok());
     assert_eq!(got.headers.get_all("hookgate-event-id").iter().count(), 1);
+    assert!(
+        got.header("hookgate_verified").is_none() && got.header("hookgate.route").is_none(),
+        "look-alikes of Hookgate-* dropped"
+    );
     assert!(
         got.header("proxy-authorization").is_none(),
         "hop-by-hop dropped"

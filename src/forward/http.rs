@@ -228,7 +228,7 @@ pub fn forward_headers(ev: &Event, route: &str, attempt: u32) -> HeaderMap {
         .collect();
     let keep = |name: &str| {
         !HOP_BY_HOP.contains(&name)
-            && !name.starts_with("hookgate-")
+            && !crate::store::is_gateway_header(name)
             && !connection_named.iter().any(|n| n == name)
     };
     let mut h = ev.headers.to_map_with(keep, 5);

@@ -24,16 +24,26 @@ enum Value {
     Bytes(Vec<u8>),
 }
 
+/// Whether a header name is one of the gateway's own `Hookgate-*` headers, which no sender
+/// may supply. `_` and `.` count as `-`: CGI-style servers (WSGI, Rack, PHP) read
+/// `Hookgate_Verified` as the same variable as `Hookgate-Verified`, so a look-alike would
+/// reach the upstream's application as the gateway's header. Names arrive lower-cased.
+pub fn is_gateway_header(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() > 9 && b[..8].eq_ignore_ascii_case(b"hookgate") && matches!(b[8], b'-' | b'_' | b'.')
+}
+
 /// The request's headers in order, as a JSON array of `[name, value]` pairs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct StoredHeaders(Vec<(String, Value)>);
 
 impl StoredHeaders {
-    /// Keeps every header except `Hookgate-*` ones, which no sender may forge.
+    /// Keeps every header except the gateway's own ([`is_gateway_header`]), which no sender
+    /// may forge.
     pub fn from_map(map: &HeaderMap) -> Self {
         StoredHeaders(
             map.iter()
-                .filter(|(k, _)| !k.as_str().starts_with("hookgate-"))
+                .filter(|(k, _)| !is_gateway_header(k.as_str()))
                 .map(|(k, v)| {
                     let val = match v.to_str() {
                         Ok(s) => Value::Text(s.to_string()),
@@ -184,5 +194,23 @@ mod tests {
         assert_eq!(back.get_all("x-a").iter().count(), 2);
         assert_eq!(back.get("x-bin").unwrap().as_bytes(), b"caf\xe9");
         assert!(back.get("hookgate-event-id").is_none());
+    }
+
+    #[test]
+    fn look_alikes_of_the_gateway_headers_are_dropped_too() {
+        let mut m = HeaderMap::new();
+        for name in [
+            "hookgate_verified",
+            "hookgate.route",
+            "hookgate-attempt",
+            "hookgatex",
+            "x-hookgate-a",
+            "hookgate",
+        ] {
+            m.append(name, HeaderValue::from_static("forged"));
+        }
+        let s = StoredHeaders::from_map(&m);
+        let kept: Vec<_> = s.to_map().keys().map(|k| k.to_string()).collect();
+        assert_eq!(kept, ["hookgatex", "x-hookgate-a", "hookgate"]);
     }
 }
