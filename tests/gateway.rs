@@ -258,6 +258,13 @@ async fn delivery_retries_then_delivers_at_attempt_three(b: Backend) {
     assert!(log
         .iter()
         .all(|a| a["latency_ms"].is_u64() && a["started_at_ms"].is_i64()));
+    // The same instant for people, in the form of the event's `received_at`.
+    for a in log {
+        let iso = a["started_at"].as_str().expect("started_at");
+        let t = humantime::parse_rfc3339(iso).expect("RFC 3339");
+        let ms = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        assert_eq!(ms, a["started_at_ms"].as_i64().unwrap(), "{iso}");
+    }
     let metrics = gw.metrics().await;
     for line in [
         r#"hookgate_deliveries_total{route="r",outcome="retry"} 2"#,

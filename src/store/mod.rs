@@ -76,8 +76,9 @@ impl State {
     }
 }
 
-/// What one delivery attempt did, as logged and shown by the admin API.
-#[derive(Debug, Clone, Serialize)]
+/// What one delivery attempt did, as logged and shown by the admin API (which adds
+/// `started_at`, the same instant as RFC 3339 like the event's `received_at`).
+#[derive(Debug, Clone)]
 pub struct Attempt {
     /// 1-based, counted over the event's whole life (replays continue the count).
     pub n: u32,
@@ -88,6 +89,21 @@ pub struct Attempt {
     pub latency_ms: u64,
     /// Up to 1 KiB of the response body, or the error.
     pub detail: String,
+}
+
+impl Serialize for Attempt {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Attempt", 7)?;
+        st.serialize_field("n", &self.n)?;
+        st.serialize_field("started_at", &rfc3339_ms(self.started_at_ms))?;
+        st.serialize_field("started_at_ms", &self.started_at_ms)?;
+        st.serialize_field("outcome", self.outcome)?;
+        st.serialize_field("status", &self.status)?;
+        st.serialize_field("latency_ms", &self.latency_ms)?;
+        st.serialize_field("detail", &self.detail)?;
+        st.end()
+    }
 }
 
 /// The state an attempt leaves the event in.
