@@ -26,6 +26,20 @@ enum Part {
     Method,
 }
 
+impl Part {
+    /// The placeholder's name, for messages.
+    fn name(&self) -> &'static str {
+        match self {
+            Part::Lit(_) => "literal",
+            Part::Timestamp => "timestamp",
+            Part::Body => "body",
+            Part::Id => "id",
+            Part::Url => "url",
+            Part::Method => "method",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct HmacVerifier {
     secrets: Vec<Secret>,
@@ -105,6 +119,37 @@ pub fn build(raw: &RawVerify, ctx: &BuildCtx, at: &str, p: &mut Problems) -> Opt
             format!("{at}.id_header"),
             "is required when signed_payload uses {id}",
         );
+    }
+    if !template.contains(&Part::Timestamp) {
+        // Set, but never read: without {timestamp} in the signed bytes nothing checks freshness,
+        // and a captured request verifies forever (dedupe is the only replay guard left).
+        for (key, set) in [
+            ("timestamp_header", raw.timestamp_header.is_some()),
+            ("tolerance", raw.tolerance.is_some()),
+        ] {
+            if set {
+                p.warn(
+                    format!("{at}.{key}"),
+                    "has no effect: signed_payload does not sign {timestamp}, so no timestamp is \
+                     checked and a captured request stays valid",
+                );
+            }
+        }
+    }
+    for pair in template.windows(2) {
+        if let [a, b] = pair {
+            if !matches!(a, Part::Lit(_)) && !matches!(b, Part::Lit(_)) {
+                p.warn(
+                    format!("{at}.signed_payload"),
+                    format!(
+                        "{{{}}} and {{{}}} are adjacent: bytes can move from one to the other \
+                         under the same signature; put a separator (such as \".\") between them",
+                        a.name(),
+                        b.name()
+                    ),
+                );
+            }
+        }
     }
     if template.contains(&Part::Url) && ctx.public_url.is_none() {
         p.error(
@@ -331,6 +376,41 @@ mod tests {
         );
         assert!(p.errors.is_empty(), "{:?}", p.errors);
         v.unwrap()
+    }
+
+    /// The warnings `build` gives for these keys, leaving out the literal-secret ones.
+    fn warnings(extra: &str) -> Vec<String> {
+        let text = format!("scheme = \"hmac\"\nsecrets = [\"s\"]\n{extra}");
+        let raw: RawVerify = toml::from_str(&text).unwrap();
+        let mut p = Problems::default();
+        build(&raw, &BuildCtx { public_url: None }, "v", &mut p).unwrap();
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        p.warnings.retain(|w| !w.contains("literal"));
+        p.warnings
+    }
+
+    #[test]
+    fn settings_that_do_nothing_or_weaken_the_signature_are_warned_about() {
+        assert_eq!(warnings(""), Vec::<String>::new());
+        assert_eq!(
+            warnings("timestamp_header = \"X-Ts\"\ntolerance = \"1m\""),
+            Vec::<String>::new()
+        );
+        let w = warnings(
+            "signed_payload = \"{body}\"\ntimestamp_header = \"X-Ts\"\ntolerance = \"1m\"",
+        );
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("v.timestamp_header: has no effect"),
+            "{w:?}"
+        );
+        assert!(w[1].starts_with("v.tolerance: has no effect"), "{w:?}");
+        let w = warnings("signed_payload = \"{id}{timestamp}.{body}\"\nid_header = \"X-Id\"");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("v.signed_payload: {id} and {timestamp} are adjacent"),
+            "{w:?}"
+        );
     }
 
     fn req(headers: &[(&str, &str)]) -> Parts {
