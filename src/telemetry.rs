@@ -198,10 +198,13 @@ pub fn event_counts(route: &str, pending: u64, dead: u64) {
 
 /// Logs: `HOOKGATE_LOG` sets the filter (default `info`), `HOOKGATE_LOG_FORMAT=json` JSON lines.
 pub fn init_logging() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("HOOKGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour only on a terminal: escape codes in a log file or journald are noise.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_writer(std::io::stderr);
     let _ = if std::env::var("HOOKGATE_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().flatten_event(true).try_init()

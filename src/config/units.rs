@@ -9,7 +9,9 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
 
 /// A humantime duration of at most [`MAX_DURATION`] (100 years).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s.trim()).map_err(|_| format!("invalid duration {s:?}"))?;
+    let d = humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("invalid duration {s:?}: {e} (e.g. \"500ms\", \"30s\", \"5m\", \"24h\")")
+    })?;
     if d > MAX_DURATION {
         return Err(format!(
             "duration {s:?} is too long (the maximum is 100 years)"
@@ -22,7 +24,9 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: usize = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?} (e.g. \"512\", \"64KiB\", \"1MiB\")"))?;
     let mult: usize = match unit.trim() {
         "" | "B" => 1,
         "KiB" | "KB" | "K" | "k" | "kB" => 1 << 10,
