@@ -67,8 +67,10 @@ impl Route {
         }
     }
 
-    pub fn ip_allowed(&self, ip: IpAddr) -> bool {
-        self.cfg.allow_ips.is_empty() || self.cfg.allow_ips.iter().any(|n| n.contains(&ip))
+    /// An unknown client (`None`) passes only a route without an allow-list.
+    pub fn ip_allowed(&self, ip: Option<IpAddr>) -> bool {
+        self.cfg.allow_ips.is_empty()
+            || ip.is_some_and(|ip| self.cfg.allow_ips.iter().any(|n| n.contains(&ip)))
     }
 }
 
@@ -96,7 +98,7 @@ impl Router {
 /// several lines of a list field are one list). A proxy that appends its own line (HAProxy
 /// `option forwardfor`) puts the hop it saw last, so reading only the first line would take the
 /// client's own, forgeable, value. A line that is not visible ASCII stays in as an entry that
-/// does not parse, so the right-to-left walk stops there.
+/// does not parse, so the client is unknown.
 pub fn forwarded_for(headers: &HeaderMap) -> Option<String> {
     let mut lines = headers.get_all("x-forwarded-for").iter().peekable();
     lines.peek()?;
@@ -109,26 +111,37 @@ pub fn forwarded_for(headers: &HeaderMap) -> Option<String> {
 }
 
 /// The client's address: the peer, or — when the peer is a trusted proxy — the right-most
-/// `X-Forwarded-For` entry that is not itself a trusted proxy.
-pub fn client_ip(peer: IpAddr, xff: Option<&str>, trusted: &[IpNet]) -> IpAddr {
+/// `X-Forwarded-For` entry that is not itself a trusted proxy. `None` when that walk meets an
+/// entry that is not an address (`unknown`, garbage): the client is then unknown, and an
+/// allow-list refuses it rather than taking the proxy in front of it for the client.
+/// Addresses are compared in canonical form (`::ffff:10.0.0.1` is `10.0.0.1`, as a dual-stack
+/// listener reports IPv4 peers), and `ip:port` / `[v6]:port` entries (Azure Application
+/// Gateway writes those) count by their address.
+pub fn client_ip(peer: IpAddr, xff: Option<&str>, trusted: &[IpNet]) -> Option<IpAddr> {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let peer = peer.to_canonical();
     if !is_trusted(&peer) {
-        return peer;
+        return Some(peer);
     }
-    let Some(xff) = xff else { return peer };
+    let Some(xff) = xff else { return Some(peer) };
     let mut client = peer;
     for hop in xff.rsplit(',') {
-        match hop.trim().parse::<IpAddr>() {
-            Ok(ip) => {
-                client = ip;
-                if !is_trusted(&ip) {
-                    break;
-                }
-            }
-            Err(_) => break,
+        client = parse_hop(hop.trim())?;
+        if !is_trusted(&client) {
+            break;
         }
     }
-    client
+    Some(client)
+}
+
+/// One `X-Forwarded-For` entry: an address, `ip:port`, `[v6]` or `[v6]:port`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let ip = hop
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| hop.strip_prefix('[')?.strip_suffix(']')?.parse().ok())?;
+    Some(ip.to_canonical())
 }
 
 #[cfg(test)]
@@ -141,17 +154,55 @@ mod tests {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(
             client_ip(ip("1.2.3.4"), Some("9.9.9.9"), &trusted),
-            ip("1.2.3.4")
+            Some(ip("1.2.3.4"))
         );
         assert_eq!(
             client_ip(ip("10.0.0.1"), Some("9.9.9.9, 10.0.0.2"), &trusted),
-            ip("9.9.9.9")
+            Some(ip("9.9.9.9"))
         );
         assert_eq!(
             client_ip(ip("10.0.0.1"), Some("6.6.6.6, 9.9.9.9"), &trusted),
-            ip("9.9.9.9")
+            Some(ip("9.9.9.9"))
         );
-        assert_eq!(client_ip(ip("10.0.0.1"), None, &trusted), ip("10.0.0.1"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), None, &trusted),
+            Some(ip("10.0.0.1"))
+        );
+    }
+
+    #[test]
+    fn forwarded_for_entries_with_ports_brackets_or_no_address() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let proxy = ip("10.0.0.1");
+        for (xff, client) in [
+            ("6.6.6.6:4711", Some(ip("6.6.6.6"))),
+            ("[2001:db8::1]:443", Some(ip("2001:db8::1"))),
+            ("[2001:db8::1]", Some(ip("2001:db8::1"))),
+            ("::ffff:6.6.6.6", Some(ip("6.6.6.6"))),
+            ("10.0.0.7:80", Some(ip("10.0.0.7"))),
+            // Not an address: the client is unknown, never the proxy in front of it.
+            ("unknown", None),
+            ("6.6.6.6, unknown", None),
+            ("", None),
+            ("unknown, 6.6.6.6", Some(ip("6.6.6.6"))),
+        ] {
+            assert_eq!(client_ip(proxy, Some(xff), &trusted), client, "{xff:?}");
+        }
+    }
+
+    #[test]
+    fn a_dual_stack_listener_s_ipv4_peers_match_ipv4_networks() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            client_ip(ip("::ffff:127.0.0.1"), None, &trusted),
+            Some(ip("127.0.0.1"))
+        );
+        assert_eq!(
+            client_ip(ip("::ffff:10.0.0.1"), Some("9.9.9.9"), &trusted),
+            Some(ip("9.9.9.9"))
+        );
     }
 
     #[test]
@@ -170,17 +221,14 @@ mod tests {
         assert_eq!(xff, "10.9.9.9,6.6.6.6, 10.0.0.2");
         assert_eq!(
             client_ip(ip("10.0.0.1"), Some(&xff), &trusted),
-            ip("6.6.6.6")
+            Some(ip("6.6.6.6"))
         );
-        // A line that is not visible ASCII ends the walk where it stands.
+        // A line that is not visible ASCII leaves the client unknown.
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", HeaderValue::from_static("9.9.9.9"));
         h.append("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
         h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.3"));
         let xff = forwarded_for(&h).unwrap();
-        assert_eq!(
-            client_ip(ip("10.0.0.1"), Some(&xff), &trusted),
-            ip("10.0.0.3")
-        );
+        assert_eq!(client_ip(ip("10.0.0.1"), Some(&xff), &trusted), None);
     }
 }
