@@ -204,6 +204,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         store: store.clone(),
         trusted_proxies: config.server.trusted_proxies.clone(),
         body_timeout: config.server.body_timeout,
+        max_connections: ingress::connection_cap(ingress::raise_nofile_limit()),
     });
     let tls = config.server.tls.clone().map(|t| Arc::new(ArcSwap::new(t)));
     let ingress = tokio::spawn(ingress::serve(

@@ -385,6 +385,36 @@ async fn limits_enforced_while_reading() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_is_cut_off() {
+    let f = fixture("header_timeout = \"1s\"\nbody_timeout = \"1s\"").await;
+    let addr = f.gw.ingress;
+    // Pipelined requests, never reading: once the answers fill the socket buffers the gateway
+    // cannot write, stops reading, and our writes block. Without a write deadline that lasts
+    // forever; with one, the gateway closes the connection and a write fails.
+    let (err, took) = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        let batch = b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2048);
+        let t0 = Instant::now();
+        loop {
+            if let Err(e) = s.write_all(&batch) {
+                return (e, t0.elapsed());
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "never blocked");
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "the gateway should close the stuck connection; the write ended with {err:?} after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fails_closed_with_503_when_the_event_cannot_be_recorded() {
     let f = fixture("").await;
     let db = f._dir.path().join("data").join("hookgate.db");

@@ -39,7 +39,15 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Re
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors, say: retrying at once would spin a core.
+                        tracing::warn!(error = %e, "admin: accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
                 let admin = admin.clone();
                 let svc = service_fn(move |req| {
                     let admin = admin.clone();

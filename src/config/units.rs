@@ -9,9 +9,8 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
 
 /// A humantime duration of at most [`MAX_DURATION`] (100 years).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s.trim()).map_err(|e| {
-        format!("invalid duration {s:?}: {e} (e.g. \"500ms\", \"30s\", \"5m\", \"24h\")")
-    })?;
+    let d =
+        humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))?;
     if d > MAX_DURATION {
         return Err(format!(
             "duration {s:?} is too long (the maximum is 100 years)"

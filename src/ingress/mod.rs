@@ -29,9 +29,35 @@ pub struct Ingress {
     pub store: Arc<dyn Store>,
     pub trusted_proxies: Vec<IpNet>,
     pub body_timeout: Duration,
+    /// Public connections open at once, at most ([`connection_cap`]).
+    pub max_connections: usize,
 }
 
 const MAX_HEAD: usize = 64 * 1024;
+
+/// Raises the soft open-file limit to the hard one (a systemd service starts at 1,024) and
+/// returns the limit now in force.
+pub fn raise_nofile_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            let soft = rlimit::Resource::NOFILE
+                .get()
+                .map(|(s, _)| s)
+                .unwrap_or(1024);
+            tracing::warn!(error = %e, limit = soft, "cannot raise the open-file limit");
+            soft
+        }
+    }
+}
+
+/// How many public connections may be open under an open-file limit of `nofile`: the rest
+/// stays for deliveries, the store and the admin port, so a flood of idle connections makes
+/// new ones wait in the kernel's accept queue instead of failing deliveries with EMFILE.
+pub fn connection_cap(nofile: u64) -> usize {
+    let keep = (nofile / 2).min(1024);
+    usize::try_from(nofile - keep).unwrap_or(usize::MAX).max(1)
+}
 
 pub async fn serve(
     listener: TcpListener,
@@ -42,35 +68,64 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(ctx.max_connections));
+    let mut warned: Option<std::time::Instant> = None;
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                // The certificate of the moment: a reload swaps in renewed files.
-                let tls = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.load_full()));
-                let (ctx, watcher) = (ctx.clone(), graceful.watcher());
-                tokio::spawn(async move {
-                    match tls {
-                        None => connection(stream, peer, ctx, header_timeout, watcher).await,
-                        // The TLS handshake counts against header_timeout too.
-                        Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(tls)) => connection(tls, peer, ctx, header_timeout, watcher).await,
-                            Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
-                            Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
-                        },
-                    }
-                });
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    warned = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        limit = ctx.max_connections,
+                        "public connection limit reached: new connections wait until one closes"
+                    );
+                }
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                    _ = stop.changed() => break,
+                }
             }
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
             _ = stop.changed() => break,
-        }
+        };
+        let _ = stream.set_nodelay(true);
+        // A client that stops reading its answers (pipelining without reading) would hold the
+        // connection forever once the socket's buffers fill: a write that makes no progress
+        // for body_timeout ends it.
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(ctx.body_timeout));
+        let stream = Box::pin(stream);
+        // The certificate of the moment: a reload swaps in renewed files.
+        let tls = tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsAcceptor::from(t.load_full()));
+        let (ctx, watcher) = (ctx.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            let _slot = slot;
+            match tls {
+                None => connection(stream, peer, ctx, header_timeout, watcher).await,
+                // The TLS handshake counts against header_timeout too.
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => connection(tls, peer, ctx, header_timeout, watcher).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
     }
     drop(listener);
     if tokio::time::timeout(grace, graceful.shutdown())
@@ -102,6 +157,19 @@ async fn connection<I>(
         .serve_connection(TokioIo::new(io), svc);
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connection_cap;
+
+    #[test]
+    fn connection_cap_leaves_room_for_deliveries_and_the_store() {
+        assert_eq!(connection_cap(1024), 512);
+        assert_eq!(connection_cap(4096), 3072);
+        assert_eq!(connection_cap(1 << 20), (1 << 20) - 1024);
+        assert_eq!(connection_cap(1), 1);
     }
 }
 
