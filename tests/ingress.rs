@@ -43,6 +43,16 @@ scheme = "none"
 url = "{up}/limited"
 
 [[route]]
+name = "limited-signed"
+path = "/hooks/limited-signed"
+rate_limit = {{ per_second = 1, burst = 1 }}
+[route.verify]
+scheme = "hmac"
+secrets = ["{SECRET}"]
+[route.forward]
+url = "{up}/limited-signed"
+
+[[route]]
 name = "private"
 path = "/hooks/private"
 allow_ips = ["10.0.0.0/8"]
@@ -224,6 +234,26 @@ async fn every_row_of_the_status_table() {
         limited as f64,
         "each 429 counted"
     );
+
+    // Forged requests do not use up a route's limit: the signed sender still gets through.
+    for i in 0..5 {
+        let (s, v, _) = answer(signed(
+            &f.c,
+            &f.gw.url("/hooks/limited-signed"),
+            "wrong",
+            format!("{i}"),
+        ))
+        .await;
+        assert_eq!((s, error_of(&v)), (401, "invalid_signature"), "forgery {i}");
+    }
+    let (s, v, _) = answer(signed(
+        &f.c,
+        &f.gw.url("/hooks/limited-signed"),
+        SECRET,
+        "ok",
+    ))
+    .await;
+    assert_eq!(s, 202, "{v}");
 
     // Every response is JSON, and none reveals a secret or an expected signature.
     let metrics = f.gw.metrics().await;

@@ -105,7 +105,6 @@ async fn process(
             return Err(Reject::Forbidden);
         }
     }
-    route.check_rate().map_err(Reject::RateLimited)?;
     let body = super::body::read(body, &parts.headers, cfg.max_body, ctx.body_timeout).await?;
     let now = SystemTime::now();
 
@@ -126,6 +125,9 @@ async fn process(
     if let Some(i) = verified.secret_index {
         route.metrics.secret_matched(i);
     }
+    // Counted once verified: requests anyone can forge would otherwise use up the limit and
+    // turn the real sender away with 429s.
+    route.check_rate().map_err(Reject::RateLimited)?;
 
     if let Some(upstream) = &route.proxy {
         return Ok(proxy(upstream, &cfg.name, &parts, body, &verified, now).await);
