@@ -476,6 +476,39 @@ async fn fails_closed_with_503_when_the_event_cannot_be_recorded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_store_answers_503_promptly_to_every_request_in_flight() {
+    let f = fixture("").await;
+    let db = f._dir.path().join("data").join("hookgate.db");
+    let locker = rusqlite::Connection::open(&db).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    // Sent together, so several share a batch: each must be answered within the accept
+    // deadline (3 s) plus the machine's slack, not after one busy wait per write.
+    let sent: Vec<_> = (0..8)
+        .map(|i| {
+            let req = signed(
+                &f.c,
+                &f.gw.url("/hooks/orders"),
+                SECRET,
+                format!("locked {i}"),
+            )
+            .header("Idempotency-Key", format!("locked-{i}"));
+            tokio::spawn(async move {
+                let t0 = Instant::now();
+                let (s, v, h) = answer(req).await;
+                (s, v, h, t0.elapsed())
+            })
+        })
+        .collect();
+    for t in sent {
+        let (s, v, h, took) = t.await.unwrap();
+        assert_eq!((s, error_of(&v)), (503, "unavailable"), "{v}");
+        assert!(h.contains_key("retry-after"));
+        assert!(took < Duration::from_secs(6), "answered after {took:?}");
+    }
+    locker.execute_batch("ROLLBACK").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_is_separate_and_token_protected() {
     let dir = tempdir();
     let up = Upstream::start().await;

@@ -74,7 +74,7 @@ pub async fn serve(
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
-                if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                if warned.map_or(true, |t| t.elapsed() >= Duration::from_secs(10)) {
                     warned = Some(std::time::Instant::now());
                     tracing::warn!(
                         limit = ctx.max_connections,
@@ -82,7 +82,10 @@ pub async fn serve(
                     );
                 }
                 tokio::select! {
-                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break, // closed: never happens, the semaphore lives here
+                    },
                     _ = stop.changed() => break,
                 }
             }
@@ -160,6 +163,15 @@ async fn connection<I>(
     }
 }
 
+/// Binds a listener, naming the config key in the error.
+pub async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("{key}: cannot listen on {addr}: {e}"))
+}
+
+pub type PeerAddr = SocketAddr;
+
 #[cfg(test)]
 mod tests {
     use super::connection_cap;
@@ -172,12 +184,3 @@ mod tests {
         assert_eq!(connection_cap(1), 1);
     }
 }
-
-/// Binds a listener, naming the config key in the error.
-pub async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("{key}: cannot listen on {addr}: {e}"))
-}
-
-pub type PeerAddr = SocketAddr;

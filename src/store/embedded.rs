@@ -76,6 +76,8 @@ CREATE TABLE IF NOT EXISTS attempts (
 ) WITHOUT ROWID;
 ";
 
+/// Longest an accept waits for its group commit before the request is answered 503.
+const ACCEPT_DEADLINE: Duration = Duration::from_secs(3);
 /// Most writes one transaction takes; the rest wait for the next one.
 const MAX_BATCH: usize = 1024;
 /// Writes queued before `accept` answers busy (→ 503).
@@ -834,6 +836,18 @@ fn commit_batch(
                 reply(w, Ok(o), leases);
             }
         }
+        Err(e) if whole_store(&e) => {
+            // Locked by another process, disk full, I/O error: every write would fail the same
+            // way, each after its own busy wait, while the requests behind them wait too. All
+            // fail now (accepts answer 503 + Retry-After; the worker retries its records).
+            keys.rolled_back();
+            left = room;
+            tracing::warn!(error = %e, writes = batch.len(), "store: batch failed");
+            let e = e.to_string();
+            for w in batch.drain(..) {
+                reply(w, Err(e.clone()), leases);
+            }
+        }
         Err(e) => {
             keys.rolled_back();
             left = room;
@@ -861,6 +875,16 @@ fn commit_batch(
         }
     }
     (left, refused)
+}
+
+/// Whether an error is the store's, not one write's: retrying the batch's writes one by one
+/// would meet it again for each.
+fn whole_store(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e.sqlite_error_code(),
+        Some(DatabaseBusy | DatabaseLocked | DiskFull | SystemIoFailure | ReadOnly | CannotOpen)
+    )
 }
 
 fn accept_tx(
@@ -1062,8 +1086,20 @@ impl Store for EmbeddedStore {
 
     async fn accept(&self, ev: NewEvent, dedupe: Option<DedupeKey>) -> Result<Accept, StoreError> {
         let headers = ev.headers.to_json();
-        self.write(|r| Write::Accept(Box::new((ev, headers)), dedupe, r))
-            .await
+        // A sender waits at most this long for its answer: past it, 503 + Retry-After. If the
+        // write commits later anyway, the event is delivered and the sender's retry is answered
+        // as a duplicate with its id.
+        tokio::time::timeout(
+            ACCEPT_DEADLINE,
+            self.write(|r| Write::Accept(Box::new((ev, headers)), dedupe, r)),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
+                "the store did not record the event within {} s",
+                ACCEPT_DEADLINE.as_secs()
+            )))
+        })
     }
 
     async fn lease(
