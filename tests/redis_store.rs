@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hookgate::config::{StoreBackend, StoreConfig};
 use hookgate::store::{
-    self, Attempt, DedupeKey, Event, NewEvent, Next, State, Store, StoredHeaders,
+    self, Attempt, DedupeKey, Event, NewEvent, Next, State, Store, StoreError, StoredHeaders,
 };
 use support::RedisServer;
 
@@ -384,5 +384,106 @@ async fn a_replay_of_an_abandoned_entry_is_delivered_at_once() {
     assert_eq!(
         (got[0].id.as_str(), got[0].cycle_attempts),
         (id.as_str(), 0)
+    );
+}
+
+fn redis_cmd(redis: &RedisServer, args: &[&str]) {
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    let _: redis::Value = cmd.query(&mut con).unwrap();
+}
+
+/// Polls `f` every 100 ms until it is true, for at most `limit`.
+async fn eventually(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_redis_that_evicts_any_key_is_refused_at_start_and_stops_acknowledgements_at_runtime() {
+    let redis = RedisServer::start();
+    redis_cmd(
+        &redis,
+        &["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"],
+    );
+    let err = store::open(&StoreConfig {
+        backend: StoreBackend::Redis {
+            url: redis.url(),
+            key_prefix: "ev".into(),
+            visibility_timeout: Duration::from_secs(30),
+        },
+        retention: RETENTION,
+    })
+    .await
+    .err()
+    .expect("an allkeys-lru Redis is refused");
+    assert!(
+        err.to_string()
+            .contains("maxmemory-policy allkeys-lru: under memory pressure it evicts any key"),
+        "{err}"
+    );
+
+    redis_cmd(&redis, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    let s = open(&redis, "ev").await;
+    let t = 1_700_000_000_000;
+    accept(&*s, event(1, t)).await;
+    // Switched at runtime: noticed within the periodic check, then every accept is refused
+    // (503 at the ingress) and the store is not ready.
+    redis_cmd(
+        &redis,
+        &["CONFIG", "SET", "maxmemory-policy", "allkeys-random"],
+    );
+    let mut n = 1;
+    let refused = eventually(Duration::from_secs(15), async || {
+        n += 1;
+        match s.accept(event(n, t), None).await {
+            Err(StoreError::Unavailable(e)) => e.contains("allkeys-random"),
+            _ => false,
+        }
+    })
+    .await;
+    assert!(refused, "accepts go on under allkeys-random");
+    assert!(s.ping().await.is_err(), "ready while Redis may evict");
+    redis_cmd(&redis, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    let back = eventually(Duration::from_secs(15), async || {
+        n += 1;
+        s.accept(event(n, t), None).await.is_ok()
+    })
+    .await;
+    assert!(back, "accepts resume once the policy is noeviction again");
+    assert!(s.ping().await.is_ok());
+}
+
+#[tokio::test]
+async fn events_are_found_by_id_again_after_redis_lost_its_data() {
+    let redis = RedisServer::start();
+    let s = open(&redis, "lost").await;
+    let t = 1_700_000_000_000;
+    accept(&*s, event(1, t)).await;
+    // A restart without persistence, a FLUSHALL, a failover to a lagging replica: the set of
+    // routes goes with the rest. Events accepted afterwards must be found by id again.
+    redis_cmd(&redis, &["FLUSHALL"]);
+    let mut n = 1;
+    let found = eventually(Duration::from_secs(10), async || {
+        n += 1;
+        let id = accept(&*s, event(n, t)).await;
+        s.get(&id).await.unwrap().is_some()
+    })
+    .await;
+    assert!(
+        found,
+        "no event accepted after the data loss is found by id"
     );
 }

@@ -44,10 +44,10 @@ mod keys;
 mod probe;
 mod scripts;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{RedisResult, Value};
@@ -89,9 +89,18 @@ struct Inner {
     visibility: Duration,
     /// Event id → (route, stream entry) of every event leased here and not yet settled.
     leased: Mutex<HashMap<String, (String, String)>>,
-    /// Routes already added to the `routes` set by this process.
-    known_routes: Mutex<HashSet<String>>,
+    /// Routes added to the `routes` set by this process, and when: added again after
+    /// [`ROUTES_REFRESH`], so a Redis that lost its data (restart without AOF, FLUSHALL, a
+    /// failover to a lagging replica) lists them again for admin lookups and purges.
+    known_routes: Mutex<HashMap<String, Instant>>,
+    /// Set while Redis's `maxmemory-policy` may evict pending events (checked every
+    /// [`POLICY_CHECK`]): accepts answer 503 and `/readyz` is not ready meanwhile.
+    evicting: Mutex<Option<String>>,
+    shown: String,
 }
+
+const ROUTES_REFRESH: Duration = Duration::from_secs(2);
+const POLICY_CHECK: Duration = Duration::from_secs(5);
 
 fn unavailable(e: ::redis::RedisError) -> StoreError {
     StoreError::Unavailable(format!("redis: {e}"))
@@ -160,6 +169,9 @@ impl RedisStore {
         };
         let mut ingress = connect().await?;
         let work = connect().await?;
+        if let Some(p) = probe::evicting_policy(&mut ingress).await {
+            anyhow::bail!("{}", probe::evicting_error(&shown, &p));
+        }
         for w in probe::persistence_warnings(&mut ingress, &shown).await {
             tracing::warn!("{w}");
         }
@@ -172,7 +184,10 @@ impl RedisStore {
             visibility,
             leased: Mutex::default(),
             known_routes: Mutex::default(),
+            evicting: Mutex::default(),
+            shown: shown.clone(),
         });
+        tokio::spawn(policy_loop(Arc::downgrade(&inner)));
         tracing::info!(redis = %shown, consumer = %inner.consumer, visibility_ms = visibility.as_millis() as u64, "redis store connected");
         tokio::spawn(heartbeat_loop(
             Arc::downgrade(&inner),
@@ -205,13 +220,52 @@ async fn heartbeat_loop(inner: Weak<Inner>, every: Duration) {
     }
 }
 
+/// Re-reads `maxmemory-policy`: a `CONFIG SET` at runtime to an evicting policy stops
+/// acknowledgements (503) until it is set back, loudly, instead of losing events silently.
+async fn policy_loop(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(POLICY_CHECK).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let mut conn = inner.work.clone();
+        let Ok(now) = tokio::time::timeout(OP_TIMEOUT, probe::evicting_policy(&mut conn)).await
+        else {
+            continue;
+        };
+        let Ok(mut cur) = inner.evicting.lock() else {
+            return;
+        };
+        match (&*cur, &now) {
+            (None, Some(p)) => tracing::error!(
+                "{}; not acknowledging events until it is changed",
+                probe::evicting_error(&inner.shown, p)
+            ),
+            (Some(_), None) => {
+                tracing::info!("store: Redis no longer evicts; acknowledging events again")
+            }
+            _ => {}
+        }
+        *cur = now;
+    }
+}
+
 impl Inner {
-    /// Adds the route to the `routes` set once per process (admin lookups by id need it).
+    /// `Err` while Redis may evict pending events (see [`policy_loop`]).
+    fn durable(&self) -> Result<(), StoreError> {
+        match self.evicting.lock().ok().and_then(|e| e.clone()) {
+            Some(p) => Err(StoreError::Unavailable(format!(
+                "Redis has maxmemory-policy {p}, which may evict acknowledged events"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds the route to the `routes` set (admin lookups by id need it), again every
+    /// [`ROUTES_REFRESH`] in case Redis lost it.
     async fn remember_route(&self, route: &str) -> Result<(), StoreError> {
         if self
             .known_routes
             .lock()
-            .map(|k| k.contains(route))
+            .map(|k| k.get(route).is_some_and(|t| t.elapsed() < ROUTES_REFRESH))
             .unwrap_or(false)
         {
             return Ok(());
@@ -226,7 +280,7 @@ impl Inner {
         )
         .await?;
         if let Ok(mut k) = self.known_routes.lock() {
-            k.insert(route.to_string());
+            k.insert(route.to_string(), Instant::now());
         }
         Ok(())
     }
@@ -329,6 +383,7 @@ impl Inner {
 impl Store for RedisStore {
     async fn accept(&self, ev: NewEvent, dedupe: Option<DedupeKey>) -> Result<Accept, StoreError> {
         let s = &self.inner;
+        s.durable()?;
         s.remember_route(&ev.route).await?;
         let k = &s.keys;
         let mut inv = scripts::ACCEPT.key(k.event(&ev.route, &ev.id));
@@ -660,6 +715,7 @@ impl Store for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let s = &self.inner;
+        s.durable()?;
         let mut conn = s.ingress.clone();
         bounded(
             OP_TIMEOUT,

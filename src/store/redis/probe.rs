@@ -43,13 +43,34 @@ pub async fn persistence_warnings(conn: &mut impl ConnectionLike, shown: &str) -
         )),
     }
     if let Some(p) = config_get(conn, "maxmemory-policy").await {
-        if p != "noeviction" {
+        if p.starts_with("volatile-") {
             out.push(format!(
-                "store.url: Redis at {shown} has maxmemory-policy {p}: under memory pressure it may evict acknowledged events (use noeviction)"
+                "store.url: Redis at {shown} has maxmemory-policy {p}: under memory pressure it may evict dedupe keys and delivered events' history, so a repeated webhook could be forwarded again (use noeviction)"
             ));
         }
     }
     out
+}
+
+/// The eviction policy, when it is one that may drop acknowledged events (`allkeys-*`: any
+/// key, pending events included). hookgate refuses to start on it and stops acknowledging
+/// while it is set at runtime. `None` also when `CONFIG GET` is refused.
+pub async fn evicting_policy(conn: &mut impl ConnectionLike) -> Option<String> {
+    config_get(conn, "maxmemory-policy")
+        .await
+        .filter(|p| evicts_pending(p))
+}
+
+/// Whether a `maxmemory-policy` may evict keys that have no TTL (pending events do not).
+pub fn evicts_pending(policy: &str) -> bool {
+    policy.starts_with("allkeys-")
+}
+
+/// The error for an evicting policy, naming the setting to change.
+pub fn evicting_error(shown: &str, policy: &str) -> String {
+    format!(
+        "store.url: Redis at {shown} has maxmemory-policy {policy}: under memory pressure it evicts any key, acknowledged events included; set maxmemory-policy noeviction (then a full Redis answers 503 instead of losing events)"
+    )
 }
 
 async fn config_get(conn: &mut impl ConnectionLike, key: &str) -> Option<String> {
@@ -114,7 +135,11 @@ pub fn check(url: &str) -> (Vec<String>, Vec<String>) {
                 vec![format!("store.url: Redis at {shown} refuses commands: {e}")],
             );
         }
-        (persistence_warnings(&mut conn, &shown).await, vec![])
+        let errors = match evicting_policy(&mut conn).await {
+            Some(p) => vec![evicting_error(&shown, &p)],
+            None => vec![],
+        };
+        (persistence_warnings(&mut conn, &shown).await, errors)
     })
 }
 
