@@ -487,3 +487,42 @@ async fn events_are_found_by_id_again_after_redis_lost_its_data() {
         "no event accepted after the data loss is found by id"
     );
 }
+
+#[tokio::test]
+async fn a_dead_replica_s_deliveries_are_taken_over_behind_long_live_attempts() {
+    let redis = RedisServer::start();
+    let visibility = Duration::from_secs(3);
+    let t = hookgate::forward::worker::now_ms();
+    let a = open_with(&redis, "tk", visibility).await;
+    for n in 0..35 {
+        accept(&*a, event(n, t)).await;
+    }
+    // A holds the first 30 (its heartbeats keep them alive: long attempts under way); C takes
+    // the last 5 and dies.
+    assert_eq!(a.lease("r", 30, t).await.unwrap().len(), 30);
+    let abandoned: std::collections::HashSet<String> = {
+        let c = open_with(&redis, "tk", visibility).await;
+        c.lease("r", 5, t)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect()
+    };
+    assert_eq!(abandoned.len(), 5);
+    // B, with few free slots, must reach C's entries once they are idle past the visibility
+    // timeout, although A's 30 live entries come first in the pending list.
+    let b = open_with(&redis, "tk", visibility).await;
+    let mut taken = Vec::new();
+    let found = eventually(Duration::from_secs(15), async || {
+        taken.extend(b.lease("r", 2, t).await.unwrap().into_iter().map(|e| e.id));
+        !taken.is_empty()
+    })
+    .await;
+    assert!(found, "C's abandoned deliveries were not taken over");
+    assert!(
+        taken.iter().all(|id| abandoned.contains(id)),
+        "B took a live attempt of A: {taken:?}"
+    );
+    drop(a);
+}

@@ -426,6 +426,7 @@ impl Store for RedisStore {
         let s = &self.inner;
         let mut inv = scripts::LEASE.key(s.keys.stream(route));
         inv.key(s.keys.retry(route))
+            .key(s.keys.claim_cursor(route))
             .arg(GROUP)
             .arg(&s.consumer)
             .arg(now_ms)

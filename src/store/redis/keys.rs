@@ -54,6 +54,11 @@ impl Keys {
         format!("{}retry", self.tag(route))
     }
 
+    /// Where the scan for abandoned stream entries (`XAUTOCLAIM`) goes on from.
+    pub fn claim_cursor(&self, route: &str) -> String {
+        format!("{}claim", self.tag(route))
+    }
+
     pub fn state(&self, route: &str, state: State) -> String {
         format!("{}{}", self.tag(route), state.as_str())
     }

@@ -31,10 +31,13 @@ return {1, ARGV[1]}
     )
 });
 
-/// KEYS: stream, retry. ARGV: group, consumer, now, limit, min_idle_ms, tag.
+/// KEYS: stream, retry, claim cursor. ARGV: group, consumer, now, limit, min_idle_ms, tag.
 /// Moves due retries into the stream, reclaims entries idle longer than `min_idle_ms` (a dead
 /// replica's), reads new entries; drops stale entries (event gone, not pending, or replayed
-/// since). Returns `{{entry_id, {field, value, …}}, …}`.
+/// since). Returns `{{entry_id, {field, value, …}}, …}`. `XAUTOCLAIM` looks at no more than
+/// 10 × COUNT pending entries per call, so the scan goes on from where the last one stopped
+/// (the cursor key): starting from the front every time, entries of live, long attempts at the
+/// head of the pending list hid abandoned ones behind them until those attempts ended.
 pub static LEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -65,8 +68,14 @@ local function take(entries)
     end
   end
 end
-local claimed = redis.call('XAUTOCLAIM', stream, group, consumer, min_idle, '0-0', 'COUNT', limit)
-take(claimed[2])
+local cursor = redis.call('GET', KEYS[3]) or '0-0'
+for _ = 1, 4 do
+  local claimed = redis.call('XAUTOCLAIM', stream, group, consumer, min_idle, cursor, 'COUNT', limit - #out)
+  take(claimed[2])
+  cursor = claimed[1]
+  if cursor == '0-0' or #out >= limit then break end
+end
+redis.call('SET', KEYS[3], cursor)
 for _ = 1, 4 do
   if #out >= limit then break end
   local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', limit - #out, 'STREAMS', stream, '>')
