@@ -219,13 +219,7 @@ fn split_credentials(mut url: reqwest::Url) -> (reqwest::Url, Option<HeaderValue
 /// client-sent `Hookgate-*`) and the gateway's own.
 pub fn forward_headers(ev: &Event, route: &str, attempt: u32) -> HeaderMap {
     // Names a `Connection` header lists are hop-by-hop too (rare: only then is it parsed).
-    let connection_named: Vec<String> = ev
-        .headers
-        .get_all("connection")
-        .flat_map(|v| v.split(','))
-        .map(|n| n.trim().to_ascii_lowercase())
-        .filter(|n| !n.is_empty())
-        .collect();
+    let connection_named = connection_tokens(ev.headers.get_all_bytes("connection"));
     let keep = |name: &str| {
         !HOP_BY_HOP.contains(&name)
             && !crate::store::is_gateway_header(name)
@@ -243,6 +237,18 @@ pub fn forward_headers(ev: &Event, route: &str, attempt: u32) -> HeaderMap {
     set("hookgate-verified", &ev.scheme);
     set("hookgate-received-at", &rfc3339_ms(ev.received_at_ms));
     h
+}
+
+/// The names a message's `Connection` header values list (RFC 9110 §7.6.1), lower-case.
+/// Read as bytes and split on `,`: a value with a non-UTF-8 byte still names its other
+/// tokens (skipping it as not text let the headers it names through). A token that is not a
+/// valid header name matches no header, so lossy decoding loses nothing.
+fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
+    values
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(|t| String::from_utf8_lossy(t.trim_ascii()).to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 /// `Retry-After` as delta-seconds or an HTTP date.
@@ -451,6 +457,37 @@ mod tests {
         );
         assert_eq!(sample_budget(ms(500), ms(400)), ms(450), "a tenth early");
         assert_eq!(sample_budget(ms(500), ms(480)), ms(450), "past it: no wait");
+    }
+
+    fn event(req: http::request::Builder, body: &'static [u8]) -> Event {
+        let parts = req.body(()).unwrap().into_parts().0;
+        let verified = crate::verify::Verified {
+            scheme: "none",
+            event_id: None,
+            secret_index: None,
+        };
+        crate::store::NewEvent::new("r", &parts, Bytes::from_static(body), &verified, 1_000)
+            .into_event()
+    }
+
+    #[test]
+    fn every_name_a_connection_header_lists_is_dropped_even_beside_non_utf8() {
+        let ev = event(
+            http::Request::post("/r")
+                .header(
+                    "connection",
+                    HeaderValue::from_bytes(b"X-A ,\tcaf\xe9").unwrap(),
+                )
+                .header("connection", "x-b")
+                .header("x-a", "1")
+                .header("x-b", "2")
+                .header("x-c", "3"),
+            b"{}",
+        );
+        let h = forward_headers(&ev, "r", 1);
+        assert!(h.get("x-a").is_none() && h.get("x-b").is_none(), "{h:?}");
+        assert_eq!(h["x-c"], "3");
+        assert!(h.get("connection").is_none());
     }
 
     #[test]
