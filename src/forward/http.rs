@@ -395,8 +395,20 @@ impl HttpSink {
             .await
             .map_err(|_| ProxyError::Timeout)??;
         let mut out_headers = parts.headers;
-        for name in HOP_BY_HOP {
-            out_headers.remove(*name);
+        // The upstream's answer is relayed as a new message: what its `Connection` header
+        // names belongs to the gateway's connection to it (RFC 9110 §7.6.1), not the client's.
+        let listed = connection_tokens(
+            out_headers
+                .get_all(http::header::CONNECTION)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        );
+        for name in listed
+            .iter()
+            .map(String::as_str)
+            .chain(HOP_BY_HOP.iter().copied())
+        {
+            out_headers.remove(name);
         }
         let mut out = http::Response::new(bytes::Bytes::from(body));
         *out.status_mut() = parts.status;
