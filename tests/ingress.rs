@@ -422,6 +422,25 @@ async fn the_original_query_string_is_forwarded_as_sent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_body_is_forwarded_with_content_length_zero() {
+    let f = fixture("").await;
+    // 411 is permanent: without a length the event would be dead at its first attempt.
+    let answer = send_raw(&f, b"/hooks/orders", "empty-1", b"", b"").await;
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    let got =
+        f.up.wait_delivered(1, Duration::from_secs(10))
+            .await
+            .remove(0);
+    assert!(got.body.is_empty());
+    assert_eq!(
+        got.header("content-length"),
+        Some("0"),
+        "an empty POST says so: {:?}",
+        got.headers
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_enforced_while_reading() {
     let f = fixture("header_timeout = \"1s\"\nbody_timeout = \"1s\"").await;
     let addr = f.gw.ingress;

@@ -119,6 +119,16 @@ impl HttpSink {
     fn request(&self, ev: &Event, attempt: u32) -> Result<Request<Bytes>, String> {
         let method = Method::from_bytes(ev.method.as_bytes()).unwrap_or(Method::POST);
         let mut headers = forward_headers(ev, &self.route, attempt);
+        // The original Content-Length is dropped with the framing headers and hyper writes
+        // none for an empty body, so an empty POST would go out with no length, and a
+        // receiver that requires one answers 411, a permanent failure. Every method but GET
+        // and HEAD (which define no meaning for content: RFC 9110 §8.6 says to send none)
+        // says `Content-Length: 0`, as Go's and curl's clients do for POST and PUT. By method,
+        // not by whether the sender sent one: an empty chunked or HTTP/2 request needs it
+        // just as much. Queue sinks build their headers without this.
+        if ev.body.is_empty() && method != Method::GET && method != Method::HEAD {
+            headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
         if let Some(s) = &self.sign {
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -583,6 +593,33 @@ url = "{url}"
                 .uri()
                 .to_string(),
             format!("{up}/in?fixed=1")
+        );
+    }
+
+    #[test]
+    fn an_empty_body_gets_content_length_zero_but_not_on_get_or_head() {
+        let s = sink("http://up.example/in");
+        let length = |req: http::request::Builder, body: &'static [u8]| {
+            let req = s.request(&event(req, body), 1).unwrap();
+            req.headers()
+                .get(http::header::CONTENT_LENGTH)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        // The sender's own Content-Length never passes; hyper writes a non-empty body's.
+        let sent = || http::Request::post("/r").header("content-length", "0");
+        assert_eq!(length(sent(), b""), Some("0".into()));
+        assert_eq!(length(http::Request::post("/r"), b""), Some("0".into()));
+        assert_eq!(length(http::Request::put("/r"), b""), Some("0".into()));
+        assert_eq!(length(http::Request::delete("/r"), b""), Some("0".into()));
+        assert_eq!(length(http::Request::post("/r"), b"{}"), None);
+        assert_eq!(length(http::Request::get("/r"), b""), None);
+        assert_eq!(length(http::Request::head("/r"), b""), None);
+        let ev = event(sent(), b"");
+        assert!(
+            super::super::message_headers(&ev, "r", 1, None)
+                .iter()
+                .all(|(k, _)| !k.eq_ignore_ascii_case("content-length")),
+            "queue messages carry no framing headers"
         );
     }
 
