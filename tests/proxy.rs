@@ -123,3 +123,43 @@ async fn proxy_relays_the_upstream_answer_or_502_504() {
         "proxied requests are not queued for delivery"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_drops_the_headers_the_upstreams_connection_header_names() {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    let gw = Gateway::start(
+        dir.path(),
+        &config(
+            &Backend::Embedded,
+            dir.path(),
+            "",
+            &proxy_route("live", &up.url("/cmd")),
+        ),
+    );
+    let c = reqwest::Client::new();
+
+    // Connection-specific headers of the upstream's hop (RFC 9110 §7.6.1), one named in a
+    // value with a non-UTF-8 token, one in a second Connection line.
+    up.push(Plan::Headers(
+        200,
+        vec![
+            ("connection", b"X-Up-Secret, caf\xe9"),
+            ("connection", b"x-up-other"),
+            ("x-up-secret", b"leaked"),
+            ("x-up-other", b"leaked too"),
+            ("x-up-kept", b"kept"),
+        ],
+    ));
+    let r = signed(&c, &gw.url("/p/live"), SECRET, "x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers();
+    assert_eq!(h["x-up-kept"], "kept", "other upstream headers relayed");
+    assert!(
+        h.get("x-up-secret").is_none() && h.get("x-up-other").is_none(),
+        "headers the upstream's Connection names are its hop's, not the client's: {h:?}"
+    );
+}

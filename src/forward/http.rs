@@ -55,6 +55,9 @@ pub struct HttpSink {
     url: reqwest::Url,
     /// `url` as a request target, for events without a query string (most of them).
     base: http::Uri,
+    /// `url` without its fragment, up to where an event's query string goes: `…/in?`, or
+    /// `…/in?fixed=1&` when the URL has a query of its own.
+    query_prefix: String,
     /// `Authorization: Basic …` from the URL's credentials, unless the request has its own.
     basic: Option<HeaderValue>,
     route: String,
@@ -91,9 +94,19 @@ impl HttpSink {
             .as_str()
             .parse()
             .map_err(|e| anyhow::anyhow!("forward.url: {e}"))?;
+        let query_prefix = {
+            let mut path = url.clone();
+            path.set_fragment(None);
+            path.set_query(None);
+            match url.query().filter(|q| !q.is_empty()) {
+                Some(own) => format!("{path}?{own}&"),
+                None => format!("{path}?"),
+            }
+        };
         Ok(HttpSink {
             transport,
             base,
+            query_prefix,
             url,
             basic,
             route: route.name.clone(),
@@ -106,6 +119,16 @@ impl HttpSink {
     fn request(&self, ev: &Event, attempt: u32) -> Result<Request<Bytes>, String> {
         let method = Method::from_bytes(ev.method.as_bytes()).unwrap_or(Method::POST);
         let mut headers = forward_headers(ev, &self.route, attempt);
+        // The original Content-Length is dropped with the framing headers and hyper writes
+        // none for an empty body, so an empty POST would go out with no length, and a
+        // receiver that requires one answers 411, a permanent failure. Every method but GET
+        // and HEAD (which define no meaning for content: RFC 9110 §8.6 says to send none)
+        // says `Content-Length: 0`, as Go's and curl's clients do for POST and PUT. By method,
+        // not by whether the sender sent one: an empty chunked or HTTP/2 request needs it
+        // just as much. Queue sinks build their headers without this.
+        if ev.body.is_empty() && method != Method::GET && method != Method::HEAD {
+            headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
         if let Some(s) = &self.sign {
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -118,13 +141,9 @@ impl HttpSink {
                 headers.insert(http::header::AUTHORIZATION, auth.clone());
             }
         }
-        let uri: http::Uri = match ev.query.as_deref().filter(|q| !q.is_empty()) {
+        let uri = match ev.query.as_deref().filter(|q| !q.is_empty()) {
             None => self.base.clone(),
-            Some(q) => self
-                .with_query(q)
-                .as_str()
-                .parse()
-                .map_err(|e| format!("invalid upstream URL: {e}"))?,
+            Some(q) => self.target(q)?,
         };
         let mut req = Request::new(ev.body.clone());
         *req.method_mut() = method;
@@ -151,7 +170,28 @@ impl HttpSink {
         }
     }
 
-    /// `forward.url` with the event's query string appended to its own.
+    /// `forward.url` with the event's query string `q` appended as the sender sent it (SPEC
+    /// §6), not re-encoded: a receiver that checks a signature over the URL (Twilio-style)
+    /// needs the signed bytes, `'` and raw UTF-8 included. A query the ingress took passed
+    /// the same parser there, so it joins into a valid target; one that does not (a stored
+    /// event hyper cannot send, or one past http::Uri's length limit with the URL) goes out
+    /// percent-encoded by the URL parser instead, as before, rather than failing the event.
+    /// Through an environment proxy reqwest re-parses the target with that parser anyway, so
+    /// there it is encoded either way.
+    fn target(&self, q: &str) -> Result<http::Uri, String> {
+        // (`#` would start a fragment http::Uri drops: the fallback encodes it.)
+        if !q.contains('#') {
+            if let Ok(uri) = format!("{}{q}", self.query_prefix).parse() {
+                return Ok(uri);
+            }
+        }
+        self.with_query(q)
+            .as_str()
+            .parse()
+            .map_err(|e| format!("invalid upstream URL: {e}"))
+    }
+
+    /// `forward.url` with the event's query string appended to its own, percent-encoded.
     fn with_query(&self, q: &str) -> reqwest::Url {
         let mut url = self.url.clone();
         let joined = match url.query() {
@@ -219,13 +259,7 @@ fn split_credentials(mut url: reqwest::Url) -> (reqwest::Url, Option<HeaderValue
 /// client-sent `Hookgate-*`) and the gateway's own.
 pub fn forward_headers(ev: &Event, route: &str, attempt: u32) -> HeaderMap {
     // Names a `Connection` header lists are hop-by-hop too (rare: only then is it parsed).
-    let connection_named: Vec<String> = ev
-        .headers
-        .get_all("connection")
-        .flat_map(|v| v.split(','))
-        .map(|n| n.trim().to_ascii_lowercase())
-        .filter(|n| !n.is_empty())
-        .collect();
+    let connection_named = connection_tokens(ev.headers.get_all_bytes("connection"));
     let keep = |name: &str| {
         !HOP_BY_HOP.contains(&name)
             && !crate::store::is_gateway_header(name)
@@ -243,6 +277,18 @@ pub fn forward_headers(ev: &Event, route: &str, attempt: u32) -> HeaderMap {
     set("hookgate-verified", &ev.scheme);
     set("hookgate-received-at", &rfc3339_ms(ev.received_at_ms));
     h
+}
+
+/// The names a message's `Connection` header values list (RFC 9110 §7.6.1), lower-case.
+/// Read as bytes and split on `,`: a value with a non-UTF-8 byte still names its other
+/// tokens (skipping it as not text let the headers it names through). A token that is not a
+/// valid header name matches no header, so lossy decoding loses nothing.
+fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
+    values
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(|t| String::from_utf8_lossy(t.trim_ascii()).to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 /// `Retry-After` as delta-seconds or an HTTP date.
@@ -389,8 +435,20 @@ impl HttpSink {
             .await
             .map_err(|_| ProxyError::Timeout)??;
         let mut out_headers = parts.headers;
-        for name in HOP_BY_HOP {
-            out_headers.remove(*name);
+        // The upstream's answer is relayed as a new message: what its `Connection` header
+        // names belongs to the gateway's connection to it (RFC 9110 §7.6.1), not the client's.
+        let listed = connection_tokens(
+            out_headers
+                .get_all(http::header::CONNECTION)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        );
+        for name in listed
+            .iter()
+            .map(String::as_str)
+            .chain(HOP_BY_HOP.iter().copied())
+        {
+            out_headers.remove(name);
         }
         let mut out = http::Response::new(bytes::Bytes::from(body));
         *out.status_mut() = parts.status;
@@ -451,6 +509,118 @@ mod tests {
         );
         assert_eq!(sample_budget(ms(500), ms(400)), ms(450), "a tenth early");
         assert_eq!(sample_budget(ms(500), ms(480)), ms(450), "past it: no wait");
+    }
+
+    fn sink(url: &str) -> HttpSink {
+        let (cfg, _) = crate::config::parse(&format!(
+            r#"
+[[route]]
+name = "r"
+path = "/r"
+methods = ["GET", "POST"]
+[route.verify]
+scheme = "none"
+[route.forward]
+url = "{url}"
+"#
+        ))
+        .unwrap();
+        HttpSink::new(&cfg.routes[0], reqwest::Url::parse(url).unwrap()).unwrap()
+    }
+
+    fn event(req: http::request::Builder, body: &'static [u8]) -> Event {
+        let parts = req.body(()).unwrap().into_parts().0;
+        let verified = crate::verify::Verified {
+            scheme: "none",
+            event_id: None,
+            secret_index: None,
+        };
+        crate::store::NewEvent::new("r", &parts, Bytes::from_static(body), &verified, 1_000)
+            .into_event()
+    }
+
+    #[test]
+    fn every_name_a_connection_header_lists_is_dropped_even_beside_non_utf8() {
+        let ev = event(
+            http::Request::post("/r")
+                .header(
+                    "connection",
+                    HeaderValue::from_bytes(b"X-A ,\tcaf\xe9").unwrap(),
+                )
+                .header("connection", "x-b")
+                .header("x-a", "1")
+                .header("x-b", "2")
+                .header("x-c", "3"),
+            b"{}",
+        );
+        let h = forward_headers(&ev, "r", 1);
+        assert!(h.get("x-a").is_none() && h.get("x-b").is_none(), "{h:?}");
+        assert_eq!(h["x-c"], "3");
+        assert!(h.get("connection").is_none());
+    }
+
+    #[test]
+    fn the_query_goes_out_as_sent_or_encoded_when_it_cannot() {
+        let uri = |url: &str, q: &str| {
+            let mut ev = event(http::Request::post("/r"), b"{}");
+            ev.query = Some(q.to_string());
+            sink(url).request(&ev, 1).unwrap().uri().to_string()
+        };
+        let up = "http://up.example:8080";
+        assert_eq!(
+            uri(&format!("{up}/in"), "a=b'c&e=caf\u{e9}&s=%20x"),
+            format!("{up}/in?a=b'c&e=caf\u{e9}&s=%20x")
+        );
+        assert_eq!(
+            uri(&format!("{up}/in?fixed=1#frag"), "a=b'c"),
+            format!("{up}/in?fixed=1&a=b'c"),
+            "joined to the URL's own query, without its fragment"
+        );
+        assert_eq!(uri(&format!("{up}/in?"), "a=1"), format!("{up}/in?a=1"));
+        // Not from the ingress (it takes no such query), but a stored event is not failed
+        // for it: the URL parser's encoding instead.
+        assert_eq!(
+            uri(&format!("{up}/in"), "a=b c"),
+            format!("{up}/in?a=b%20c")
+        );
+        assert_eq!(uri(&format!("{up}/in"), "a#b"), format!("{up}/in?a%23b"));
+        let mut ev = event(http::Request::post("/r"), b"{}");
+        ev.query = None;
+        assert_eq!(
+            sink(&format!("{up}/in?fixed=1"))
+                .request(&ev, 1)
+                .unwrap()
+                .uri()
+                .to_string(),
+            format!("{up}/in?fixed=1")
+        );
+    }
+
+    #[test]
+    fn an_empty_body_gets_content_length_zero_but_not_on_get_or_head() {
+        let s = sink("http://up.example/in");
+        let length = |req: http::request::Builder, body: &'static [u8]| {
+            let req = s.request(&event(req, body), 1).unwrap();
+            req.headers()
+                .get(http::header::CONTENT_LENGTH)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        // The sender's own Content-Length never passes; hyper writes a non-empty body's.
+        let sent = || http::Request::post("/r").header("content-length", "0");
+        assert_eq!(length(sent(), b""), Some("0".into()));
+        assert_eq!(length(http::Request::post("/r"), b""), Some("0".into()));
+        assert_eq!(length(http::Request::put("/r"), b""), Some("0".into()));
+        assert_eq!(length(http::Request::delete("/r"), b""), Some("0".into()));
+        assert_eq!(length(http::Request::post("/r"), b"{}"), None);
+        assert_eq!(length(http::Request::get("/r"), b""), None);
+        assert_eq!(length(http::Request::head("/r"), b""), None);
+        let ev = event(sent(), b"");
+        assert!(
+            super::super::message_headers(&ev, "r", 1, None)
+                .iter()
+                .all(|(k, _)| !k.eq_ignore_ascii_case("content-length")),
+            "queue messages carry no framing headers"
+        );
     }
 
     #[test]

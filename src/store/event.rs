@@ -82,7 +82,8 @@ impl StoredHeaders {
         map
     }
 
-    /// Every text value of the header `name`, in order.
+    /// Every text value of the header `name`, in order (a non-UTF-8 one is skipped: to read a
+    /// list whose every item matters, such as `Connection`, use [`Self::get_all_bytes`]).
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.0
             .iter()
@@ -90,6 +91,17 @@ impl StoredHeaders {
             .filter_map(|(_, v)| match v {
                 Value::Text(s) => Some(s.as_str()),
                 Value::Bytes(_) => None,
+            })
+    }
+
+    /// Every value of the header `name` as bytes, text or not, in order.
+    pub fn get_all_bytes<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| match v {
+                Value::Text(s) => s.as_bytes(),
+                Value::Bytes(b) => b.as_slice(),
             })
     }
 

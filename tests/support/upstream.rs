@@ -46,6 +46,8 @@ pub enum Plan {
     RetryAfter(u16, u64),
     /// Answer `status` after `delay`.
     Delay(Duration, u16),
+    /// Answer `status` with these headers too (values as raw bytes, appended in order).
+    Headers(u16, Vec<(&'static str, &'static [u8])>),
 }
 
 struct State {
@@ -265,13 +267,14 @@ async fn handle(
             _ => Plan::Status(st.default_status.lock().unwrap().unwrap_or(200)),
         }
     });
-    let (status, retry_after) = match plan {
-        Plan::Status(s) => (s, None),
-        Plan::RetryAfter(s, secs) => (s, Some(secs)),
+    let (status, retry_after, extra) = match plan {
+        Plan::Status(s) => (s, None, Vec::new()),
+        Plan::RetryAfter(s, secs) => (s, Some(secs), Vec::new()),
         Plan::Delay(d, s) => {
             tokio::time::sleep(d).await;
-            (s, None)
+            (s, None, Vec::new())
         }
+        Plan::Headers(s, h) => (s, None, h),
     };
     st.received.lock().unwrap().push(Received {
         method: parts.method,
@@ -289,6 +292,12 @@ async fn handle(
         .insert("x-upstream", "test-upstream".parse().unwrap());
     if let Some(s) = retry_after {
         resp.headers_mut().insert("retry-after", s.into());
+    }
+    for (name, value) in extra {
+        resp.headers_mut().append(
+            http::HeaderName::from_static(name),
+            http::HeaderValue::from_bytes(value).unwrap(),
+        );
     }
     Ok(resp)
 }
