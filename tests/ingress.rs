@@ -640,7 +640,7 @@ async fn admin_is_separate_and_token_protected() {
         .unwrap();
     assert_eq!(ok.status(), 200);
     let routes: Value = ok.json().await.unwrap();
-    assert_eq!(routes["routes"].as_array().unwrap().len(), 3);
+    assert_eq!(routes["routes"].as_array().unwrap().len(), 4);
     // The scheme's name is case-insensitive; the token is not.
     for (header, status) in [
         ("bearer adm1n-t0ken", 200),

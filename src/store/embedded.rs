@@ -749,6 +749,8 @@ enum Out {
     DiskLow,
     Unit,
     Count(u64),
+    /// An accept whose caller stopped waiting before its transaction began: not recorded.
+    Abandoned,
 }
 
 /// `room`: bytes new events may still add (`disk_cost`); a new event that does not fit is
@@ -761,6 +763,9 @@ fn run(
     room: &mut u64,
 ) -> rusqlite::Result<Out> {
     Ok(match w {
+        // Its request was already answered 503 (ACCEPT_DEADLINE): recording it now would
+        // only turn the sender's retry into a duplicate.
+        Write::Accept(_, _, reply) if reply.is_closed() => Out::Abandoned,
         Write::Accept(ev, key, _) => match accept_tx(tx, &ev.0, &ev.1, key.as_ref(), keys, room)? {
             Some(a) => Out::Accept(a),
             None => Out::DiskLow,
@@ -1086,9 +1091,10 @@ impl Store for EmbeddedStore {
 
     async fn accept(&self, ev: NewEvent, dedupe: Option<DedupeKey>) -> Result<Accept, StoreError> {
         let headers = ev.headers.to_json();
-        // A sender waits at most this long for its answer: past it, 503 + Retry-After. If the
-        // write commits later anyway, the event is delivered and the sender's retry is answered
-        // as a duplicate with its id.
+        // A sender waits at most this long for its answer: past it, 503 + Retry-After, and the
+        // write is skipped if its transaction has not begun. If it had (a commit slower than
+        // the deadline), the event is recorded and delivered, and the sender's retry is
+        // answered as a duplicate with its id.
         tokio::time::timeout(
             ACCEPT_DEADLINE,
             self.write(|r| Write::Accept(Box::new((ev, headers)), dedupe, r)),
