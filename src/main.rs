@@ -118,7 +118,7 @@ fn sign(a: hookgate::cli::SignArgs) -> ExitCode {
     let file = a.body.as_deref().filter(|b| *b != "-");
     match hookgate::cli::sign_output(&cfg, &a.route, &body, file, now) {
         Ok(out) => {
-            print!("{out}");
+            print_out(&out);
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -166,8 +166,22 @@ async fn events(args: EventsArgs) -> anyhow::Result<()> {
         ),
     };
     let v = call(&t, method, &path).await?;
-    println!("{}", serde_json::to_string_pretty(&v)?);
+    print_out(&format!("{}\n", serde_json::to_string_pretty(&v)?));
     Ok(())
+}
+
+/// Writes a command's output to stdout. A reader that went away (`hookgate events … | head`)
+/// ends the command quietly, as for other Unix tools, instead of a panic with a backtrace.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("hookgate: cannot write the output: {e}");
+        std::process::exit(1);
+    }
 }
 
 async fn serve(cfg: config::Config, path: std::path::PathBuf) -> anyhow::Result<()> {

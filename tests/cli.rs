@@ -44,7 +44,7 @@ fn check_prints_one_line_per_problem_and_exits_1() {
         lines,
         vec![
             "route[0].verify.secrets[0]: environment variable ORDERS_SECRET_UNSET_FOR_TEST is not set",
-            "route[0].forward.timeout: invalid duration \"10 parsecs\"",
+            "route[0].forward.timeout: invalid duration \"10 parsecs\": unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)",
         ]
     );
 }
@@ -218,4 +218,35 @@ fn sign_prints_a_curl_with_https_under_tls_and_the_routes_method() {
         out.contains("curl -sS -X PUT 'http://127.0.0.1:8080/put'"),
         "{out}"
     );
+}
+
+#[test]
+fn output_cut_short_by_its_reader_ends_quietly() {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_config(
+        &dir,
+        "c.toml",
+        "[[route]]\nname = \"r\"\npath = \"/r\"\n[route.verify]\nscheme = \"hmac\"\nsecrets = [\"s\"]\n\
+         [route.forward]\nurl = \"http://127.0.0.1:9/\"\n",
+    );
+    // `hookgate sign … --body - | head -c 10`: a 1 MiB body comes back inline in the curl
+    // line, far more than a pipe holds, and the reader leaves after 10 bytes.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["sign", "-c", &p, "--route", "r", "--body", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&vec![b'a'; 1 << 20]));
+    let mut first = [0u8; 10];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    writer.join().unwrap().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
 }
