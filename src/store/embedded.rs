@@ -824,17 +824,26 @@ fn commit_batch(
 ) -> (u64, bool) {
     let mut left = room;
     let mut refused = false;
-    let fast = (|| -> rusqlite::Result<Vec<Out>> {
+    // `None`: an accept's request was answered 503 (its deadline) while the transaction ran
+    // (waiting on a lock, say). Rolled back and redone one write at a time, which skips it,
+    // so a 503 still means "not recorded".
+    let fast = (|| -> rusqlite::Result<Option<Vec<Out>>> {
         let tx = conn.transaction()?;
         let outs = batch
             .iter()
             .map(|w| run(&tx, w, retention_ms, keys, &mut left))
             .collect::<rusqlite::Result<Vec<_>>>()?;
+        if batch
+            .iter()
+            .any(|w| matches!(w, Write::Accept(_, _, r) if r.is_closed()))
+        {
+            return Ok(None);
+        }
         tx.commit()?;
-        Ok(outs)
+        Ok(Some(outs))
     })();
     match fast {
-        Ok(outs) => {
+        Ok(Some(outs)) => {
             keys.committed();
             refused = outs.iter().any(|o| matches!(o, Out::DiskLow));
             for (w, o) in batch.drain(..).zip(outs) {
@@ -853,11 +862,19 @@ fn commit_batch(
                 reply(w, Err(e.clone()), leases);
             }
         }
-        Err(e) => {
+        other => {
             keys.rolled_back();
             left = room;
-            tracing::warn!(error = %e, writes = batch.len(), "store: batch failed; retrying its writes one by one");
+            if let Err(e) = other {
+                tracing::warn!(error = %e, writes = batch.len(), "store: batch failed; retrying its writes one by one");
+            }
+            // Once the store itself fails (see above), the writes left fail with it at once.
+            let mut store_failed: Option<String> = None;
             for w in batch.drain(..) {
+                if let Some(e) = &store_failed {
+                    reply(w, Err(e.clone()), leases);
+                    continue;
+                }
                 let before = left;
                 let r = (|| -> rusqlite::Result<Out> {
                     let tx = conn.transaction()?;
@@ -870,9 +887,12 @@ fn commit_batch(
                         keys.committed();
                         refused |= matches!(o, Out::DiskLow);
                     }
-                    Err(_) => {
+                    Err(ref e) => {
                         keys.rolled_back();
                         left = before;
+                        if whole_store(e) {
+                            store_failed = Some(e.to_string());
+                        }
                     }
                 }
                 reply(w, r.map_err(|e| e.to_string()), leases);
