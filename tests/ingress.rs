@@ -405,6 +405,35 @@ async fn send_raw(f: &Fixture, target: &[u8], key: &str, extra: &[u8], body: &[u
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_head_or_an_unknown_transfer_coding_is_refused() {
+    let f = fixture("").await;
+    // Past 64 KiB of head, though within what hyper's read buffer takes.
+    let big = format!("X-Big: {}\r\n", "a".repeat(80_000));
+    let got = send_raw(&f, b"/hooks/orders", "big-head", big.as_bytes(), b"x").await;
+    assert!(got.starts_with("HTTP/1.1 431"), "{got}");
+    assert!(got.contains(r#"{"error":"headers_too_large"}"#), "{got}");
+    // gzip under chunked: hyper undoes the chunking only, so the upstream would get gzip
+    // bytes with nothing saying so.
+    let addr = f.gw.ingress;
+    let got = tokio::task::spawn_blocking(move || {
+        raw_exchange(
+            addr,
+            &[b"POST /hooks/orders HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: gzip, chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n"],
+            Duration::ZERO,
+        )
+        .0
+    })
+    .await
+    .unwrap();
+    assert!(got.starts_with("HTTP/1.1 501"), "{got}");
+    assert!(
+        got.contains(r#"{"error":"unsupported_transfer_coding"}"#),
+        "{got}"
+    );
+    assert!(f.up.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_a_connection_header_names_are_dropped_even_beside_a_non_utf8_token() {
     let f = fixture("").await;
     let extra = b"Connection: X-Secret, caf\xe9\r\nX-Secret: s3cr3t\r\nX-Custom: kept\r\n";

@@ -96,6 +96,7 @@ async fn process(
     body: Incoming,
 ) -> Result<Outcome, Reject> {
     let cfg = &route.cfg;
+    check_head(&parts)?;
     if !cfg.methods.contains(&parts.method) {
         return Err(Reject::MethodNotAllowed(route.allow.clone()));
     }
@@ -232,4 +233,30 @@ async fn same_signature(
         return None;
     }
     Some(old == new)
+}
+
+/// What hyper's read buffer does not bound exactly: the head's size (its buffer takes a head
+/// somewhat over `MAX_HEAD`), and transfer codings it passes through undecoded.
+fn check_head(parts: &http::request::Parts) -> Result<(), Reject> {
+    let size = parts.method.as_str().len()
+        + parts.uri.to_string().len()
+        + parts
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if size > super::MAX_HEAD {
+        return Err(Reject::HeadersTooLarge);
+    }
+    for v in parts.headers.get_all(http::header::TRANSFER_ENCODING) {
+        let only_chunked = v
+            .as_bytes()
+            .split(|b| *b == b',')
+            .map(|t| t.trim_ascii())
+            .all(|t| t.eq_ignore_ascii_case(b"chunked"));
+        if !only_chunked {
+            return Err(Reject::UnsupportedTransferCoding);
+        }
+    }
+    Ok(())
 }

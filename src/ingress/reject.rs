@@ -25,6 +25,11 @@ pub enum Reject {
     RequestTimeout,
     /// The client broke off or sent a malformed body.
     BadRequest,
+    /// The request head (line and headers) is over 64 KiB.
+    HeadersTooLarge,
+    /// A transfer coding other than `chunked` (e.g. `gzip, chunked`): the body would reach
+    /// the upstream still coded, with nothing saying so.
+    UnsupportedTransferCoding,
 }
 
 impl Reject {
@@ -40,6 +45,8 @@ impl Reject {
             Reject::Unavailable => "unavailable",
             Reject::RequestTimeout => "request_timeout",
             Reject::BadRequest => "bad_request",
+            Reject::HeadersTooLarge => "headers_too_large",
+            Reject::UnsupportedTransferCoding => "unsupported_transfer_coding",
         }
     }
 
@@ -54,6 +61,8 @@ impl Reject {
             Reject::MissingDedupeKey | Reject::BadRequest => StatusCode::BAD_REQUEST,
             Reject::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reject::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Reject::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Reject::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -71,7 +80,11 @@ impl Reject {
             Reject::Unavailable => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
-            Reject::BodyTooLarge | Reject::RequestTimeout | Reject::BadRequest => {
+            Reject::BodyTooLarge
+            | Reject::RequestTimeout
+            | Reject::BadRequest
+            | Reject::HeadersTooLarge
+            | Reject::UnsupportedTransferCoding => {
                 // The body was not read to its end: the connection cannot be reused.
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
