@@ -765,3 +765,56 @@ async fn delivery_is_decided_by_the_status_not_a_withheld_body() {
     let problems = upstream.problems.lock().unwrap().clone();
     assert!(problems.is_empty(), "test upstream: {problems:?}");
 }
+
+/// Redis lost an event while its retry waited (evicted, flushed, a failover to a replica that
+/// lacked it): nothing can deliver it any more, and hookgate says so — an error line and
+/// `hookgate_store_errors_total` — instead of dropping the due retry without a trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_an_event_redis_lost_is_reported_when_its_retry_falls_due() {
+    let server = RedisServer::start();
+    let b = Backend::Redis(server.url());
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    up.push(Plan::RetryAfter(503, 2));
+    let gw = Gateway::start(
+        dir.path(),
+        &config(
+            &b,
+            dir.path(),
+            "",
+            &hmac_route("r", &up.url("/in"), "backoff_max = \"5s\"", ""),
+        ),
+    );
+    let c = reqwest::Client::new();
+    let id = accepted(signed(&c, &gw.url("/hooks/r"), SECRET, "to be lost")).await;
+    // The first attempt is recorded (503, retry in 2 s); then Redis loses the event.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while gw.admin_json(&format!("/admin/events/{id}")).await["attempts"] != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first attempt not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut con = ::redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("*ev:{id}"))
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let _: i64 = ::redis::cmd("DEL").arg(&keys[0]).query(&mut con).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while gw.counter("hookgate_store_errors_total").await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lost event was not reported; log:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gw.log().contains("event lost") && gw.log().contains(&id));
+    assert_eq!(up.received().len(), 1, "never delivered after the loss");
+}

@@ -446,6 +446,12 @@ impl Store for RedisStore {
                 return Err(bad("lease entry"));
             };
             let entry = string(&entry).ok_or_else(|| bad("entry id"))?;
+            if let Some(id) = string(&fields) {
+                // Dropped by the script: nothing can deliver it. Said loudly, never silently.
+                metrics::counter!("hookgate_store_errors_total").increment(1);
+                tracing::error!(route = %route, event_id = %id, entry = %entry, "event lost: its stream entry is due but Redis no longer holds the event (evicted, flushed, or a failover to a replica that lacked it)");
+                continue;
+            }
             let ev = match codec::event(&hash(fields)?) {
                 Ok(ev) => ev,
                 Err(e) => {

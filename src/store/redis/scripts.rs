@@ -34,7 +34,8 @@ return {1, ARGV[1]}
 /// KEYS: stream, retry, claim cursor. ARGV: group, consumer, now, limit, min_idle_ms, tag.
 /// Moves due retries into the stream, reclaims entries idle longer than `min_idle_ms` (a dead
 /// replica's), reads new entries; drops stale entries (event gone, not pending, or replayed
-/// since). Returns `{{entry_id, {field, value, …}}, …}`. `XAUTOCLAIM` looks at no more than
+/// since). Returns `{{entry_id, {field, value, …}}, …}`, then `{entry_id, event_id}` for
+/// each entry whose event Redis no longer holds (lost: evicted, flushed, a lagging replica). `XAUTOCLAIM` looks at no more than
 /// 10 × COUNT pending entries per call, so the scan goes on from where the last one stopped
 /// (the cursor key): starting from the front every time, entries of live, long attempts at the
 /// head of the pending list hid abandoned ones behind them until those attempts ended.
@@ -44,15 +45,18 @@ pub static LEASE: LazyLock<Script> = LazyLock::new(|| {
 local stream, retry = KEYS[1], KEYS[2]
 local group, consumer, now = ARGV[1], ARGV[2], ARGV[3]
 local limit, min_idle, tag = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local out, missing = {}, {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', retry, '-inf', now, 'LIMIT', 0, limit)) do
   redis.call('ZREM', retry, id)
   local ev = tag .. 'ev:' .. id
-  if redis.call('HGET', ev, 'state') == 'pending' then
+  local state = redis.call('HGET', ev, 'state')
+  if state == 'pending' then
     redis.call('HSET', ev, 'entry', redis.call('XADD', stream, '*', 'id', id))
+  elseif not state then
+    missing[#missing + 1] = {'retry', id}
   end
 end
 redis.pcall('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
-local out = {}
 local function take(entries)
   for _, e in ipairs(entries) do
     local eid, f, id = e[1], e[2], nil
@@ -63,6 +67,7 @@ local function take(entries)
     if cur and cur[1] == 'pending' and cur[2] == eid then
       out[#out + 1] = {eid, redis.call('HGETALL', tag .. 'ev:' .. id)}
     else
+      if cur and not cur[1] then missing[#missing + 1] = {eid, id} end
       redis.call('XACK', stream, group, eid)
       redis.call('XDEL', stream, eid)
     end
@@ -82,6 +87,7 @@ for _ = 1, 4 do
   if not r then break end
   take(r[1][2])
 end
+for _, m in ipairs(missing) do out[#out + 1] = m end
 return out
 "#,
     )
