@@ -239,7 +239,9 @@ async fn same_signature(
 /// somewhat over `MAX_HEAD`), and transfer codings it passes through undecoded.
 fn check_head(parts: &http::request::Parts) -> Result<(), Reject> {
     let size = parts.method.as_str().len()
-        + parts.uri.to_string().len()
+        + parts.uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + parts.uri.authority().map_or(0, |a| a.as_str().len())
+        + parts.uri.path_and_query().map_or(1, |pq| pq.as_str().len())
         + parts
             .headers
             .iter()
