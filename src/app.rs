@@ -193,8 +193,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics,
         ready: Default::default(),
     });
+    let nofile = ingress::raise_nofile_limit();
     let background = vec![
-        tokio::spawn(admin::serve(admin_listener, admin.clone(), stop_rx.clone())),
+        tokio::spawn(admin::serve(
+            admin_listener,
+            admin.clone(),
+            admin::connection_cap(nofile),
+            stop_rx.clone(),
+        )),
         tokio::spawn(purge_loop(store.clone(), stop_rx.clone())),
         tokio::spawn(gauge_loop(store.clone(), table.clone(), stop_rx.clone())),
     ];
@@ -204,7 +210,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         store: store.clone(),
         trusted_proxies: config.server.trusted_proxies.clone(),
         body_timeout: config.server.body_timeout,
-        max_connections: ingress::connection_cap(ingress::raise_nofile_limit()),
+        max_connections: ingress::connection_cap(nofile),
     });
     let tls = config.server.tls.clone().map(|t| Arc::new(ArcSwap::new(t)));
     let ingress = tokio::spawn(ingress::serve(

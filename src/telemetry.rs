@@ -212,3 +212,22 @@ pub fn init_logging() {
         builder.try_init()
     };
 }
+
+/// Lets a repeated warning through at most every 10 s (a loop failing every few ms, such as
+/// accept without file descriptors, would otherwise flood the log).
+#[derive(Default)]
+pub struct Throttle(Option<std::time::Instant>);
+
+impl Throttle {
+    pub fn ready(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        if self
+            .0
+            .is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(10))
+        {
+            return false;
+        }
+        self.0 = Some(now);
+        true
+    }
+}

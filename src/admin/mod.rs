@@ -35,15 +35,38 @@ pub struct Admin {
     pub ready: AtomicBool,
 }
 
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Receiver<bool>) {
+/// Connections the admin port serves at once: probes, scrapes and operators need few, and a
+/// flood of them must not take the file descriptors deliveries need. Past it, new ones wait
+/// in the kernel's accept queue.
+pub fn connection_cap(nofile: u64) -> usize {
+    usize::try_from((nofile / 8).clamp(16, 256)).unwrap_or(256)
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    max_connections: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let mut warned = crate::telemetry::Throttle::default();
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break, // closed: never happens, the semaphore lives here
+            },
+            _ = stop.changed() => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let stream = match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) => {
                         // Out of file descriptors, say: retrying at once would spin a core.
-                        tracing::warn!(error = %e, "admin: accept failed");
+                        if warned.ready() {
+                            tracing::warn!(error = %e, "admin: accept failed (logged at most every 10 s)");
+                        }
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         continue;
                     }
@@ -54,6 +77,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Re
                     async move { Ok::<_, Infallible>(route(&admin, req).await) }
                 });
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let _ = http1::Builder::new()
                         .timer(TokioTimer::new())
                         .header_read_timeout(std::time::Duration::from_secs(10))
@@ -155,3 +179,22 @@ fn known_path(s: &[&str]) -> bool {
 }
 
 pub type Body = Full<Bytes>;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn admin_connections_are_a_small_share_of_the_open_file_limit() {
+        assert_eq!(super::connection_cap(128), 16);
+        assert_eq!(super::connection_cap(1024), 128);
+        assert_eq!(super::connection_cap(1 << 20), 256);
+        // Together with the public cap, a quarter of the limit (up to 512) stays free for
+        // deliveries and the store.
+        for nofile in [128, 1024, 4096, 1 << 20] {
+            let used = super::connection_cap(nofile) + crate::ingress::connection_cap(nofile);
+            assert!(
+                used as u64 <= nofile - nofile.min(2048) / 4,
+                "{nofile}: {used}"
+            );
+        }
+    }
+}

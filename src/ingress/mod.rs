@@ -69,13 +69,15 @@ pub async fn serve(
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(ctx.max_connections));
-    let mut warned: Option<std::time::Instant> = None;
+    let (mut warned, mut accept_warned) = (
+        crate::telemetry::Throttle::default(),
+        crate::telemetry::Throttle::default(),
+    );
     loop {
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
-                if warned.map_or(true, |t| t.elapsed() >= Duration::from_secs(10)) {
-                    warned = Some(std::time::Instant::now());
+                if warned.ready() {
                     tracing::warn!(
                         limit = ctx.max_connections,
                         "public connection limit reached: new connections wait until one closes"
@@ -94,7 +96,9 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    if accept_warned.ready() {
+                        tracing::warn!(error = %e, "accept failed (logged at most every 10 s)");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
