@@ -50,7 +50,7 @@ pub async fn handle(ctx: Arc<Ingress>, peer: SocketAddr, req: Request<Incoming>)
             if same_signature == Some(true) {
                 // A provider retry is re-signed (new timestamp); a byte-identical copy of the
                 // signed request is what a replayed capture looks like.
-                tracing::warn!(route = name, event_id = %id, outcome = "duplicate", client = %peer.ip(), latency_ms, "request: duplicate with the original's signature: possible replay");
+                tracing::warn!(route = name, event_id = %id, outcome = "duplicate", client = %peer.ip().to_canonical(), latency_ms, "request: duplicate with the original's signature: possible replay");
             } else {
                 tracing::info!(route = name, event_id = %id, outcome = "duplicate", latency_ms, "request: duplicate re-signed by the sender: a provider retry");
             }
@@ -81,7 +81,7 @@ pub async fn handle(ctx: Arc<Ingress>, peer: SocketAddr, req: Request<Incoming>)
                     "request: event could not be recorded"
                 );
             } else {
-                tracing::warn!(route = name, outcome = rej.code(), client = %peer.ip(), latency_ms, "request rejected");
+                tracing::warn!(route = name, outcome = rej.code(), client = %peer.ip().to_canonical(), latency_ms, "request rejected");
             }
             rej.response()
         }
