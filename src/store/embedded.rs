@@ -76,8 +76,41 @@ CREATE TABLE IF NOT EXISTS attempts (
 ) WITHOUT ROWID;
 ";
 
-/// Longest an accept waits for its group commit before the request is answered 503.
+/// Longest an accept waits for the writer to take it up before the request is answered 503.
 const ACCEPT_DEADLINE: Duration = Duration::from_secs(3);
+
+/// Who has an accept: still queued, taken up by the writer (its transaction has begun: the
+/// caller waits for the outcome, whatever the deadline), or given up by its caller at the
+/// deadline (answered 503; the writer skips it). One compare-and-swap decides, so a 503
+/// always means "not recorded".
+#[derive(Clone, Default)]
+struct Claim(Arc<std::sync::atomic::AtomicU8>);
+
+impl Claim {
+    const QUEUED: u8 = 0;
+    const TAKEN: u8 = 1;
+    const GIVEN_UP: u8 = 2;
+
+    /// The writer's side: false if the caller gave up first.
+    fn take(&self) -> bool {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        match self
+            .0
+            .compare_exchange(Self::QUEUED, Self::TAKEN, AcqRel, Acquire)
+        {
+            Ok(_) => true,
+            Err(now) => now == Self::TAKEN,
+        }
+    }
+
+    /// The caller's side: false if the writer took it first.
+    fn give_up(&self) -> bool {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        self.0
+            .compare_exchange(Self::QUEUED, Self::GIVEN_UP, AcqRel, Acquire)
+            .is_ok()
+    }
+}
 /// Most writes one transaction takes; the rest wait for the next one.
 const MAX_BATCH: usize = 1024;
 /// Writes queued before `accept` answers busy (→ 503).
@@ -85,9 +118,9 @@ const QUEUE: usize = 16 * 1024;
 
 enum Write {
     /// The event, its headers already as JSON (serialized on the caller's task, not on the
-    /// single writer thread), and its key.
+    /// single writer thread), who has it ([`Claim`]), and its key.
     Accept(
-        Box<(NewEvent, String)>,
+        Box<(NewEvent, String, Claim)>,
         Option<DedupeKey>,
         oneshot::Sender<Result<Accept, String>>,
     ),
@@ -552,6 +585,31 @@ impl EmbeddedStore {
         self.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// An accept that the writer has not taken up within `deadline` (its queue is stuck
+    /// behind a locked, slow or failing store) is given up: `Unavailable` (503 +
+    /// Retry-After), and never recorded. One already taken up is waited for, as its
+    /// transaction is under way and may commit.
+    async fn accept_within(
+        &self,
+        ev: NewEvent,
+        headers: String,
+        dedupe: Option<DedupeKey>,
+        deadline: Duration,
+    ) -> Result<Accept, StoreError> {
+        let claim = Claim::default();
+        let c = claim.clone();
+        let answer = self.write(|r| Write::Accept(Box::new((ev, headers, c)), dedupe, r));
+        tokio::pin!(answer);
+        match tokio::time::timeout(deadline, &mut answer).await {
+            Ok(r) => r,
+            Err(_) if claim.give_up() => Err(StoreError::Unavailable(format!(
+                "the store did not take the event up within {} s",
+                deadline.as_secs_f64()
+            ))),
+            Err(_) => answer.await,
+        }
+    }
+
     async fn write<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Write,
@@ -765,7 +823,7 @@ fn run(
     Ok(match w {
         // Its request was already answered 503 (ACCEPT_DEADLINE): recording it now would
         // only turn the sender's retry into a duplicate.
-        Write::Accept(_, _, reply) if reply.is_closed() => Out::Abandoned,
+        Write::Accept(ev, _, _) if !ev.2.take() => Out::Abandoned,
         Write::Accept(ev, key, _) => match accept_tx(tx, &ev.0, &ev.1, key.as_ref(), keys, room)? {
             Some(a) => Out::Accept(a),
             None => Out::DiskLow,
@@ -824,26 +882,17 @@ fn commit_batch(
 ) -> (u64, bool) {
     let mut left = room;
     let mut refused = false;
-    // `None`: an accept's request was answered 503 (its deadline) while the transaction ran
-    // (waiting on a lock, say). Rolled back and redone one write at a time, which skips it,
-    // so a 503 still means "not recorded".
-    let fast = (|| -> rusqlite::Result<Option<Vec<Out>>> {
+    let fast = (|| -> rusqlite::Result<Vec<Out>> {
         let tx = conn.transaction()?;
         let outs = batch
             .iter()
             .map(|w| run(&tx, w, retention_ms, keys, &mut left))
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        if batch
-            .iter()
-            .any(|w| matches!(w, Write::Accept(_, _, r) if r.is_closed()))
-        {
-            return Ok(None);
-        }
         tx.commit()?;
-        Ok(Some(outs))
+        Ok(outs)
     })();
     match fast {
-        Ok(Some(outs)) => {
+        Ok(outs) => {
             keys.committed();
             refused = outs.iter().any(|o| matches!(o, Out::DiskLow));
             for (w, o) in batch.drain(..).zip(outs) {
@@ -862,12 +911,10 @@ fn commit_batch(
                 reply(w, Err(e.clone()), leases);
             }
         }
-        other => {
+        Err(e) => {
             keys.rolled_back();
             left = room;
-            if let Err(e) = other {
-                tracing::warn!(error = %e, writes = batch.len(), "store: batch failed; retrying its writes one by one");
-            }
+            tracing::warn!(error = %e, writes = batch.len(), "store: batch failed; retrying its writes one by one");
             // Once the store itself fails (see above), the writes left fail with it at once.
             let mut store_failed: Option<String> = None;
             for w in batch.drain(..) {
@@ -1111,21 +1158,8 @@ impl Store for EmbeddedStore {
 
     async fn accept(&self, ev: NewEvent, dedupe: Option<DedupeKey>) -> Result<Accept, StoreError> {
         let headers = ev.headers.to_json();
-        // A sender waits at most this long for its answer: past it, 503 + Retry-After, and the
-        // write is skipped if its transaction has not begun. If it had (a commit slower than
-        // the deadline), the event is recorded and delivered, and the sender's retry is
-        // answered as a duplicate with its id.
-        tokio::time::timeout(
-            ACCEPT_DEADLINE,
-            self.write(|r| Write::Accept(Box::new((ev, headers)), dedupe, r)),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(format!(
-                "the store did not record the event within {} s",
-                ACCEPT_DEADLINE.as_secs()
-            )))
-        })
+        self.accept_within(ev, headers, dedupe, ACCEPT_DEADLINE)
+            .await
     }
 
     async fn lease(
@@ -1704,7 +1738,11 @@ mod tests {
                 expires_at_ms: 10_000,
             });
             let (tx, rx) = oneshot::channel();
-            batch.push(Write::Accept(Box::new((ev, headers)), key, tx));
+            batch.push(Write::Accept(
+                Box::new((ev, headers, Claim::default())),
+                key,
+                tx,
+            ));
             answers.push(rx);
         }
         let (left, refused) = commit_batch(
@@ -1920,6 +1958,55 @@ mod tests {
         let due = store.lease("r", 10, 3_000).await.unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!((due[0].attempts, due[0].cycle_attempts), (1, 0));
+    }
+
+    /// The accept deadline: one the writer has not taken up is given up (503) and never
+    /// recorded; one whose transaction is under way (here: waiting on another process's lock)
+    /// is waited for past the deadline and recorded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_accept_given_up_at_its_deadline_is_never_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap());
+        let locker = Connection::open(dir.path().join("hookgate.db")).unwrap();
+        locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let deadline = Duration::from_millis(800);
+        let send = |k: &'static str| {
+            let store = store.clone();
+            let ev = event("r", k);
+            let headers = ev.headers.to_json();
+            let key = Some(DedupeKey {
+                key: k.into(),
+                expires_at_ms: 1_000_000,
+            });
+            tokio::spawn(async move { store.accept_within(ev, headers, key, deadline).await })
+        };
+        // The writer takes A up and waits on the lock (up to its 2 s busy timeout); B queues
+        // behind it and passes its deadline; then the lock goes.
+        let t0 = std::time::Instant::now();
+        let a = send("a");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let b = send("b");
+        let b = b.await.unwrap();
+        assert!(matches!(b, Err(StoreError::Unavailable(_))), "{b:?}");
+        locker.execute_batch("ROLLBACK").unwrap();
+        let a = a.await.unwrap();
+        assert!(matches!(a, Ok(Accept::Accepted(_))), "{a:?}");
+        assert!(
+            t0.elapsed() > deadline,
+            "A was waited for past its deadline"
+        );
+        // B was not recorded: its retry is a new event; A's is a duplicate.
+        let again = |k: &'static str| {
+            let ev = event("r", k);
+            let key = Some(DedupeKey {
+                key: k.into(),
+                expires_at_ms: 1_000_000,
+            });
+            let store = store.clone();
+            async move { store.accept(ev, key).await.unwrap() }
+        };
+        assert!(matches!(again("b").await, Accept::Accepted(_)));
+        assert!(matches!(again("a").await, Accept::Duplicate(_)));
     }
 
     #[tokio::test]
