@@ -227,7 +227,9 @@ async fn policy_loop(inner: Weak<Inner>) {
         tokio::time::sleep(POLICY_CHECK).await;
         let Some(inner) = inner.upgrade() else { return };
         let mut conn = inner.work.clone();
-        let Ok(now) = tokio::time::timeout(OP_TIMEOUT, probe::evicting_policy(&mut conn)).await
+        // No answer (a blip, CONFIG refused): keep what was known.
+        let Ok(Ok(now)) =
+            tokio::time::timeout(OP_TIMEOUT, probe::read_evicting_policy(&mut conn)).await
         else {
             continue;
         };

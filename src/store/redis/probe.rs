@@ -39,7 +39,7 @@ pub async fn persistence_warnings(conn: &mut impl ConnectionLike, shown: &str) -
             }
         }
         None => out.push(format!(
-            "store.url: cannot read the persistence settings of Redis at {shown} (CONFIG GET refused): make sure appendonly is yes"
+            "store.url: cannot read the settings of Redis at {shown} (CONFIG GET refused): make sure appendonly is yes and maxmemory-policy is noeviction; hookgate cannot check or guard them"
         )),
     }
     if let Some(p) = config_get(conn, "maxmemory-policy").await {
@@ -56,9 +56,17 @@ pub async fn persistence_warnings(conn: &mut impl ConnectionLike, shown: &str) -
 /// key, pending events included). hookgate refuses to start on it and stops acknowledging
 /// while it is set at runtime. `None` also when `CONFIG GET` is refused.
 pub async fn evicting_policy(conn: &mut impl ConnectionLike) -> Option<String> {
-    config_get(conn, "maxmemory-policy")
-        .await
-        .filter(|p| evicts_pending(p))
+    read_evicting_policy(conn).await.ok().flatten()
+}
+
+/// As [`evicting_policy`], but `Err` when Redis did not answer (a blip, or `CONFIG` refused),
+/// so a periodic check keeps what it knew instead of taking silence for "no eviction".
+pub async fn read_evicting_policy(
+    conn: &mut impl ConnectionLike,
+) -> Result<Option<String>, ::redis::RedisError> {
+    Ok(config_get_result(conn, "maxmemory-policy")
+        .await?
+        .filter(|p| evicts_pending(p)))
 }
 
 /// Whether a `maxmemory-policy` may evict keys that have no TTL (pending events do not).
@@ -74,17 +82,23 @@ pub fn evicting_error(shown: &str, policy: &str) -> String {
 }
 
 async fn config_get(conn: &mut impl ConnectionLike, key: &str) -> Option<String> {
+    config_get_result(conn, key).await.ok().flatten()
+}
+
+async fn config_get_result(
+    conn: &mut impl ConnectionLike,
+    key: &str,
+) -> Result<Option<String>, ::redis::RedisError> {
     let v: Value = ::redis::cmd("CONFIG")
         .arg("GET")
         .arg(key)
         .query_async(conn)
-        .await
-        .ok()?;
-    match v {
+        .await?;
+    Ok(match v {
         Value::Array(a) => a.get(1).and_then(string),
         Value::Map(m) => m.first().and_then(|(_, v)| string(v)),
         _ => None,
-    }
+    })
 }
 
 /// For `hookgate check`: (warnings, errors), each line starting with the key's path.

@@ -73,14 +73,18 @@ local function take(entries)
     end
   end
 end
-local cursor = redis.call('GET', KEYS[3]) or '0-0'
+local start = redis.call('GET', KEYS[3]) or '0-0'
+local cursor = start
 for _ = 1, 4 do
   local claimed = redis.call('XAUTOCLAIM', stream, group, consumer, min_idle, cursor, 'COUNT', limit - #out)
   take(claimed[2])
   cursor = claimed[1]
   if cursor == '0-0' or #out >= limit then break end
 end
-redis.call('SET', KEYS[3], cursor)
+-- Written only when it moved: an idle lease writes nothing (no AOF fsync).
+if cursor ~= start then
+  if cursor == '0-0' then redis.call('DEL', KEYS[3]) else redis.call('SET', KEYS[3], cursor) end
+end
 for _ = 1, 4 do
   if #out >= limit then break end
   local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', limit - #out, 'STREAMS', stream, '>')
