@@ -1,6 +1,6 @@
-//! One request's path: route → method → client IP → rate limit → body (limited, timed) →
-//! handshake or verify (on the raw bytes, before any parsing) → dedupe key → record (atomic
-//! with the dedupe check, durable) → 202 / 200 duplicate. Each step returns a `Reject` that
+//! One request's path: route → head checks → method → client IP → body (limited, timed) →
+//! handshake or verify (on the raw bytes, before any parsing) → rate limit (verified requests
+//! only) → dedupe key → record (atomic with the dedupe check, durable) → 202 / 200 duplicate. Each step returns a `Reject` that
 //! maps to SPEC §5; the event is recorded only from a `Verified`.
 
 use std::net::SocketAddr;
