@@ -1161,3 +1161,77 @@ async fn amqp_returns_are_paired_with_their_own_publish_under_concurrency() {
     let got = amqp_ids(&amqp_drain(&name, ok.len()).await);
     assert_no_dup(&got, &ok.into_iter().collect());
 }
+
+/// A TCP proxy to `to` on a free port. Bumping the returned epoch freezes every connection
+/// made before: it stays open but forwards nothing more (a broker host gone, a NAT entry
+/// lost), while new connections work.
+async fn freezable_proxy(to: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let epoch = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let e = epoch.clone();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                continue;
+            };
+            let mine = e.load(SeqCst);
+            let (ri, wi) = inbound.into_split();
+            let (ro, wo) = outbound.into_split();
+            for (mut r, mut w) in [
+                (
+                    Box::new(ri) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                    Box::new(wo) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                ),
+                (Box::new(ro), Box::new(wi)),
+            ] {
+                let e = e.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match r.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if e.load(SeqCst) != mine {
+                            // Frozen: hold both sockets open, forward nothing.
+                            std::future::pending::<()>().await;
+                        }
+                        if w.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    (port, epoch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_connection_that_stops_answering_is_dropped_and_made_again() {
+    let n = Nats::start().await;
+    nats_stream(&n).await;
+    let (port, epoch) = freezable_proxy(n.port).await;
+    let gw = gateway(&format!(
+        "url = \"nats://127.0.0.1:{port}\"\nsubject = \"hooks.in\""
+    ));
+    let first = gw.post(b"before".to_vec()).await;
+    gw.wait_outcome(&first, "delivered").await;
+    epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let second = gw.post(b"after".to_vec()).await;
+    // async-nats alone notices such a connection only after missed pings, which every
+    // publish puts off: minutes. The sink drops it after an attempt with no ack.
+    let ev = tokio::time::timeout(
+        Duration::from_secs(20),
+        gw.wait_outcome(&second, "delivered"),
+    )
+    .await
+    .expect("delivered over a new connection within 20 s");
+    let log = ev["attempt_log"].as_array().unwrap();
+    assert!(log.len() >= 2, "{ev:#}");
+    let msgs = nats_read_all(&n, 2).await;
+    assert_eq!(nats_ids(&msgs), [first, second]);
+}

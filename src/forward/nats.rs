@@ -26,8 +26,9 @@ use crate::config::{ForwardSign, RouteConfig};
 use crate::store::Event;
 
 pub struct NatsSink {
-    /// Made on the first attempt that reaches the server.
-    js: tokio::sync::Mutex<Option<async_nats::jetstream::Context>>,
+    /// Made on the first attempt that reaches the server; the token tells one connection
+    /// from the next (see [`NatsSink::discard`]).
+    js: tokio::sync::Mutex<Option<(Arc<()>, async_nats::jetstream::Context)>>,
     /// The address without credentials (async-nats ignores those in the URL).
     addr: String,
     /// The URL's credentials, given to the client as options.
@@ -129,7 +130,7 @@ impl NatsSink {
 
     /// The route's JetStream context, connecting if there is none yet. One try, no retries
     /// of its own in the background: the attempt fails and is retried like any other.
-    async fn context(&self) -> Result<async_nats::jetstream::Context, DeliveryError> {
+    async fn context(&self) -> Result<(Arc<()>, async_nats::jetstream::Context), DeliveryError> {
         let mut slot = self.js.lock().await;
         if let Some(js) = slot.as_ref() {
             return Ok(js.clone());
@@ -172,8 +173,21 @@ impl NatsSink {
         let mut js = async_nats::jetstream::new(client);
         // Bounded by forward.timeout anyway; fail a little earlier so the attempt says why.
         js.set_timeout(self.timeout.mul_f64(0.9));
-        *slot = Some(js.clone());
-        Ok(js)
+        let made = (Arc::new(()), js);
+        *slot = Some(made.clone());
+        Ok(made)
+    }
+
+    /// Drops the route's connection if it is still the one `token` names (another attempt
+    /// may have replaced it), so the next attempt connects again. async-nats notices a
+    /// connection that stopped answering without closing only after missed pings, and every
+    /// publish puts its next ping off: such a connection held a route's deliveries for ~5 min.
+    async fn discard(&self, token: &Arc<()>) {
+        let mut slot = self.js.lock().await;
+        if slot.as_ref().is_some_and(|(t, _)| Arc::ptr_eq(t, token)) {
+            slot.take();
+            tracing::warn!(route = %self.route, url = %self.url, "nats connection not answering: dropped");
+        }
     }
 
     fn headers(&self, ev: &Event, attempt: u32) -> async_nats::HeaderMap {
@@ -264,7 +278,7 @@ impl Sink for NatsSink {
     }
 
     async fn deliver(&self, ev: &Event, attempt: u32) -> Result<Receipt, DeliveryError> {
-        let js = self.context().await?;
+        let (token, js) = self.context().await?;
         let headers = self.headers(ev, attempt);
         // JetStream's publish does not check the server's max_payload; the server answers a
         // larger message with -ERR and closes the connection, which would fail every publish
@@ -286,7 +300,17 @@ impl Sink for NatsSink {
         }
         match self.publish(&js, headers, ev).await {
             Ok(r) => Ok(r),
-            Err(e) => Err(self.classify(&js, e).await),
+            Err(e) => {
+                // No ack within the attempt, or the socket broke: the next attempt connects
+                // again rather than trust this connection (the Redis sink does the same).
+                if matches!(
+                    e.kind(),
+                    PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+                ) {
+                    self.discard(&token).await;
+                }
+                Err(self.classify(&js, e).await)
+            }
         }
     }
 }
