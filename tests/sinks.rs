@@ -1235,3 +1235,51 @@ async fn nats_a_connection_that_stops_answering_is_dropped_and_made_again() {
     let msgs = nats_read_all(&n, 2).await;
     assert_eq!(nats_ids(&msgs), [first, second]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_a_connection_that_stops_answering_is_noticed_and_made_again() {
+    let _one_at_a_time = AMQP_LOCK.lock().await;
+    let name = unique("frozen");
+    amqp_declare(&name).await;
+    let url = amqp_url();
+    let broker: u16 = url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (port, epoch) = freezable_proxy(broker).await;
+    let via = url.replace(&format!(":{broker}/"), &format!(":{port}/"));
+    let gw = gateway(&format!(
+        "url = {via:?}\nexchange = {name:?}\nrouting_key = \"rk\""
+    ));
+    let t0 = Instant::now();
+    let first = gw.post(b"before".to_vec()).await;
+    gw.wait_outcome(&first, "delivered").await;
+    epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let second = gw.post(b"after".to_vec()).await;
+    // With RabbitMQ's default heartbeat (60 s) this took minutes; hookgate asks for 10 s.
+    tokio::time::timeout(
+        Duration::from_secs(45),
+        gw.wait_outcome(&second, "delivered"),
+    )
+    .await
+    .expect("delivered over a new connection within 45 s");
+    eprintln!("delivered {:?} after the freeze began", t0.elapsed());
+    let msgs = amqp_drain(&name, 2).await;
+    let ids: Vec<String> = msgs
+        .iter()
+        .map(|m| {
+            m.delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(ids.contains(&first) && ids.contains(&second), "{ids:?}");
+}

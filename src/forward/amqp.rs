@@ -55,6 +55,9 @@ const SHORT_STRING_MAX: usize = 255;
 /// before publishing another copy, unless the broker still blocks the connection.
 const PARK_MAX: Duration = Duration::from_secs(300);
 
+/// Heartbeat asked for when the URL names none (RabbitMQ takes the lower of its own and ours).
+const DEFAULT_HEARTBEAT_SECS: u16 = 10;
+
 /// A publish whose confirm did not come within its attempt's time, kept with its channel
 /// until the event's next attempt: if the broker confirmed it meanwhile, that attempt is
 /// delivered without publishing a second copy. Dropping it stops waiting.
@@ -203,10 +206,32 @@ impl AmqpSink {
                 "cannot open a channel to the amqp broker at {}: {e}",
                 self.url
             ))),
-            Err(_) => Err(retryable(format!(
-                "cannot open a channel to the amqp broker at {}: timed out",
-                self.url
-            ))),
+            Err(_) => {
+                // Opening a channel is one round trip: no answer within the attempt means the
+                // connection is gone without saying so. The next attempt connects again.
+                self.discard(&conn).await;
+                Err(retryable(format!(
+                    "cannot open a channel to the amqp broker at {}: timed out (connection \
+                     dropped; the next attempt connects again)",
+                    self.url
+                )))
+            }
+        }
+    }
+
+    /// Drops the route's connection if it is still `conn` (another attempt may have replaced
+    /// it already), closing it in the background.
+    async fn discard(&self, conn: &Arc<Connection>) {
+        let mut slot = self.link.lock().await;
+        if slot.as_ref().is_some_and(|l| Arc::ptr_eq(&l.conn, conn)) {
+            slot.take();
+            tracing::warn!(route = %self.route, url = %self.url, "amqp connection not answering: dropped");
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), conn.close(320, "not answering"))
+                        .await;
+            });
         }
     }
 
@@ -279,6 +304,12 @@ impl AmqpSink {
             if uri.query.connection_timeout.is_none() {
                 let left = deadline.saturating_duration_since(Instant::now());
                 uri.query.connection_timeout = Some(left.as_millis().max(1) as u64);
+            }
+            // A connection that stops answering without closing (a broker host gone, a NAT
+            // entry lost) is noticed by missed heartbeats: RabbitMQ's default of 60 s held a
+            // route's deliveries for minutes. `?heartbeat=N` in the URL still decides.
+            if uri.query.heartbeat.is_none() {
+                uri.query.heartbeat = Some(DEFAULT_HEARTBEAT_SECS);
             }
             Connection::connect_uri(uri, props).await
         })
@@ -482,8 +513,8 @@ impl Sink for AmqpSink {
             Confirmation::Ack(Some(ret)) | Confirmation::Nack(Some(ret)) => {
                 let detail = format!(
                     "route {:?}: message returned unroutable by exchange {} for routing key {:?} \
-                     ({} {}): no queue is bound for it; bind one (forward.routing_key) — the \
-                     event is kept and retried until then",
+                     ({} {}): no queue is bound for it; bind one (forward.routing_key), then \
+                     replay the event if it went dead meanwhile",
                     self.route,
                     self.exchange_name(),
                     self.routing_key,
@@ -494,7 +525,8 @@ impl Sink for AmqpSink {
                 Err(retryable(detail))
             }
             Confirmation::Nack(None) => Err(retryable(format!(
-                "broker nacked the message (exchange {})",
+                "broker nacked the message (exchange {}): a queue it routes to may be full \
+                 (x-max-length with x-overflow reject-publish) or the broker failed to store it",
                 self.exchange_name()
             ))),
             Confirmation::NotRequested => {
