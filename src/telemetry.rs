@@ -200,7 +200,14 @@ pub fn event_counts(route: &str, pending: u64, dead: u64) {
 pub fn init_logging() {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HOOKGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter =
+        EnvFilter::try_from_env("HOOKGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // lapin logs a returned (unroutable) message whole at warn: every forwarded header,
+    // Authorization included, and the body. Never wanted, whatever HOOKGATE_LOG says; the
+    // AMQP sink logs its own line without the contents.
+    if let Ok(quiet) = "lapin::returned_messages=off".parse() {
+        filter = filter.add_directive(quiet);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colour only on a terminal: escape codes in a log file or journald are noise.
