@@ -219,30 +219,6 @@ impl AmqpSink {
         }
     }
 
-    /// Whether the route's connection no longer answers (no channel opens within `within`);
-    /// if so it is dropped. No connection at all counts as dead: it was dropped already.
-    async fn link_dead(&self, within: Duration) -> bool {
-        let conn = self.link.lock().await.as_ref().map(|l| l.conn.clone());
-        let Some(conn) = conn else { return true };
-        if conn.status().blocked() {
-            // A resource alarm: the broker stops reading from the connection, which is alive.
-            return false;
-        }
-        match tokio::time::timeout(within, conn.create_channel()).await {
-            Ok(Ok(probe)) => {
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), probe.close(200, "probe"))
-                        .await;
-                });
-                false
-            }
-            Ok(Err(_)) | Err(_) => {
-                self.discard(&conn).await;
-                true
-            }
-        }
-    }
-
     /// Drops the route's connection if it is still `conn` (another attempt may have replaced
     /// it already), closing it in the background.
     async fn discard(&self, conn: &Arc<Connection>) {
@@ -440,13 +416,6 @@ impl Sink for AmqpSink {
         let wait = self.timeout.mul_f64(0.9);
         let deadline = Instant::now() + wait;
         match self.unpark(&ev.id) {
-            // Still waiting for its confirm: fine while the broker is only slow or blocked,
-            // not when the connection stopped answering (heartbeats notice that only after
-            // ~2 of them). One channel open tells; a dead connection is dropped and the
-            // message published again on a new one.
-            Err(_) if self.link_dead(wait / 2).await => {
-                self.parked().retain(|p| p.event_id != ev.id);
-            }
             Err(wait_left) => {
                 return Err(retry_later(
                     wait_left,
