@@ -55,8 +55,11 @@ const SHORT_STRING_MAX: usize = 255;
 /// before publishing another copy, unless the broker still blocks the connection.
 const PARK_MAX: Duration = Duration::from_secs(300);
 
-/// Heartbeat asked for when the URL names none (RabbitMQ takes the lower of its own and ours).
-const DEFAULT_HEARTBEAT_SECS: u16 = 10;
+/// Heartbeat asked for when the URL names none (RabbitMQ takes the lower of its own and ours):
+/// a connection that stops answering without closing is noticed after two missed ones.
+/// RabbitMQ keeps sending heartbeats during flow control and resource alarms, so a slow or
+/// blocked broker is not taken for a dead one (which would publish unconfirmed messages again).
+const DEFAULT_HEARTBEAT_SECS: u16 = 5;
 
 /// A publish whose confirm did not come within its attempt's time, kept with its channel
 /// until the event's next attempt: if the broker confirmed it meanwhile, that attempt is
@@ -206,32 +209,10 @@ impl AmqpSink {
                 "cannot open a channel to the amqp broker at {}: {e}",
                 self.url
             ))),
-            Err(_) => {
-                // Opening a channel is one round trip: no answer within the attempt means the
-                // connection is gone without saying so. The next attempt connects again.
-                self.discard(&conn).await;
-                Err(retryable(format!(
-                    "cannot open a channel to the amqp broker at {}: timed out (connection \
-                     dropped; the next attempt connects again)",
-                    self.url
-                )))
-            }
-        }
-    }
-
-    /// Drops the route's connection if it is still `conn` (another attempt may have replaced
-    /// it already), closing it in the background.
-    async fn discard(&self, conn: &Arc<Connection>) {
-        let mut slot = self.link.lock().await;
-        if slot.as_ref().is_some_and(|l| Arc::ptr_eq(&l.conn, conn)) {
-            slot.take();
-            tracing::warn!(route = %self.route, url = %self.url, "amqp connection not answering: dropped");
-            let conn = conn.clone();
-            tokio::spawn(async move {
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(5), conn.close(320, "not answering"))
-                        .await;
-            });
+            Err(_) => Err(retryable(format!(
+                "cannot open a channel to the amqp broker at {}: timed out",
+                self.url
+            ))),
         }
     }
 
