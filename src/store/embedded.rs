@@ -79,6 +79,15 @@ CREATE TABLE IF NOT EXISTS attempts (
 /// Longest an accept waits for the writer to take it up before the request is answered 503.
 const ACCEPT_DEADLINE: Duration = Duration::from_secs(3);
 
+/// Gives an accept up when its caller goes away before the writer took it up.
+struct GiveUpOnDrop(Claim);
+
+impl Drop for GiveUpOnDrop {
+    fn drop(&mut self) {
+        self.0.give_up();
+    }
+}
+
 /// Who has an accept: still queued, taken up by the writer (its transaction has begun: the
 /// caller waits for the outcome, whatever the deadline), or given up by its caller at the
 /// deadline (answered 503; the writer skips it). One compare-and-swap decides, so a 503
@@ -597,6 +606,9 @@ impl EmbeddedStore {
         deadline: Duration,
     ) -> Result<Accept, StoreError> {
         let claim = Claim::default();
+        // A caller dropped before an answer (the client hung up, shutdown's grace ran out)
+        // gives up too: nobody would be told the event was recorded.
+        let _gone = GiveUpOnDrop(claim.clone());
         let c = claim.clone();
         let answer = self.write(|r| Write::Accept(Box::new((ev, headers, c)), dedupe, r));
         tokio::pin!(answer);
@@ -1961,15 +1973,15 @@ mod tests {
     }
 
     /// The accept deadline: one the writer has not taken up is given up (503) and never
-    /// recorded; one whose transaction is under way (here: waiting on another process's lock)
-    /// is waited for past the deadline and recorded.
+    /// recorded, as is one whose caller went away; one whose transaction is under way (here:
+    /// waiting on another process's lock) is waited for past the deadline and recorded.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_accept_given_up_at_its_deadline_is_never_recorded() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap());
         let locker = Connection::open(dir.path().join("hookgate.db")).unwrap();
         locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
-        let deadline = Duration::from_millis(800);
+        let deadline = Duration::from_millis(500);
         let send = |k: &'static str| {
             let store = store.clone();
             let ev = event("r", k);
@@ -1986,6 +1998,10 @@ mod tests {
         let a = send("a");
         tokio::time::sleep(Duration::from_millis(300)).await;
         let b = send("b");
+        // C's caller goes away (the client hung up) while C is still queued.
+        let c = send("c");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.abort();
         let b = b.await.unwrap();
         assert!(matches!(b, Err(StoreError::Unavailable(_))), "{b:?}");
         locker.execute_batch("ROLLBACK").unwrap();
@@ -2006,6 +2022,10 @@ mod tests {
             async move { store.accept(ev, key).await.unwrap() }
         };
         assert!(matches!(again("b").await, Accept::Accepted(_)));
+        assert!(
+            matches!(again("c").await, Accept::Accepted(_)),
+            "C was not recorded"
+        );
         assert!(matches!(again("a").await, Accept::Duplicate(_)));
     }
 
