@@ -48,45 +48,21 @@ pub async fn serve(
     max_connections: usize,
     mut stop: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
-    let mut warned = crate::telemetry::Throttle::default();
-    loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break, // closed: never happens, the semaphore lives here
-            },
-            _ = stop.changed() => break,
-        };
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // Out of file descriptors, say: retrying at once would spin a core.
-                        if warned.ready() {
-                            tracing::warn!(error = %e, "admin: accept failed (logged at most every 10 s)");
-                        }
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let admin = admin.clone();
-                let svc = service_fn(move |req| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(route(&admin, req).await) }
-                });
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    let _ = http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(std::time::Duration::from_secs(10))
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-            _ = stop.changed() => break,
-        }
+    let mut acceptor = crate::ingress::Acceptor::new(listener, max_connections, "admin");
+    while let Some((stream, _, slot)) = acceptor.next(&mut stop).await {
+        let admin = admin.clone();
+        let svc = service_fn(move |req| {
+            let admin = admin.clone();
+            async move { Ok::<_, Infallible>(route(&admin, req).await) }
+        });
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
     }
 }
 

@@ -18,7 +18,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::Watcher;
 use ipnet::IpNet;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::store::Store;
@@ -68,43 +68,8 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(ctx.max_connections));
-    let (mut warned, mut accept_warned) = (
-        crate::telemetry::Throttle::default(),
-        crate::telemetry::Throttle::default(),
-    );
-    loop {
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                if warned.ready() {
-                    tracing::warn!(
-                        limit = ctx.max_connections,
-                        "public connection limit reached: new connections wait until one closes"
-                    );
-                }
-                tokio::select! {
-                    slot = slots.clone().acquire_owned() => match slot {
-                        Ok(slot) => slot,
-                        Err(_) => break, // closed: never happens, the semaphore lives here
-                    },
-                    _ = stop.changed() => break,
-                }
-            }
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    if accept_warned.ready() {
-                        tracing::warn!(error = %e, "accept failed (logged at most every 10 s)");
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
-        };
+    let mut acceptor = Acceptor::new(listener, ctx.max_connections, "public");
+    while let Some((stream, peer, slot)) = acceptor.next(&mut stop).await {
         let _ = stream.set_nodelay(true);
         // A client that stops reading its answers (pipelining without reading) would hold the
         // connection forever once the socket's buffers fill: a write that makes no progress
@@ -134,7 +99,7 @@ pub async fn serve(
             }
         });
     }
-    drop(listener);
+    drop(acceptor);
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
@@ -164,6 +129,70 @@ async fn connection<I>(
         .serve_connection(TokioIo::new(io), svc);
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Accepts connections up to a cap (the public and the admin port each have one): past it,
+/// new ones wait in the kernel's accept queue. A failing accept (out of file descriptors,
+/// say) is tried again after 50 ms, not at once, which would spin a core; both are logged at
+/// most every 10 s.
+pub struct Acceptor {
+    listener: TcpListener,
+    slots: Arc<tokio::sync::Semaphore>,
+    limit: usize,
+    port: &'static str,
+    full: crate::telemetry::Throttle,
+    failing: crate::telemetry::Throttle,
+}
+
+impl Acceptor {
+    pub fn new(listener: TcpListener, limit: usize, port: &'static str) -> Acceptor {
+        Acceptor {
+            listener,
+            slots: Arc::new(tokio::sync::Semaphore::new(limit)),
+            limit,
+            port,
+            full: Default::default(),
+            failing: Default::default(),
+        }
+    }
+
+    /// The next connection, with the slot it holds until dropped; `None` once `stop` changes.
+    pub async fn next(
+        &mut self,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<(TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
+        loop {
+            let slot = match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    if self.full.ready() {
+                        tracing::warn!(
+                            port = self.port,
+                            limit = self.limit,
+                            "connection limit reached: new connections wait until one closes"
+                        );
+                    }
+                    tokio::select! {
+                        // Closed: never happens, the semaphore lives here.
+                        slot = self.slots.clone().acquire_owned() => slot.ok()?,
+                        _ = stop.changed() => return None,
+                    }
+                }
+            };
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => return Some((stream, peer, slot)),
+                    Err(e) => {
+                        if self.failing.ready() {
+                            tracing::warn!(port = self.port, error = %e, "accept failed (logged at most every 10 s)");
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = stop.changed() => return None,
+            }
+        }
     }
 }
 
