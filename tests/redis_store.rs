@@ -12,7 +12,7 @@ use hookgate::config::{StoreBackend, StoreConfig};
 use hookgate::store::{
     self, Attempt, DedupeKey, Event, NewEvent, Next, State, Store, StoreError, StoredHeaders,
 };
-use support::RedisServer;
+use support::{wait_until, RedisServer};
 
 const RETENTION: Duration = Duration::from_secs(3600);
 
@@ -399,18 +399,6 @@ fn redis_cmd(redis: &RedisServer, args: &[&str]) {
     let _: redis::Value = cmd.query(&mut con).unwrap();
 }
 
-/// Polls `f` every 100 ms until it is true, for at most `limit`.
-async fn eventually(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + limit;
-    while std::time::Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
 #[tokio::test]
 async fn a_redis_that_evicts_any_key_is_refused_at_start_and_stops_acknowledgements_at_runtime() {
     let redis = RedisServer::start();
@@ -446,23 +434,29 @@ async fn a_redis_that_evicts_any_key_is_refused_at_start_and_stops_acknowledgeme
         &["CONFIG", "SET", "maxmemory-policy", "allkeys-random"],
     );
     let mut n = 1;
-    let refused = eventually(Duration::from_secs(15), async || {
-        n += 1;
-        match s.accept(event(n, t), None).await {
-            Err(StoreError::Unavailable(e)) => e.contains("allkeys-random"),
-            _ => false,
-        }
-    })
+    wait_until(
+        Duration::from_secs(15),
+        "accepts refused under allkeys-random",
+        async || {
+            n += 1;
+            match s.accept(event(n, t), None).await {
+                Err(StoreError::Unavailable(e)) => e.contains("allkeys-random"),
+                _ => false,
+            }
+        },
+    )
     .await;
-    assert!(refused, "accepts go on under allkeys-random");
     assert!(s.ping().await.is_err(), "ready while Redis may evict");
     redis_cmd(&redis, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
-    let back = eventually(Duration::from_secs(15), async || {
-        n += 1;
-        s.accept(event(n, t), None).await.is_ok()
-    })
+    wait_until(
+        Duration::from_secs(15),
+        "accepts resumed once the policy is noeviction again",
+        async || {
+            n += 1;
+            s.accept(event(n, t), None).await.is_ok()
+        },
+    )
     .await;
-    assert!(back, "accepts resume once the policy is noeviction again");
     assert!(s.ping().await.is_ok());
 }
 
@@ -476,16 +470,16 @@ async fn events_are_found_by_id_again_after_redis_lost_its_data() {
     // routes goes with the rest. Events accepted afterwards must be found by id again.
     redis_cmd(&redis, &["FLUSHALL"]);
     let mut n = 1;
-    let found = eventually(Duration::from_secs(10), async || {
-        n += 1;
-        let id = accept(&*s, event(n, t)).await;
-        s.get(&id).await.unwrap().is_some()
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "an event accepted after the data loss found by id",
+        async || {
+            n += 1;
+            let id = accept(&*s, event(n, t)).await;
+            s.get(&id).await.unwrap().is_some()
+        },
+    )
     .await;
-    assert!(
-        found,
-        "no event accepted after the data loss is found by id"
-    );
 }
 
 #[tokio::test]
@@ -514,12 +508,15 @@ async fn a_dead_replica_s_deliveries_are_taken_over_behind_long_live_attempts() 
     // timeout, although A's 30 live entries come first in the pending list.
     let b = open_with(&redis, "tk", visibility).await;
     let mut taken = Vec::new();
-    let found = eventually(Duration::from_secs(15), async || {
-        taken.extend(b.lease("r", 2, t).await.unwrap().into_iter().map(|e| e.id));
-        !taken.is_empty()
-    })
+    wait_until(
+        Duration::from_secs(15),
+        "C's abandoned deliveries taken over",
+        async || {
+            taken.extend(b.lease("r", 2, t).await.unwrap().into_iter().map(|e| e.id));
+            !taken.is_empty()
+        },
+    )
     .await;
-    assert!(found, "C's abandoned deliveries were not taken over");
     assert!(
         taken.iter().all(|id| abandoned.contains(id)),
         "B took a live attempt of A: {taken:?}"

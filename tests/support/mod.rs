@@ -393,11 +393,7 @@ pub async fn accepted(req: reqwest::RequestBuilder) -> String {
 }
 
 /// Polls `cond` every 20 ms until it holds or `within` passes (then panics with `what`).
-pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+pub async fn wait_until(within: Duration, what: &str, mut cond: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if cond().await {
