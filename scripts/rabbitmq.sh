@@ -2,28 +2,53 @@
 # A private RabbitMQ node for tests: never the default instance on 5672.
 #
 #   eval "$(scripts/rabbitmq.sh start)"   # starts a node on a free port, waits until it is up,
-#                                         # prints `export HOOKGATE_TEST_AMQP_URL=amqp://…` and
+#                                         # prints `export HOOKGATE_TEST_AMQP_URL=amqp://…`,
+#                                         # `export HOOKGATE_TEST_AMQPS_URL=amqps://…` (a TLS
+#                                         # listener, certificate from a CA made for this node),
+#                                         # `export HOOKGATE_TEST_AMQPS_CA=…/ca.pem` and
 #                                         # `export HOOKGATE_TEST_RABBITMQ_DIR=…` on stdout
 #   scripts/rabbitmq.sh stop              # stops the node named by $HOOKGATE_TEST_RABBITMQ_DIR
 #                                         # (or the dir given as $2) and removes its dir
 #
 # Progress and errors go to stderr; exit status 1 if the node does not come up within 60 s
-# (its log is printed). Needs rabbitmq-server and rabbitmqctl on PATH.
+# (its log is printed). Needs rabbitmq-server, rabbitmqctl and openssl on PATH.
 set -euo pipefail
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
+# A CA and a certificate for localhost and 127.0.0.1 signed by it, for the TLS listener.
+make_tls() {
+  local d=$1
+  {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+      -subj "/CN=hookgate test RabbitMQ CA" -keyout "$d/ca.key" -out "$d/ca.pem"
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+      -keyout "$d/server.key" -out "$d/server.csr"
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$d/server.ext"
+    openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+      -days 2 -extfile "$d/server.ext" -out "$d/server.pem"
+  } >/dev/null 2>&1 || { echo "rabbitmq.sh: openssl failed to make the TLS certificate" >&2; return 1; }
+}
+
 start() {
-  local port dist dir node
+  local port tls_port dist dir node
   port=$(free_port)
+  tls_port=$(free_port)
   dist=$(free_port)
   dir=$(mktemp -d "${TMPDIR:-/tmp}/hookgate-rabbitmq.XXXXXX")
   node="hookgate-test-${port}@localhost"
   : >"$dir/enabled_plugins"
+  make_tls "$dir"
   cat >"$dir/rabbitmq.conf" <<CONF
 listeners.tcp.default = 127.0.0.1:${port}
+listeners.ssl.default = 127.0.0.1:${tls_port}
+ssl_options.cacertfile = $dir/ca.pem
+ssl_options.certfile = $dir/server.pem
+ssl_options.keyfile = $dir/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
 loopback_users = none
 CONF
   printf '%s\n' "$node" >"$dir/node"
@@ -53,6 +78,8 @@ CONF
     exit 1
   fi
   echo "export HOOKGATE_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:${port}/%2f"
+  echo "export HOOKGATE_TEST_AMQPS_URL=amqps://guest:guest@localhost:${tls_port}/%2f"
+  echo "export HOOKGATE_TEST_AMQPS_CA=$dir/ca.pem"
   echo "export HOOKGATE_TEST_RABBITMQ_DIR=$dir"
 }
 

@@ -1,4 +1,5 @@
-//! `[server.tls]`: TLS termination and mTLS with `client_ca` (certificates made with the
+//! `[server.tls]`: TLS termination and mTLS with `client_ca`, and TLS to upstreams, Redis, NATS
+//! and RabbitMQ trusting a private CA through `SSL_CERT_FILE` (certificates made with the
 //! `openssl` command line for each run).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -333,4 +334,323 @@ async fn a_reload_serves_the_renewed_certificate() {
     );
     assert!(!gw.log().contains("take effect only after a restart"));
     assert!(gw.terminate().success());
+}
+
+/// A child process in `dir`, killed and reaped on drop, that listens on `port` within 10 s.
+fn spawn_listening(mut cmd: Command, dir: &Path, name: &str, port: u16) -> ChildGuard {
+    let log_path = dir.join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = ChildGuard::new(
+        cmd.stdout(std::process::Stdio::from(log.try_clone().unwrap()))
+            .stderr(std::process::Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} must be installed (scripts/deps.sh): {e}")),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let exited = child.get().try_wait().unwrap();
+        assert!(
+            exited.is_none() && std::time::Instant::now() < deadline,
+            "{name} did not listen on {port} ({exited:?}); log:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child
+}
+
+/// The Redis store, a Redis Streams sink, NATS (`nats://` upgraded, `tls://` required), an
+/// AMQP sink (`amqps://`) and an `https://` upstream, all behind certificates of private CAs:
+/// with `SSL_CERT_FILE` naming those CAs every event is recorded and delivered over TLS, and
+/// without it `check` names the certificate the store's Redis presented as untrusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_outgoing_tls_connection_trusts_the_cas_in_ssl_cert_file() {
+    let dir = tempdir();
+    make_pki(dir.path());
+    let p = |f: &str| dir.path().join(f).display().to_string();
+
+    let redis_port = free_port();
+    let mut redis = Command::new("redis-server");
+    redis
+        .args([
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args([
+            "--tls-port",
+            &redis_port.to_string(),
+            "--tls-auth-clients",
+            "no",
+        ])
+        .args([
+            "--tls-cert-file",
+            &p("server.crt"),
+            "--tls-key-file",
+            &p("server.key"),
+        ])
+        .args(["--tls-ca-cert-file", &p("ca.crt"), "--dir", &p("")]);
+    let _redis = spawn_listening(redis, dir.path(), "redis-server", redis_port);
+
+    let nats_port = free_port();
+    let mut nats = Command::new("nats-server");
+    nats.args([
+        "-js",
+        "-a",
+        "127.0.0.1",
+        "-p",
+        &nats_port.to_string(),
+        "-sd",
+        &p("js"),
+    ])
+    .args([
+        "--tls",
+        "--tlscert",
+        &p("server.crt"),
+        "--tlskey",
+        &p("server.key"),
+    ]);
+    let _nats = spawn_listening(nats, dir.path(), "nats-server", nats_port);
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(dir.path().join("ca.crt"))
+        .connect(format!("tls://127.0.0.1:{nats_port}"))
+        .await
+        .unwrap();
+    async_nats::jetstream::new(client)
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "HOOKS".into(),
+            subjects: vec!["hooks.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // The node of scripts/rabbitmq.sh has a TLS listener with a CA of its own.
+    let amqps = std::env::var("HOOKGATE_TEST_AMQPS_URL").unwrap_or_else(|_| {
+        panic!(
+            "HOOKGATE_TEST_AMQPS_URL is not set: run `eval \"$(scripts/rabbitmq.sh start)\"` first"
+        )
+    });
+    let amqp_ca = std::env::var("HOOKGATE_TEST_AMQPS_CA").unwrap();
+    let queue = format!("tls-{}", std::process::id());
+    {
+        let plain = std::env::var("HOOKGATE_TEST_AMQP_URL").unwrap();
+        let props = lapin::ConnectionProperties::default()
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio);
+        let c = lapin::Connection::connect(&plain, props).await.unwrap();
+        let ch = c.create_channel().await.unwrap();
+        let q = lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.queue_declare(&queue, q, Default::default())
+            .await
+            .unwrap();
+    }
+
+    // The https upstream: another hookgate terminating TLS with the private CA's certificate.
+    let up = Upstream::start().await;
+    let tls = tls_section(dir.path());
+    let upstream_dir = tempdir();
+    let private = Gateway::start(
+        upstream_dir.path(),
+        &config(
+            &Backend::Embedded,
+            upstream_dir.path(),
+            &tls,
+            &route(&up.url("/in")),
+        ),
+    );
+
+    let bundle = dir.path().join("cas.pem");
+    let mut cas = std::fs::read(dir.path().join("ca.crt")).unwrap();
+    cas.extend(std::fs::read(&amqp_ca).unwrap());
+    std::fs::write(&bundle, cas).unwrap();
+
+    let sink = |name: &str, forward: &str| {
+        format!("\n[[route]]\nname = \"{name}\"\npath = \"/{name}\"\n[route.verify]\nscheme = \"hmac\"\nsecrets = [\"tls-secret\"]\n[route.forward]\nbackoff_initial = \"50ms\"\nbackoff_max = \"200ms\"\n{forward}\n")
+    };
+    let redis_url = format!("rediss://127.0.0.1:{redis_port}/0");
+    let routes = [
+        sink(
+            "stream",
+            &format!("url = \"{redis_url}\"\nstream = \"events\""),
+        ),
+        sink(
+            "nats",
+            &format!("url = \"nats://127.0.0.1:{nats_port}\"\nsubject = \"hooks.a\""),
+        ),
+        sink(
+            "natstls",
+            &format!("url = \"tls://127.0.0.1:{nats_port}\"\nsubject = \"hooks.b\""),
+        ),
+        sink(
+            "amqp",
+            &format!("url = \"{amqps}\"\nexchange = \"\"\nrouting_key = \"{queue}\""),
+        ),
+        sink(
+            "https",
+            &format!("url = \"https://127.0.0.1:{}/t\"", private.ingress.port()),
+        ),
+    ]
+    .concat();
+    let gw_dir = tempdir();
+    let cfg = config(
+        &Backend::Redis(redis_url.clone()),
+        gw_dir.path(),
+        "",
+        &routes,
+    );
+    let cfg_path = gw_dir.path().join("hookgate.toml");
+    write_config(&cfg_path, &cfg);
+
+    // Without the CAs: the store's Redis is not trusted, and check says so.
+    let out = Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["check", "-c"])
+        .arg(&cfg_path)
+        .env_remove("SSL_CERT_FILE")
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("store.url: cannot reach Redis") && said.contains("UnknownIssuer"),
+        "check names the untrusted certificate: {said}"
+    );
+
+    let gw = Gateway::start_with(&cfg_path, &[("SSL_CERT_FILE", bundle.to_str().unwrap())]);
+    let http = reqwest::Client::new();
+    for name in ["stream", "nats", "natstls", "amqp", "https"] {
+        let id = accepted(signed(
+            &http,
+            &gw.url(&format!("/{name}")),
+            "tls-secret",
+            name,
+        ))
+        .await;
+        let what = format!("{name} event {id} delivered over TLS");
+        wait_until(std::time::Duration::from_secs(30), &what, async || {
+            gw.admin_json(&format!("/admin/events/{id}")).await["state"] == "delivered"
+        })
+        .await;
+    }
+    // The https upstream (a hookgate) recorded what it was sent.
+    let recorded = private.admin_json("/admin/events?route=t").await;
+    assert_eq!(
+        recorded["events"].as_array().map(Vec::len),
+        Some(1),
+        "{recorded}"
+    );
+}
+
+/// A forward proxy that understands only `CONNECT host:port` and then relays bytes; returns its
+/// address and the targets it was asked for.
+async fn connect_proxy() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let Some(target) = head
+                    .strip_prefix("CONNECT ")
+                    .and_then(|r| r.split(' ').next())
+                else {
+                    let _ = client.write_all(b"HTTP/1.1 405 CONNECT only\r\n\r\n").await;
+                    return;
+                };
+                log.lock().unwrap().push(target.to_string());
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
+                    let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                    return;
+                };
+                let _ = client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await;
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// With `HTTPS_PROXY` set, deliveries go through the proxy (`CONNECT`) and the upstream's
+/// certificate is checked against the same CAs as without one, `SSL_CERT_FILE` included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_behind_a_proxy_trusts_the_ca_in_ssl_cert_file() {
+    let dir = tempdir();
+    make_pki(dir.path());
+    let up = Upstream::start().await;
+    let tls = tls_section(dir.path());
+    let private = Gateway::start(
+        dir.path(),
+        &config(&Backend::Embedded, dir.path(), &tls, &route(&up.url("/in"))),
+    );
+    let (proxy, seen) = connect_proxy().await;
+    let dir2 = tempdir();
+    let target = format!("127.0.0.1:{}", private.ingress.port());
+    let cfg_path = dir2.path().join("hookgate.toml");
+    write_config(
+        &cfg_path,
+        &config(
+            &Backend::Embedded,
+            dir2.path(),
+            "",
+            &route(&format!("https://{target}/t")),
+        ),
+    );
+    let ca = dir.path().join("ca.crt");
+    let gw = Gateway::start_with(
+        &cfg_path,
+        &[
+            ("HTTPS_PROXY", &format!("http://{proxy}")),
+            ("NO_PROXY", ""),
+            ("SSL_CERT_FILE", ca.to_str().unwrap()),
+        ],
+    );
+    let id = accepted(signed(
+        &reqwest::Client::new(),
+        &gw.url("/t"),
+        "tls-secret",
+        "via proxy",
+    ))
+    .await;
+    wait_until(
+        std::time::Duration::from_secs(30),
+        "delivered through the proxy",
+        async || gw.admin_json(&format!("/admin/events/{id}")).await["state"] == "delivered",
+    )
+    .await;
+    assert_eq!(*seen.lock().unwrap(), vec![target]);
+    let recorded = private.admin_json("/admin/events?route=t").await;
+    assert_eq!(
+        recorded["events"].as_array().map(Vec::len),
+        Some(1),
+        "{recorded}"
+    );
 }

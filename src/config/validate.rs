@@ -137,7 +137,8 @@ pub(crate) fn resolve_url(spec: &str, at: &str, p: &mut Problems) -> Option<Stri
     if !(spec.starts_with("env:") || spec.starts_with("file:")) {
         // A NATS URL's user without a password is a token.
         let secret = |u: reqwest::Url| {
-            u.password().is_some() || (u.scheme() == "nats" && !u.username().is_empty())
+            u.password().is_some()
+                || (matches!(u.scheme(), "nats" | "tls") && !u.username().is_empty())
         };
         if reqwest::Url::parse(spec).is_ok_and(secret) {
             p.warn(
@@ -722,7 +723,9 @@ fn check_sink(f: &RawForward, at: &str, mode: Mode, p: &mut Problems) -> Option<
                 }
             }
         }
-        "nats" => {
+        // `tls://` is NATS that must be TLS, as the NATS clients spell it; `nats://` upgrades
+        // to TLS when the server asks for it.
+        "nats" | "tls" => {
             unused("stream", f.stream.is_some());
             unused("maxlen", f.maxlen.is_some());
             unused("exchange", f.exchange.is_some());
@@ -784,7 +787,7 @@ fn check_sink(f: &RawForward, at: &str, mode: Mode, p: &mut Problems) -> Option<
         other => {
             p.error(
                 format!("{at}.url"),
-                format!("unsupported scheme {other:?} (expected http, https, redis, rediss, nats, amqp, amqps)"),
+                format!("unsupported scheme {other:?} (expected http, https, redis, rediss, nats, tls (NATS over TLS), amqp, amqps)"),
             );
             None
         }

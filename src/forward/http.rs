@@ -83,6 +83,7 @@ impl HttpSink {
         let transport = if proxied {
             Transport::Proxied(
                 reqwest::Client::builder()
+                    .use_preconfigured_tls(client_tls()?)
                     .redirect(reqwest::redirect::Policy::none())
                     .pool_max_idle_per_host(route.forward.concurrency)
                     .build()?,
@@ -203,15 +204,44 @@ impl HttpSink {
     }
 }
 
-fn direct_client(concurrency: usize) -> anyhow::Result<Client<Connector, Full<Bytes>>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = rustls::RootCertStore {
+/// The CAs an `https://` upstream's certificate may chain to: Mozilla's, built in (so an image
+/// without CA certificates still reaches public upstreams), and the system's, read as OpenSSL
+/// does — `SSL_CERT_FILE` / `SSL_CERT_DIR` when set, else the distribution's bundle. The Redis,
+/// NATS and AMQP clients read the system's the same way, so one `SSL_CERT_FILE` naming a
+/// private CA serves every outgoing TLS connection. Read again for each client (a reload), so
+/// a renewed bundle is picked up by `SIGHUP`.
+fn trust_roots() -> rustls::RootCertStore {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
+    let native = rustls_native_certs::load_native_certs();
+    let (added, ignored) = roots.add_parsable_certificates(native.certs);
+    if !native.errors.is_empty() || ignored > 0 {
+        let errors: Vec<String> = native.errors.iter().map(|e| e.to_string()).collect();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                added,
+                ignored,
+                errors = %errors.join("; "),
+                "could not read every CA certificate of the system (SSL_CERT_FILE, SSL_CERT_DIR): https upstreams signed by the missing ones are not trusted"
+            )
+        });
+    }
+    roots
+}
+
+/// TLS to upstreams: ring, TLS 1.2 and 1.3, the CAs of `trust_roots`, no client certificate.
+fn client_tls() -> anyhow::Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(trust_roots())
+        .with_no_client_auth())
+}
+
+fn direct_client(concurrency: usize) -> anyhow::Result<Client<Connector, Full<Bytes>>> {
+    let tls = client_tls()?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
