@@ -67,6 +67,10 @@ pub enum EventsCommand {
         state: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Only events with this dedupe key: the value the sender sent (a provider's event id,
+        /// an `Idempotency-Key`), or a recorded key such as `sha256:…`.
+        #[arg(long)]
+        key: Option<String>,
     },
     /// One event's metadata, state and every attempt.
     Show { event_id: String },

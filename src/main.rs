@@ -143,8 +143,12 @@ async fn events(args: EventsArgs) -> anyhow::Result<()> {
             route,
             state,
             limit,
+            key,
         } => {
             let mut path = format!("/admin/events?limit={limit}");
+            if let Some(k) = key {
+                path.push_str(&format!("&key={}", q(&k)));
+            }
             if let Some(r) = route {
                 path.push_str(&format!("&route={}", q(&r)));
             }

@@ -1,5 +1,6 @@
 //! The admin API's event view (SPEC §7) never shows a route's secret: static tokens and
 //! `Authorization` credentials are recorded and forwarded as received, but masked on display.
+//! Events are found by the id their sender gave them (`?key=`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -127,4 +128,131 @@ url = "{basic}"
     assert!(got
         .iter()
         .any(|r| r.header("authorization") == Some(basic.as_str())));
+}
+
+/// `GET /admin/events?key=` and `hookgate events list --key` find events by the id their
+/// sender gave them, whichever kind of dedupe key the route records (`json:`, `header:`, a body
+/// hash spelled out), with the route and state filters, on both stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_found_by_their_dedupe_key() {
+    use sha2::Digest;
+    let redis = RedisServer::start();
+    for backend in [Backend::Embedded, Backend::Redis(redis.url())] {
+        let up = Upstream::start().await;
+        let dir = tempdir();
+        let route = |name: &str, key: &str| {
+            format!(
+                "\n[[route]]\nname = \"{name}\"\npath = \"/{name}\"\n[route.verify]\nscheme = \"none\"\n\
+                 [route.dedupe]\nkey = \"{key}\"\n[route.forward]\nurl = \"{}\"\n",
+                up.url("/in")
+            )
+        };
+        let routes = [
+            route("json", "json:/id"),
+            route("hdr", "header:Idempotency-Key"),
+            route("sha", "body-sha256"),
+        ]
+        .concat();
+        let gw = Gateway::start(dir.path(), &config(&backend, dir.path(), "", &routes));
+        let c = reqwest::Client::new();
+        let send = async |path: &str, key: Option<&str>, body: &str| {
+            let mut req = c.post(gw.url(path)).body(body.to_string());
+            if let Some(k) = key {
+                req = req.header("Idempotency-Key", k);
+            }
+            accepted(req).await
+        };
+        let json1 = send("/json", None, r#"{"id":"evt_1"}"#).await;
+        let json2 = send("/json", None, r#"{"id":"evt_2"}"#).await;
+        let hdr1 = send("/hdr", Some("evt_1"), "same id, another route").await;
+        let sha = send("/sha", None, "x").await;
+        let found = async |query: &str| -> Vec<String> {
+            let v = gw.admin_json(&format!("/admin/events?{query}")).await;
+            v["events"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{query}: {v}"))
+                .iter()
+                .map(|e| e["event_id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(
+            found("key=evt_1").await,
+            vec![hdr1.clone(), json1.clone()],
+            "{backend:?}: newest first, every route"
+        );
+        assert_eq!(
+            found("key=evt_1&route=json").await,
+            vec![json1.clone()],
+            "{backend:?}"
+        );
+        assert_eq!(found("key=evt_2").await, vec![json2.clone()], "{backend:?}");
+        assert_eq!(
+            found("key=json%3Aevt_2").await,
+            vec![json2.clone()],
+            "{backend:?}: a recorded key spelled out"
+        );
+        let hash = format!("sha256:{}", hex::encode(sha2::Sha256::digest(b"x")));
+        assert_eq!(
+            found(&format!("key={hash}")).await,
+            vec![sha.clone()],
+            "{backend:?}"
+        );
+        assert_eq!(
+            found("key=evt_3").await,
+            Vec::<String>::new(),
+            "{backend:?}"
+        );
+        assert_eq!(
+            found("key=evt_1&limit=1").await,
+            vec![hdr1.clone()],
+            "{backend:?}"
+        );
+        gw.wait_event_state(&json1, "delivered", Duration::from_secs(10))
+            .await;
+        assert_eq!(
+            found("key=evt_1&route=json&state=delivered").await,
+            vec![json1.clone()],
+            "{backend:?}"
+        );
+        assert_eq!(
+            found("key=evt_1&state=dead").await,
+            Vec::<String>::new(),
+            "{backend:?}"
+        );
+
+        let long = "k".repeat(9_000);
+        let r = c
+            .get(gw.admin_url(&format!("/admin/events?key={long}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{backend:?}");
+        assert_eq!(
+            r.json::<serde_json::Value>().await.unwrap()["error"],
+            "invalid_key"
+        );
+
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+            .args(["events", "-c"])
+            .arg(dir.path().join("hookgate.toml"))
+            .args([
+                "--admin",
+                &format!("http://{}", gw.admin),
+                "list",
+                "--key",
+                "evt_2",
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&json2) && !stdout.contains(&json1),
+            "{stdout}"
+        );
+    }
 }

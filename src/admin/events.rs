@@ -10,6 +10,8 @@ use crate::store::{ListQuery, State, StoreError};
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 1000;
+/// Longest `key=` looked up (the request line itself must fit an admin request's head).
+const MAX_KEY_BYTES: usize = 8 << 10;
 
 #[derive(Serialize)]
 struct RouteView<'a> {
@@ -79,6 +81,7 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
         route: None,
         state: None,
         limit: DEFAULT_LIMIT,
+        key: None,
     };
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match k.as_ref() {
@@ -96,6 +99,10 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
             "state" if !v.is_empty() => match State::parse(&v) {
                 Some(s) => q.state = Some(s),
                 None => return error(StatusCode::BAD_REQUEST, "invalid_state"),
+            },
+            "key" if !v.is_empty() => match v.len() {
+                n if n <= MAX_KEY_BYTES => q.key = Some(v.into_owned()),
+                _ => return error(StatusCode::BAD_REQUEST, "invalid_key"),
             },
             "limit" if !v.is_empty() => match v.parse::<usize>() {
                 Ok(n) if n >= 1 => q.limit = n.min(MAX_LIMIT),

@@ -162,6 +162,8 @@ pub struct EmbeddedStore {
     /// The writer thread: `/readyz` is not ready once it has ended (every write would fail).
     writer: std::thread::JoinHandle<()>,
     reader: Arc<Mutex<Connection>>,
+    /// The database file, for connections of their own (`scan`).
+    file: std::path::PathBuf,
     leases: Arc<Leases>,
 }
 
@@ -585,6 +587,7 @@ impl EmbeddedStore {
             commits,
             tx,
             reader: Arc::new(Mutex::new(reader)),
+            file,
             leases,
         })
     }
@@ -635,6 +638,29 @@ impl EmbeddedStore {
             Ok(r) => r.map_err(StoreError::Unavailable),
             Err(_) => Err(StoreError::Unavailable("writer stopped".into())),
         }
+    }
+
+    /// A read on a connection opened for it alone (for a scan that may take seconds).
+    async fn scan<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = Connection::open_with_flags(
+                &file,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .and_then(|conn| {
+                conn.busy_timeout(Duration::from_secs(2))?;
+                Ok(conn)
+            })
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            f(&conn).map_err(|e| StoreError::Unavailable(e.to_string()))
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
 
     async fn read<T: Send + 'static>(
@@ -1346,6 +1372,32 @@ impl Store for EmbeddedStore {
 
     async fn list(&self, q: &ListQuery) -> Result<Vec<EventSummary>, StoreError> {
         let q = q.clone();
+        if let Some(key) = q.key.clone() {
+            // No index on the key (it would cost every accept a B-tree insert): a scan of the
+            // route's events (all events without a route), on a connection of its own so a long
+            // scan does not hold up the reads deliveries make.
+            return self
+                .scan(move |conn| {
+                    let state = q
+                        .state
+                        .map(|s| format!("AND state = '{}'", s.as_str()))
+                        .unwrap_or_default();
+                    let route = if q.route.is_some() {
+                        "route = ?1"
+                    } else {
+                        "?1 IS NULL"
+                    };
+                    let mut stmt = conn.prepare(&format!(
+                        "SELECT {SUMMARY_COLS} FROM events WHERE {route} {state} \
+                         AND dedupe_key IN (?3, ?4, ?5, ?6) ORDER BY id DESC LIMIT ?2"
+                    ))?;
+                    let [k0, k1, k2, k3] = super::keys_matching(&key);
+                    let rows =
+                        stmt.query_map(params![q.route, q.limit as i64, k0, k1, k2, k3], summary)?;
+                    rows.collect()
+                })
+                .await;
+        }
         self.read(move |conn| {
             // The state is spelled out (it comes from an enum) so SQLite can use the partial
             // index of pending or dead events.

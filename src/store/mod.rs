@@ -150,6 +150,21 @@ pub struct ListQuery {
     pub route: Option<String>,
     pub state: Option<State>,
     pub limit: usize,
+    /// Only events whose dedupe key is this: the value as the sender sent it (`evt_123`,
+    /// matching a recorded `header:`, `json:` or `id:` key) or a recorded key spelled out
+    /// (`sha256:…`).
+    pub key: Option<String>,
+}
+
+/// The recorded dedupe keys `ListQuery::key` matches: the value under each kind's prefix
+/// (`crate::dedupe::derive`), and the value itself when it is already a recorded key.
+pub fn keys_matching(value: &str) -> [String; 4] {
+    [
+        value.to_string(),
+        format!("header:{value}"),
+        format!("json:{value}"),
+        format!("id:{value}"),
+    ]
 }
 
 /// How far a pass over a route's due events got: the due time and id of the last row

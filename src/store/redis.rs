@@ -577,6 +577,46 @@ impl Store for RedisStore {
         if routes.is_empty() || q.limit == 0 {
             return Ok(Vec::new());
         }
+        let mut conn = s.work.clone();
+        if let Some(key) = &q.key {
+            // Through the dedupe keys: an event is found by its key while the key is kept
+            // (the route's dedupe `ttl`), with no scan.
+            let mut p = ::redis::pipe();
+            let mut sources = Vec::new();
+            for r in &routes {
+                for k in super::keys_matching(key) {
+                    p.cmd("GET").arg(s.keys.dedupe(r, &k));
+                    sources.push(r.clone());
+                }
+            }
+            let found: Vec<Option<String>> =
+                bounded(SLOW_OP_TIMEOUT, p.query_async(&mut conn)).await?;
+            let mut ids: Vec<(String, String)> = sources
+                .into_iter()
+                .zip(found)
+                .filter_map(|(r, id)| Some((id?, r)))
+                .collect();
+            ids.sort_by(|a, b| b.0.cmp(&a.0));
+            ids.dedup();
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut p = ::redis::pipe();
+            for (id, r) in &ids {
+                p.cmd("HMGET")
+                    .arg(s.keys.event(r, id))
+                    .arg(&codec::SUMMARY_FIELDS[..]);
+            }
+            let rows: Vec<Vec<Value>> = bounded(SLOW_OP_TIMEOUT, p.query_async(&mut conn)).await?;
+            let mut events: Vec<EventSummary> = ids
+                .iter()
+                .zip(rows)
+                .filter_map(|((id, _), vals)| codec::summary(id, &vals))
+                .filter(|e| q.state.is_none() || q.state == Some(e.state))
+                .collect();
+            events.truncate(q.limit);
+            return Ok(events);
+        }
         // MULTI/EXEC: an event that changes state meanwhile is listed once, not twice.
         let mut p = ::redis::pipe();
         p.atomic();
@@ -590,7 +630,6 @@ impl Store for RedisStore {
                 sources.push(r.clone());
             }
         }
-        let mut conn = s.work.clone();
         let found: Vec<Vec<String>> = bounded(SLOW_OP_TIMEOUT, p.query_async(&mut conn)).await?;
         // Event ids are UUIDv7: their order is their age.
         let mut ids: Vec<(String, String)> = sources
