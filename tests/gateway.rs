@@ -817,3 +817,37 @@ async fn redis_an_event_redis_lost_is_reported_when_its_retry_falls_due() {
     assert!(gw.log().contains("event lost") && gw.log().contains(&id));
     assert_eq!(up.received().len(), 1, "never delivered after the loss");
 }
+
+/// A sink that keeps failing opens the route's circuit: deliveries pause (so pending events'
+/// `next_attempt_at` may pass with no attempt), and the operator sees it in the log and in
+/// `hookgate_circuit_open`; the first answer closes it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_circuit_is_logged_and_shown_as_a_gauge() {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    up.always(503);
+    let gw = Gateway::start(
+        dir.path(),
+        &config(
+            &Backend::Embedded,
+            dir.path(),
+            "",
+            &hmac_route("c", &up.url("/in"), "max_attempts = 1000", ""),
+        ),
+    );
+    let c = reqwest::Client::new();
+    let id = accepted(signed(&c, &gw.url("/hooks/c"), SECRET, "circuit")).await;
+    let gauge = r#"hookgate_circuit_open{route="c"}"#;
+    wait_until(Duration::from_secs(10), "circuit open", async || {
+        gw.counter(gauge).await == 1.0
+    })
+    .await;
+    assert!(gw.log().contains("delivery circuit open"), "{}", gw.log());
+    up.always(200);
+    gw.wait_event_state(&id, "delivered", Duration::from_secs(30))
+        .await;
+    wait_until(Duration::from_secs(5), "circuit closed", async || {
+        gw.counter(gauge).await == 0.0 && gw.log().contains("delivery circuit closed")
+    })
+    .await;
+}

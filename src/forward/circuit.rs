@@ -47,12 +47,17 @@ impl Circuit {
         self.open_until.filter(|_| !self.probing)
     }
 
-    pub fn on_success(&mut self) {
+    /// True when this closed an open circuit.
+    pub fn on_success(&mut self) -> bool {
+        let was_open = self.open_until.is_some();
         *self = Circuit::default();
+        was_open
     }
 
-    /// A retryable failure (permanent ones say nothing about the sink's health).
-    pub fn on_failure(&mut self, now: Instant) {
+    /// A retryable failure (permanent ones say nothing about the sink's health). When this
+    /// opens the circuit (or a failed probe opens it again): the failures in a row so far and
+    /// the cool-down before the next probe.
+    pub fn on_failure(&mut self, now: Instant) -> Option<(u32, Duration)> {
         self.failures += 1;
         if self.probing || (self.open_until.is_none() && self.failures >= THRESHOLD) {
             let cool = FIRST_COOLDOWN
@@ -61,7 +66,9 @@ impl Circuit {
             self.opened += 1;
             self.open_until = Some(now + cool);
             self.probing = false;
+            return Some((self.failures, cool));
         }
+        None
     }
 }
 
@@ -74,10 +81,14 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Circuit::default();
         for _ in 0..4 {
-            c.on_failure(t0);
+            assert_eq!(c.on_failure(t0), None);
         }
         assert_eq!(c.allowance(8, t0), 8);
-        c.on_failure(t0);
+        assert_eq!(
+            c.on_failure(t0),
+            Some((5, FIRST_COOLDOWN)),
+            "opening is reported"
+        );
         assert_eq!(c.allowance(8, t0), 0, "open after 5 failures");
         let t1 = t0 + Duration::from_secs(1);
         assert_eq!(c.allowance(8, t1), 1, "one probe after the cool-down");
@@ -88,15 +99,20 @@ mod tests {
         );
         c.probe_started();
         assert_eq!(c.allowance(8, t1), 0, "only one probe at a time");
-        c.on_failure(t1);
+        assert_eq!(
+            c.on_failure(t1),
+            Some((6, Duration::from_secs(2))),
+            "a failed probe opens it again"
+        );
         assert_eq!(
             c.allowance(8, t1 + Duration::from_millis(1999)),
             0,
             "cool-down doubled"
         );
         assert_eq!(c.allowance(8, t1 + Duration::from_secs(2)), 1);
-        c.on_success();
+        assert!(c.on_success(), "closing is reported");
         assert_eq!(c.allowance(8, t1), 8);
+        assert!(!c.on_success(), "a closed circuit stays closed");
     }
 
     #[test]

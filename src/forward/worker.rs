@@ -91,7 +91,7 @@ impl Worker {
                 break;
             }
             while let Ok(h) = freed.try_recv() {
-                judge(&mut circuit, h);
+                judge(&mut circuit, h, &self.route.name);
             }
             while let Some(done) = inflight.try_join_next() {
                 record(&mut retry_due, done);
@@ -217,7 +217,7 @@ impl Worker {
                     rescan_on_done = !inflight.is_empty();
                 }
                 _ = fresh => {}
-                Some(h) = freed.recv() => judge(&mut circuit, h),
+                Some(h) = freed.recv() => judge(&mut circuit, h, &self.route.name),
                 _ = tokio::time::sleep(sleep_for), if !sleep_for.is_zero() || inflight.is_empty() => {}
                 Some(done) = inflight.join_next(), if !inflight.is_empty() => {
                     record(&mut retry_due, done);
@@ -248,10 +248,30 @@ async fn wait_fresh(handoff: Option<&mut Handoff>) {
 /// The sink's health, as the attempt's answer showed it, moves the circuit. An attempt that
 /// ended without one (its task panicked) says nothing about the sink; if it was the probe,
 /// the next event taken is.
-fn judge(circuit: &mut Circuit, health: Option<Health>) {
+/// Opening and closing are logged and shown as `hookgate_circuit_open{route}`: while it is
+/// open, pending events' `next_attempt_at` passes with no attempt made.
+fn judge(circuit: &mut Circuit, health: Option<Health>, route: &str) {
     match health {
-        Some(Health::Up) => circuit.on_success(),
-        Some(Health::Down) => circuit.on_failure(Instant::now()),
+        Some(Health::Up) => {
+            if circuit.on_success() {
+                metrics::gauge!("hookgate_circuit_open", "route" => route.to_string()).set(0.0);
+                tracing::info!(
+                    route,
+                    "delivery circuit closed: the sink answered the probe; deliveries resume"
+                );
+            }
+        }
+        Some(Health::Down) => {
+            if let Some((failures, cool)) = circuit.on_failure(Instant::now()) {
+                metrics::gauge!("hookgate_circuit_open", "route" => route.to_string()).set(1.0);
+                tracing::warn!(
+                    route,
+                    failures_in_a_row = failures,
+                    pause_ms = cool.as_millis() as u64,
+                    "delivery circuit open: the sink keeps failing; no attempts for the pause, then one probe (events due meanwhile wait)"
+                );
+            }
+        }
         None => circuit.probe_abandoned(),
     }
 }
