@@ -199,11 +199,23 @@ async fn serve(cfg: config::Config, path: std::path::PathBuf) -> anyhow::Result<
     let mut hup = signal(SignalKind::hangup())?;
     let running = app::start(cfg).await?;
     tracing::info!(ingress = %running.ingress_addr, admin = %running.admin_addr, version = env!("CARGO_PKG_VERSION"), "hookgate ready");
-    // One machine-readable line on stdout, for scripts and tests that bind port 0.
-    println!(
-        "hookgate listening ingress={} admin={}",
-        running.ingress_addr, running.admin_addr
-    );
+    // One machine-readable line on stdout, for scripts and tests that bind port 0; a JSON
+    // object when the logs are JSON (a container's stdout and stderr end up in one stream).
+    if std::env::var("HOOKGATE_LOG_FORMAT").as_deref() == Ok("json") {
+        println!(
+            "{}",
+            serde_json::json!({
+                "message": "hookgate listening",
+                "ingress": running.ingress_addr.to_string(),
+                "admin": running.admin_addr.to_string(),
+            })
+        );
+    } else {
+        println!(
+            "hookgate listening ingress={} admin={}",
+            running.ingress_addr, running.admin_addr
+        );
+    }
     // The file is compared by content, so a Kubernetes ConfigMap's symlink swap counts too.
     let mut last = std::fs::read(&path).ok();
     let mut tick = tokio::time::interval(CONFIG_POLL);

@@ -1,5 +1,6 @@
 //! A process's hold on its store and its shutdown: a second process cannot open a store in
-//! use, and SIGTERM stops new delivery attempts at once while in-flight requests finish.
+//! use, a store deleted under a running process is noticed, and SIGTERM stops new delivery
+//! attempts at once while in-flight requests finish.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -58,6 +59,56 @@ async fn a_second_process_on_the_same_store_is_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
+}
+
+/// `rm -rf store.path` under a running gateway: what it recorded from then on would be in an
+/// unlinked file, gone at the next start. It refuses new events (503 + Retry-After), is not
+/// ready, says why, and still delivers what it holds; the next start says it makes a new store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_deleted_under_the_gateway_refuses_new_events_and_is_not_ready() {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    // The delivery waits until the store is gone: the upstream holds it until released.
+    up.hold();
+    let cfg = config(&Backend::Embedded, dir.path(), "", &route(&up.url("/in")));
+    let gw = Gateway::start(dir.path(), &cfg);
+    let c = reqwest::Client::new();
+    let before = accepted(signed(&c, &gw.url("/hooks/r"), SECRET, "before")).await;
+    let ready = |gw: &Gateway| {
+        let url = gw.admin_url("/readyz");
+        async move { reqwest::get(url).await.unwrap().status().as_u16() }
+    };
+    assert_eq!(ready(&gw).await, 200);
+
+    std::fs::remove_dir_all(dir.path().join("data")).unwrap();
+    let mut n = 0;
+    wait_until(Duration::from_secs(10), "new events refused", async || {
+        n += 1;
+        let r = signed(&c, &gw.url("/hooks/r"), SECRET, format!("after {n}"))
+            .send()
+            .await
+            .unwrap();
+        r.status() == 503 && r.headers().contains_key("retry-after")
+    })
+    .await;
+    assert_eq!(ready(&gw).await, 503);
+    assert!(
+        gw.log()
+            .contains("the database file was deleted or replaced"),
+        "{}",
+        gw.log()
+    );
+    // What it had recorded is still delivered from the open file.
+    up.release();
+    gw.wait_event_state(&before, "delivered", Duration::from_secs(10))
+        .await;
+    drop(gw);
+    let again = Gateway::start(dir.path(), &cfg);
+    assert!(
+        again.log().contains("making a new, empty store"),
+        "{}",
+        again.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,4 +175,74 @@ async fn sigterm_stops_delivery_attempts_while_a_slow_request_drains() {
     );
     drop(slow);
     assert!(gw.terminate_wait().success());
+}
+
+/// With `HOOKGATE_LOG_FORMAT=json` every line the process writes, on stdout and stderr, is a
+/// JSON object (a container runtime puts both in one stream): the stdout line that says
+/// where it listens too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_json_on_stdout_and_stderr() {
+    use std::io::BufRead;
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    let cfg = config(&Backend::Embedded, dir.path(), "", &route(&up.url("/in")));
+    let path = dir.path().join("hookgate.toml");
+    write_config(&path, &cfg);
+    let log = dir.path().join("json.log");
+    let mut child = ChildGuard::new(
+        Command::new(env!("CARGO_BIN_EXE_hookgate"))
+            .args(["serve", "-c"])
+            .arg(&path)
+            .env("HOOKGATE_LOG_FORMAT", "json")
+            .env("HOOKGATE_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.get().stdout.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .next()
+            .unwrap()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    assert_eq!(v["message"], "hookgate listening", "{v}");
+    let ingress = v["ingress"].as_str().unwrap().to_string();
+    let c = reqwest::Client::new();
+    let id = accepted(signed(
+        &c,
+        &format!("http://{ingress}/hooks/r"),
+        SECRET,
+        "json",
+    ))
+    .await;
+    let r = c
+        .get(format!("http://{ingress}/nowhere"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    wait_until(Duration::from_secs(10), "the attempt logged", async || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("delivery attempt")
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if v["outcome"] == "not_found" {
+            assert_eq!(v["route"], "unmatched", "{line}");
+            assert!(v["latency_ms"].is_number(), "{line}");
+        }
+    }
+    assert!(text.contains(&id), "{text}");
+    assert!(text.contains("not_found"), "{text}");
 }

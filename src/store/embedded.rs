@@ -162,6 +162,8 @@ pub struct EmbeddedStore {
     /// The writer thread: `/readyz` is not ready once it has ended (every write would fail).
     writer: std::thread::JoinHandle<()>,
     reader: Arc<Mutex<Connection>>,
+    /// The database file was deleted or replaced under the open store (see `DiskGuard`).
+    gone: Arc<AtomicBool>,
     /// The database file, for connections of their own (`scan`).
     file: std::path::PathBuf,
     leases: Arc<Leases>,
@@ -287,6 +289,12 @@ fn disk_cost(ev: &NewEvent, headers_json: &str) -> u64 {
     2 * (ev.body.len() as u64 + headers_json.len() as u64 + 512)
 }
 
+/// A file's device and inode, `None` if it cannot be read.
+fn file_id(file: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(file).ok().map(|m| (m.dev(), m.ino()))
+}
+
 /// The room new events have before `store.min_free_space`, from what the filesystem has
 /// available (`fs`) and the database's free pages (`free_pages`: purges free them and SQLite
 /// reuses them before it grows the file, which never shrinks). An event's copy in the
@@ -313,10 +321,15 @@ struct DiskGuard {
     /// A failed `statvfs` is logged once; new events then pass (SQLite still fails a commit
     /// it cannot write, and that answers 503).
     failed: bool,
+    /// The database file's device and inode as opened (see `look`).
+    file_id: Option<(u64, u64)>,
+    /// Set for good once the database file was deleted or replaced under the open store: new
+    /// events are refused and `/readyz` fails (`EmbeddedStore::ping`).
+    gone: Arc<AtomicBool>,
 }
 
 impl DiskGuard {
-    fn new(dir: &Path, min_free: Arc<AtomicU64>) -> DiskGuard {
+    fn new(dir: &Path, min_free: Arc<AtomicU64>, gone: Arc<AtomicBool>) -> DiskGuard {
         DiskGuard {
             dir: dir.to_path_buf(),
             min_free,
@@ -324,7 +337,37 @@ impl DiskGuard {
             checked: None,
             low: false,
             failed: false,
+            file_id: file_id(&dir.join("hookgate.db")),
+            gone,
         }
+    }
+
+    /// Whether the database file is no longer the one the store has open: deleted (with or
+    /// without its directory) or replaced. Everything recorded from then on would live only in
+    /// the open, unlinked file and be gone at the next start, which makes a new, empty store.
+    fn file_gone(&mut self) -> bool {
+        if self.gone.load(Ordering::Relaxed) {
+            return true;
+        }
+        let file = self.dir.join("hookgate.db");
+        let now = match std::fs::metadata(&file) {
+            Ok(m) => {
+                use std::os::unix::fs::MetadataExt;
+                Some((m.dev(), m.ino()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            // Cannot tell (permissions): not taken for gone.
+            Err(_) => return false,
+        };
+        if self.file_id.is_none() || now == self.file_id {
+            return false;
+        }
+        self.gone.store(true, Ordering::Relaxed);
+        tracing::error!(
+            path = %file.display(),
+            "store: the database file was deleted or replaced while hookgate has it open; refusing new events (503) and not ready. Pending events are still delivered from the open file; what is recorded there is lost when hookgate stops, as the next start makes a new, empty store: let hookgate_pending_events reach 0 before restarting"
+        );
+        true
     }
 
     /// The room for the next batch's new events; looks at the disk again when the last look
@@ -347,7 +390,7 @@ impl DiskGuard {
     /// What a batch's new events took of the room, and whether it had to refuse one.
     fn spent(&mut self, bytes: u64, refused: bool) {
         self.room = self.room.saturating_sub(bytes);
-        if refused && !self.low {
+        if refused && !self.low && !self.gone.load(Ordering::Relaxed) {
             self.low = true;
             tracing::error!(
                 path = %self.dir.display(),
@@ -360,6 +403,12 @@ impl DiskGuard {
     fn look(&mut self, conn: &Connection, min: u64) {
         self.checked = Some((Instant::now(), min));
         metrics::gauge!("hookgate_store_min_free_space_bytes").set(min as f64);
+        if self.file_gone() {
+            self.room = 0;
+            self.low = true;
+            metrics::gauge!("hookgate_store_room_bytes").set(0.0);
+            return;
+        }
         let fs = match rustix::fs::statvfs(&self.dir) {
             Ok(s) => s.f_bavail.saturating_mul(s.f_frsize),
             Err(e) => {
@@ -529,6 +578,9 @@ impl EmbeddedStore {
             .map_err(|e| anyhow::anyhow!("store.path: cannot create {}: {e}", dir.display()))?;
         let lock = lock_dir(dir)?;
         let file = dir.join("hookgate.db");
+        if !file.exists() {
+            tracing::info!(path = %file.display(), "store: no database file here yet: making a new, empty store");
+        }
         let writer = open_conn(&file, page_size)
             .map_err(|e| anyhow::anyhow!("store.path: cannot open {}: {e}", file.display()))?;
         let mut writer = writer;
@@ -562,7 +614,8 @@ impl EmbeddedStore {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let retention_ms = opts.retention.as_millis() as i64;
         let min_free = Arc::new(AtomicU64::new(opts.min_free_space));
-        let disk = DiskGuard::new(dir, min_free.clone());
+        let gone = Arc::new(AtomicBool::new(false));
+        let disk = DiskGuard::new(dir, min_free.clone(), gone.clone());
         warn_if_reserve_exceeds_disk(dir, opts.min_free_space);
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = commits.clone();
@@ -587,6 +640,7 @@ impl EmbeddedStore {
             commits,
             tx,
             reader: Arc::new(Mutex::new(reader)),
+            gone,
             file,
             leases,
         })
@@ -703,6 +757,7 @@ fn writer_loop(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut synchronous_full = true;
     let mut last_checkpoint = Instant::now();
+    let mut checkpoint_warnings = crate::telemetry::Throttle::default();
     disk.room(&conn);
     loop {
         let first = match rx.recv_timeout(DISK_CHECK_IDLE) {
@@ -759,7 +814,9 @@ fn writer_loop(
         {
             last_checkpoint = Instant::now();
             if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                tracing::warn!(error = %e, "store: WAL checkpoint failed");
+                if checkpoint_warnings.ready() {
+                    tracing::warn!(error = %e, "store: WAL checkpoint failed (said at most every 10 s)");
+                }
             }
         }
     }
@@ -808,10 +865,14 @@ const WRITER_CHECKPOINT_FALLBACK: Duration = Duration::from_secs(5);
 /// writer (each pass copies what was committed during the one before, so passes get
 /// shorter) and tells the writer, which copies the last few frames and starts the WAL over.
 fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<()>, caught_up: &AtomicBool) {
-    let checkpoint = || {
+    // A full disk fails every pass (every 100 ms): said at most every 10 s.
+    let mut throttle = crate::telemetry::Throttle::default();
+    let mut checkpoint = || {
         let t = Instant::now();
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "store: WAL checkpoint failed");
+            if throttle.ready() {
+                tracing::warn!(error = %e, "store: WAL checkpoint failed (said at most every 10 s)");
+            }
         }
         t.elapsed()
     };
@@ -888,7 +949,7 @@ fn reply(w: Write, r: Result<Out, String>, leases: &Leases) {
             let r = r.and_then(|o| match o {
                 Out::Accept(a) => Ok(a),
                 Out::DiskLow => Err(
-                    "free disk space is below store.min_free_space: new events are refused until space is freed".into(),
+                    "new events are refused: the free disk space is below store.min_free_space (until space is freed), or the database file was deleted (the log says which)".into(),
                 ),
                 _ => Err("internal: wrong result".into()),
             });
@@ -1491,6 +1552,11 @@ impl Store for EmbeddedStore {
         if self.writer.is_finished() {
             return Err(StoreError::Unavailable("writer stopped".into()));
         }
+        if self.gone.load(Ordering::Relaxed) {
+            return Err(StoreError::Unavailable(
+                "the database file was deleted or replaced while open".into(),
+            ));
+        }
         self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
             .await
     }
@@ -1714,7 +1780,11 @@ mod tests {
     fn refusing_ends_an_eighth_of_the_reserve_above_it_not_before() {
         const MIB: u64 = 1 << 20;
         let min = 64 * MIB;
-        let mut g = DiskGuard::new(Path::new("."), Arc::new(AtomicU64::new(min)));
+        let mut g = DiskGuard::new(
+            Path::new("."),
+            Arc::new(AtomicU64::new(min)),
+            Arc::new(AtomicBool::new(false)),
+        );
         assert!(!g.decide(min + 10 * MIB, 0, min));
         assert_eq!(g.room, 10 * MIB);
         g.spent(10 * MIB, true);
