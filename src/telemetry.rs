@@ -98,12 +98,16 @@ fn describe() {
     );
     gauge!("hookgate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     counter!("hookgate_store_errors_total").absolute(0);
+    for result in ["ok", "error"] {
+        counter!("hookgate_config_reloads_total", "result" => result).absolute(0);
+    }
 }
 
 /// One route's busiest series, each looked up once and then kept: a `counter!` call with a
 /// `route` label allocates the label, hashes it and searches the registry (~1.9k instructions
-/// a request, ~2 % of an event's). Filled on first use, so a series appears in `/metrics`
-/// only once it happened, as with the macros. Other outcomes go through the macros.
+/// a request, ~2 % of an event's). The outcomes alerts watch are registered (at 0) with the
+/// route, so `rate()`/`increase()` see their first occurrence too; other outcomes go through
+/// the macros and appear once they happened.
 pub struct RouteMetrics {
     route: String,
     accepted: OnceLock<Counter>,
@@ -119,14 +123,31 @@ pub struct RouteMetrics {
 
 impl RouteMetrics {
     pub fn new(route: &str) -> RouteMetrics {
+        // `increment(0)` registers a series without touching its count (a reload makes these
+        // again for a route that already has them).
+        let kept = |c: Counter| {
+            c.increment(0);
+            OnceLock::from(c)
+        };
+        let r = || route.to_string();
+        counter!("hookgate_requests_total", "route" => r(), "outcome" => "unavailable")
+            .increment(0);
         RouteMetrics {
-            route: route.to_string(),
-            accepted: OnceLock::new(),
-            duplicate: OnceLock::new(),
+            route: r(),
+            accepted: kept(
+                counter!("hookgate_requests_total", "route" => r(), "outcome" => "accepted"),
+            ),
+            duplicate: kept(
+                counter!("hookgate_requests_total", "route" => r(), "outcome" => "duplicate"),
+            ),
             request_duration: OnceLock::new(),
-            delivered: OnceLock::new(),
-            retry: OnceLock::new(),
-            dead: OnceLock::new(),
+            delivered: kept(
+                counter!("hookgate_deliveries_total", "route" => r(), "outcome" => "delivered"),
+            ),
+            retry: kept(
+                counter!("hookgate_deliveries_total", "route" => r(), "outcome" => "retry"),
+            ),
+            dead: kept(counter!("hookgate_deliveries_total", "route" => r(), "outcome" => "dead")),
             delivery_duration: OnceLock::new(),
             secrets: Default::default(),
         }

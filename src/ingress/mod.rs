@@ -128,7 +128,25 @@ async fn connection<I>(
         .max_buf_size(MAX_HEAD)
         .serve_connection(TokioIo::new(io), svc);
     if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+        // hyper answers a head it cannot parse itself (431 when too large or with too many
+        // headers, else 400), before any route sees it: counted and logged here, as requests
+        // no route matched. A header-read timeout is not: it also ends idle keep-alive
+        // connections, which is no fault of the client's.
+        let refused = if e.is_parse_too_large() {
+            Some("headers_too_large")
+        } else if e.is_parse() {
+            Some("bad_request")
+        } else {
+            None
+        };
+        match refused {
+            Some(outcome) => {
+                metrics::counter!("hookgate_requests_total", "route" => "unmatched", "outcome" => outcome)
+                    .increment(1);
+                tracing::info!(client = %peer.ip().to_canonical(), outcome, error = %e, "request: refused by the HTTP parser");
+            }
+            None => tracing::debug!(peer = %peer, error = %e, "connection ended with an error"),
+        }
     }
 }
 

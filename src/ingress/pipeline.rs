@@ -30,8 +30,10 @@ pub async fn handle(ctx: Arc<Ingress>, peer: SocketAddr, req: Request<Incoming>)
     let t0 = Instant::now();
     let (parts, body) = req.into_parts();
     let Some(route) = ctx.table.load().router.get(parts.uri.path()).cloned() else {
-        telemetry::request("unmatched", "not_found", t0.elapsed());
-        tracing::info!(path = %parts.uri.path(), outcome = "not_found", "request");
+        let elapsed = t0.elapsed();
+        telemetry::request("unmatched", "not_found", elapsed);
+        let latency_ms = elapsed.as_micros() as f64 / 1000.0;
+        tracing::info!(route = "unmatched", path = %parts.uri.path(), outcome = "not_found", latency_ms, "request");
         return Reject::NotFound.response();
     };
     let name = route.cfg.name.as_str();
@@ -48,9 +50,11 @@ pub async fn handle(ctx: Arc<Ingress>, peer: SocketAddr, req: Request<Incoming>)
         Ok(Outcome::Duplicate(id, same_signature)) => {
             route.metrics.request("duplicate", elapsed);
             if same_signature == Some(true) {
-                // A provider retry is re-signed (new timestamp); a byte-identical copy of the
-                // signed request is what a replayed capture looks like.
-                tracing::warn!(route = name, event_id = %id, outcome = "duplicate", client = %peer.ip().to_canonical(), latency_ms, "request: duplicate with the original's signature: possible replay");
+                // Providers that sign a timestamp re-sign a retry; those that do not (GitHub,
+                // Shopify, Twilio, Meta…) send the very same signature again, as would a
+                // replayed capture. Either way nothing is forwarded: info, not a warning that
+                // every GitHub redelivery would raise.
+                tracing::info!(route = name, event_id = %id, outcome = "duplicate", client = %peer.ip().to_canonical(), latency_ms, "request: duplicate with the original's signature (a redelivery of a scheme that signs no timestamp, or a replayed capture)");
             } else {
                 tracing::info!(route = name, event_id = %id, outcome = "duplicate", latency_ms, "request: duplicate re-signed by the sender: a provider retry");
             }
