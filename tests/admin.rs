@@ -231,6 +231,22 @@ async fn events_are_found_by_their_dedupe_key() {
             r.json::<serde_json::Value>().await.unwrap()["error"],
             "invalid_key"
         );
+        // A misspelt filter or a page larger than the most one holds is refused, not ignored.
+        for (query, code) in [
+            ("rout=json", "unknown_parameter"),
+            ("limit=5000", "invalid_limit"),
+            ("limit=0", "invalid_limit"),
+        ] {
+            let r = c
+                .get(gw.admin_url(&format!("/admin/events?{query}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 400, "{query}");
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(v["error"], code, "{query}: {v}");
+            assert!(v["detail"].is_string(), "{query}: {v}");
+        }
 
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
             .args(["events", "-c"])

@@ -104,11 +104,30 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
                 n if n <= MAX_KEY_BYTES => q.key = Some(v.into_owned()),
                 _ => return error(StatusCode::BAD_REQUEST, "invalid_key"),
             },
+            // Over the most one page holds is refused, not cut short without a word.
             "limit" if !v.is_empty() => match v.parse::<usize>() {
-                Ok(n) if n >= 1 => q.limit = n.min(MAX_LIMIT),
-                _ => return error(StatusCode::BAD_REQUEST, "invalid_limit"),
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => q.limit = n,
+                _ => {
+                    return ok_json(
+                        StatusCode::BAD_REQUEST,
+                        &serde_json::json!({
+                            "error": "invalid_limit",
+                            "detail": format!("limit is 1 to {MAX_LIMIT}"),
+                        }),
+                    )
+                }
             },
-            _ => {}
+            "route" | "state" | "key" | "limit" => {}
+            // A misspelt filter (`rout=`) would otherwise list every event as if it applied.
+            other => {
+                return ok_json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({
+                        "error": "unknown_parameter",
+                        "detail": format!("{other:?} is not one of route, state, key, limit"),
+                    }),
+                )
+            }
         }
     }
     match admin.store.list(&q).await {

@@ -45,6 +45,19 @@ pub fn validate(raw: RawConfig) -> Result<(Config, Vec<String>), Problems> {
                     format!("duplicate route path {:?}", route.path),
                 );
             }
+            if let Some(store) = &store {
+                let keeps_keys =
+                    route.mode == Mode::Async && !matches!(route.dedupe.key, DedupeKeySpec::None);
+                if keeps_keys && route.dedupe.ttl > store.retention {
+                    p.warn(
+                        format!("{at}.dedupe.ttl"),
+                        format!(
+                            "is longer than store.retention ({}): a duplicate of a delivered event that was purged is answered with an event id the admin API no longer knows",
+                            humantime::format_duration(store.retention)
+                        ),
+                    );
+                }
+            }
             routes.push(Arc::new(route));
         }
     }
@@ -824,6 +837,24 @@ scheme = "none"
 [route.forward]
 url = "http://127.0.0.1:3000/x"
 "#;
+
+    /// A dedupe window longer than the store keeps delivered events is said: a duplicate
+    /// would be answered with an id the admin API no longer knows.
+    #[test]
+    fn a_dedupe_ttl_beyond_the_retention_is_warned_about() {
+        let cfg = |retention: &str, ttl: &str| {
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[store]\npath = \"/tmp/x\"\nretention = \"{retention}\"\n{ROUTE}[route.dedupe]\nttl = \"{ttl}\"\n"
+            )
+        };
+        let (_, warnings) = parse(&cfg("1h", "2h")).unwrap();
+        assert_eq!(
+            warnings,
+            vec!["route[0].dedupe.ttl: is longer than store.retention (1h): a duplicate of a delivered event that was purged is answered with an event id the admin API no longer knows".to_string()]
+        );
+        let (_, warnings) = parse(&cfg("2h", "2h")).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
 
     /// A broker URL, password and all, may come from a file or the environment; errors and
     /// warnings never quote it.
