@@ -390,6 +390,10 @@ impl DiskGuard {
     /// What a batch's new events took of the room, and whether it had to refuse one.
     fn spent(&mut self, bytes: u64, refused: bool) {
         self.room = self.room.saturating_sub(bytes);
+        if refused {
+            // Not left at the last look's figure until the next one.
+            metrics::gauge!("hookgate_store_room_bytes").set(0.0);
+        }
         if refused && !self.low && !self.gone.load(Ordering::Relaxed) {
             self.low = true;
             tracing::error!(
