@@ -76,6 +76,8 @@ pub enum EventsCommand {
     Show { event_id: String },
     /// Deliver an event again (any state).
     Replay { event_id: String },
+    /// Delete a dead event and its attempt log (one nobody wants delivered).
+    Discard { event_id: String },
     /// Redrive every dead event of a route.
     ReplayDead {
         #[arg(long)]

@@ -164,6 +164,9 @@ async fn events(args: EventsArgs) -> anyhow::Result<()> {
             Method::POST,
             format!("/admin/events/{}/replay", q(&event_id)),
         ),
+        EventsCommand::Discard { event_id } => {
+            (Method::DELETE, format!("/admin/events/{}", q(&event_id)))
+        }
         EventsCommand::ReplayDead { route } => (
             Method::POST,
             format!("/admin/routes/{}/replay-dead", q(&route)),

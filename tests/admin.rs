@@ -272,3 +272,91 @@ async fn events_are_found_by_their_dedupe_key() {
         );
     }
 }
+
+/// A dead letter nobody wants is discarded (`DELETE /admin/events/{id}`, `events discard`):
+/// gone with its attempt log, no longer counted as dead; its key still answers a redelivery
+/// as a duplicate. A pending event cannot be discarded. Both stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_event_is_discarded_and_only_a_dead_one() {
+    let redis = RedisServer::start();
+    for backend in [Backend::Embedded, Backend::Redis(redis.url())] {
+        let up = Upstream::start().await;
+        let dir = tempdir();
+        let route = format!(
+            "\n[[route]]\nname = \"d\"\npath = \"/d\"\n[route.verify]\nscheme = \"none\"\n\
+             [route.dedupe]\nkey = \"header:Idempotency-Key\"\n[route.forward]\nurl = \"{}\"\n",
+            up.url("/in")
+        );
+        let gw = Gateway::start(dir.path(), &config(&backend, dir.path(), "", &route));
+        let c = reqwest::Client::new();
+        let send = async |key: &str| {
+            c.post(gw.url("/d"))
+                .header("Idempotency-Key", key)
+                .body("x")
+                .send()
+                .await
+                .unwrap()
+        };
+        up.fail_next(1, 400);
+        let r = send("unwanted").await;
+        assert_eq!(r.status(), 202, "{backend:?}");
+        let dead = r.json::<serde_json::Value>().await.unwrap()["event_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        gw.wait_event_state(&dead, "dead", Duration::from_secs(10))
+            .await;
+        up.hold();
+        let r = send("wanted").await;
+        let pending = r.json::<serde_json::Value>().await.unwrap()["event_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+
+        let delete = async |id: &str| {
+            let r = c
+                .delete(gw.admin_url(&format!("/admin/events/{id}")))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        };
+        let (status, v) = delete(&pending).await;
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (409, Some("not_dead")),
+            "{backend:?}: {v}"
+        );
+        up.release();
+
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+            .args(["events", "-c"])
+            .arg(dir.path().join("hookgate.toml"))
+            .args(["--admin", &format!("http://{}", gw.admin), "discard", &dead])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("discarded"), "{stdout}");
+
+        let r = c
+            .get(gw.admin_url(&format!("/admin/events/{dead}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{backend:?}: gone");
+        assert_eq!(delete(&dead).await.0, 404, "{backend:?}: once");
+        let routes = gw.admin_json("/admin/routes").await;
+        assert_eq!(routes["routes"][0]["dead"], 0, "{backend:?}: {routes}");
+        assert!(gw.log().contains("dead event discarded"), "{backend:?}");
+        // Its key is still known: a redelivery is a duplicate, not delivered again.
+        assert_eq!(send("unwanted").await.status(), 200, "{backend:?}");
+        gw.wait_event_state(&pending, "delivered", Duration::from_secs(10))
+            .await;
+    }
+}

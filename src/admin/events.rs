@@ -235,6 +235,42 @@ pub async fn replay(admin: &Admin, id: &str) -> Reply {
     }
 }
 
+/// `DELETE /admin/events/{id}`: a dead letter nobody wants (the upstream rightly refuses it)
+/// is deleted with its attempt log, so it stops counting in `hookgate_dead_events`. Only a
+/// dead event: a pending one would be lost undelivered, a delivered one goes with the
+/// retention.
+pub async fn discard(admin: &Admin, id: &str) -> Reply {
+    let ev = match admin.store.get(id).await {
+        Ok(Some(ev)) => ev.summary,
+        Ok(None) => return error(StatusCode::NOT_FOUND, "unknown_event"),
+        Err(e) => return unavailable(e),
+    };
+    let not_dead = |state: &str| {
+        ok_json(
+            StatusCode::CONFLICT,
+            &serde_json::json!({
+                "error": "not_dead",
+                "detail": format!("the event is {state}: only dead events can be discarded"),
+            }),
+        )
+    };
+    if ev.state != State::Dead {
+        return not_dead(ev.state.as_str());
+    }
+    match admin.store.discard_dead(id).await {
+        Ok(true) => {
+            tracing::warn!(route = %ev.route, event_id = %id, dedupe_key = ev.dedupe_key.as_deref().unwrap_or(""), "dead event discarded (DELETE /admin/events/{{id}}): deleted with its attempt log");
+            ok_json(
+                StatusCode::OK,
+                &serde_json::json!({ "status": "discarded", "event_id": id, "route": ev.route }),
+            )
+        }
+        // A replay came first.
+        Ok(false) => not_dead("no longer dead"),
+        Err(e) => unavailable(e),
+    }
+}
+
 pub async fn replay_dead(admin: &Admin, name: &str) -> Reply {
     if !delivered_by_a_worker(admin, name) {
         // A route the config has (in proxy mode), or one it no longer has whose events the

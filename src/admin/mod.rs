@@ -131,6 +131,7 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Reply {
         (&Method::GET, ["admin", "routes"]) => events::routes(admin).await,
         (&Method::GET, ["admin", "events"]) => events::list(admin, req.uri().query()).await,
         (&Method::GET, ["admin", "events", id]) => events::show(admin, id).await,
+        (&Method::DELETE, ["admin", "events", id]) => events::discard(admin, id).await,
         (&Method::POST, ["admin", "events", id, "replay"]) => events::replay(admin, id).await,
         (&Method::POST, ["admin", "routes", name, "replay-dead"]) => {
             events::replay_dead(admin, name).await

@@ -147,6 +147,8 @@ enum Write {
         oneshot::Sender<Result<u64, String>>,
     ),
     Purge(i64, oneshot::Sender<Result<(), String>>),
+    /// Deletes the event and its attempts if it is dead; replies how many (0 or 1).
+    Discard(String, oneshot::Sender<Result<u64, String>>),
 }
 
 pub struct EmbeddedStore {
@@ -938,6 +940,7 @@ fn run(
         Write::Replay(id, route, now, _) => {
             Out::Count(replay_tx(tx, id.as_deref(), route.as_deref(), *now)?)
         }
+        Write::Discard(id, _) => Out::Count(discard_tx(tx, id)?),
         Write::Purge(now, _) => {
             keys.purge(tx, *now)?;
             purge_tx(tx, *now, retention_ms)?;
@@ -963,7 +966,7 @@ fn reply(w: Write, r: Result<Out, String>, leases: &Leases) {
             drop(tx.send(r))
         }
         Write::Settle(_, _, _, tx) | Write::Purge(_, tx) => drop(tx.send(r.map(|_| ()))),
-        Write::Replay(_, _, _, tx) => drop(tx.send(r.map(|o| match o {
+        Write::Replay(_, _, _, tx) | Write::Discard(_, tx) => drop(tx.send(r.map(|o| match o {
             Out::Count(n) => n,
             _ => 0,
         }))),
@@ -1162,6 +1165,19 @@ fn replay_tx(
         )?,
         (None, None) => 0,
     };
+    Ok(n as u64)
+}
+
+/// Deletes a dead event and its attempt log (its dedupe key stays: a redelivery of it is
+/// still a duplicate). 0 when it is not dead (a replay may have come first) or not there.
+fn discard_tx(tx: &Connection, id: &str) -> rusqlite::Result<u64> {
+    let n = tx.execute(
+        "DELETE FROM events WHERE id = ?1 AND state = 'dead'",
+        params![id],
+    )?;
+    if n > 0 {
+        tx.execute("DELETE FROM attempts WHERE event_id = ?1", params![id])?;
+    }
     Ok(n as u64)
 }
 
@@ -1550,6 +1566,11 @@ impl Store for EmbeddedStore {
 
     async fn purge(&self, now_ms: i64) -> Result<(), StoreError> {
         self.write(|r| Write::Purge(now_ms, r)).await
+    }
+
+    async fn discard_dead(&self, event_id: &str) -> Result<bool, StoreError> {
+        let id = event_id.to_string();
+        Ok(self.write(|r| Write::Discard(id, r)).await? > 0)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -215,6 +215,11 @@ pub trait Store: Send + Sync {
     /// Replays every dead event of the route; returns how many.
     async fn replay_dead(&self, route: &str, now_ms: i64) -> Result<u64, StoreError>;
 
+    /// Deletes a dead event and its attempt log, for good (its dedupe key stays until its
+    /// `ttl`, so a redelivery is still a duplicate). `false`: no such event, or it is not
+    /// dead (a replay may have come first).
+    async fn discard_dead(&self, event_id: &str) -> Result<bool, StoreError>;
+
     /// Forgets expired dedupe keys and delivered events older than the retention.
     async fn purge(&self, now_ms: i64) -> Result<(), StoreError>;
 

@@ -709,6 +709,20 @@ impl Store for RedisStore {
         Ok(n > 0)
     }
 
+    async fn discard_dead(&self, event_id: &str) -> Result<bool, StoreError> {
+        let s = &self.inner;
+        let Some(route) = s.find(event_id).await? else {
+            return Ok(false);
+        };
+        let mut inv = scripts::DISCARD_DEAD.key(s.keys.event(&route, event_id));
+        inv.key(s.keys.log(&route, event_id))
+            .key(s.keys.state(&route, State::Dead))
+            .arg(event_id);
+        let mut conn = s.work.clone();
+        let n: i64 = bounded(OP_TIMEOUT, inv.invoke_async(&mut conn)).await?;
+        Ok(n > 0)
+    }
+
     async fn replay_dead(&self, route: &str, now_ms: i64) -> Result<u64, StoreError> {
         let s = &self.inner;
         let k = &s.keys;

@@ -313,6 +313,19 @@ return {n, looked, ls, lid}
     ))
 });
 
+/// KEYS: ev, log, dead. ARGV: id. Deletes the event and its attempt log if it is dead (its
+/// dedupe key stays); returns 1, or 0 when it is not dead or not there.
+pub static DISCARD_DEAD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HGET', KEYS[1], 'state') ~= 'dead' then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
+"#,
+    )
+});
+
 /// KEYS: gc, delivered. ARGV: cutoff, batch, tag. Forgets up to `batch` events delivered
 /// before `cutoff`; returns how many.
 pub static PURGE: LazyLock<Script> = LazyLock::new(|| {
