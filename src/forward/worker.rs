@@ -571,6 +571,9 @@ mod tests {
         async fn purge(&self, now: i64) -> Result<(), StoreError> {
             self.inner.purge(now).await
         }
+        async fn discard_dead(&self, id: &str) -> Result<bool, StoreError> {
+            self.inner.discard_dead(id).await
+        }
         async fn ping(&self) -> Result<(), StoreError> {
             self.inner.ping().await
         }
