@@ -221,8 +221,10 @@ pub fn event_counts(route: &str, pending: u64, dead: u64) {
 pub fn init_logging() {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let mut filter =
-        EnvFilter::try_from_env("HOOKGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Unset: hookgate's info lines, and only warnings of async-nats (which logs every
+    // connect and close at info, as hookgate does itself).
+    let mut filter = EnvFilter::try_from_env("HOOKGATE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
     // lapin logs a returned (unroutable) message whole at warn: every forwarded header,
     // Authorization included, and the body. Never wanted, whatever HOOKGATE_LOG says; the
     // AMQP sink logs its own line without the contents.

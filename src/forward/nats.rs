@@ -154,6 +154,10 @@ impl NatsSink {
                         async_nats::Event::Connected => {
                             tracing::info!(route = %route, url = %url, "connected to nats (forward.url)")
                         }
+                        // Also how hookgate's own close (a reload, shutdown) shows: no warning.
+                        async_nats::Event::Closed => {
+                            tracing::info!(route = %route, url = %url, "nats connection closed (forward.url)")
+                        }
                         other => {
                             tracing::warn!(route = %route, url = %url, event = %other, "nats connection (forward.url)")
                         }
