@@ -217,7 +217,8 @@ pub fn event_counts(route: &str, pending: u64, dead: u64) {
     gauge!("hookgate_dead_events", "route" => route.to_string()).set(dead as f64);
 }
 
-/// Logs: `HOOKGATE_LOG` sets the filter (default `info`), `HOOKGATE_LOG_FORMAT=json` JSON lines.
+/// Logs: `HOOKGATE_LOG` sets the filter (default `info,async_nats=warn`),
+/// `HOOKGATE_LOG_FORMAT=json` JSON lines.
 pub fn init_logging() {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;

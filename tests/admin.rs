@@ -234,6 +234,8 @@ async fn events_are_found_by_their_dedupe_key() {
         // A misspelt filter or a page larger than the most one holds is refused, not ignored.
         for (query, code) in [
             ("rout=json", "unknown_parameter"),
+            ("key=", "empty_parameter"),
+            ("route=&state=dead", "empty_parameter"),
             ("limit=5000", "invalid_limit"),
             ("limit=0", "invalid_limit"),
         ] {

@@ -117,7 +117,16 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
                     )
                 }
             },
-            "route" | "state" | "key" | "limit" => {}
+            // Left empty (a script's unset variable): refused, not read as "no filter".
+            name @ ("route" | "state" | "key" | "limit") => {
+                return ok_json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({
+                        "error": "empty_parameter",
+                        "detail": format!("{name}= has no value"),
+                    }),
+                )
+            }
             // A misspelt filter (`rout=`) would otherwise list every event as if it applied.
             other => {
                 return ok_json(
@@ -265,8 +274,12 @@ pub async fn discard(admin: &Admin, id: &str) -> Reply {
                 &serde_json::json!({ "status": "discarded", "event_id": id, "route": ev.route }),
             )
         }
-        // A replay came first.
-        Ok(false) => not_dead("no longer dead"),
+        // A replay came first, or another discard.
+        Ok(false) => match admin.store.get(id).await {
+            Ok(Some(ev)) => not_dead(ev.summary.state.as_str()),
+            Ok(None) => error(StatusCode::NOT_FOUND, "unknown_event"),
+            Err(e) => unavailable(e),
+        },
         Err(e) => unavailable(e),
     }
 }

@@ -83,7 +83,13 @@ impl HttpSink {
         let transport = if proxied {
             Transport::Proxied(
                 reqwest::Client::builder()
-                    .use_preconfigured_tls(client_tls()?)
+                    .use_preconfigured_tls({
+                        // reqwest sets no ALPN on a config it is given: offer HTTP/2 as its
+                        // own config would (hyper-rustls does so for the direct client).
+                        let mut tls = client_tls()?;
+                        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                        tls
+                    })
                     .redirect(reqwest::redirect::Policy::none())
                     .pool_max_idle_per_host(route.forward.concurrency)
                     .build()?,
@@ -208,27 +214,29 @@ impl HttpSink {
 /// without CA certificates still reaches public upstreams), and the system's, read as OpenSSL
 /// does — `SSL_CERT_FILE` / `SSL_CERT_DIR` when set, else the distribution's bundle. The Redis,
 /// NATS and AMQP clients read the system's the same way, so one `SSL_CERT_FILE` naming a
-/// private CA serves every outgoing TLS connection. Read again for each client (a reload), so
-/// a renewed bundle is picked up by `SIGHUP`.
-fn trust_roots() -> rustls::RootCertStore {
-    static WARNED: std::sync::Once = std::sync::Once::new();
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let native = rustls_native_certs::load_native_certs();
-    let (added, ignored) = roots.add_parsable_certificates(native.certs);
-    if !native.errors.is_empty() || ignored > 0 {
-        let errors: Vec<String> = native.errors.iter().map(|e| e.to_string()).collect();
-        WARNED.call_once(|| {
-            tracing::warn!(
-                added,
-                ignored,
-                errors = %errors.join("; "),
-                "could not read every CA certificate of the system (SSL_CERT_FILE, SSL_CERT_DIR): https upstreams signed by the missing ones are not trusted"
-            )
-        });
-    }
-    roots
+/// private CA serves every outgoing TLS connection. Read once, at the first https route (a
+/// renewed bundle takes a restart, as for the broker clients' connections already made).
+fn trust_roots() -> Arc<rustls::RootCertStore> {
+    static ROOTS: std::sync::OnceLock<Arc<rustls::RootCertStore>> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            let native = rustls_native_certs::load_native_certs();
+            let (added, ignored) = roots.add_parsable_certificates(native.certs);
+            if !native.errors.is_empty() || ignored > 0 {
+                let errors: Vec<String> = native.errors.iter().map(|e| e.to_string()).collect();
+                tracing::warn!(
+                    added,
+                    ignored,
+                    errors = %errors.join("; "),
+                    "could not read every CA certificate of the system (SSL_CERT_FILE, SSL_CERT_DIR): https upstreams signed by the missing ones are not trusted"
+                );
+            }
+            Arc::new(roots)
+        })
+        .clone()
 }
 
 /// TLS to upstreams: ring, TLS 1.2 and 1.3, the CAs of `trust_roots`, no client certificate.

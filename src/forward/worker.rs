@@ -74,6 +74,9 @@ impl Worker {
         let mut inflight: JoinSet<Done> = JoinSet::new();
         let mut circuit = Circuit::default();
         let route = self.route.name.clone();
+        // A worker starts closed: a reload replaced one whose circuit may have been open, and
+        // only a closing would otherwise set the gauge back.
+        metrics::gauge!("hookgate_circuit_open", "route" => route.clone()).set(0.0);
         // With a handoff, fresh events arrive without asking; the store is asked (`lease`)
         // only when it may hold due events the handoff did not bring: at start, after a
         // wake (replay), once a retry falls due, when the store missed a handoff, and at

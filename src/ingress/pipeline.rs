@@ -49,12 +49,14 @@ pub async fn handle(ctx: Arc<Ingress>, peer: SocketAddr, req: Request<Incoming>)
         }
         Ok(Outcome::Duplicate(id, same_signature)) => {
             route.metrics.request("duplicate", elapsed);
-            if same_signature == Some(true) {
-                // Providers that sign a timestamp re-sign a retry; those that do not (GitHub,
-                // Shopify, Twilio, Meta…) send the very same signature again, as would a
-                // replayed capture. Either way nothing is forwarded: info, not a warning that
-                // every GitHub redelivery would raise.
-                tracing::info!(route = name, event_id = %id, outcome = "duplicate", client = %peer.ip().to_canonical(), latency_ms, "request: duplicate with the original's signature (a redelivery of a scheme that signs no timestamp, or a replayed capture)");
+            if same_signature == Some(true) && route.cfg.verifier.retries_resigned() {
+                // The provider re-signs its retries (new timestamp): a byte-identical copy of
+                // the signed request is what a replayed capture looks like.
+                tracing::warn!(route = name, event_id = %id, outcome = "duplicate", client = %peer.ip().to_canonical(), latency_ms, "request: duplicate with the original's signature: possible replay");
+            } else if same_signature == Some(true) {
+                // GitHub, Shopify, Twilio, Meta… send a redelivery with the same signature: no
+                // warning that every redelivery would raise.
+                tracing::info!(route = name, event_id = %id, outcome = "duplicate", latency_ms, "request: duplicate with the original's signature: a redelivery");
             } else {
                 tracing::info!(route = name, event_id = %id, outcome = "duplicate", latency_ms, "request: duplicate re-signed by the sender: a provider retry");
             }

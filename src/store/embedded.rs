@@ -291,12 +291,6 @@ fn disk_cost(ev: &NewEvent, headers_json: &str) -> u64 {
     2 * (ev.body.len() as u64 + headers_json.len() as u64 + 512)
 }
 
-/// A file's device and inode, `None` if it cannot be read.
-fn file_id(file: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(file).ok().map(|m| (m.dev(), m.ino()))
-}
-
 /// The room new events have before `store.min_free_space`, from what the filesystem has
 /// available (`fs`) and the database's free pages (`free_pages`: purges free them and SQLite
 /// reuses them before it grows the file, which never shrinks). An event's copy in the
@@ -323,8 +317,8 @@ struct DiskGuard {
     /// A failed `statvfs` is logged once; new events then pass (SQLite still fails a commit
     /// it cannot write, and that answers 503).
     failed: bool,
-    /// The database file's device and inode as opened (see `look`).
-    file_id: Option<(u64, u64)>,
+    /// The database file, open: its link count says whether it is still in the directory.
+    file: Option<std::fs::File>,
     /// Set for good once the database file was deleted or replaced under the open store: new
     /// events are refused and `/readyz` fails (`EmbeddedStore::ping`).
     gone: Arc<AtomicBool>,
@@ -339,7 +333,7 @@ impl DiskGuard {
             checked: None,
             low: false,
             failed: false,
-            file_id: file_id(&dir.join("hookgate.db")),
+            file: std::fs::File::open(dir.join("hookgate.db")).ok(),
             gone,
         }
     }
@@ -348,26 +342,25 @@ impl DiskGuard {
     /// without its directory) or replaced. Everything recorded from then on would live only in
     /// the open, unlinked file and be gone at the next start, which makes a new, empty store.
     fn file_gone(&mut self) -> bool {
+        use std::os::unix::fs::MetadataExt;
         if self.gone.load(Ordering::Relaxed) {
             return true;
         }
-        let file = self.dir.join("hookgate.db");
-        let now = match std::fs::metadata(&file) {
-            Ok(m) => {
-                use std::os::unix::fs::MetadataExt;
-                Some((m.dev(), m.ino()))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            // Cannot tell (permissions): not taken for gone.
-            Err(_) => return false,
-        };
-        if self.file_id.is_none() || now == self.file_id {
+        // The open file's own link count, not a lookup of its path: a path that is briefly
+        // missing (a rename and back, a network filesystem's hiccup) is no deletion, and a
+        // file deleted or replaced by another (renamed over it) has no link left.
+        let unlinked = self
+            .file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .is_some_and(|m| m.nlink() == 0);
+        if !unlinked {
             return false;
         }
         self.gone.store(true, Ordering::Relaxed);
         tracing::error!(
-            path = %file.display(),
-            "store: the database file was deleted or replaced while hookgate has it open; refusing new events (503) and not ready. Pending events are still delivered from the open file; what is recorded there is lost when hookgate stops, as the next start makes a new, empty store: let hookgate_pending_events reach 0 before restarting"
+            path = %self.dir.join("hookgate.db").display(),
+            "store: the database file was deleted or replaced while hookgate has it open; refusing new events (503) and not ready. Pending events are still delivered from the open file, but what it holds — pending and dead events, their history — is lost when hookgate stops, as the next start makes a new, empty store: let hookgate_pending_events reach 0 (and replay or note the dead events) before restarting"
         );
         true
     }
@@ -1454,28 +1447,38 @@ impl Store for EmbeddedStore {
     async fn list(&self, q: &ListQuery) -> Result<Vec<EventSummary>, StoreError> {
         let q = q.clone();
         if let Some(key) = q.key.clone() {
-            // No index on the key (it would cost every accept a B-tree insert): a scan of the
-            // route's events (all events without a route), on a connection of its own so a long
-            // scan does not hold up the reads deliveries make.
+            // Through the dedupe keys (small rows; the events' rows hold their bodies, which a
+            // scan of them would read whole), on a connection of its own so the scan does not
+            // hold up the reads deliveries make. An event is found while its key is kept (the
+            // route's dedupe `ttl`), as with Redis.
             return self
                 .scan(move |conn| {
-                    let state = q
-                        .state
-                        .map(|s| format!("AND state = '{}'", s.as_str()))
-                        .unwrap_or_default();
+                    let [k0, k1, k2, k3] = super::keys_matching(&key);
                     let route = if q.route.is_some() {
                         "route = ?1"
                     } else {
                         "?1 IS NULL"
                     };
-                    let mut stmt = conn.prepare(&format!(
-                        "SELECT {SUMMARY_COLS} FROM events WHERE {route} {state} \
-                         AND dedupe_key IN (?3, ?4, ?5, ?6) ORDER BY id DESC LIMIT ?2"
-                    ))?;
-                    let [k0, k1, k2, k3] = super::keys_matching(&key);
-                    let rows =
-                        stmt.query_map(params![q.route, q.limit as i64, k0, k1, k2, k3], summary)?;
-                    rows.collect()
+                    let ids: Vec<String> = conn
+                        .prepare(&format!(
+                            "SELECT event_id FROM dedupe_keys WHERE {route} AND key IN (?2, ?3, ?4, ?5)"
+                        ))?
+                        .query_map(params![q.route, k0, k1, k2, k3], |r| r.get(0))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    let mut events = Vec::new();
+                    let mut stmt =
+                        conn.prepare(&format!("SELECT {SUMMARY_COLS} FROM events WHERE id = ?1"))?;
+                    for id in ids {
+                        if let Some(e) = stmt.query_row(params![id], summary).optional()? {
+                            if q.state.is_none() || q.state == Some(e.state) {
+                                events.push(e);
+                            }
+                        }
+                    }
+                    events.sort_by(|a, b| b.event_id.cmp(&a.event_id));
+                    events.dedup_by(|a, b| a.event_id == b.event_id);
+                    events.truncate(q.limit);
+                    Ok(events)
                 })
                 .await;
         }

@@ -261,6 +261,10 @@ impl super::Verifier for HmacVerifier {
         "hmac"
     }
 
+    fn retries_resigned(&self) -> bool {
+        self.signs(&Part::Timestamp)
+    }
+
     fn verify(&self, req: &Parts, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {
         let sig_header = header(req, &self.signature_header)
             .filter(|s| !s.is_empty())

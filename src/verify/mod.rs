@@ -123,6 +123,14 @@ pub trait Verifier: Send + Sync + fmt::Debug {
         None
     }
 
+    /// Whether the provider signs a timestamp and signs every retry afresh (Stripe, Standard
+    /// Webhooks/Svix, Slack, `hmac` with `{timestamp}`): then a duplicate carrying the
+    /// original's very signature is no retry but a replayed capture, worth a warning. `false`
+    /// where a redelivery carries the same signature (GitHub, Shopify, Twilio, Meta…).
+    fn retries_resigned(&self) -> bool {
+        false
+    }
+
     /// The request header (lower-case name) that carries the route's secret itself, a static
     /// token compared as sent, besides `Authorization`, which is always treated so: shown
     /// masked wherever the admin API shows an event's headers.

@@ -44,6 +44,10 @@ impl super::Verifier for SlackVerifier {
         SCHEME
     }
 
+    fn retries_resigned(&self) -> bool {
+        true
+    }
+
     fn verify(&self, req: &Parts, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {
         let h = preset::header_nonempty(req, "x-slack-signature")
             .ok_or(VerifyError::MissingSignature)?;

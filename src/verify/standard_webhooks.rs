@@ -115,6 +115,10 @@ impl super::Verifier for StandardWebhooksVerifier {
         self.scheme
     }
 
+    fn retries_resigned(&self) -> bool {
+        true
+    }
+
     fn verify(&self, req: &Parts, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {
         let f = self.family(req);
         let h = |name: &str| preset::header_nonempty(req, &format!("{f}-{name}"));

@@ -39,6 +39,10 @@ impl super::Verifier for StripeVerifier {
         SCHEME
     }
 
+    fn retries_resigned(&self) -> bool {
+        true
+    }
+
     fn verify(&self, req: &Parts, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {
         let h = preset::header_nonempty(req, HEADER).ok_or(VerifyError::MissingSignature)?;
         let (ts, sigs) = preset::timestamp_and_hex_signatures(h, ',', "t", "v1");
