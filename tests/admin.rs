@@ -352,6 +352,39 @@ async fn a_dead_event_is_discarded_and_only_a_dead_one() {
             .await
             .unwrap();
         assert_eq!(r.status(), 404, "{backend:?}: gone");
+        // Its attempt log went with it.
+        match &backend {
+            Backend::Embedded => {
+                let db = rusqlite::Connection::open_with_flags(
+                    dir.path().join("data/hookgate.db"),
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )
+                .unwrap();
+                let n: i64 = db
+                    .query_row(
+                        "SELECT (SELECT COUNT(*) FROM attempts WHERE event_id = ?1)
+                              + (SELECT COUNT(*) FROM events WHERE id = ?1)",
+                        [&dead],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                assert_eq!(n, 0, "no row of the discarded event is left");
+            }
+            Backend::Redis(url) => {
+                let mut con = redis::Client::open(url.as_str())
+                    .unwrap()
+                    .get_connection()
+                    .unwrap();
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("*{dead}*"))
+                    .query(&mut con)
+                    .unwrap();
+                assert!(
+                    keys.is_empty(),
+                    "no key of the discarded event is left: {keys:?}"
+                );
+            }
+        }
         assert_eq!(delete(&dead).await.0, 404, "{backend:?}: once");
         let routes = gw.admin_json("/admin/routes").await;
         assert_eq!(routes["routes"][0]["dead"], 0, "{backend:?}: {routes}");
