@@ -136,21 +136,29 @@ impl Keys {
         Ok(())
     }
 
-    /// Forgets keys expired at `now_ms`, in the open transaction (by row) and in the index
-    /// (a walk over every live key, a few ns each, once per purge).
-    pub(super) fn purge(&mut self, tx: &Connection, now_ms: i64) -> rusqlite::Result<()> {
+    /// Forgets up to `limit` keys expired at `now_ms`, in the open transaction (by row) and
+    /// in the index (a walk over the live keys, a few ns each, that stops at `limit` found).
+    /// True when it found that many: more may be left.
+    pub(super) fn purge(
+        &mut self,
+        tx: &Connection,
+        now_ms: i64,
+        limit: usize,
+    ) -> rusqlite::Result<bool> {
         let expired: Vec<(KeyHash, Entry)> = self
             .live
             .iter()
             .filter(|(_, (_, expires))| *expires <= now_ms)
             .map(|(hash, entry)| (*hash, *entry))
+            .take(limit)
             .collect();
+        let full = expired.len() == limit;
         for (hash, entry) in expired {
             delete_row(tx, entry.0)?;
             self.live.remove(&hash);
             self.undo.push((hash, Some(entry)));
         }
-        Ok(())
+        Ok(full)
     }
 
     /// The open transaction committed: its changes stay.
@@ -253,7 +261,7 @@ mod tests {
         // A new key, and a purge that forgets the expired "a"; then a rollback.
         let tx = conn.transaction().unwrap();
         keys.insert(&tx, "r", "b", E3, 200).unwrap();
-        keys.purge(&tx, 150).unwrap();
+        keys.purge(&tx, 150, usize::MAX).unwrap();
         assert_eq!(
             seen(&keys, &tx, "a", 50),
             None,
@@ -332,7 +340,7 @@ mod tests {
         );
 
         let tx = conn.transaction().unwrap();
-        keys.purge(&tx, 150).unwrap();
+        keys.purge(&tx, 150, usize::MAX).unwrap();
         // "b" expired without a purge since, and is taken again.
         assert_eq!(seen(&keys, &tx, "b", 250), None);
         keys.insert(&tx, "r", "b", X, 400).unwrap();
