@@ -298,6 +298,21 @@ fn disk_cost(ev: &NewEvent, headers_json: &str) -> u64 {
     2 * (ev.body.len() as u64 + headers_json.len() as u64 + 512)
 }
 
+/// The database file, opened to watch its link count (`DiskGuard::file_gone`); `None`, said
+/// once, where that cannot work: it cannot be opened, or the filesystem reports no links for a
+/// file that is there (some FUSE and network filesystems do).
+fn open_for_link_count(file: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let f = std::fs::File::open(file);
+    match f.as_ref().map(|f| f.metadata().map(|m| m.nlink())) {
+        Ok(Ok(n)) if n > 0 => f.ok(),
+        _ => {
+            tracing::warn!(path = %file.display(), "store: cannot watch the database file's link count here; a store deleted under the running process would not be noticed");
+            None
+        }
+    }
+}
+
 /// The room new events have before `store.min_free_space`, from what the filesystem has
 /// available (`fs`) and the database's free pages (`free_pages`: purges free them and SQLite
 /// reuses them before it grows the file, which never shrinks). An event's copy in the
@@ -340,7 +355,7 @@ impl DiskGuard {
             checked: None,
             low: false,
             failed: false,
-            file: std::fs::File::open(dir.join("hookgate.db")).ok(),
+            file: open_for_link_count(&dir.join("hookgate.db")),
             gone,
         }
     }
@@ -947,12 +962,17 @@ fn run(
         }
         Write::Discard(id, _) => Out::Count(discard_tx(tx, id)?),
         Write::Purge(now, after, _) => {
-            let keys_left = keys.purge(tx, *now, PURGE_CHUNK)?;
+            let keys_left = keys.purge(tx, *now, PURGE_CHUNK, after.is_none())?;
             let (n, last) = purge_tx(tx, *now, retention_ms, after.as_deref(), PURGE_CHUNK)?;
-            Out::Purged(
-                keys_left || n == PURGE_CHUNK,
-                last.or_else(|| after.clone()),
-            )
+            // Once fewer than a chunk's worth of events were left, the cursor goes to the end
+            // of the range, so the chunks that only purge keys do not read the old events
+            // (pending and dead ones, kept) again.
+            let cursor = if n < PURGE_CHUNK {
+                id_prefix(*now - retention_ms)
+            } else {
+                last.unwrap_or_default()
+            };
+            Out::Purged(keys_left || n == PURGE_CHUNK, Some(cursor))
         }
     })
 }
@@ -1494,11 +1514,14 @@ impl Store for EmbeddedStore {
                     } else {
                         "?1 IS NULL"
                     };
+                    // Rows of keys expired but not purged yet are not the window's.
+                    let now = crate::forward::worker::now_ms();
                     let ids: Vec<String> = conn
                         .prepare(&format!(
-                            "SELECT event_id FROM dedupe_keys WHERE {route} AND key IN (?2, ?3, ?4, ?5)"
+                            "SELECT event_id FROM dedupe_keys WHERE {route} AND key IN (?2, ?3, ?4, ?5) \
+                             AND expires_at > ?6"
                         ))?
-                        .query_map(params![q.route, k0, k1, k2, k3], |r| r.get(0))?
+                        .query_map(params![q.route, k0, k1, k2, k3, now], |r| r.get(0))?
                         .collect::<rusqlite::Result<_>>()?;
                     let mut events = Vec::new();
                     let mut stmt =
@@ -2626,5 +2649,24 @@ mod tests {
         );
         let c = store.counts("r").await.unwrap();
         assert_eq!((c.pending, c.delivered, c.dead), (0, 0, 1));
+
+        // Keys alone for more than a chunk, with events kept (pending, within the retention):
+        // the chunks after the first take the keys the first one found.
+        let t = t + 100_000;
+        for i in 0..PURGE_CHUNK + 200 {
+            let mut ev = event("r", "pending");
+            ev.received_at_ms = t;
+            let key = DedupeKey {
+                key: format!("header:p{i}"),
+                expires_at_ms: t + 10_000,
+            };
+            store.accept(ev, Some(key)).await.unwrap();
+        }
+        store.purge(t + 20_000).await.unwrap();
+        assert_eq!(count("SELECT COUNT(*) FROM dedupe_keys").await, 0);
+        assert_eq!(
+            count("SELECT COUNT(*) FROM events").await,
+            1 + PURGE_CHUNK as i64 + 200
+        );
     }
 }

@@ -44,6 +44,9 @@ pub(super) struct Keys {
     live: HashMap<KeyHash, Entry>,
     /// Changes of the open transaction: the key and what it held before.
     undo: Vec<(KeyHash, Option<Entry>)>,
+    /// The expired keys the first chunk of a purge found, for the chunks after it to take
+    /// (one walk over the map a purge, not one a chunk).
+    expired: Vec<(KeyHash, Entry)>,
 }
 
 impl Keys {
@@ -137,28 +140,38 @@ impl Keys {
     }
 
     /// Forgets up to `limit` keys expired at `now_ms`, in the open transaction (by row) and
-    /// in the index (a walk over the live keys, a few ns each, that stops at `limit` found).
-    /// True when it found that many: more may be left.
+    /// in the index. The `first` chunk of a purge walks the live keys (a few ns each) for the
+    /// expired ones; the chunks after it take from that list, skipping a key taken again
+    /// meanwhile. True when more are left.
     pub(super) fn purge(
         &mut self,
         tx: &Connection,
         now_ms: i64,
         limit: usize,
+        first: bool,
     ) -> rusqlite::Result<bool> {
-        let expired: Vec<(KeyHash, Entry)> = self
-            .live
-            .iter()
-            .filter(|(_, (_, expires))| *expires <= now_ms)
-            .map(|(hash, entry)| (*hash, *entry))
-            .take(limit)
-            .collect();
-        let full = expired.len() == limit;
-        for (hash, entry) in expired {
+        if first {
+            self.expired = self
+                .live
+                .iter()
+                .filter(|(_, (_, expires))| *expires <= now_ms)
+                .map(|(hash, entry)| (*hash, *entry))
+                .collect();
+        }
+        let mut done = 0;
+        while done < limit {
+            let Some((hash, entry)) = self.expired.pop() else {
+                break;
+            };
+            if self.live.get(&hash) != Some(&entry) {
+                continue;
+            }
             delete_row(tx, entry.0)?;
             self.live.remove(&hash);
             self.undo.push((hash, Some(entry)));
+            done += 1;
         }
-        Ok(full)
+        Ok(!self.expired.is_empty())
     }
 
     /// The open transaction committed: its changes stay.
@@ -261,7 +274,7 @@ mod tests {
         // A new key, and a purge that forgets the expired "a"; then a rollback.
         let tx = conn.transaction().unwrap();
         keys.insert(&tx, "r", "b", E3, 200).unwrap();
-        keys.purge(&tx, 150, usize::MAX).unwrap();
+        keys.purge(&tx, 150, usize::MAX, true).unwrap();
         assert_eq!(
             seen(&keys, &tx, "a", 50),
             None,
@@ -340,7 +353,7 @@ mod tests {
         );
 
         let tx = conn.transaction().unwrap();
-        keys.purge(&tx, 150, usize::MAX).unwrap();
+        keys.purge(&tx, 150, usize::MAX, true).unwrap();
         // "b" expired without a purge since, and is taken again.
         assert_eq!(seen(&keys, &tx, "b", 250), None);
         keys.insert(&tx, "r", "b", X, 400).unwrap();
