@@ -37,6 +37,17 @@ fn json_value(body: &[u8], pointer: &str) -> Option<String> {
     }
 }
 
+/// The recorded keys a sender's value may stand for (`ListQuery::key`): the value under each
+/// prefix `derive` gives it, and the value itself when it is already a recorded key.
+pub fn keys_matching(value: &str) -> [String; 4] {
+    [
+        value.to_string(),
+        format!("header:{value}"),
+        format!("json:{value}"),
+        format!("id:{value}"),
+    ]
+}
+
 pub fn derive(
     cfg: &DedupeConfig,
     verified: &Verified,

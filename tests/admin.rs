@@ -130,6 +130,33 @@ url = "{basic}"
         .any(|r| r.header("authorization") == Some(basic.as_str())));
 }
 
+/// A route with no verification, de-duplicated by `key`, forwarding to `up`.
+fn unsigned_route(name: &str, key: &str, up: &Upstream) -> String {
+    format!(
+        "\n[[route]]\nname = \"{name}\"\npath = \"/{name}\"\n[route.verify]\nscheme = \"none\"\n\
+         [route.dedupe]\nkey = \"{key}\"\n[route.forward]\nurl = \"{}\"\n",
+        up.url("/in")
+    )
+}
+
+/// `hookgate events … ARGS` against `gw`'s admin port with the config in `dir`: its stdout,
+/// after asserting it succeeded.
+fn events_cli(dir: &std::path::Path, gw: &Gateway, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["events", "-c"])
+        .arg(dir.join("hookgate.toml"))
+        .args(["--admin", &format!("http://{}", gw.admin)])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `GET /admin/events?key=` and `hookgate events list --key` find events by the id their
 /// sender gave them, whichever kind of dedupe key the route records (`json:`, `header:`, a body
 /// hash spelled out), with the route and state filters, on both stores.
@@ -140,13 +167,7 @@ async fn events_are_found_by_their_dedupe_key() {
     for backend in [Backend::Embedded, Backend::Redis(redis.url())] {
         let up = Upstream::start().await;
         let dir = tempdir();
-        let route = |name: &str, key: &str| {
-            format!(
-                "\n[[route]]\nname = \"{name}\"\npath = \"/{name}\"\n[route.verify]\nscheme = \"none\"\n\
-                 [route.dedupe]\nkey = \"{key}\"\n[route.forward]\nurl = \"{}\"\n",
-                up.url("/in")
-            )
-        };
+        let route = |name: &str, key: &str| unsigned_route(name, key, &up);
         let routes = [
             route("json", "json:/id"),
             route("hdr", "header:Idempotency-Key"),
@@ -250,24 +271,7 @@ async fn events_are_found_by_their_dedupe_key() {
             assert!(v["detail"].is_string(), "{query}: {v}");
         }
 
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
-            .args(["events", "-c"])
-            .arg(dir.path().join("hookgate.toml"))
-            .args([
-                "--admin",
-                &format!("http://{}", gw.admin),
-                "list",
-                "--key",
-                "evt_2",
-            ])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stdout = events_cli(dir.path(), &gw, &["list", "--key", "evt_2"]);
         assert!(
             stdout.contains(&json2) && !stdout.contains(&json1),
             "{stdout}"
@@ -284,11 +288,7 @@ async fn a_dead_event_is_discarded_and_only_a_dead_one() {
     for backend in [Backend::Embedded, Backend::Redis(redis.url())] {
         let up = Upstream::start().await;
         let dir = tempdir();
-        let route = format!(
-            "\n[[route]]\nname = \"d\"\npath = \"/d\"\n[route.verify]\nscheme = \"none\"\n\
-             [route.dedupe]\nkey = \"header:Idempotency-Key\"\n[route.forward]\nurl = \"{}\"\n",
-            up.url("/in")
-        );
+        let route = unsigned_route("d", "header:Idempotency-Key", &up);
         let gw = Gateway::start(dir.path(), &config(&backend, dir.path(), "", &route));
         let c = reqwest::Client::new();
         let send = async |key: &str| {
@@ -332,18 +332,7 @@ async fn a_dead_event_is_discarded_and_only_a_dead_one() {
         );
         up.release();
 
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
-            .args(["events", "-c"])
-            .arg(dir.path().join("hookgate.toml"))
-            .args(["--admin", &format!("http://{}", gw.admin), "discard", &dead])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stdout = events_cli(dir.path(), &gw, &["discard", &dead]);
         assert!(stdout.contains("discarded"), "{stdout}");
 
         let r = c

@@ -111,6 +111,23 @@ fn tls_section(dir: &Path) -> String {
     )
 }
 
+/// A gateway terminating TLS with the certificate `make_pki` wrote into `dir` (config and
+/// store in `store_dir`), route `t` forwarding to an upstream of its own: also the https
+/// upstream of other gateways, whose events it lists.
+async fn tls_gateway(dir: &Path, store_dir: &Path) -> (Upstream, Gateway) {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(
+        store_dir,
+        &config(
+            &Backend::Embedded,
+            store_dir,
+            &tls_section(dir),
+            &route(&up.url("/in")),
+        ),
+    );
+    (up, gw)
+}
+
 fn route(up: &str) -> String {
     format!("\n[[route]]\nname = \"t\"\npath = \"/t\"\n[route.verify]\nscheme = \"hmac\"\nsecrets = [\"tls-secret\"]\n[route.forward]\nurl = \"{up}\"\n")
 }
@@ -136,12 +153,7 @@ fn client(dir: &Path, with_identity: bool) -> reqwest::Client {
 async fn tls_and_mtls_termination() {
     let dir = tempdir();
     make_pki(dir.path());
-    let up = Upstream::start().await;
-    let tls = tls_section(dir.path());
-    let gw = Gateway::start(
-        dir.path(),
-        &config(&Backend::Embedded, dir.path(), &tls, &route(&up.url("/in"))),
-    );
+    let (up, gw) = tls_gateway(dir.path(), dir.path()).await;
     let url = format!("https://127.0.0.1:{}/t", gw.ingress.port());
     let r = signed(&client(dir.path(), false), &url, "tls-secret", "over tls")
         .send()
@@ -159,7 +171,7 @@ async fn tls_and_mtls_termination() {
     // mTLS: a client certificate from client_ca is required.
     let dir2 = tempdir();
     let ca = dir.path().join("ca.crt").display().to_string();
-    let mtls = format!("{tls}client_ca = {ca:?}\n");
+    let mtls = format!("{}client_ca = {ca:?}\n", tls_section(dir.path()));
     let gw = Gateway::start(
         dir2.path(),
         &config(
@@ -191,12 +203,7 @@ async fn tls_and_mtls_termination() {
 async fn an_https_upstream_with_an_untrusted_certificate_is_not_delivered_to() {
     let dir = tempdir();
     make_pki(dir.path());
-    let up = Upstream::start().await;
-    let tls = tls_section(dir.path());
-    let private = Gateway::start(
-        dir.path(),
-        &config(&Backend::Embedded, dir.path(), &tls, &route(&up.url("/in"))),
-    );
+    let (_up, private) = tls_gateway(dir.path(), dir.path()).await;
     let dir2 = tempdir();
     let target = format!("https://127.0.0.1:{}/t", private.ingress.port());
     let gw = Gateway::start(
@@ -455,18 +462,8 @@ async fn every_outgoing_tls_connection_trusts_the_cas_in_ssl_cert_file() {
     }
 
     // The https upstream: another hookgate terminating TLS with the private CA's certificate.
-    let up = Upstream::start().await;
-    let tls = tls_section(dir.path());
     let upstream_dir = tempdir();
-    let private = Gateway::start(
-        upstream_dir.path(),
-        &config(
-            &Backend::Embedded,
-            upstream_dir.path(),
-            &tls,
-            &route(&up.url("/in")),
-        ),
-    );
+    let (_up, private) = tls_gateway(dir.path(), upstream_dir.path()).await;
 
     let bundle = dir.path().join("cas.pem");
     let mut cas = std::fs::read(dir.path().join("ca.crt")).unwrap();
@@ -605,12 +602,7 @@ async fn connect_proxy() -> (
 async fn an_https_upstream_behind_a_proxy_trusts_the_ca_in_ssl_cert_file() {
     let dir = tempdir();
     make_pki(dir.path());
-    let up = Upstream::start().await;
-    let tls = tls_section(dir.path());
-    let private = Gateway::start(
-        dir.path(),
-        &config(&Backend::Embedded, dir.path(), &tls, &route(&up.url("/in"))),
-    );
+    let (_up, private) = tls_gateway(dir.path(), dir.path()).await;
     let (proxy, seen) = connect_proxy().await;
     let dir2 = tempdir();
     let target = format!("127.0.0.1:{}", private.ingress.port());

@@ -3,7 +3,7 @@
 use http::StatusCode;
 use serde::Serialize;
 
-use super::{error, ok_json, Admin};
+use super::{error, error_detail, ok_json, Admin};
 use crate::forward::worker::now_ms;
 use crate::ingress::reject::Reply;
 use crate::store::{ListQuery, State, StoreError};
@@ -108,33 +108,27 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
             "limit" if !v.is_empty() => match v.parse::<usize>() {
                 Ok(n) if (1..=MAX_LIMIT).contains(&n) => q.limit = n,
                 _ => {
-                    return ok_json(
+                    return error_detail(
                         StatusCode::BAD_REQUEST,
-                        &serde_json::json!({
-                            "error": "invalid_limit",
-                            "detail": format!("limit is 1 to {MAX_LIMIT}"),
-                        }),
+                        "invalid_limit",
+                        format!("limit is 1 to {MAX_LIMIT}"),
                     )
                 }
             },
             // Left empty (a script's unset variable): refused, not read as "no filter".
             name @ ("route" | "state" | "key" | "limit") => {
-                return ok_json(
+                return error_detail(
                     StatusCode::BAD_REQUEST,
-                    &serde_json::json!({
-                        "error": "empty_parameter",
-                        "detail": format!("{name}= has no value"),
-                    }),
+                    "empty_parameter",
+                    format!("{name}= has no value"),
                 )
             }
             // A misspelt filter (`rout=`) would otherwise list every event as if it applied.
             other => {
-                return ok_json(
+                return error_detail(
                     StatusCode::BAD_REQUEST,
-                    &serde_json::json!({
-                        "error": "unknown_parameter",
-                        "detail": format!("{other:?} is not one of route, state, key, limit"),
-                    }),
+                    "unknown_parameter",
+                    format!("{other:?} is not one of route, state, key, limit"),
                 )
             }
         }
@@ -255,12 +249,10 @@ pub async fn discard(admin: &Admin, id: &str) -> Reply {
         Err(e) => return unavailable(e),
     };
     let not_dead = |state: &str| {
-        ok_json(
+        error_detail(
             StatusCode::CONFLICT,
-            &serde_json::json!({
-                "error": "not_dead",
-                "detail": format!("the event is {state}: only dead events can be discarded"),
-            }),
+            "not_dead",
+            format!("the event is {state}: only dead events can be discarded"),
         )
     };
     if ev.state != State::Dead {

@@ -70,6 +70,14 @@ pub fn error(status: StatusCode, code: &str) -> Reply {
     json(status, serde_json::json!({ "error": code }).to_string())
 }
 
+/// `error` with a `detail` saying what to change.
+pub fn error_detail(status: StatusCode, code: &str, detail: String) -> Reply {
+    json(
+        status,
+        serde_json::json!({ "error": code, "detail": detail }).to_string(),
+    )
+}
+
 pub fn ok_json(status: StatusCode, v: &impl serde::Serialize) -> Reply {
     json(
         status,

@@ -721,21 +721,18 @@ impl EmbeddedStore {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
         let file = self.file.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let conn = Connection::open_with_flags(
                 &file,
                 rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
                     | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
-            .and_then(|conn| {
-                conn.busy_timeout(Duration::from_secs(2))?;
-                Ok(conn)
-            })
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            f(&conn).map_err(|e| StoreError::Unavailable(e.to_string()))
+            .map_err(unavailable)?;
+            conn.busy_timeout(Duration::from_secs(2))
+                .map_err(unavailable)?;
+            f(&conn).map_err(unavailable)
         })
         .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
 
     async fn read<T: Send + 'static>(
@@ -743,15 +740,27 @@ impl EmbeddedStore {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
         let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let conn = reader
                 .lock()
                 .map_err(|_| StoreError::Unavailable("reader poisoned".into()))?;
-            f(&conn).map_err(|e| StoreError::Unavailable(e.to_string()))
+            f(&conn).map_err(unavailable)
         })
         .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
+}
+
+/// Runs a read on the blocking pool; a task that failed is `Unavailable`.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
 }
 
 /// What the writer thread owns.
@@ -1508,19 +1517,14 @@ impl Store for EmbeddedStore {
             // route's dedupe `ttl`), as with Redis.
             return self
                 .scan(move |conn| {
-                    let [k0, k1, k2, k3] = super::keys_matching(&key);
-                    let route = if q.route.is_some() {
-                        "route = ?1"
-                    } else {
-                        "?1 IS NULL"
-                    };
+                    let [k0, k1, k2, k3] = crate::dedupe::keys_matching(&key);
                     // Rows of keys expired but not purged yet are not the window's.
                     let now = crate::forward::worker::now_ms();
                     let ids: Vec<String> = conn
-                        .prepare(&format!(
-                            "SELECT event_id FROM dedupe_keys WHERE {route} AND key IN (?2, ?3, ?4, ?5) \
-                             AND expires_at > ?6"
-                        ))?
+                        .prepare(
+                            "SELECT event_id FROM dedupe_keys WHERE (?1 IS NULL OR route = ?1)
+                             AND key IN (?2, ?3, ?4, ?5) AND expires_at > ?6",
+                        )?
                         .query_map(params![q.route, k0, k1, k2, k3, now], |r| r.get(0))?
                         .collect::<rusqlite::Result<_>>()?;
                     let mut events = Vec::new();

@@ -156,17 +156,6 @@ pub struct ListQuery {
     pub key: Option<String>,
 }
 
-/// The recorded dedupe keys `ListQuery::key` matches: the value under each kind's prefix
-/// (`crate::dedupe::derive`), and the value itself when it is already a recorded key.
-pub fn keys_matching(value: &str) -> [String; 4] {
-    [
-        value.to_string(),
-        format!("header:{value}"),
-        format!("json:{value}"),
-        format!("id:{value}"),
-    ]
-}
-
 /// How far a pass over a route's due events got: the due time and id of the last row
 /// looked at (see `Store::lease_from`). An event made due behind it (a replay, a released
 /// lease) is found by the next pass, which starts from `ScanCursor::default()`.

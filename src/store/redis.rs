@@ -251,6 +251,30 @@ async fn policy_loop(inner: Weak<Inner>) {
 }
 
 impl Inner {
+    /// The summaries of these `(event id, route)`s, in that order; an event Redis no longer
+    /// holds is skipped.
+    async fn summaries(
+        &self,
+        conn: &mut ConnectionManager,
+        ids: &[(String, String)],
+    ) -> Result<Vec<EventSummary>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = ::redis::pipe();
+        for (id, r) in ids {
+            p.cmd("HMGET")
+                .arg(self.keys.event(r, id))
+                .arg(&codec::SUMMARY_FIELDS[..]);
+        }
+        let rows: Vec<Vec<Value>> = bounded(SLOW_OP_TIMEOUT, p.query_async(conn)).await?;
+        Ok(ids
+            .iter()
+            .zip(rows)
+            .filter_map(|((id, _), vals)| codec::summary(id, &vals))
+            .collect())
+    }
+
     /// `Err` while Redis may evict pending events (see [`policy_loop`]).
     fn durable(&self) -> Result<(), StoreError> {
         match self.evicting.lock().ok().and_then(|e| e.clone()) {
@@ -584,7 +608,7 @@ impl Store for RedisStore {
             let mut p = ::redis::pipe();
             let mut sources = Vec::new();
             for r in &routes {
-                for k in super::keys_matching(key) {
+                for k in crate::dedupe::keys_matching(key) {
                     p.cmd("GET").arg(s.keys.dedupe(r, &k));
                     sources.push(r.clone());
                 }
@@ -598,22 +622,8 @@ impl Store for RedisStore {
                 .collect();
             ids.sort_by(|a, b| b.0.cmp(&a.0));
             ids.dedup();
-            if ids.is_empty() {
-                return Ok(Vec::new());
-            }
-            let mut p = ::redis::pipe();
-            for (id, r) in &ids {
-                p.cmd("HMGET")
-                    .arg(s.keys.event(r, id))
-                    .arg(&codec::SUMMARY_FIELDS[..]);
-            }
-            let rows: Vec<Vec<Value>> = bounded(SLOW_OP_TIMEOUT, p.query_async(&mut conn)).await?;
-            let mut events: Vec<EventSummary> = ids
-                .iter()
-                .zip(rows)
-                .filter_map(|((id, _), vals)| codec::summary(id, &vals))
-                .filter(|e| q.state.is_none() || q.state == Some(e.state))
-                .collect();
+            let mut events = s.summaries(&mut conn, &ids).await?;
+            events.retain(|e| q.state.is_none() || q.state == Some(e.state));
             events.truncate(q.limit);
             return Ok(events);
         }
@@ -639,21 +649,7 @@ impl Store for RedisStore {
             .collect();
         ids.sort_by(|a, b| b.0.cmp(&a.0));
         ids.truncate(q.limit);
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut p = ::redis::pipe();
-        for (id, r) in &ids {
-            p.cmd("HMGET")
-                .arg(s.keys.event(r, id))
-                .arg(&codec::SUMMARY_FIELDS[..]);
-        }
-        let rows: Vec<Vec<Value>> = bounded(SLOW_OP_TIMEOUT, p.query_async(&mut conn)).await?;
-        Ok(ids
-            .iter()
-            .zip(rows)
-            .filter_map(|((id, _), vals)| codec::summary(id, &vals))
-            .collect())
+        s.summaries(&mut conn, &ids).await
     }
 
     async fn counts(&self, route: &str) -> Result<RouteCounts, StoreError> {
