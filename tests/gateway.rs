@@ -581,6 +581,40 @@ async fn replay_and_redrive_dead(b: Backend) {
         .last()
         .unwrap();
     assert_eq!(again.header("hookgate-attempt"), Some("3"));
+    // Each replay is in the event's history: when, after which attempt, from which state.
+    let mut ev = Value::Null;
+    wait_until(
+        Duration::from_secs(10),
+        "the third attempt recorded",
+        async || {
+            ev = gw.admin_json(&format!("/admin/events/{a}")).await;
+            ev["attempts"] == 3
+        },
+    )
+    .await;
+    let marks = |ev: &Value| -> Vec<(u64, String)> {
+        ev["replays"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                assert!(r["at"].as_str().unwrap().ends_with('Z'), "{r}");
+                assert!(r["at_ms"].as_i64().unwrap() > 0, "{r}");
+                (
+                    r["after_attempts"].as_u64().unwrap(),
+                    r["was"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        marks(&ev),
+        [(1, "dead".to_string()), (2, "delivered".to_string())],
+        "{ev:#}"
+    );
+    assert_eq!(ev["attempt_log"].as_array().unwrap().len(), 3, "{ev:#}");
+    let once = gw.admin_json(&format!("/admin/events/{bb}")).await;
+    assert_eq!(marks(&once), [(1, "dead".to_string())], "{once:#}");
     let unknown = c
         .post(gw.admin_url("/admin/events/nope/replay"))
         .send()

@@ -208,8 +208,8 @@ fn redact_credentials(headers: &mut serde_json::Value, credentials: &[&str], onl
 }
 
 pub async fn replay(admin: &Admin, id: &str) -> Reply {
-    let route = match admin.store.get(id).await {
-        Ok(Some(ev)) => ev.summary.route,
+    let (route, was, attempts) = match admin.store.get(id).await {
+        Ok(Some(ev)) => (ev.summary.route, ev.summary.state, ev.summary.attempts),
         Ok(None) => return error(StatusCode::NOT_FOUND, "unknown_event"),
         Err(e) => return unavailable(e),
     };
@@ -227,7 +227,7 @@ pub async fn replay(admin: &Admin, id: &str) -> Reply {
             if let Some(w) = admin.table.load().wake.get(&route).cloned() {
                 w.notify_one();
             }
-            tracing::info!(route = %route, event_id = %id, "replay requested");
+            tracing::info!(route = %route, event_id = %id, was = was.as_str(), after_attempts = attempts, "replay requested");
             ok_json(
                 StatusCode::ACCEPTED,
                 &serde_json::json!({ "status": "replaying", "event_id": id }),

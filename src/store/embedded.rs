@@ -74,6 +74,13 @@ CREATE TABLE IF NOT EXISTS attempts (
     detail TEXT NOT NULL,
     PRIMARY KEY (event_id, n)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS replays (
+    event_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    after_attempts INTEGER NOT NULL,
+    was TEXT NOT NULL,
+    PRIMARY KEY (event_id, at, after_attempts)
+) WITHOUT ROWID;
 ";
 
 /// Longest an accept waits for the writer to take it up before the request is answered 503.
@@ -1198,14 +1205,16 @@ fn replay_tx(
     const SET: &str =
         "UPDATE events SET state = 'pending', next_attempt_at = ?1, cycle_attempts = 0,
                        cycle_started_at = ?1, updated_at = ?1, last_error = NULL";
-    let n = match (id, route) {
-        (Some(id), _) => tx.execute(&format!("{SET} WHERE id = ?2"), params![now, id])?,
-        (None, Some(route)) => tx.execute(
-            &format!("{SET} WHERE route = ?2 AND state = 'dead'"),
-            params![now, route],
-        )?,
-        (None, None) => 0,
+    // The mark in the event's history first, from the state the update is about to change.
+    const MARK: &str = "INSERT OR IGNORE INTO replays (event_id, at, after_attempts, was)
+                        SELECT id, ?1, attempts, state FROM events";
+    let (filter, arg) = match (id, route) {
+        (Some(id), _) => ("WHERE id = ?2", id),
+        (None, Some(route)) => ("WHERE route = ?2 AND state = 'dead'", route),
+        (None, None) => return Ok(0),
     };
+    tx.execute(&format!("{MARK} {filter}"), params![now, arg])?;
+    let n = tx.execute(&format!("{SET} {filter}"), params![now, arg])?;
     Ok(n as u64)
 }
 
@@ -1218,6 +1227,7 @@ fn discard_tx(tx: &Connection, id: &str) -> rusqlite::Result<u64> {
     )?;
     if n > 0 {
         tx.execute("DELETE FROM attempts WHERE event_id = ?1", params![id])?;
+        tx.execute("DELETE FROM replays WHERE event_id = ?1", params![id])?;
     }
     Ok(n as u64)
 }
@@ -1248,9 +1258,11 @@ fn purge_tx(
         )?
         .collect::<rusqlite::Result<_>>()?;
     let mut attempts = tx.prepare_cached("DELETE FROM attempts WHERE event_id = ?1")?;
+    let mut replays = tx.prepare_cached("DELETE FROM replays WHERE event_id = ?1")?;
     let mut events = tx.prepare_cached("DELETE FROM events WHERE id = ?1")?;
     for id in &ids {
         attempts.execute(params![id])?;
+        replays.execute(params![id])?;
         events.execute(params![id])?;
     }
     Ok((ids.len(), ids.last().cloned()))
@@ -1502,8 +1514,20 @@ impl Store for EmbeddedStore {
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT at, after_attempts, was FROM replays WHERE event_id = ?1 ORDER BY at, after_attempts",
+            )?;
+            let replays = stmt
+                .query_map(params![id], |r| {
+                    Ok(Replay {
+                        at_ms: r.get(0)?,
+                        after_attempts: r.get(1)?,
+                        was: State::parse(&r.get::<_, String>(2)?).unwrap_or(State::Dead),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
             let headers = serde_json::from_str(&headers).unwrap_or(serde_json::Value::Null);
-            Ok(Some(EventDetail { summary, method, query, headers, attempt_log }))
+            Ok(Some(EventDetail { summary, method, query, headers, attempt_log, replays }))
         })
         .await
     }
@@ -2593,6 +2617,89 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(attempts, 1, "the purged event's attempts went with it");
+    }
+
+    /// A replay is recorded with the event, from the state and after the attempt it found,
+    /// and goes with the event when it is purged or discarded.
+    #[tokio::test]
+    async fn replays_are_kept_with_the_event_and_go_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
+        let t = crate::forward::worker::now_ms();
+        let mut ids = Vec::new();
+        for body in ["purged", "discarded"] {
+            let mut ev = event("r", body);
+            ev.received_at_ms = t;
+            let Accept::Accepted(id) = store.accept(ev, None).await.unwrap() else {
+                panic!()
+            };
+            ids.push(id);
+        }
+        let dead = |n| Attempt {
+            outcome: "dead",
+            n,
+            ..delivered_attempt(t, 1)
+        };
+        let die = Next::Dead {
+            reason: "gone".into(),
+        };
+        for ev in store.lease("r", 10, t).await.unwrap() {
+            store.settle(&ev, dead(1), die.clone()).await.unwrap();
+        }
+        for id in &ids {
+            assert!(store.replay(id, t + 10).await.unwrap());
+        }
+        for ev in store.lease("r", 10, t + 10).await.unwrap() {
+            let (attempt, next) = if &ev.body[..] == b"purged" {
+                let a = Attempt {
+                    n: 2,
+                    ..delivered_attempt(t + 10, 1)
+                };
+                (a, Next::Delivered)
+            } else {
+                (dead(2), die.clone())
+            };
+            store.settle(&ev, attempt, next).await.unwrap();
+        }
+        // The delivered one replayed again: from delivered, after its second attempt.
+        assert!(store.replay(&ids[0], t + 20).await.unwrap());
+        let ev = store.get(&ids[0]).await.unwrap().unwrap();
+        let mark = |at_ms, after_attempts, was| Replay {
+            at_ms,
+            after_attempts,
+            was,
+        };
+        assert_eq!(
+            ev.replays,
+            [
+                mark(t + 10, 1, State::Dead),
+                mark(t + 20, 2, State::Delivered)
+            ]
+        );
+        let gone = store.get(&ids[1]).await.unwrap().unwrap();
+        assert_eq!(gone.replays, [mark(t + 10, 1, State::Dead)]);
+        let json = serde_json::to_value(&ev).unwrap();
+        assert_eq!(json["replays"][1]["was"], "delivered");
+        assert_eq!(json["replays"][1]["after_attempts"], 2);
+
+        for ev in store.lease("r", 10, t + 20).await.unwrap() {
+            let a = Attempt {
+                n: 3,
+                ..delivered_attempt(t + 20, 1)
+            };
+            store.settle(&ev, a, Next::Delivered).await.unwrap();
+        }
+        assert!(store.discard_dead(&ids[1]).await.unwrap());
+        store
+            .purge(crate::forward::worker::now_ms() + 61_000)
+            .await
+            .unwrap();
+        assert!(store.get(&ids[0]).await.unwrap().is_none(), "purged");
+        let marks: i64 = store
+            .read(|c| c.query_row("SELECT COUNT(*) FROM replays", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(marks, 0, "the replays went with their events");
     }
 
     /// A purge goes in chunks of `PURGE_CHUNK` writes, each continuing where the last one

@@ -106,6 +106,30 @@ impl Serialize for Attempt {
     }
 }
 
+/// An operator's replay of the event (`POST /admin/events/{id}/replay` or a route's
+/// `replay-dead`), shown beside its attempts: what it was before and after which attempt, so
+/// a second delivery of a delivered event is accounted for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    pub at_ms: i64,
+    /// Attempts made before it (the next attempt is `after_attempts + 1`).
+    pub after_attempts: u32,
+    /// The state it was replayed from: `dead`, `delivered` or `pending`.
+    pub was: State,
+}
+
+impl Serialize for Replay {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Replay", 4)?;
+        st.serialize_field("at", &rfc3339_ms(self.at_ms))?;
+        st.serialize_field("at_ms", &self.at_ms)?;
+        st.serialize_field("after_attempts", &self.after_attempts)?;
+        st.serialize_field("was", self.was.as_str())?;
+        st.end()
+    }
+}
+
 /// The state an attempt leaves the event in.
 #[derive(Debug, Clone)]
 pub enum Next {
@@ -136,6 +160,8 @@ pub struct EventDetail {
     pub query: Option<String>,
     pub headers: serde_json::Value,
     pub attempt_log: Vec<Attempt>,
+    /// Oldest first.
+    pub replays: Vec<Replay>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -585,6 +585,10 @@ impl Store for RedisStore {
                 .iter()
                 .filter_map(|a| codec::attempt_from_json(a))
                 .collect(),
+            replays: log
+                .iter()
+                .filter_map(|a| codec::replay_from_json(a))
+                .collect(),
         }))
     }
 

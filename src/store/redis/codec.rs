@@ -8,7 +8,7 @@ use ::redis::Value;
 use bytes::Bytes;
 
 use crate::store::{
-    rfc3339_ms, Attempt, Event, EventSummary, NewEvent, State, StoreError, StoredHeaders,
+    rfc3339_ms, Attempt, Event, EventSummary, NewEvent, Replay, State, StoreError, StoredHeaders,
 };
 
 /// The hash fields `list`/`get` read for a summary, in this order.
@@ -163,6 +163,19 @@ pub fn attempt_from_json(s: &[u8]) -> Option<Attempt> {
         status: v["status"].as_u64().map(|s| s as u16),
         latency_ms: v["latency_ms"].as_u64().unwrap_or(0),
         detail: v["detail"].as_str().unwrap_or_default().to_string(),
+    })
+}
+
+/// A replay's mark in the attempt log (see `replay_fn!`); `None` for an attempt.
+pub fn replay_from_json(s: &[u8]) -> Option<Replay> {
+    let v: serde_json::Value = serde_json::from_slice(s).ok()?;
+    Some(Replay {
+        at_ms: v["replayed_at_ms"].as_i64()?,
+        after_attempts: v["after_attempts"].as_u64().unwrap_or(0) as u32,
+        was: v["was"]
+            .as_str()
+            .and_then(State::parse)
+            .unwrap_or(State::Pending),
     })
 }
 

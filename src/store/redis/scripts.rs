@@ -233,6 +233,12 @@ macro_rules! replay_fn {
 local function replay(tag, id, now, group, visibility)
   local ev = tag .. 'ev:' .. id
   if redis.call('EXISTS', ev) == 0 then return 0 end
+  -- The mark in the event's history, in its attempt log (a reader that knows only attempts
+  -- skips it): when, after which attempt, from which state. Built by hand: every part is
+  -- digits or one of the state names.
+  local was = redis.call('HMGET', ev, 'state', 'attempts')
+  redis.call('RPUSH', tag .. 'log:' .. id, '{"replayed_at_ms":' .. now .. ',"after_attempts":'
+    .. (tonumber(was[2]) or 0) .. ',"was":"' .. (was[1] or 'pending') .. '"}')
   local entry = redis.call('HGET', ev, 'entry')
   local out = false
   if entry then
