@@ -81,8 +81,24 @@ async fn delivered_events_are_purged_after_retention_others_kept() {
     let redis = RedisServer::start();
     let s = open(&redis, "p").await;
     let t = 1_700_000_000_000;
-    let delivered = accept(&*s, event(1, t)).await;
+    // With a dedupe key that outlives the event.
+    let key = DedupeKey {
+        key: "k".into(),
+        expires_at_ms: t + 3 * RETENTION.as_millis() as i64,
+    };
+    let Ok(store::Accept::Accepted(delivered)) = s.accept(event(1, t), Some(key.clone())).await
+    else {
+        panic!()
+    };
     let dead = accept(&*s, event(2, t)).await;
+    let dup = s.accept(event(1, t + 7), Some(key.clone())).await.unwrap();
+    assert_eq!(dup, store::Accept::Duplicate(delivered.clone()));
+    let ev = s.get(&delivered).await.unwrap().unwrap();
+    assert_eq!(ev.duplicates, 1);
+    assert_eq!(
+        ev.last_duplicate_at,
+        Some("2023-11-14T22:13:20.007Z".into())
+    );
     let leased = s.lease("r", 10, t).await.unwrap();
     assert_eq!(leased.len(), 2);
     for ev in &leased {
@@ -106,6 +122,19 @@ async fn delivered_events_are_purged_after_retention_others_kept() {
         .await
         .unwrap();
     assert!(s.get(&delivered).await.unwrap().is_none(), "purged");
+    // A duplicate of it still names it, and leaves nothing behind in its place.
+    let late = t + RETENTION.as_millis() as i64 + 20_000;
+    let dup = s.accept(event(1, late), Some(key)).await.unwrap();
+    assert_eq!(dup, store::Accept::Duplicate(delivered.clone()));
+    let mut con = ::redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let left: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("*{delivered}*"))
+        .query(&mut con)
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
     assert_eq!(
         s.get(&dead).await.unwrap().unwrap().summary.state,
         State::Dead

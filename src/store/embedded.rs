@@ -81,6 +81,11 @@ CREATE TABLE IF NOT EXISTS replays (
     was TEXT NOT NULL,
     PRIMARY KEY (event_id, at, after_attempts)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS duplicates (
+    event_id TEXT PRIMARY KEY,
+    n INTEGER NOT NULL,
+    last_at INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// Longest an accept waits for the writer to take it up before the request is answered 503.
@@ -1123,6 +1128,13 @@ fn accept_tx(
 ) -> rusqlite::Result<Option<Accept>> {
     if let Some(k) = key {
         if let Some(original) = keys.seen(tx, &ev.route, &k.key, ev.received_at_ms)? {
+            // Counted with the original (while it is kept: its key may outlive it), in a
+            // table of its own so the event's row, body and all, is not rewritten.
+            tx.prepare_cached(
+                "INSERT INTO duplicates (event_id, n, last_at) SELECT id, 1, ?2 FROM events WHERE id = ?1
+                 ON CONFLICT (event_id) DO UPDATE SET n = n + 1, last_at = MAX(last_at, excluded.last_at)",
+            )?
+            .execute(params![original, ev.received_at_ms])?;
             return Ok(Some(Accept::Duplicate(original)));
         }
     }
@@ -1228,6 +1240,7 @@ fn discard_tx(tx: &Connection, id: &str) -> rusqlite::Result<u64> {
     if n > 0 {
         tx.execute("DELETE FROM attempts WHERE event_id = ?1", params![id])?;
         tx.execute("DELETE FROM replays WHERE event_id = ?1", params![id])?;
+        tx.execute("DELETE FROM duplicates WHERE event_id = ?1", params![id])?;
     }
     Ok(n as u64)
 }
@@ -1259,10 +1272,12 @@ fn purge_tx(
         .collect::<rusqlite::Result<_>>()?;
     let mut attempts = tx.prepare_cached("DELETE FROM attempts WHERE event_id = ?1")?;
     let mut replays = tx.prepare_cached("DELETE FROM replays WHERE event_id = ?1")?;
+    let mut duplicates = tx.prepare_cached("DELETE FROM duplicates WHERE event_id = ?1")?;
     let mut events = tx.prepare_cached("DELETE FROM events WHERE id = ?1")?;
     for id in &ids {
         attempts.execute(params![id])?;
         replays.execute(params![id])?;
+        duplicates.execute(params![id])?;
         events.execute(params![id])?;
     }
     Ok((ids.len(), ids.last().cloned()))
@@ -1526,8 +1541,22 @@ impl Store for EmbeddedStore {
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            let (duplicates, last_duplicate_at) = conn
+                .prepare_cached("SELECT n, last_at FROM duplicates WHERE event_id = ?1")?
+                .query_row(params![id], |r| Ok((r.get(0)?, Some(rfc3339_ms(r.get(1)?)))))
+                .optional()?
+                .unwrap_or((0, None));
             let headers = serde_json::from_str(&headers).unwrap_or(serde_json::Value::Null);
-            Ok(Some(EventDetail { summary, method, query, headers, attempt_log, replays }))
+            Ok(Some(EventDetail {
+                summary,
+                method,
+                query,
+                headers,
+                duplicates,
+                last_duplicate_at,
+                attempt_log,
+                replays,
+            }))
         })
         .await
     }
@@ -2617,6 +2646,48 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(attempts, 1, "the purged event's attempts went with it");
+    }
+
+    /// A duplicate is counted with its original while the original is kept; one of an event
+    /// already purged (its key outlives it) is still a duplicate and leaves no count behind.
+    #[tokio::test]
+    async fn duplicates_are_counted_with_the_original_while_it_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
+        let t = crate::forward::worker::now_ms();
+        let key = DedupeKey {
+            key: "header:k".into(),
+            expires_at_ms: t + 3_600_000,
+        };
+        let send = |at| {
+            let mut ev = event("r", "x");
+            ev.received_at_ms = at;
+            store.accept(ev, Some(key.clone()))
+        };
+        let Accept::Accepted(id) = send(t).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(send(t + 5).await.unwrap(), Accept::Duplicate(id.clone()));
+        assert_eq!(send(t + 9).await.unwrap(), Accept::Duplicate(id.clone()));
+        let ev = store.get(&id).await.unwrap().unwrap();
+        assert_eq!(ev.duplicates, 2);
+        assert_eq!(ev.last_duplicate_at, Some(rfc3339_ms(t + 9)));
+
+        for ev in store.lease("r", 10, t).await.unwrap() {
+            let a = delivered_attempt(t, 1);
+            store.settle(&ev, a, Next::Delivered).await.unwrap();
+        }
+        store
+            .purge(crate::forward::worker::now_ms() + 61_000)
+            .await
+            .unwrap();
+        assert!(store.get(&id).await.unwrap().is_none(), "purged");
+        assert_eq!(send(t + 70_000).await.unwrap(), Accept::Duplicate(id));
+        let rows: i64 = store
+            .read(|c| c.query_row("SELECT COUNT(*) FROM duplicates", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(rows, 0, "the count went with its event, and none came back");
     }
 
     /// A replay is recorded with the event, from the state and after the attempt it found,

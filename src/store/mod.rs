@@ -159,6 +159,10 @@ pub struct EventDetail {
     pub method: String,
     pub query: Option<String>,
     pub headers: serde_json::Value,
+    /// Requests answered as duplicates of this event (`200 duplicate`: a sender's retry or
+    /// redelivery within the dedupe window), and when the last one came.
+    pub duplicates: u64,
+    pub last_duplicate_at: Option<String>,
     pub attempt_log: Vec<Attempt>,
     /// Oldest first.
     pub replays: Vec<Replay>,

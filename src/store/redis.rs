@@ -562,7 +562,13 @@ impl Store for RedisStore {
             .arg(&codec::SUMMARY_FIELDS[..])
             .cmd("HMGET")
             .arg(s.keys.event(&route, event_id))
-            .arg(&["method", "query", "headers"])
+            .arg(&[
+                "method",
+                "query",
+                "headers",
+                "duplicates",
+                "last_duplicate_at",
+            ])
             .cmd("LRANGE")
             .arg(s.keys.log(&route, event_id))
             .arg(0)
@@ -581,6 +587,10 @@ impl Store for RedisStore {
             headers: text(2)
                 .and_then(|h| serde_json::from_str(&h).ok())
                 .unwrap_or(serde_json::Value::Null),
+            duplicates: text(3).and_then(|n| n.parse().ok()).unwrap_or(0),
+            last_duplicate_at: text(4)
+                .and_then(|t| t.parse().ok())
+                .map(crate::store::rfc3339_ms),
             attempt_log: log
                 .iter()
                 .filter_map(|a| codec::attempt_from_json(a))

@@ -12,14 +12,25 @@ use std::sync::LazyLock;
 use ::redis::Script;
 
 /// KEYS: ev, stream, pending, [dedupe]. ARGV: id, received_at, ttl_ms, then the event
-/// hash's field/value pairs. Returns `{1, id}` (accepted) or `{0, original_id}` (duplicate).
+/// hash's field/value pairs. Returns `{1, id}` (accepted) or `{0, original_id}` (duplicate,
+/// counted in the original's `duplicates`).
 pub static ACCEPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local dd = KEYS[4]
 if dd then
   local orig = redis.call('GET', dd)
-  if orig then return {0, orig} end
+  if orig then
+    -- Counted with the original while it is kept (its key may outlive it): KEYS[1] is this
+    -- request's event key, the original's is the same but for the id.
+    local evo = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1]) .. orig
+    if redis.call('EXISTS', evo) == 1 then
+      redis.call('HINCRBY', evo, 'duplicates', 1)
+      local last = tonumber(redis.call('HGET', evo, 'last_duplicate_at')) or 0
+      if tonumber(ARGV[2]) > last then redis.call('HSET', evo, 'last_duplicate_at', ARGV[2]) end
+    end
+    return {0, orig}
+  end
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 local entry = redis.call('XADD', KEYS[2], '*', 'id', ARGV[1])
