@@ -71,6 +71,9 @@ pub enum EventsCommand {
         /// an `Idempotency-Key`), or a recorded key such as `sha256:…`.
         #[arg(long)]
         key: Option<String>,
+        /// Only events older than this event id: the `next` of the previous page.
+        #[arg(long)]
+        before: Option<String>,
     },
     /// One event's metadata, state and every attempt.
     Show { event_id: String },

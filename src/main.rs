@@ -144,8 +144,12 @@ async fn events(args: EventsArgs) -> anyhow::Result<()> {
             state,
             limit,
             key,
+            before,
         } => {
             let mut path = format!("/admin/events?limit={limit}");
+            if let Some(b) = before {
+                path.push_str(&format!("&before={}", q(&b)));
+            }
             if let Some(k) = key {
                 path.push_str(&format!("&key={}", q(&k)));
             }

@@ -279,6 +279,100 @@ async fn events_are_found_by_their_dedupe_key() {
     }
 }
 
+/// `GET /admin/events` pages: a full page names the `before=` that continues it (`next`),
+/// and following it lists every event once, in the order of one big page, through ties of
+/// events received in the same millisecond (sent at once), with the filters; both stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_listed_page_by_page() {
+    let redis = RedisServer::start();
+    for backend in [Backend::Embedded, Backend::Redis(redis.url())] {
+        let up = Upstream::start().await;
+        let dir = tempdir();
+        let routes = [
+            unsigned_route("a", "header:Idempotency-Key", &up),
+            unsigned_route("b", "header:Idempotency-Key", &up),
+        ]
+        .concat();
+        let gw = Gateway::start(dir.path(), &config(&backend, dir.path(), "", &routes));
+        let c = reqwest::Client::new();
+        let mut sent = Vec::new();
+        for round in 0..3 {
+            let batch = (0..10).map(|i| {
+                let path = if i % 3 == 0 { "/b" } else { "/a" };
+                accepted(
+                    c.post(gw.url(path))
+                        .header("Idempotency-Key", format!("k{round}-{i}"))
+                        .body("x"),
+                )
+            });
+            sent.extend(futures_util::future::join_all(batch).await);
+        }
+        let page = async |query: &str| -> (Vec<String>, Option<String>) {
+            let v = gw.admin_json(&format!("/admin/events?{query}")).await;
+            let ids = v["events"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{query}: {v}"))
+                .iter()
+                .map(|e| e["event_id"].as_str().unwrap().to_string())
+                .collect();
+            (ids, v["next"].as_str().map(str::to_string))
+        };
+        for filter in ["", "route=a&"] {
+            let (all, next) = page(&format!("{filter}limit=1000")).await;
+            assert_eq!(next, None, "{backend:?}: a page not full has no next");
+            let expect = if filter.is_empty() { 30 } else { 18 };
+            assert_eq!(all.len(), expect, "{backend:?} {filter}");
+            let (mut paged, mut before) = (Vec::new(), None::<String>);
+            loop {
+                let cursor = before.map(|b| format!("&before={b}")).unwrap_or_default();
+                let (ids, next) = page(&format!("{filter}limit=7{cursor}")).await;
+                assert!(ids.len() <= 7);
+                paged.extend(ids);
+                match next {
+                    Some(n) => before = Some(n),
+                    None => break,
+                }
+                assert!(paged.len() <= expect, "{backend:?}: pages repeat");
+            }
+            assert_eq!(
+                paged, all,
+                "{backend:?} {filter}: pages in the order of one"
+            );
+        }
+        let mut every = sent.clone();
+        every.sort();
+        let (mut all, _) = page("limit=1000").await;
+        all.sort();
+        assert_eq!(all, every, "{backend:?}");
+
+        for (query, code) in [
+            ("before=evt_1", "invalid_before"),
+            ("before=", "empty_parameter"),
+        ] {
+            let r = c
+                .get(gw.admin_url(&format!("/admin/events?{query}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 400, "{query}");
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(v["error"], code, "{query}: {v}");
+        }
+        let (first, next) = page("limit=2").await;
+        let next = next.unwrap();
+        let stdout = events_cli(
+            dir.path(),
+            &gw,
+            &["list", "--limit", "2", "--before", &next],
+        );
+        let (second, _) = page(&format!("limit=2&before={next}")).await;
+        assert!(
+            second.iter().all(|id| stdout.contains(id)) && !stdout.contains(&first[0]),
+            "{stdout}"
+        );
+    }
+}
+
 /// A dead letter nobody wants is discarded (`DELETE /admin/events/{id}`, `events discard`):
 /// gone with its attempt log, no longer counted as dead; its key still answers a redelivery
 /// as a duplicate. A pending event cannot be discarded. Both stores.

@@ -82,6 +82,7 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
         state: None,
         limit: DEFAULT_LIMIT,
         key: None,
+        before: None,
     };
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match k.as_ref() {
@@ -104,6 +105,16 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
                 n if n <= MAX_KEY_BYTES => q.key = Some(v.into_owned()),
                 _ => return error(StatusCode::BAD_REQUEST, "invalid_key"),
             },
+            "before" if !v.is_empty() => match crate::store::uuid7_ms(&v) {
+                Some(_) => q.before = Some(v.to_ascii_lowercase()),
+                None => {
+                    return error_detail(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_before",
+                        "before is an event id (the last one of the previous page)".into(),
+                    )
+                }
+            },
             // Over the most one page holds is refused, not cut short without a word.
             "limit" if !v.is_empty() => match v.parse::<usize>() {
                 Ok(n) if (1..=MAX_LIMIT).contains(&n) => q.limit = n,
@@ -116,7 +127,7 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
                 }
             },
             // Left empty (a script's unset variable): refused, not read as "no filter".
-            name @ ("route" | "state" | "key" | "limit") => {
+            name @ ("route" | "state" | "key" | "limit" | "before") => {
                 return error_detail(
                     StatusCode::BAD_REQUEST,
                     "empty_parameter",
@@ -128,13 +139,22 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
                 return error_detail(
                     StatusCode::BAD_REQUEST,
                     "unknown_parameter",
-                    format!("{other:?} is not one of route, state, key, limit"),
+                    format!("{other:?} is not one of route, state, key, limit, before"),
                 )
             }
         }
     }
     match admin.store.list(&q).await {
-        Ok(events) => ok_json(StatusCode::OK, &serde_json::json!({ "events": events })),
+        Ok(events) => {
+            // A full page may have more behind it: `next` is the `before=` that continues.
+            let next = (events.len() == q.limit)
+                .then(|| events.last().map(|e| e.event_id.clone()))
+                .flatten();
+            ok_json(
+                StatusCode::OK,
+                &serde_json::json!({ "events": events, "next": next }),
+            )
+        }
         Err(e) => unavailable(e),
     }
 }

@@ -1590,6 +1590,9 @@ impl Store for EmbeddedStore {
                             }
                         }
                     }
+                    if let Some(before) = &q.before {
+                        events.retain(|e| &e.event_id < before);
+                    }
                     events.sort_by(|a, b| b.event_id.cmp(&a.event_id));
                     events.dedup_by(|a, b| a.event_id == b.event_id);
                     events.truncate(q.limit);
@@ -1609,10 +1612,12 @@ impl Store for EmbeddedStore {
             } else {
                 "?1 IS NULL"
             };
+            // Spelled out only when given, so the index's range starts there.
+            let before = if q.before.is_some() { "AND id < ?3" } else { "AND ?3 IS NULL" };
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {SUMMARY_COLS} FROM events WHERE {route} {state} ORDER BY id DESC LIMIT ?2"
+                "SELECT {SUMMARY_COLS} FROM events WHERE {route} {state} {before} ORDER BY id DESC LIMIT ?2"
             ))?;
-            let rows = stmt.query_map(params![q.route, q.limit as i64], summary)?;
+            let rows = stmt.query_map(params![q.route, q.limit as i64, q.before], summary)?;
             rows.collect()
         })
         .await

@@ -184,6 +184,14 @@ pub struct ListQuery {
     /// matching a recorded `header:`, `json:` or `id:` key) or a recorded key spelled out
     /// (`sha256:…`).
     pub key: Option<String>,
+    /// Only events older than this one (an event id; the last of the previous page).
+    pub before: Option<String>,
+}
+
+/// The time in a UUIDv7 event id, in ms since the epoch.
+pub fn uuid7_ms(id: &str) -> Option<i64> {
+    let (secs, nanos) = uuid::Uuid::parse_str(id).ok()?.get_timestamp()?.to_unix();
+    Some(secs as i64 * 1000 + i64::from(nanos / 1_000_000))
 }
 
 /// How far a pass over a route's due events got: the due time and id of the last row

@@ -325,6 +325,23 @@ impl Inner {
     }
 
     /// The route an event id belongs to, if it exists.
+    /// When the event was received, if Redis still holds it.
+    async fn received_at(&self, id: &str) -> Result<Option<i64>, StoreError> {
+        let Some(route) = self.find(id).await? else {
+            return Ok(None);
+        };
+        let mut conn = self.work.clone();
+        let at: Option<i64> = bounded(
+            OP_TIMEOUT,
+            ::redis::cmd("HGET")
+                .arg(self.keys.event(&route, id))
+                .arg("received_at")
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok(at)
+    }
+
     async fn find(&self, id: &str) -> Result<Option<String>, StoreError> {
         let routes = self.routes().await?;
         if routes.is_empty() {
@@ -638,31 +655,77 @@ impl Store for RedisStore {
             ids.dedup();
             let mut events = s.summaries(&mut conn, &ids).await?;
             events.retain(|e| q.state.is_none() || q.state == Some(e.state));
+            if let Some(before) = &q.before {
+                events.retain(|e| &e.event_id < before);
+            }
             events.truncate(q.limit);
             return Ok(events);
         }
+        // The state sets are scored by the time received: newest first is by score, then id.
+        // `before` continues after an event: where it sits in that order (its receipt time,
+        // or the time in its UUIDv7 id once it is gone).
+        let cursor = match &q.before {
+            Some(b) => Some((
+                s.received_at(b).await?.or_else(|| uuid7_ms(b)).unwrap_or(0),
+                b,
+            )),
+            None => None,
+        };
         // MULTI/EXEC: an event that changes state meanwhile is listed once, not twice.
         let mut p = ::redis::pipe();
         p.atomic();
         let mut sources = Vec::new();
         for r in &routes {
             for st in &states {
-                p.cmd("ZREVRANGE")
-                    .arg(s.keys.state(r, *st))
-                    .arg(0)
-                    .arg(q.limit - 1);
+                let key = s.keys.state(r, *st);
+                match cursor {
+                    None => {
+                        p.cmd("ZREVRANGE")
+                            .arg(&key)
+                            .arg(0)
+                            .arg(q.limit - 1)
+                            .arg("WITHSCORES");
+                    }
+                    Some((score, _)) => {
+                        // Older than the cursor's time, then the ties at that time (events
+                        // received in one millisecond: few), sorted out below.
+                        p.cmd("ZREVRANGEBYSCORE")
+                            .arg(&key)
+                            .arg(format!("({score}"))
+                            .arg("-inf")
+                            .arg("WITHSCORES")
+                            .arg("LIMIT")
+                            .arg(0)
+                            .arg(q.limit);
+                        p.cmd("ZRANGEBYSCORE")
+                            .arg(&key)
+                            .arg(score)
+                            .arg(score)
+                            .arg("WITHSCORES");
+                        sources.push(r.clone());
+                    }
+                }
                 sources.push(r.clone());
             }
         }
-        let found: Vec<Vec<String>> = bounded(SLOW_OP_TIMEOUT, p.query_async(&mut conn)).await?;
-        // Event ids are UUIDv7: their order is their age.
-        let mut ids: Vec<(String, String)> = sources
+        let found: Vec<Vec<(String, f64)>> =
+            bounded(SLOW_OP_TIMEOUT, p.query_async(&mut conn)).await?;
+        let mut rows: Vec<(i64, String, String)> = sources
             .into_iter()
             .zip(found)
-            .flat_map(|(r, ids)| ids.into_iter().map(move |id| (id, r.clone())))
+            .flat_map(|(r, page)| {
+                page.into_iter()
+                    .map(move |(id, score)| (score as i64, id, r.clone()))
+            })
             .collect();
-        ids.sort_by(|a, b| b.0.cmp(&a.0));
-        ids.truncate(q.limit);
+        if let Some((score, before)) = cursor {
+            rows.retain(|(sc, id, _)| {
+                *sc < score || (*sc == score && id.as_str() < before.as_str())
+            });
+        }
+        rows.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
+        rows.truncate(q.limit);
+        let ids: Vec<(String, String)> = rows.into_iter().map(|(_, id, r)| (id, r)).collect();
         s.summaries(&mut conn, &ids).await
     }
 
