@@ -140,6 +140,10 @@ async fn every_series_the_alerts_and_dashboard_select_exists() {
         "deploy/grafana/hookgate-dashboard.json",
     ] {
         let text = std::fs::read_to_string(root().join(file)).unwrap();
+        if file.ends_with(".json") {
+            let parsed = serde_json::from_str::<serde_json::Value>(&text);
+            assert!(parsed.is_ok(), "{file}: {parsed:?}");
+        }
         let found = selectors(&text);
         assert!(found.len() >= 8, "{file}: only {found:?}");
         for (name, matchers) in found {
