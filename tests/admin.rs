@@ -347,6 +347,11 @@ async fn events_are_listed_page_by_page() {
 
         for (query, code) in [
             ("before=evt_1", "invalid_before"),
+            // A UUID, but not one of hookgate's (v4).
+            (
+                "before=0b6f9c2e-3f5d-4c1a-9a57-2f0e4d1b8a6c",
+                "invalid_before",
+            ),
             ("before=", "empty_parameter"),
         ] {
             let r = c
@@ -360,6 +365,14 @@ async fn events_are_listed_page_by_page() {
         }
         let (first, next) = page("limit=2").await;
         let next = next.unwrap();
+        // Any spelling of the id continues at the same place.
+        let (hyphenated, _) = page(&format!("limit=2&before={next}")).await;
+        let (plain, _) = page(&format!(
+            "limit=2&before={}",
+            next.replace('-', "").to_uppercase()
+        ))
+        .await;
+        assert_eq!(plain, hyphenated, "{backend:?}");
         let stdout = events_cli(
             dir.path(),
             &gw,

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use hookgate::config::{StoreBackend, StoreConfig};
 use hookgate::store::{
-    self, Attempt, DedupeKey, Event, NewEvent, Next, State, Store, StoreError, StoredHeaders,
+    self, Attempt, DedupeKey, Event, ListQuery, NewEvent, Next, State, Store, StoreError,
+    StoredHeaders,
 };
 use support::{wait_until, RedisServer};
 
@@ -551,4 +552,89 @@ async fn a_dead_replica_s_deliveries_are_taken_over_behind_long_live_attempts() 
         "B took a live attempt of A: {taken:?}"
     );
     drop(a);
+}
+
+/// Ids whose events are gone from Redis (expired, or deleted between a listing's two reads)
+/// are skipped and their place filled: pages stay full until the end, and following them
+/// lists every event left once.
+#[tokio::test]
+async fn pages_are_filled_past_events_gone_from_under_their_ids() {
+    let redis = RedisServer::start();
+    let s = open(&redis, "pg").await;
+    let t = 1_700_000_000_000;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(accept(&*s, event(i, t + i64::from(i))).await);
+    }
+    let mut con = ::redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    // The 12 newest but one, as a TTL would leave them: hash gone, id still indexed.
+    for id in &ids[17..29] {
+        let keys: Vec<String> = ::redis::cmd("KEYS")
+            .arg(format!("*ev:{id}"))
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(keys.len(), 1);
+        let _: i64 = ::redis::cmd("DEL").arg(&keys[0]).query(&mut con).unwrap();
+    }
+    let mut left: Vec<String> = ids[..17].iter().chain(&ids[29..]).cloned().collect();
+    left.reverse();
+    let (mut listed, mut before) = (Vec::new(), None);
+    loop {
+        let q = ListQuery {
+            route: None,
+            state: None,
+            limit: 5,
+            key: None,
+            before: before.clone(),
+        };
+        let page: Vec<String> = s
+            .list(&q)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event_id)
+            .collect();
+        let full = page.len() == 5;
+        before = page.last().cloned();
+        listed.extend(page);
+        if !full {
+            break;
+        }
+    }
+    assert_eq!(listed, left);
+}
+
+/// A Redis that refuses writes (maxmemory reached with `noeviction`) still answers a
+/// duplicate as one: its count on the original is best effort. A new event is refused.
+#[tokio::test]
+async fn a_duplicate_is_answered_while_redis_refuses_writes() {
+    let redis = RedisServer::start();
+    let s = open(&redis, "oom").await;
+    let now = hookgate::forward::worker::now_ms();
+    let key = DedupeKey {
+        key: "k".into(),
+        expires_at_ms: now + 60_000,
+    };
+    let store::Accept::Accepted(id) = s.accept(event(0, now), Some(key.clone())).await.unwrap()
+    else {
+        panic!()
+    };
+    let mut con = ::redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for (k, v) in [("maxmemory-policy", "noeviction"), ("maxmemory", "1")] {
+        let _: () = ::redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(k)
+            .arg(v)
+            .query(&mut con)
+            .unwrap();
+    }
+    let dup = s.accept(event(0, now + 1), Some(key)).await;
+    assert_eq!(dup.unwrap(), store::Accept::Duplicate(id));
+    assert!(s.accept(event(1, now + 2), None).await.is_err());
 }

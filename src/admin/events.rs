@@ -105,9 +105,11 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
                 n if n <= MAX_KEY_BYTES => q.key = Some(v.into_owned()),
                 _ => return error(StatusCode::BAD_REQUEST, "invalid_key"),
             },
-            "before" if !v.is_empty() => match crate::store::uuid7_ms(&v) {
-                Some(_) => q.before = Some(v.to_ascii_lowercase()),
-                None => {
+            // Spelled as event ids are (hyphenated, lowercase), whatever form was sent: the
+            // stores compare it as text.
+            "before" if !v.is_empty() => match uuid::Uuid::parse_str(&v) {
+                Ok(id) if id.get_version_num() == 7 => q.before = Some(id.hyphenated().to_string()),
+                _ => {
                     return error_detail(
                         StatusCode::BAD_REQUEST,
                         "invalid_before",

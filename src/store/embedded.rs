@@ -78,9 +78,9 @@ CREATE TABLE IF NOT EXISTS replays (
     event_id TEXT NOT NULL,
     at INTEGER NOT NULL,
     after_attempts INTEGER NOT NULL,
-    was TEXT NOT NULL,
-    PRIMARY KEY (event_id, at, after_attempts)
-) WITHOUT ROWID;
+    was TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS replays_by_event ON replays(event_id);
 CREATE TABLE IF NOT EXISTS duplicates (
     event_id TEXT PRIMARY KEY,
     n INTEGER NOT NULL,
@@ -800,11 +800,18 @@ fn writer_loop(
     let mut synchronous_full = true;
     let mut last_checkpoint = Instant::now();
     let mut checkpoint_warnings = crate::telemetry::Throttle::default();
+    let mut counts = DupCounts::default();
     disk.room(&conn);
     loop {
-        let first = match rx.recv_timeout(DISK_CHECK_IDLE) {
+        let idle = if counts.pending.is_empty() {
+            DISK_CHECK_IDLE
+        } else {
+            DUP_COUNT_LAG
+        };
+        let first = match rx.recv_timeout(idle) {
             Ok(w) => w,
             Err(mpsc::RecvTimeoutError::Timeout) => {
+                counts.flush(&mut conn);
                 disk.look_if_older(&conn, DISK_CHECK_IDLE);
                 continue;
             }
@@ -840,8 +847,15 @@ fn writer_loop(
         } else {
             u64::MAX
         };
-        let (left, refused) =
-            commit_batch(&mut conn, &mut batch, retention_ms, leases, &mut keys, room);
+        let (left, refused) = commit_batch(
+            &mut conn,
+            &mut batch,
+            retention_ms,
+            leases,
+            &mut keys,
+            room,
+            &mut counts,
+        );
         disk.spent(room.saturating_sub(left), refused);
         disk.look_if_older(&conn, DISK_CHECK_IDLE);
         commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -965,15 +979,18 @@ fn run(
     retention_ms: i64,
     keys: &mut Keys,
     room: &mut u64,
+    dups: &mut Vec<(String, i64)>,
 ) -> rusqlite::Result<Out> {
     Ok(match w {
         // Its request was already answered 503 (ACCEPT_DEADLINE): recording it now would
         // only turn the sender's retry into a duplicate.
         Write::Accept(ev, _, _) if !ev.2.take() => Out::Abandoned,
-        Write::Accept(ev, key, _) => match accept_tx(tx, &ev.0, &ev.1, key.as_ref(), keys, room)? {
-            Some(a) => Out::Accept(a),
-            None => Out::DiskLow,
-        },
+        Write::Accept(ev, key, _) => {
+            match accept_tx(tx, &ev.0, &ev.1, key.as_ref(), keys, room, dups)? {
+                Some(a) => Out::Accept(a),
+                None => Out::DiskLow,
+            }
+        }
         Write::Settle((id, cycle), attempt, next, _) => {
             settle_tx(tx, id, *cycle, attempt, next)?;
             Out::Unit
@@ -1026,6 +1043,84 @@ fn reply(w: Write, r: Result<Out, String>, leases: &Leases) {
     }
 }
 
+/// Requests answered as duplicates, counted with their originals (`duplicates`, shown by the
+/// admin API) off the answer's path: a batch of duplicates alone writes nothing (no WAL
+/// frame, no fsync, and a full disk still answers them), so their counts wait for a batch
+/// that writes anyway, or at most `DUP_COUNT_LAG` (then the next batch, or the idle writer,
+/// writes them). Best effort: a count that cannot be written is dropped, never an answer.
+#[derive(Default)]
+struct DupCounts {
+    /// Original id → (copies, latest receipt), committed duplicates not written yet.
+    pending: HashMap<String, (u64, i64)>,
+    since: Option<Instant>,
+}
+
+/// Longest a duplicate's count waits for a batch that writes anyway.
+const DUP_COUNT_LAG: Duration = Duration::from_secs(1);
+/// Most originals with counts waiting; past it, further counts are dropped.
+const DUP_COUNTS_MAX: usize = 100_000;
+
+impl DupCounts {
+    /// Whether this batch writes the waiting counts (and its own): it writes anyway, or
+    /// they have waited long enough.
+    fn due(&self, wrote: bool, batch: &[(String, i64)]) -> bool {
+        (!self.pending.is_empty() || !batch.is_empty())
+            && (wrote || self.since.is_some_and(|t| t.elapsed() >= DUP_COUNT_LAG))
+    }
+
+    /// Upserts the waiting counts and `batch`'s in `tx`, only while the original is kept
+    /// (its key may outlive it). A statement that fails loses its count, not the batch.
+    fn apply(&self, tx: &Connection, batch: &[(String, i64)]) {
+        let Ok(mut stmt) = tx.prepare_cached(
+            "INSERT INTO duplicates (event_id, n, last_at) SELECT id, ?2, ?3 FROM events WHERE id = ?1
+             ON CONFLICT (event_id) DO UPDATE SET n = n + excluded.n, last_at = MAX(last_at, excluded.last_at)",
+        ) else {
+            return;
+        };
+        let waiting = self
+            .pending
+            .iter()
+            .map(|(id, &(n, at))| (id.as_str(), n, at));
+        for (id, n, at) in waiting.chain(batch.iter().map(|(id, at)| (id.as_str(), 1, *at))) {
+            if let Err(e) = stmt.execute(params![id, n as i64, at]) {
+                tracing::debug!(error = %e, "store: a duplicate's count was not written");
+            }
+        }
+    }
+
+    /// After a commit: the counts were written with it (`written`), or `batch`'s wait.
+    fn committed(&mut self, written: bool, batch: Vec<(String, i64)>) {
+        if written {
+            self.pending.clear();
+            self.since = None;
+            return;
+        }
+        for (id, at) in batch {
+            if self.pending.len() >= DUP_COUNTS_MAX && !self.pending.contains_key(&id) {
+                continue;
+            }
+            let e = self.pending.entry(id).or_insert((0, at));
+            e.0 += 1;
+            e.1 = e.1.max(at);
+            self.since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// The idle writer's flush: the waiting counts in a transaction of their own.
+    fn flush(&mut self, conn: &mut Connection) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let written = conn.transaction().and_then(|tx| {
+            self.apply(&tx, &[]);
+            tx.commit()
+        });
+        if written.is_ok() {
+            self.committed(true, Vec::new());
+        }
+    }
+}
+
 /// One transaction for the whole batch (group commit); replies go out only after COMMIT.
 /// If any write fails, the whole transaction is rolled back and each write is run again in a
 /// transaction of its own, so one bad write cannot fail or half-apply the others. `room` is
@@ -1038,20 +1133,33 @@ fn commit_batch(
     leases: &Leases,
     keys: &mut Keys,
     room: u64,
+    counts: &mut DupCounts,
 ) -> (u64, bool) {
     let mut left = room;
     let mut refused = false;
-    let fast = (|| -> rusqlite::Result<Vec<Out>> {
+    let mut dups = Vec::new();
+    let fast = (|| -> rusqlite::Result<(Vec<Out>, bool)> {
         let tx = conn.transaction()?;
         let outs = batch
             .iter()
-            .map(|w| run(&tx, w, retention_ms, keys, &mut left))
+            .map(|w| run(&tx, w, retention_ms, keys, &mut left, &mut dups))
             .collect::<rusqlite::Result<Vec<_>>>()?;
+        let wrote = outs.iter().any(|o| {
+            !matches!(
+                o,
+                Out::Accept(Accept::Duplicate(_)) | Out::DiskLow | Out::Abandoned
+            )
+        });
+        let counted = counts.due(wrote, &dups);
+        if counted {
+            counts.apply(&tx, &dups);
+        }
         tx.commit()?;
-        Ok(outs)
+        Ok((outs, counted))
     })();
     match fast {
-        Ok(outs) => {
+        Ok((outs, counted)) => {
+            counts.committed(counted, dups);
             keys.committed();
             refused = outs.iter().any(|o| matches!(o, Out::DiskLow));
             for (w, o) in batch.drain(..).zip(outs) {
@@ -1082,14 +1190,16 @@ fn commit_batch(
                     continue;
                 }
                 let before = left;
+                let mut dups = Vec::new();
                 let r = (|| -> rusqlite::Result<Out> {
                     let tx = conn.transaction()?;
-                    let o = run(&tx, &w, retention_ms, keys, &mut left)?;
+                    let o = run(&tx, &w, retention_ms, keys, &mut left, &mut dups)?;
                     tx.commit()?;
                     Ok(o)
                 })();
                 match r {
                     Ok(ref o) => {
+                        counts.committed(false, dups);
                         keys.committed();
                         refused |= matches!(o, Out::DiskLow);
                     }
@@ -1125,16 +1235,11 @@ fn accept_tx(
     key: Option<&DedupeKey>,
     keys: &mut Keys,
     room: &mut u64,
+    dups: &mut Vec<(String, i64)>,
 ) -> rusqlite::Result<Option<Accept>> {
     if let Some(k) = key {
         if let Some(original) = keys.seen(tx, &ev.route, &k.key, ev.received_at_ms)? {
-            // Counted with the original (while it is kept: its key may outlive it), in a
-            // table of its own so the event's row, body and all, is not rewritten.
-            tx.prepare_cached(
-                "INSERT INTO duplicates (event_id, n, last_at) SELECT id, 1, ?2 FROM events WHERE id = ?1
-                 ON CONFLICT (event_id) DO UPDATE SET n = n + 1, last_at = MAX(last_at, excluded.last_at)",
-            )?
-            .execute(params![original, ev.received_at_ms])?;
+            dups.push((original.clone(), ev.received_at_ms));
             return Ok(Some(Accept::Duplicate(original)));
         }
     }
@@ -1218,7 +1323,7 @@ fn replay_tx(
         "UPDATE events SET state = 'pending', next_attempt_at = ?1, cycle_attempts = 0,
                        cycle_started_at = ?1, updated_at = ?1, last_error = NULL";
     // The mark in the event's history first, from the state the update is about to change.
-    const MARK: &str = "INSERT OR IGNORE INTO replays (event_id, at, after_attempts, was)
+    const MARK: &str = "INSERT INTO replays (event_id, at, after_attempts, was)
                         SELECT id, ?1, attempts, state FROM events";
     let (filter, arg) = match (id, route) {
         (Some(id), _) => ("WHERE id = ?2", id),
@@ -1530,7 +1635,7 @@ impl Store for EmbeddedStore {
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let mut stmt = conn.prepare_cached(
-                "SELECT at, after_attempts, was FROM replays WHERE event_id = ?1 ORDER BY at, after_attempts",
+                "SELECT at, after_attempts, was FROM replays WHERE event_id = ?1 ORDER BY rowid",
             )?;
             let replays = stmt
                 .query_map(params![id], |r| {
@@ -2044,6 +2149,7 @@ mod tests {
             &leases,
             &mut keys,
             2 * one + 7,
+            &mut DupCounts::default(),
         );
         assert_eq!(left, 7, "two events took their cost");
         assert!(refused, "the writer is told an event was refused");
@@ -2672,11 +2778,33 @@ mod tests {
         let Accept::Accepted(id) = send(t).await.unwrap() else {
             panic!()
         };
-        assert_eq!(send(t + 5).await.unwrap(), Accept::Duplicate(id.clone()));
         assert_eq!(send(t + 9).await.unwrap(), Accept::Duplicate(id.clone()));
+        assert_eq!(send(t + 5).await.unwrap(), Accept::Duplicate(id.clone()));
+        // Batches of duplicates alone write nothing: the counts wait for one that writes.
+        let count = || async {
+            store
+                .read(|c| {
+                    c.query_row("SELECT COUNT(*) FROM duplicates", [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                })
+                .await
+                .unwrap()
+        };
+        assert_eq!(count().await, 0);
+        let Accept::Accepted(other) = store.accept(event("r", "y"), None).await.unwrap() else {
+            panic!()
+        };
         let ev = store.get(&id).await.unwrap().unwrap();
         assert_eq!(ev.duplicates, 2);
         assert_eq!(ev.last_duplicate_at, Some(rfc3339_ms(t + 9)));
+        // Or for the idle writer, within DUP_COUNT_LAG.
+        assert_eq!(send(t + 20).await.unwrap(), Accept::Duplicate(id.clone()));
+        let deadline = Instant::now() + DUP_COUNT_LAG * 5;
+        while store.get(&id).await.unwrap().unwrap().duplicates != 3 {
+            assert!(Instant::now() < deadline, "the idle writer wrote no count");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
 
         for ev in store.lease("r", 10, t).await.unwrap() {
             let a = delivered_attempt(t, 1);
@@ -2687,12 +2815,15 @@ mod tests {
             .await
             .unwrap();
         assert!(store.get(&id).await.unwrap().is_none(), "purged");
+        assert!(store.get(&other).await.unwrap().is_none(), "purged");
         assert_eq!(send(t + 70_000).await.unwrap(), Accept::Duplicate(id));
-        let rows: i64 = store
-            .read(|c| c.query_row("SELECT COUNT(*) FROM duplicates", [], |r| r.get(0)))
-            .await
-            .unwrap();
-        assert_eq!(rows, 0, "the count went with its event, and none came back");
+        // A write that would write the count of this duplicate of an event no longer kept.
+        store.accept(event("r", "z"), None).await.unwrap();
+        assert_eq!(
+            count().await,
+            0,
+            "the count went with its event, and none came back"
+        );
     }
 
     /// A replay is recorded with the event, from the state and after the attempt it found,

@@ -65,7 +65,16 @@ const GROUP: &str = "hookgate";
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Leases (bodies of up to `concurrency` events), admin scans, purge batches.
 const SLOW_OP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Attempts kept per event (the newest); older ones are trimmed.
+/// How much longer than the retention a delivered event's keys live: the purge (every
+/// minute) deletes them, with their ids in the indexes, at the retention; the TTL only
+/// catches what no replica purged. Were it the retention itself, an event's hash could expire
+/// while its id is still listed (a listing would skip it and its page come back short).
+const TTL_MARGIN_MS: i64 = 10 * 60 * 1000;
+/// Most pages of ids one listing reads to fill its page past events gone since they were
+/// indexed (see `list`).
+const LIST_ROUNDS: usize = 8;
+/// Attempts (and replay marks) kept per event (the newest); older ones are trimmed. The
+/// replay script trims to the same number, spelled out there.
 const LOG_CAP: usize = 100;
 /// Events per purge / redrive script call, so no script blocks Redis for long.
 const BATCH: usize = 500;
@@ -325,6 +334,70 @@ impl Inner {
     }
 
     /// The route an event id belongs to, if it exists.
+    /// Up to `limit` ids of `states` events of `routes`, newest first (by receipt time, the
+    /// sets' score, then id), after `cursor`: `(score, id, route)`.
+    async fn list_ids(
+        &self,
+        conn: &mut ConnectionManager,
+        routes: &[String],
+        states: &[State],
+        limit: usize,
+        cursor: Option<&(i64, String)>,
+    ) -> Result<Vec<(i64, String, String)>, StoreError> {
+        // MULTI/EXEC: an event that changes state meanwhile is listed once, not twice.
+        let mut p = ::redis::pipe();
+        p.atomic();
+        let mut sources = Vec::new();
+        for r in routes {
+            for st in states {
+                let key = self.keys.state(r, *st);
+                match cursor {
+                    None => {
+                        p.cmd("ZREVRANGE")
+                            .arg(&key)
+                            .arg(0)
+                            .arg(limit - 1)
+                            .arg("WITHSCORES");
+                    }
+                    Some((score, _)) => {
+                        // Older than the cursor's time, then the ties at that time (events
+                        // received in one millisecond: few), sorted out below.
+                        p.cmd("ZREVRANGEBYSCORE")
+                            .arg(&key)
+                            .arg(format!("({score}"))
+                            .arg("-inf")
+                            .arg("WITHSCORES")
+                            .arg("LIMIT")
+                            .arg(0)
+                            .arg(limit);
+                        p.cmd("ZRANGEBYSCORE")
+                            .arg(&key)
+                            .arg(score)
+                            .arg(score)
+                            .arg("WITHSCORES");
+                        sources.push(r.clone());
+                    }
+                }
+                sources.push(r.clone());
+            }
+        }
+        let found: Vec<Vec<(String, f64)>> = bounded(SLOW_OP_TIMEOUT, p.query_async(conn)).await?;
+        let mut rows: Vec<(i64, String, String)> = sources
+            .into_iter()
+            .zip(found)
+            .flat_map(|(r, page)| {
+                page.into_iter()
+                    .map(move |(id, score)| (score as i64, id, r.clone()))
+            })
+            .collect();
+        if let Some((score, before)) = cursor {
+            rows.retain(|(sc, id, _)| *sc < *score || (*sc == *score && id < before));
+        }
+        rows.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
+        rows.truncate(limit);
+        Ok(rows)
+    }
+
     /// When the event was received, if Redis still holds it.
     async fn received_at(&self, id: &str) -> Result<Option<i64>, StoreError> {
         let Some(route) = self.find(id).await? else {
@@ -552,7 +625,7 @@ impl Store for RedisStore {
             .arg(error)
             .arg(now)
             .arg(attempt.n)
-            .arg(s.retention_ms)
+            .arg(s.retention_ms + TTL_MARGIN_MS)
             .arg(&ev.id)
             .arg(ev.cycle_started_at_ms)
             .arg(attempt.started_at_ms);
@@ -664,69 +737,32 @@ impl Store for RedisStore {
         // The state sets are scored by the time received: newest first is by score, then id.
         // `before` continues after an event: where it sits in that order (its receipt time,
         // or the time in its UUIDv7 id once it is gone).
-        let cursor = match &q.before {
+        // (An event received within a millisecond of a cursor event that is gone may be
+        // listed again: its id's time can be a little later than its receipt.)
+        let mut cursor = match &q.before {
             Some(b) => Some((
                 s.received_at(b).await?.or_else(|| uuid7_ms(b)).unwrap_or(0),
-                b,
+                b.clone(),
             )),
             None => None,
         };
-        // MULTI/EXEC: an event that changes state meanwhile is listed once, not twice.
-        let mut p = ::redis::pipe();
-        p.atomic();
-        let mut sources = Vec::new();
-        for r in &routes {
-            for st in &states {
-                let key = s.keys.state(r, *st);
-                match cursor {
-                    None => {
-                        p.cmd("ZREVRANGE")
-                            .arg(&key)
-                            .arg(0)
-                            .arg(q.limit - 1)
-                            .arg("WITHSCORES");
-                    }
-                    Some((score, _)) => {
-                        // Older than the cursor's time, then the ties at that time (events
-                        // received in one millisecond: few), sorted out below.
-                        p.cmd("ZREVRANGEBYSCORE")
-                            .arg(&key)
-                            .arg(format!("({score}"))
-                            .arg("-inf")
-                            .arg("WITHSCORES")
-                            .arg("LIMIT")
-                            .arg(0)
-                            .arg(q.limit);
-                        p.cmd("ZRANGEBYSCORE")
-                            .arg(&key)
-                            .arg(score)
-                            .arg(score)
-                            .arg("WITHSCORES");
-                        sources.push(r.clone());
-                    }
-                }
-                sources.push(r.clone());
+        // An id whose event is gone (purged or discarded since) is skipped: the next ids
+        // fill its place, so a short page means the end of the list. A few rounds at most.
+        let mut events = Vec::new();
+        for _ in 0..LIST_ROUNDS {
+            let rows = s
+                .list_ids(&mut conn, &routes, &states, q.limit, cursor.as_ref())
+                .await?;
+            let full = rows.len() == q.limit;
+            cursor = rows.last().map(|(sc, id, _)| (*sc, id.clone()));
+            let ids: Vec<(String, String)> = rows.into_iter().map(|(_, id, r)| (id, r)).collect();
+            let got = s.summaries(&mut conn, &ids).await?;
+            events.extend(got.into_iter().take(q.limit - events.len()));
+            if !full || events.len() == q.limit {
+                break;
             }
         }
-        let found: Vec<Vec<(String, f64)>> =
-            bounded(SLOW_OP_TIMEOUT, p.query_async(&mut conn)).await?;
-        let mut rows: Vec<(i64, String, String)> = sources
-            .into_iter()
-            .zip(found)
-            .flat_map(|(r, page)| {
-                page.into_iter()
-                    .map(move |(id, score)| (score as i64, id, r.clone()))
-            })
-            .collect();
-        if let Some((score, before)) = cursor {
-            rows.retain(|(sc, id, _)| {
-                *sc < score || (*sc == score && id.as_str() < before.as_str())
-            });
-        }
-        rows.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
-        rows.truncate(q.limit);
-        let ids: Vec<(String, String)> = rows.into_iter().map(|(_, id, r)| (id, r)).collect();
-        s.summaries(&mut conn, &ids).await
+        Ok(events)
     }
 
     async fn counts(&self, route: &str) -> Result<RouteCounts, StoreError> {

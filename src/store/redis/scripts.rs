@@ -22,12 +22,13 @@ if dd then
   local orig = redis.call('GET', dd)
   if orig then
     -- Counted with the original while it is kept (its key may outlive it): KEYS[1] is this
-    -- request's event key, the original's is the same but for the id.
+    -- request's event key, the original's is the same but for the id. Best effort (pcall):
+    -- a Redis refusing writes (maxmemory, MISCONF) still answers the duplicate.
     local evo = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1]) .. orig
     if redis.call('EXISTS', evo) == 1 then
-      redis.call('HINCRBY', evo, 'duplicates', 1)
+      redis.pcall('HINCRBY', evo, 'duplicates', 1)
       local last = tonumber(redis.call('HGET', evo, 'last_duplicate_at')) or 0
-      if tonumber(ARGV[2]) > last then redis.call('HSET', evo, 'last_duplicate_at', ARGV[2]) end
+      if tonumber(ARGV[2]) > last then redis.pcall('HSET', evo, 'last_duplicate_at', ARGV[2]) end
     end
     return {0, orig}
   end
@@ -250,6 +251,8 @@ local function replay(tag, id, now, group, visibility)
   local was = redis.call('HMGET', ev, 'state', 'attempts')
   redis.call('RPUSH', tag .. 'log:' .. id, '{"replayed_at_ms":' .. now .. ',"after_attempts":'
     .. (tonumber(was[2]) or 0) .. ',"was":"' .. (was[1] or 'pending') .. '"}')
+  -- The log's cap (LOG_CAP), as SETTLE keeps it: replays with no attempt between them too.
+  redis.call('LTRIM', tag .. 'log:' .. id, -100, -1)
   local entry = redis.call('HGET', ev, 'entry')
   local out = false
   if entry then
