@@ -71,7 +71,8 @@ pub enum EventsCommand {
         /// an `Idempotency-Key`), or a recorded key such as `sha256:…`.
         #[arg(long)]
         key: Option<String>,
-        /// Only events older than this event id: the `next` of the previous page.
+        /// Only events older than this event id (the `next` of the previous page), or
+        /// received before this time (RFC 3339, `2026-12-07T03:15:00Z`).
         #[arg(long)]
         before: Option<String>,
     },

@@ -344,6 +344,11 @@ async fn events_are_listed_page_by_page() {
         let (mut all, _) = page("limit=1000").await;
         all.sort();
         assert_eq!(all, every, "{backend:?}");
+        // A time: the events received before it.
+        let (before_all, _) = page("limit=1000&before=2000-01-01T00:00:00Z").await;
+        assert!(before_all.is_empty(), "{backend:?}: {before_all:?}");
+        let (after_all, _) = page("limit=1000&before=2100-01-01T00:00:00Z").await;
+        assert_eq!(after_all.len(), 30, "{backend:?}");
 
         for (query, code) in [
             ("before=evt_1", "invalid_before"),

@@ -107,15 +107,14 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
             },
             // Spelled as event ids are (hyphenated, lowercase), whatever form was sent: the
             // stores compare it as text.
-            "before" if !v.is_empty() => match uuid::Uuid::parse_str(&v) {
-                Ok(id) if id.get_version_num() == 7 => q.before = Some(id.hyphenated().to_string()),
-                _ => {
-                    return error_detail(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_before",
-                        "before is an event id (the last one of the previous page)".into(),
-                    )
-                }
+            "before" if !v.is_empty() => match before_cursor(&v) {
+                Some(id) => q.before = Some(id),
+                None => return error_detail(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_before",
+                    "before is an event id (the last one of the previous page) or an RFC 3339 time"
+                        .into(),
+                ),
             },
             // Over the most one page holds is refused, not cut short without a word.
             "limit" if !v.is_empty() => match v.parse::<usize>() {
@@ -159,6 +158,23 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
         }
         Err(e) => unavailable(e),
     }
+}
+
+/// `before=`: an event id, spelled as event ids are (hyphenated, lowercase: the stores compare
+/// it as text), whatever form was sent; or a time (`2026-12-07T03:15:00Z`), which stands for
+/// the first id of its millisecond: events received before it.
+fn before_cursor(v: &str) -> Option<String> {
+    if let Ok(id) = uuid::Uuid::parse_str(v) {
+        return (id.get_version_num() == 7).then(|| id.hyphenated().to_string());
+    }
+    let at = humantime::parse_rfc3339_weak(v).ok()?;
+    let ms = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis();
+    let ms = u64::try_from(ms).ok().filter(|ms| *ms < 1 << 48)?;
+    Some(format!(
+        "{:08x}-{:04x}-7000-8000-000000000000",
+        ms >> 16,
+        ms & 0xffff
+    ))
 }
 
 pub async fn show(admin: &Admin, id: &str) -> Reply {
@@ -335,6 +351,30 @@ pub async fn replay_dead(admin: &Admin, name: &str) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn before_is_an_event_id_in_any_spelling_or_a_time() {
+        let id = "01a24fd1-f003-712b-9ee3-10de5f38a24e";
+        for spelling in [id, &id.to_uppercase(), &id.replace('-', "")] {
+            assert_eq!(before_cursor(spelling).as_deref(), Some(id), "{spelling}");
+        }
+        // A UUID that is not an event id (v4), and neither an id nor a time.
+        assert_eq!(before_cursor("0b6f9c2e-3f5d-4c1a-9a57-2f0e4d1b8a6c"), None);
+        assert_eq!(before_cursor("evt_1"), None);
+        // A time: the first id of its millisecond, which orders below every event id of it.
+        let at = before_cursor("2026-12-07T03:15:00.123Z").unwrap();
+        let ms = 1_796_613_300_123i64;
+        assert_eq!(crate::store::uuid7_ms(&at), Some(ms));
+        assert_eq!(
+            at,
+            format!(
+                "{:08x}-{:04x}-7000-8000-000000000000",
+                ms >> 16,
+                ms & 0xffff
+            )
+        );
+        assert!(at.as_str() < "01a24e7f-5f9b-7000-8000-000000000001");
+    }
 
     #[test]
     fn credentials_are_masked_and_other_headers_kept() {
