@@ -101,6 +101,25 @@ pub async fn stranded_routes(store: &dyn Store, config_routes: &[Arc<RouteConfig
     }
 }
 
+/// Logs, at start, what the store holds undelivered for each configured route: after a crash
+/// or a restart with the upstream down, what the workers take up again.
+async fn report_backlog(store: &dyn Store, config: &Config) {
+    for route in &config.routes {
+        match store.counts(&route.name).await {
+            Ok(c) if c.pending + c.dead > 0 => tracing::info!(
+                route = %route.name,
+                pending = c.pending,
+                dead = c.dead,
+                "at start, the store holds undelivered events of this route: pending ones are delivered, dead ones wait for a replay"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(route = %route.name, error = %e, "cannot count the route's events at start")
+            }
+        }
+    }
+}
+
 /// Logs, as errors, each route whose accepted events this config leaves undelivered. They stay
 /// in the store (and in `hookgate_pending_events` / `hookgate_dead_events`) until a route of
 /// that name with a sink is configured again.
@@ -221,6 +240,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tls.clone(),
         stop_rx,
     ));
+    report_backlog(store.as_ref(), &config).await;
     report_stranded(store.as_ref(), &config).await;
     admin.ready.store(true, Ordering::Release);
     Ok(Running {

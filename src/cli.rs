@@ -21,7 +21,13 @@ pub struct Cli {
 #[derive(Debug, clap::Args)]
 pub struct ConfigArg {
     /// Config file (TOML).
-    #[arg(short, long, env = "HOOKGATE_CONFIG", default_value = "hookgate.toml")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "HOOKGATE_CONFIG",
+        default_value = "hookgate.toml"
+    )]
     pub config: PathBuf,
 }
 
@@ -60,6 +66,7 @@ pub struct EventsArgs {
 pub enum EventsCommand {
     /// Events, newest first.
     List {
+        /// Only this route's events.
         #[arg(long)]
         route: Option<String>,
         /// pending | delivered | dead
@@ -143,7 +150,7 @@ pub fn sign_output(
         .find(|m| !matches!(*m, &http::Method::GET | &http::Method::HEAD))
         .or(r.methods.first())
         .unwrap_or(&http::Method::POST);
-    let headers = match r.verifier.sign(method, body, now, &signed_url) {
+    let mut headers = match r.verifier.sign(method, body, now, &signed_url) {
         Some(h) => h,
         None if scheme == "none" => Vec::new(),
         None => {
@@ -153,6 +160,23 @@ pub fn sign_output(
             ))
         }
     };
+    // What a real sender adds that the signature does not: the dedupe key where a header
+    // carries it (a fresh one each time: the printed curl sent twice is a duplicate), and the
+    // type of a JSON body.
+    let has = |hs: &[(String, String)], n: &str| hs.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
+    let key_header = match &r.dedupe.key {
+        crate::config::DedupeKeySpec::Header(h) => Some(h.as_str().to_string()),
+        crate::config::DedupeKeySpec::Auto if scheme == "hmac" => {
+            Some("Idempotency-Key".to_string())
+        }
+        _ => None,
+    };
+    if let Some(h) = key_header.filter(|h| !has(&headers, h)) {
+        headers.push((h, format!("test-{}", uuid::Uuid::now_v7())));
+    }
+    if !has(&headers, "content-type") && serde_json::from_slice::<serde_json::Value>(body).is_ok() {
+        headers.push(("Content-Type".into(), "application/json".into()));
+    }
     let mut out = String::new();
     for (k, v) in &headers {
         out.push_str(&format!("{k}: {v}\n"));
@@ -214,6 +238,9 @@ forward = { url = "http://127.0.0.1:9/" }
         let now = SystemTime::UNIX_EPOCH;
         let out = sign_output(&cfg, "gh", b"{}", None, now).unwrap();
         assert!(out.starts_with("X-Hub-Signature-256: sha256="), "{out}");
+        // A JSON body says so; GitHub's key is its signed-over delivery header, not added.
+        assert!(out.contains("\nContent-Type: application/json\n"), "{out}");
+        assert!(!out.to_lowercase().contains("idempotency-key"), "{out}");
         assert!(
             out.contains(
                 "curl -sS -X POST 'http://127.0.0.1:8080/gh' -H 'X-Hub-Signature-256: sha256="
@@ -250,6 +277,17 @@ forward = { url = "http://127.0.0.1:9/" }
         )
         .unwrap();
         let out = sign_output(&cfg, "put", b"{}", None, SystemTime::UNIX_EPOCH).unwrap();
+        // The generic scheme's dedupe key (`auto`: Idempotency-Key), fresh each time.
+        let key = |out: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix("Idempotency-Key: test-"))
+                .map(str::to_string)
+        };
+        let again = sign_output(&cfg, "put", b"{}", None, SystemTime::UNIX_EPOCH).unwrap();
+        assert!(
+            key(&out).is_some() && key(&out) != key(&again),
+            "{out}{again}"
+        );
         let key = std::env::var("PATH").unwrap();
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
         mac.update(b"PUT.{}");

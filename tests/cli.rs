@@ -250,3 +250,37 @@ fn output_cut_short_by_its_reader_ends_quietly() {
     assert!(out.status.success(), "{:?}: {err}", out.status);
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// `-c` is taken before or after the `events` subcommand (`events list -c FILE` was refused
+/// as an unexpected argument); either way the config is read.
+#[test]
+fn events_take_the_config_before_or_after_the_subcommand() {
+    for args in [
+        [
+            "events",
+            "-c",
+            "config/hookgate.toml",
+            "list",
+            "--admin",
+            "http://127.0.0.1:9",
+        ],
+        [
+            "events",
+            "list",
+            "-c",
+            "config/hookgate.toml",
+            "--admin",
+            "http://127.0.0.1:9",
+        ],
+    ] {
+        let (code, out, err) = hookgate(&args);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(
+            err.contains("cannot reach the admin API at http://127.0.0.1:9"),
+            "{args:?}: {err}"
+        );
+    }
+    let (code, _, err) = hookgate(&["events", "list", "-c", "no/such.toml"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no/such.toml"), "{err}");
+}

@@ -518,8 +518,18 @@ async fn sigkill_loses_no_acknowledged_event(b: Backend) {
         acked.insert(v["event_id"].as_str().unwrap().to_string());
     }
     gw.kill9();
+    let gw = Gateway::start(dir.path(), &cfg);
+    // The start says what it takes up again.
+    let log = gw.log();
+    assert!(
+        log.lines().any(
+            |l| l.contains("at start, the store holds undelivered events")
+                && l.contains("route=r")
+                && l.contains("pending=50")
+        ),
+        "{log}"
+    );
     up.always(200);
-    let _gw = Gateway::start(dir.path(), &cfg);
     up.wait_delivered(50, Duration::from_secs(30)).await;
     let delivered: std::collections::HashSet<String> = up
         .delivered()

@@ -84,7 +84,17 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
         key: None,
         before: None,
     };
+    let mut seen: Vec<String> = Vec::new();
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        // Given twice (`state=dead&state=pending`): which one applies would be a guess.
+        if seen.iter().any(|s| *s == k) {
+            return error_detail(
+                StatusCode::BAD_REQUEST,
+                "repeated_parameter",
+                format!("{k}= is given more than once"),
+            );
+        }
+        seen.push(k.to_string());
         match k.as_ref() {
             "route" if !v.is_empty() => {
                 let table = admin.table.load_full();
@@ -99,7 +109,13 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
             }
             "state" if !v.is_empty() => match State::parse(&v) {
                 Some(s) => q.state = Some(s),
-                None => return error(StatusCode::BAD_REQUEST, "invalid_state"),
+                None => {
+                    return error_detail(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_state",
+                        "state is one of pending, delivered, dead".into(),
+                    )
+                }
             },
             "key" if !v.is_empty() => match v.len() {
                 n if n <= MAX_KEY_BYTES => q.key = Some(v.into_owned()),
@@ -160,6 +176,17 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
     }
 }
 
+/// 404 for an event id the store does not hold. An id hookgate answered with may be gone:
+/// delivered events go after `store.retention`, and a discarded dead one at once (its dedupe
+/// key stays, so a redelivery is still answered as a duplicate with its id).
+fn unknown_event() -> Reply {
+    error_detail(
+        StatusCode::NOT_FOUND,
+        "unknown_event",
+        "no event with this id: never recorded, delivered longer ago than store.retention, or discarded".into(),
+    )
+}
+
 /// `before=`: an event id, spelled as event ids are (hyphenated, lowercase: the stores compare
 /// it as text), whatever form was sent; or a time (`2026-12-07T03:15:00Z`), which stands for
 /// the first id of its millisecond: events received before it.
@@ -167,14 +194,48 @@ fn before_cursor(v: &str) -> Option<String> {
     if let Ok(id) = uuid::Uuid::parse_str(v) {
         return (id.get_version_num() == 7).then(|| id.hyphenated().to_string());
     }
-    let at = humantime::parse_rfc3339_weak(v).ok()?;
-    let ms = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis();
-    let ms = u64::try_from(ms).ok().filter(|ms| *ms < 1 << 48)?;
+    let ms = u64::try_from(rfc3339_ms(v)?)
+        .ok()
+        .filter(|ms| *ms < 1 << 48)?;
     Some(format!(
         "{:08x}-{:04x}-7000-8000-000000000000",
         ms >> 16,
         ms & 0xffff
     ))
+}
+
+/// An RFC 3339 time with its offset (`Z`, `+01:00`, `-05:00`; `T` and `Z` in either case),
+/// as ms since the epoch. No offset is no time: a local time would be read wrongly.
+fn rfc3339_ms(v: &str) -> Option<i64> {
+    let v = v.trim().to_ascii_uppercase();
+    if !v.is_ascii() {
+        return None;
+    }
+    let (local, offset_min) = match v.strip_suffix('Z') {
+        Some(local) => (local, 0),
+        None => {
+            let (local, off) = v.split_at(v.len().checked_sub(6)?);
+            let sign = match off.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let (h, m) = off.get(1..)?.split_once(':')?;
+            let two_digits = |x: &str| x.len() == 2 && x.bytes().all(|b| b.is_ascii_digit());
+            if !two_digits(h) || !two_digits(m) {
+                return None;
+            }
+            let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
+            if h >= 24 || m >= 60 {
+                return None;
+            }
+            (local, sign * (h * 60 + m))
+        }
+    };
+    // The date and time as if in UTC, then moved by the offset.
+    let at = humantime::parse_rfc3339_weak(&format!("{local}Z")).ok()?;
+    let ms = i64::try_from(at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis()).ok()?;
+    Some(ms - offset_min * 60_000)
 }
 
 pub async fn show(admin: &Admin, id: &str) -> Reply {
@@ -198,7 +259,7 @@ pub async fn show(admin: &Admin, id: &str) -> Reply {
             redact_credentials(&mut ev.headers, &credentials, unknown_token);
             ok_json(StatusCode::OK, &ev)
         }
-        Ok(None) => error(StatusCode::NOT_FOUND, "unknown_event"),
+        Ok(None) => unknown_event(),
         Err(e) => unavailable(e),
     }
 }
@@ -248,7 +309,7 @@ fn redact_credentials(headers: &mut serde_json::Value, credentials: &[&str], onl
 pub async fn replay(admin: &Admin, id: &str) -> Reply {
     let (route, was, attempts) = match admin.store.get(id).await {
         Ok(Some(ev)) => (ev.summary.route, ev.summary.state, ev.summary.attempts),
-        Ok(None) => return error(StatusCode::NOT_FOUND, "unknown_event"),
+        Ok(None) => return unknown_event(),
         Err(e) => return unavailable(e),
     };
     if !delivered_by_a_worker(admin, &route) {
@@ -271,7 +332,7 @@ pub async fn replay(admin: &Admin, id: &str) -> Reply {
                 &serde_json::json!({ "status": "replaying", "event_id": id }),
             )
         }
-        Ok(false) => error(StatusCode::NOT_FOUND, "unknown_event"),
+        Ok(false) => unknown_event(),
         Err(e) => unavailable(e),
     }
 }
@@ -283,7 +344,7 @@ pub async fn replay(admin: &Admin, id: &str) -> Reply {
 pub async fn discard(admin: &Admin, id: &str) -> Reply {
     let ev = match admin.store.get(id).await {
         Ok(Some(ev)) => ev.summary,
-        Ok(None) => return error(StatusCode::NOT_FOUND, "unknown_event"),
+        Ok(None) => return unknown_event(),
         Err(e) => return unavailable(e),
     };
     let not_dead = |state: &str| {
@@ -307,7 +368,7 @@ pub async fn discard(admin: &Admin, id: &str) -> Reply {
         // A replay came first, or another discard.
         Ok(false) => match admin.store.get(id).await {
             Ok(Some(ev)) => not_dead(ev.summary.state.as_str()),
-            Ok(None) => error(StatusCode::NOT_FOUND, "unknown_event"),
+            Ok(None) => unknown_event(),
             Err(e) => unavailable(e),
         },
         Err(e) => unavailable(e),
@@ -361,6 +422,26 @@ mod tests {
         // A UUID that is not an event id (v4), and neither an id nor a time.
         assert_eq!(before_cursor("0b6f9c2e-3f5d-4c1a-9a57-2f0e4d1b8a6c"), None);
         assert_eq!(before_cursor("evt_1"), None);
+        // Offsets other than Z, lowercase; no offset is refused (a local time is ambiguous).
+        let utc = before_cursor("2026-12-07T03:15:00.123Z");
+        for same in [
+            "2026-12-07T04:15:00.123+01:00",
+            "2026-12-06T22:15:00.123-05:00",
+            "2026-12-07t03:15:00.123z",
+            "2026-12-07T03:15:00.123-00:00",
+        ] {
+            assert_eq!(before_cursor(same), utc, "{same}");
+        }
+        for bad in [
+            "2026-12-07T03:15:00",
+            "2026-12-07T03:15:00+1:000",
+            "2026-12-07T03:15:00+25:00",
+            "2026-12-07T03:15:00+0a:00",
+            "2026-12-07T03:15:00+é:00",
+            "é",
+        ] {
+            assert_eq!(before_cursor(bad), None, "{bad}");
+        }
         // A time: the first id of its millisecond, which orders below every event id of it.
         let at = before_cursor("2026-12-07T03:15:00.123Z").unwrap();
         let ms = 1_796_613_300_123i64;

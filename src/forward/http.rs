@@ -358,12 +358,14 @@ fn sample_budget(timeout: Duration, elapsed: Duration) -> Duration {
     (elapsed + SAMPLE_WAIT).min(timeout.saturating_sub(margin))
 }
 
-/// Up to 1 KiB of `body`, read until `deadline`; the rest is not read. A body cut short (the
-/// deadline passed or the read failed) keeps what arrived, and says why.
+/// Up to 1 KiB of `body` (and one byte more, so that cutting it to 1 KiB says something was
+/// left out), read until `deadline`; the rest is not read. A body cut short (the deadline
+/// passed or the read failed) keeps what arrived, and says why.
 async fn read_sample(mut body: AnyBody, deadline: tokio::time::Instant) -> String {
+    const KEEP: usize = 1025;
     let mut snippet = Vec::new();
     let mut cut = None;
-    while snippet.len() < 1024 {
+    while snippet.len() < KEEP {
         // A frame already in (the usual case: the answer came with its status) needs no
         // timer; only a wait is bounded by the deadline.
         let next = match body.frame().now_or_never() {
@@ -373,7 +375,7 @@ async fn read_sample(mut body: AnyBody, deadline: tokio::time::Instant) -> Strin
         match next {
             Ok(Some(Ok(f))) => {
                 if let Some(c) = f.data_ref() {
-                    snippet.extend_from_slice(&c[..c.len().min(1024 - snippet.len())]);
+                    snippet.extend_from_slice(&c[..c.len().min(KEEP - snippet.len())]);
                 }
             }
             Ok(Some(Err(e))) => {

@@ -192,23 +192,37 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Cuts a response body or error to at most 1 KiB (on a char boundary) for the attempt log.
+/// Cuts a response body or error to at most 1 KiB (on a char boundary) for the attempt log,
+/// saying so at its end when anything was cut.
 pub fn truncate_detail(s: &str) -> String {
     const MAX: usize = 1024;
+    const CUT: &str = " [… cut to 1 KiB]";
     if s.len() <= MAX {
         return s.to_string();
     }
-    let mut end = MAX;
+    let mut end = MAX - CUT.len();
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s[..end].to_string()
+    format!("{}{CUT}", &s[..end])
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_detail_cut_to_1_kib_says_so() {
+        let short = "x".repeat(1024);
+        assert_eq!(truncate_detail(&short), short, "nothing cut, nothing said");
+        for long in ["y".repeat(1025), "é".repeat(600)] {
+            let cut = truncate_detail(&long);
+            assert!(cut.len() <= 1024, "{}", cut.len());
+            assert!(cut.ends_with(" [… cut to 1 KiB]"), "{cut}");
+            assert!(long.starts_with(cut.trim_end_matches(" [… cut to 1 KiB]")));
+        }
+    }
 
     fn redis(url: &str, maxlen: Option<u64>) -> SinkTarget {
         SinkTarget::RedisStream {
