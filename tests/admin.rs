@@ -259,6 +259,10 @@ async fn events_are_found_by_their_dedupe_key() {
             ("route=&state=dead", "empty_parameter"),
             ("limit=5000", "invalid_limit"),
             ("limit=0", "invalid_limit"),
+            ("state=Dead", "invalid_state"),
+            // Which of two would apply is a guess.
+            ("state=dead&state=pending", "repeated_parameter"),
+            ("limit=2&key=a&limit=3", "repeated_parameter"),
         ] {
             let r = c
                 .get(gw.admin_url(&format!("/admin/events?{query}")))
@@ -453,6 +457,12 @@ async fn a_dead_event_is_discarded_and_only_a_dead_one() {
             .await
             .unwrap();
         assert_eq!(r.status(), 404, "{backend:?}: gone");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"], "unknown_event");
+        assert!(
+            v["detail"].as_str().unwrap().contains("discarded"),
+            "a 404 for an id hookgate answered with says why it may be gone: {v}"
+        );
         // Its attempt log went with it.
         match &backend {
             Backend::Embedded => {
