@@ -223,6 +223,13 @@ async fn events_are_found_by_their_dedupe_key() {
             Vec::<String>::new(),
             "{backend:?}"
         );
+        let none = gw.admin_json("/admin/events?key=evt_3").await;
+        assert!(
+            none["note"].as_str().unwrap().contains("dedupe"),
+            "an empty answer by key says where else to look: {none}"
+        );
+        let some = gw.admin_json("/admin/events?key=evt_2").await;
+        assert!(some.get("note").is_none(), "{some}");
         assert_eq!(
             found("key=evt_1&limit=1").await,
             vec![hdr1.clone()],

@@ -167,10 +167,15 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
             let next = (events.len() == q.limit)
                 .then(|| events.last().map(|e| e.event_id.clone()))
                 .flatten();
-            ok_json(
-                StatusCode::OK,
-                &serde_json::json!({ "events": events, "next": next }),
-            )
+            let mut body = serde_json::json!({ "events": events, "next": next });
+            // Nothing found by key reads like "never received"; it may only be past the window.
+            if q.key.is_some() && events.is_empty() {
+                body["note"] = serde_json::Value::from(
+                    "key= finds an event only while its dedupe key is kept (the route's dedupe \
+                     ttl); an older one is still listed by route and state",
+                );
+            }
+            ok_json(StatusCode::OK, &body)
         }
         Err(e) => unavailable(e),
     }
