@@ -119,6 +119,9 @@ pub struct RouteMetrics {
     delivery_duration: OnceLock<Histogram>,
     /// `hookgate_secret_matches_total` for the first few secret indexes (rotation keeps two).
     secrets: [OnceLock<Counter>; 4],
+    /// Since when (ms) the route's delivery circuit is open; 0 while closed. The admin API
+    /// shows it with the route and its pending events.
+    circuit_open_since: std::sync::atomic::AtomicI64,
 }
 
 impl RouteMetrics {
@@ -150,7 +153,39 @@ impl RouteMetrics {
             dead: kept(counter!("hookgate_deliveries_total", "route" => r(), "outcome" => "dead")),
             delivery_duration: OnceLock::new(),
             secrets: Default::default(),
+            circuit_open_since: Default::default(),
         }
+    }
+
+    /// The route's delivery circuit opened (at `now_ms`) or closed: `hookgate_circuit_open`
+    /// and what the admin API shows. A failed probe opens it again: it stays open since the
+    /// first time.
+    pub fn circuit(&self, open_at_ms: Option<i64>) {
+        use std::sync::atomic::Ordering;
+        let gauge = gauge!("hookgate_circuit_open", "route" => self.route.clone());
+        match open_at_ms {
+            Some(at) => {
+                gauge.set(1.0);
+                let _ = self.circuit_open_since.compare_exchange(
+                    0,
+                    at,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            None => {
+                gauge.set(0.0);
+                self.circuit_open_since.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Since when the route's delivery circuit is open, if it is.
+    pub fn circuit_open_since_ms(&self) -> Option<i64> {
+        let at = self
+            .circuit_open_since
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (at != 0).then_some(at)
     }
 
     pub fn request(&self, outcome: &'static str, elapsed: Duration) {

@@ -908,11 +908,29 @@ async fn an_open_circuit_is_logged_and_shown_as_a_gauge() {
     })
     .await;
     assert!(gw.log().contains("delivery circuit open"), "{}", gw.log());
+    // The admin API says so with the route, and with the event waiting behind it.
+    let since = |v: &Value, field: &str| v[field].as_str().map(str::to_string);
+    let routes = gw.admin_json("/admin/routes").await;
+    let route = since(&routes["routes"][0], "circuit_open_since");
+    assert!(
+        route.as_deref().is_some_and(|t| t.ends_with('Z')),
+        "{routes}"
+    );
+    let ev = gw.admin_json(&format!("/admin/events/{id}")).await;
+    assert_eq!(ev["state"], "pending");
+    assert_eq!(since(&ev, "route_circuit_open_since"), route, "{ev}");
     up.always(200);
-    gw.wait_event_state(&id, "delivered", Duration::from_secs(30))
+    let ev = gw
+        .wait_event_state(&id, "delivered", Duration::from_secs(30))
         .await;
+    assert!(ev.get("route_circuit_open_since").is_none(), "{ev}");
     wait_until(Duration::from_secs(5), "circuit closed", async || {
         gw.counter(gauge).await == 0.0 && gw.log().contains("delivery circuit closed")
     })
     .await;
+    let routes = gw.admin_json("/admin/routes").await;
+    assert!(
+        routes["routes"][0].get("circuit_open_since").is_none(),
+        "{routes}"
+    );
 }

@@ -29,6 +29,21 @@ struct RouteView<'a> {
     pending: u64,
     delivered: u64,
     dead: u64,
+    /// Since when the route's delivery circuit is open (its sink kept failing: pending events
+    /// wait past their `next_attempt_at` for the probe); absent while closed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    circuit_open_since: Option<String>,
+}
+
+/// Since when `route`'s delivery circuit is open, in the current config, if it is.
+fn circuit_open_since(table: &crate::app::RouteTable, route: &str) -> Option<String> {
+    let cfg = table.routes.iter().find(|r| r.name == route)?;
+    let ms = table
+        .router
+        .get(&cfg.path)?
+        .metrics
+        .circuit_open_since_ms()?;
+    Some(crate::store::rfc3339_ms(ms))
 }
 
 /// A store operation of the admin API failed: counted with the others, logged, `503`.
@@ -71,6 +86,7 @@ pub async fn routes(admin: &Admin) -> Reply {
             pending: c.pending,
             delivered: c.delivered,
             dead: c.dead,
+            circuit_open_since: circuit_open_since(&table, name),
         });
     }
     ok_json(StatusCode::OK, &serde_json::json!({ "routes": out }))
@@ -262,7 +278,18 @@ pub async fn show(admin: &Admin, id: &str) -> Reply {
             // harmless ones is masked.
             let unknown_token = ev.summary.verified == crate::verify::okta::SCHEME;
             redact_credentials(&mut ev.headers, &credentials, unknown_token);
-            ok_json(StatusCode::OK, &ev)
+            // A pending event past its next_attempt_at with no attempt: the route's circuit
+            // is open, which the event alone would not say.
+            let circuit = (ev.summary.state == State::Pending)
+                .then(|| circuit_open_since(&table, &ev.summary.route))
+                .flatten();
+            match (circuit, serde_json::to_value(&ev)) {
+                (Some(since), Ok(mut v)) => {
+                    v["route_circuit_open_since"] = serde_json::Value::from(since);
+                    ok_json(StatusCode::OK, &v)
+                }
+                _ => ok_json(StatusCode::OK, &ev),
+            }
         }
         Ok(None) => unknown_event(),
         Err(e) => unavailable(e),

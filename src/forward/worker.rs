@@ -76,7 +76,7 @@ impl Worker {
         let route = self.route.name.clone();
         // A worker starts closed: a reload replaced one whose circuit may have been open, and
         // only a closing would otherwise set the gauge back.
-        metrics::gauge!("hookgate_circuit_open", "route" => route.clone()).set(0.0);
+        self.metrics.circuit(None);
         // With a handoff, fresh events arrive without asking; the store is asked (`lease`)
         // only when it may hold due events the handoff did not bring: at start, after a
         // wake (replay), once a retry falls due, when the store missed a handoff, and at
@@ -94,7 +94,7 @@ impl Worker {
                 break;
             }
             while let Ok(h) = freed.try_recv() {
-                judge(&mut circuit, h, &self.route.name);
+                judge(&mut circuit, h, &self.route.name, &self.metrics);
             }
             while let Some(done) = inflight.try_join_next() {
                 record(&mut retry_due, done);
@@ -220,7 +220,7 @@ impl Worker {
                     rescan_on_done = !inflight.is_empty();
                 }
                 _ = fresh => {}
-                Some(h) = freed.recv() => judge(&mut circuit, h, &self.route.name),
+                Some(h) = freed.recv() => judge(&mut circuit, h, &self.route.name, &self.metrics),
                 _ = tokio::time::sleep(sleep_for), if !sleep_for.is_zero() || inflight.is_empty() => {}
                 Some(done) = inflight.join_next(), if !inflight.is_empty() => {
                     record(&mut retry_due, done);
@@ -253,11 +253,16 @@ async fn wait_fresh(handoff: Option<&mut Handoff>) {
 /// the next event taken is.
 /// Opening and closing are logged and shown as `hookgate_circuit_open{route}`: while it is
 /// open, pending events' `next_attempt_at` passes with no attempt made.
-fn judge(circuit: &mut Circuit, health: Option<Health>, route: &str) {
+fn judge(
+    circuit: &mut Circuit,
+    health: Option<Health>,
+    route: &str,
+    metrics: &crate::telemetry::RouteMetrics,
+) {
     match health {
         Some(Health::Up) => {
             if circuit.on_success() {
-                metrics::gauge!("hookgate_circuit_open", "route" => route.to_string()).set(0.0);
+                metrics.circuit(None);
                 tracing::info!(
                     route,
                     "delivery circuit closed: the sink answered the probe; deliveries resume"
@@ -266,7 +271,7 @@ fn judge(circuit: &mut Circuit, health: Option<Health>, route: &str) {
         }
         Some(Health::Down) => {
             if let Some((failures, cool)) = circuit.on_failure(Instant::now()) {
-                metrics::gauge!("hookgate_circuit_open", "route" => route.to_string()).set(1.0);
+                metrics.circuit(Some(now_ms()));
                 tracing::warn!(
                     route,
                     failures_in_a_row = failures,
