@@ -104,7 +104,16 @@ pub async fn stranded_routes(store: &dyn Store, config_routes: &[Arc<RouteConfig
 /// Logs, at start, what the store holds undelivered for each configured route: after a crash
 /// or a restart with the upstream down, what the workers take up again.
 async fn report_backlog(store: &dyn Store, config: &Config) {
-    for route in &config.routes {
+    // One look for the routes with anything undelivered; counts only for those a worker of
+    // this config delivers (the others are `report_stranded`'s).
+    let Ok(undelivered) = store.routes_with_undelivered().await else {
+        return;
+    };
+    let delivered_here = config
+        .routes
+        .iter()
+        .filter(|r| has_worker(r) && undelivered.contains(&r.name));
+    for route in delivered_here {
         match store.counts(&route.name).await {
             Ok(c) if c.pending + c.dead > 0 => tracing::info!(
                 route = %route.name,

@@ -280,7 +280,13 @@ fn events_take_the_config_before_or_after_the_subcommand() {
             "{args:?}: {err}"
         );
     }
-    let (code, _, err) = hookgate(&["events", "list", "-c", "no/such.toml"]);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("no/such.toml"), "{err}");
+    // Without --admin the config is read for it: a missing file is named, in either place.
+    for args in [
+        ["events", "-c", "no/such.toml", "list"],
+        ["events", "list", "-c", "no/such.toml"],
+    ] {
+        let (code, _, err) = hookgate(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains("no/such.toml"), "{args:?}: {err}");
+    }
 }

@@ -187,8 +187,9 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
             // Nothing found by key reads like "never received"; it may only be past the window.
             if q.key.is_some() && events.is_empty() {
                 body["note"] = serde_json::Value::from(
-                    "key= finds an event only while its dedupe key is kept (the route's dedupe \
-                     ttl); an older one is still listed by route and state",
+                    "nothing matched: key= finds an event only while its dedupe key is kept (the \
+                     route's dedupe ttl), and state= and before= narrow what it finds; an older \
+                     event is still listed by route and state",
                 );
             }
             ok_json(StatusCode::OK, &body)
@@ -228,9 +229,13 @@ fn before_cursor(v: &str) -> Option<String> {
 /// An RFC 3339 time with its offset (`Z`, `+01:00`, `-05:00`; `T` and `Z` in either case),
 /// as ms since the epoch. No offset is no time: a local time would be read wrongly.
 fn rfc3339_ms(v: &str) -> Option<i64> {
-    let v = v.trim().to_ascii_uppercase();
+    let mut v = v.trim().to_ascii_uppercase();
     if !v.is_ascii() {
         return None;
+    }
+    // `+01:00` sent unencoded in a query string arrives as ` 01:00`.
+    if v.len() > 6 && v.as_bytes()[v.len() - 6] == b' ' {
+        v.replace_range(v.len() - 6..v.len() - 5, "+");
     }
     let (local, offset_min) = match v.strip_suffix('Z') {
         Some(local) => (local, 0),
@@ -253,6 +258,18 @@ fn rfc3339_ms(v: &str) -> Option<i64> {
             (local, sign * (h * 60 + m))
         }
     };
+    // `YYYY-MM-DDTHH:MM:SS`, then a fraction of at least one digit or nothing (humantime's
+    // parser is lenient past that: trailing text, a bare dot).
+    let shape = local.bytes().enumerate().all(|(i, b)| match i {
+        4 | 7 => b == b'-',
+        10 => b == b'T' || b == b' ',
+        13 | 16 => b == b':',
+        19 => b == b'.',
+        _ => b.is_ascii_digit(),
+    });
+    if !shape || local.len() == 20 || (local.len() < 19) {
+        return None;
+    }
     // The date and time as if in UTC, then moved by the offset.
     let at = humantime::parse_rfc3339_weak(&format!("{local}Z")).ok()?;
     let ms = i64::try_from(at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis()).ok()?;
@@ -461,6 +478,8 @@ mod tests {
             "2026-12-06T22:15:00.123-05:00",
             "2026-12-07t03:15:00.123z",
             "2026-12-07T03:15:00.123-00:00",
+            // `+` unencoded in a query string reads as a space.
+            "2026-12-07T04:15:00.123 01:00",
         ] {
             assert_eq!(before_cursor(same), utc, "{same}");
         }
@@ -469,6 +488,9 @@ mod tests {
             "2026-12-07T03:15:00+1:000",
             "2026-12-07T03:15:00+25:00",
             "2026-12-07T03:15:00+0a:00",
+            "2026-12-07T03:15:00Z1234Z",
+            "2026-12-07T03:15:00Z+05:00",
+            "2026-12-07T03:15:00.Z",
             "2026-12-07T03:15:00+é:00",
             "é",
         ] {

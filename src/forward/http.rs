@@ -367,9 +367,11 @@ async fn read_sample(mut body: AnyBody, deadline: tokio::time::Instant) -> Strin
     let mut cut = None;
     while snippet.len() < KEEP {
         // A frame already in (the usual case: the answer came with its status) needs no
-        // timer; only a wait is bounded by the deadline.
+        // timer; only a wait is bounded by the deadline. Once the kept KiB is in, the byte
+        // past it is only taken if it is there already.
         let next = match body.frame().now_or_never() {
             Some(frame) => Ok(frame),
+            None if snippet.len() >= 1024 => break,
             None => tokio::time::timeout_at(deadline, body.frame()).await,
         };
         match next {
