@@ -2759,6 +2759,31 @@ mod tests {
         assert_eq!(attempts, 1, "the purged event's attempts went with it");
     }
 
+    /// A store made before the history tables (`replays`, `duplicates`) gains them when it
+    /// is opened, and its events get a history from then on.
+    #[tokio::test]
+    async fn an_older_store_gains_the_history_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let store = EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
+            let Accept::Accepted(id) = store.accept(event("r", "x"), None).await.unwrap() else {
+                panic!()
+            };
+            id
+        };
+        {
+            let conn = Connection::open(dir.path().join("hookgate.db")).unwrap();
+            conn.execute_batch("DROP TABLE replays; DROP TABLE duplicates;")
+                .unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
+        let t = crate::forward::worker::now_ms();
+        assert!(store.replay(&id, t).await.unwrap());
+        let ev = store.get(&id).await.unwrap().unwrap();
+        assert_eq!(ev.replays.len(), 1);
+        assert_eq!((ev.duplicates, ev.summary.state), (0, State::Pending));
+    }
+
     /// A duplicate is counted with its original while the original is kept; one of an event
     /// already purged (its key outlives it) is still a duplicate and leaves no count behind.
     #[tokio::test]
