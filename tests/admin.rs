@@ -511,5 +511,15 @@ async fn a_dead_event_is_discarded_and_only_a_dead_one() {
         assert_eq!(send("unwanted").await.status(), 200, "{backend:?}");
         gw.wait_event_state(&pending, "delivered", Duration::from_secs(10))
             .await;
+        // An unsigned route's duplicate is logged as one, not as a provider's re-signed retry.
+        let log = gw.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("outcome=\"duplicate\""))
+            .unwrap_or_else(|| panic!("{backend:?}: {log}"));
+        assert!(
+            line.contains("request: duplicate") && !line.contains("re-signed"),
+            "{backend:?}: {line}"
+        );
     }
 }

@@ -57,8 +57,11 @@ pub async fn handle(ctx: Arc<Ingress>, peer: SocketAddr, req: Request<Incoming>)
                 // GitHub, Shopify, Twilio, Meta… send a redelivery with the same signature: no
                 // warning that every redelivery would raise.
                 tracing::info!(route = name, event_id = %id, outcome = "duplicate", latency_ms, "request: duplicate with the original's signature: a redelivery");
-            } else {
+            } else if same_signature == Some(false) {
                 tracing::info!(route = name, event_id = %id, outcome = "duplicate", latency_ms, "request: duplicate re-signed by the sender: a provider retry");
+            } else {
+                // No signature to compare (an unsigned route), or the original is gone.
+                tracing::info!(route = name, event_id = %id, outcome = "duplicate", latency_ms, "request: duplicate");
             }
             reject::duplicate(&id)
         }
