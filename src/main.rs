@@ -67,6 +67,7 @@ fn main() -> ExitCode {
             for w in warnings {
                 tracing::warn!("config: {w}");
             }
+            hookgate::telemetry::no_huge_pages();
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -103,6 +103,21 @@ fn describe() {
     }
 }
 
+/// Turns transparent huge pages off for this process, as Redis does for itself, unless
+/// `MIMALLOC_ALLOW_THP` says otherwise. The allocator asks for them on its heap, and the kernel
+/// keeps a 2 MB page resident while any of it is in use (and may fold mostly empty ranges into
+/// one): in a 2-hour soak 57–67 of ~104 MB of RSS were such pages, and RSS rose in 2 MB steps
+/// long after the heap stopped growing, which a sidecar's memory limit sees as growth.
+pub fn no_huge_pages() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return;
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::debug!(error = %e, "cannot turn transparent huge pages off");
+    }
+}
+
 /// One route's busiest series, each looked up once and then kept: a `counter!` call with a
 /// `route` label allocates the label, hashes it and searches the registry (~1.9k instructions
 /// a request, ~2 % of an event's). The outcomes alerts watch are registered (at 0) with the

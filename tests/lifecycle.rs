@@ -246,3 +246,31 @@ async fn json_logs_are_json_on_stdout_and_stderr() {
     assert!(text.contains(&id), "{text}");
     assert!(text.contains("not_found"), "{text}");
 }
+
+/// The gateway turns transparent huge pages off for itself (its RSS otherwise kept 2 MB
+/// pages resident and rose in steps), unless `MIMALLOC_ALLOW_THP` is set.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transparent_huge_pages_are_off_unless_asked_for() {
+    let up = Upstream::start().await;
+    let thp = |pid: u32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("THP_enabled:"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no THP_enabled in /proc/{pid}/status:\n{status}"))
+    };
+    let dir = tempdir();
+    let cfg = config(&Backend::Embedded, dir.path(), "", &route(&up.url("/in")));
+    let gw = Gateway::start(dir.path(), &cfg);
+    assert_eq!(thp(gw.pid()), "0");
+    drop(gw);
+    let dir = tempdir();
+    let cfg = config(&Backend::Embedded, dir.path(), "", &route(&up.url("/in")));
+    let path = dir.path().join("hookgate.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let gw = Gateway::start_with(&path, &[("MIMALLOC_ALLOW_THP", "1")]);
+    // As this process has it (a parent that turned them off passes that on).
+    assert_eq!(thp(gw.pid()), thp(std::process::id()));
+}
