@@ -534,3 +534,21 @@ fn check_names_missing_public_url() {
         "{text}"
     );
 }
+
+/// Stripe signs every retry afresh (a new `t=`): a copy carrying the original's very signature
+/// is no retry but a replayed capture, and is logged as a warning (still answered as a duplicate).
+#[tokio::test]
+async fn an_identical_copy_of_a_stripe_event_warns_as_a_possible_replay() {
+    let gw = Gateway::start();
+    let body = br#"{"id":"evt_replayed","type":"payment_intent.succeeded"}"#;
+    let (headers, _) = gw.hookgate_sign("stripe", body);
+    assert_eq!(gw.post("/stripe", &headers, body).await.0, 202);
+    assert_eq!(gw.post("/stripe", &headers, body).await.0, 200);
+    let log = || std::fs::read_to_string(gw.dir.path().join("stderr.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !log().contains("possible replay") {
+        assert!(Instant::now() < deadline, "no warning: {}", log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(log().contains("WARN"), "{}", log());
+}

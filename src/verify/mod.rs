@@ -124,9 +124,11 @@ pub trait Verifier: Send + Sync + fmt::Debug {
     }
 
     /// Whether the provider signs a timestamp and signs every retry afresh (Stripe, Standard
-    /// Webhooks/Svix, Slack, `hmac` with `{timestamp}`): then a duplicate carrying the
-    /// original's very signature is no retry but a replayed capture, worth a warning. `false`
-    /// where a redelivery carries the same signature (GitHub, Shopify, Twilio, Meta…).
+    /// Webhooks/Svix, Slack): then a duplicate carrying the original's very signature is no
+    /// retry but a replayed capture, worth a warning. `false` where a redelivery carries the
+    /// same signature (GitHub, Shopify, Twilio, Meta…) or it is not known (the generic `hmac`:
+    /// a sender's HTTP client may resend the same bytes; a 2-hour soak with 1 % such copies
+    /// warned 28,931 times).
     fn retries_resigned(&self) -> bool {
         false
     }
