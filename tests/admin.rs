@@ -139,6 +139,13 @@ fn unsigned_route(name: &str, key: &str, up: &Upstream) -> String {
     )
 }
 
+/// `GET path` on `gw`'s admin port, which must be answered 400: its JSON body.
+async fn refused(gw: &Gateway, path: &str) -> serde_json::Value {
+    let r = reqwest::get(gw.admin_url(path)).await.unwrap();
+    assert_eq!(r.status(), 400, "{path}");
+    r.json().await.unwrap()
+}
+
 /// `hookgate events … ARGS` against `gw`'s admin port with the config in `dir`: its stdout,
 /// after asserting it succeeded.
 fn events_cli(dir: &std::path::Path, gw: &Gateway, args: &[&str]) -> String {
@@ -271,13 +278,7 @@ async fn events_are_found_by_their_dedupe_key() {
             ("state=dead&state=pending", "repeated_parameter"),
             ("limit=2&key=a&limit=3", "repeated_parameter"),
         ] {
-            let r = c
-                .get(gw.admin_url(&format!("/admin/events?{query}")))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 400, "{query}");
-            let v: serde_json::Value = r.json().await.unwrap();
+            let v = refused(&gw, &format!("/admin/events?{query}")).await;
             assert_eq!(v["error"], code, "{query}: {v}");
             assert!(v["detail"].is_string(), "{query}: {v}");
         }
@@ -370,13 +371,7 @@ async fn events_are_listed_page_by_page() {
             ),
             ("before=", "empty_parameter"),
         ] {
-            let r = c
-                .get(gw.admin_url(&format!("/admin/events?{query}")))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 400, "{query}");
-            let v: serde_json::Value = r.json().await.unwrap();
+            let v = refused(&gw, &format!("/admin/events?{query}")).await;
             assert_eq!(v["error"], code, "{query}: {v}");
         }
         let (first, next) = page("limit=2").await;

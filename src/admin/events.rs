@@ -216,19 +216,16 @@ fn before_cursor(v: &str) -> Option<String> {
     if let Ok(id) = uuid::Uuid::parse_str(v) {
         return (id.get_version_num() == 7).then(|| id.hyphenated().to_string());
     }
-    let ms = u64::try_from(rfc3339_ms(v)?)
-        .ok()
-        .filter(|ms| *ms < 1 << 48)?;
+    let ms = parse_rfc3339_ms(v).filter(|ms| (0..1 << 48).contains(ms))?;
     Some(format!(
-        "{:08x}-{:04x}-7000-8000-000000000000",
-        ms >> 16,
-        ms & 0xffff
+        "{}-7000-8000-000000000000",
+        crate::store::id_prefix(ms)
     ))
 }
 
 /// An RFC 3339 time with its offset (`Z`, `+01:00`, `-05:00`; `T` and `Z` in either case),
 /// as ms since the epoch. No offset is no time: a local time would be read wrongly.
-fn rfc3339_ms(v: &str) -> Option<i64> {
+fn parse_rfc3339_ms(v: &str) -> Option<i64> {
     let mut v = v.trim().to_ascii_uppercase();
     if !v.is_ascii() {
         return None;

@@ -1388,12 +1388,6 @@ fn purge_tx(
     Ok((ids.len(), ids.last().cloned()))
 }
 
-/// The text every UUIDv7 made before `ms` sorts below (`xxxxxxxx-xxxx`, the 48-bit time).
-fn id_prefix(ms: i64) -> String {
-    let ms = ms.max(0) as u64 & 0xffff_ffff_ffff;
-    format!("{:08x}-{:04x}", ms >> 16, ms & 0xffff)
-}
-
 /// The events with these ids, in that order (an id no longer there is skipped).
 /// Gives back the leases of `ids` that were not read (gone, not due, or the read failed).
 fn release_unread(leases: &Leases, ids: &[String], got: &[Event]) {

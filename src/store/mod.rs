@@ -188,6 +188,12 @@ pub struct ListQuery {
     pub before: Option<String>,
 }
 
+/// The text every UUIDv7 made before `ms` sorts below (`xxxxxxxx-xxxx`, the 48-bit time).
+pub fn id_prefix(ms: i64) -> String {
+    let ms = ms.max(0) as u64 & 0xffff_ffff_ffff;
+    format!("{:08x}-{:04x}", ms >> 16, ms & 0xffff)
+}
+
 /// The time in a UUIDv7 event id, in ms since the epoch.
 pub fn uuid7_ms(id: &str) -> Option<i64> {
     let (secs, nanos) = uuid::Uuid::parse_str(id).ok()?.get_timestamp()?.to_unix();
