@@ -15,6 +15,7 @@ const SECRET: &str = "topsecret-value-1";
 const OLD: &str = "oldsecret-value-0";
 
 fn routes(up: &str) -> String {
+    let deep = "d".repeat(1_000);
     format!(
         r#"
 [[route]]
@@ -63,6 +64,16 @@ scheme = "hmac"
 secrets = ["{SECRET}"]
 [route.forward]
 url = "{up}/limited-signed"
+
+[[route]]
+name = "deep"
+path = "/hooks/deep"
+[route.verify]
+scheme = "none"
+[route.dedupe]
+key = "none"
+[route.forward]
+url = "{up}/{deep}"
 
 [[route]]
 name = "private"
@@ -416,6 +427,51 @@ async fn send_raw(f: &Fixture, target: &[u8], key: &str, extra: &[u8], body: &[u
         .unwrap()
 }
 
+/// A query string the head limit lets in can still make `forward.url` + query longer than an
+/// HTTP client sends (65,534 bytes): refused with 414 before the event is accepted, where the
+/// event would otherwise have been acknowledged and then failed every attempt. A long query
+/// that fits still goes through, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_too_long_to_forward_is_refused_414() {
+    let f = fixture("").await;
+    let addr = f.gw.ingress;
+    let send = move |q: String| {
+        tokio::task::spawn_blocking(move || {
+            let req = format!(
+                "POST /hooks/deep?{q} HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+            );
+            raw_exchange(addr, &[req.as_bytes()], Duration::ZERO).0
+        })
+    };
+    let long = format!("q={}", "a".repeat(64_600));
+    let got = send(long).await.unwrap();
+    assert!(
+        got.starts_with("HTTP/1.1 414"),
+        "{}",
+        &got[..got.len().min(300)]
+    );
+    assert!(got.contains(r#"{"error":"uri_too_long"}"#), "{got}");
+    wait_until(Duration::from_secs(5), "the refusal counted", async || {
+        f.gw.counter(r#"hookgate_requests_total{route="deep",outcome="uri_too_long"}"#)
+            .await
+            == 1.0
+    })
+    .await;
+    let fits = format!("q={}", "b".repeat(60_000));
+    let got = send(fits.clone()).await.unwrap();
+    assert!(
+        got.starts_with("HTTP/1.1 202"),
+        "{}",
+        &got[..got.len().min(300)]
+    );
+    let got = f.up.wait_delivered(1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1, "only the one that fits was accepted");
+    assert!(
+        got[0].uri.ends_with(&format!("?{fits}")),
+        "query forwarded as sent"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_head_or_an_unknown_transfer_coding_is_refused() {
     let f = fixture("").await;
@@ -714,7 +770,7 @@ async fn admin_is_separate_and_token_protected() {
         .unwrap();
     assert_eq!(ok.status(), 200);
     let routes: Value = ok.json().await.unwrap();
-    assert_eq!(routes["routes"].as_array().unwrap().len(), 5);
+    assert_eq!(routes["routes"].as_array().unwrap().len(), 6);
     // The scheme's name is case-insensitive; the token is not.
     for (header, status) in [
         ("bearer adm1n-t0ken", 200),

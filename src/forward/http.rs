@@ -101,15 +101,7 @@ impl HttpSink {
             .as_str()
             .parse()
             .map_err(|e| anyhow::anyhow!("forward.url: {e}"))?;
-        let query_prefix = {
-            let mut path = url.clone();
-            path.set_fragment(None);
-            path.set_query(None);
-            match url.query().filter(|q| !q.is_empty()) {
-                Some(own) => format!("{path}?{own}&"),
-                None => format!("{path}?"),
-            }
-        };
+        let query_prefix = query_prefix(&url);
         Ok(HttpSink {
             transport,
             base,
@@ -186,28 +178,55 @@ impl HttpSink {
     /// Through an environment proxy reqwest re-parses the target with that parser anyway, so
     /// there it is encoded either way.
     fn target(&self, q: &str) -> Result<http::Uri, String> {
-        // (`#` would start a fragment http::Uri drops: the fallback encodes it.)
-        if !q.contains('#') {
-            if let Ok(uri) = format!("{}{q}", self.query_prefix).parse() {
-                return Ok(uri);
-            }
-        }
-        self.with_query(q)
-            .as_str()
-            .parse()
-            .map_err(|e| format!("invalid upstream URL: {e}"))
+        target(&self.url, &self.query_prefix, q)
     }
+}
 
-    /// `forward.url` with the event's query string appended to its own, percent-encoded.
-    fn with_query(&self, q: &str) -> reqwest::Url {
-        let mut url = self.url.clone();
-        let joined = match url.query() {
-            Some(existing) if !existing.is_empty() => format!("{existing}&{q}"),
-            _ => q.to_string(),
-        };
-        url.set_query(Some(&joined));
-        url
+/// `url` without its fragment and query, then `?`, its own query and `&` when it has one: what
+/// an event's query string is appended to.
+fn query_prefix(url: &reqwest::Url) -> String {
+    let mut path = url.clone();
+    path.set_fragment(None);
+    path.set_query(None);
+    match url.query().filter(|q| !q.is_empty()) {
+        Some(own) => format!("{path}?{own}&"),
+        None => format!("{path}?"),
     }
+}
+
+fn target(url: &reqwest::Url, query_prefix: &str, q: &str) -> Result<http::Uri, String> {
+    // (`#` would start a fragment http::Uri drops: the fallback encodes it.)
+    if !q.contains('#') {
+        if let Ok(uri) = format!("{query_prefix}{q}").parse() {
+            return Ok(uri);
+        }
+    }
+    with_query(url, q)
+        .as_str()
+        .parse()
+        .map_err(|e| format!("invalid upstream URL: {e}"))
+}
+
+/// `url` with the event's query string appended to its own, percent-encoded.
+fn with_query(url: &reqwest::Url, q: &str) -> reqwest::Url {
+    let mut url = url.clone();
+    let joined = match url.query() {
+        Some(existing) if !existing.is_empty() => format!("{existing}&{q}"),
+        _ => q.to_string(),
+    };
+    url.set_query(Some(&joined));
+    url
+}
+
+/// Whether an event with query string `q` can be sent to `url` at all: `http::Uri` takes at
+/// most 65,534 bytes, so `forward.url` plus a query near the ingress's 64 KiB head limit can
+/// be past it. Checked at the ingress, which answers `414` instead of accepting an event no
+/// attempt could send (or, in proxy mode, answering `502`). Cheap for every query short
+/// enough that even percent-encoding all of it could not reach the limit.
+pub fn query_fits(url: &reqwest::Url, q: &str) -> bool {
+    const URI_MAX: usize = u16::MAX as usize - 1;
+    url.as_str().len() + 2 + q.len().saturating_mul(3) <= URI_MAX
+        || target(url, &query_prefix(url), q).is_ok()
 }
 
 /// The CAs an `https://` upstream's certificate may chain to: Mozilla's, built in (so an image

@@ -115,6 +115,13 @@ async fn process(
             return Err(Reject::Forbidden);
         }
     }
+    if let (crate::config::SinkTarget::Http { url }, Some(q)) =
+        (&cfg.forward.target, parts.uri.query())
+    {
+        if !crate::forward::http::query_fits(url, q) {
+            return Err(Reject::UriTooLong);
+        }
+    }
     let body = super::body::read(body, &parts.headers, cfg.max_body, ctx.body_timeout).await?;
     let now = SystemTime::now();
 

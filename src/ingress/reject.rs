@@ -30,6 +30,9 @@ pub enum Reject {
     /// A transfer coding other than `chunked` (e.g. `gzip, chunked`): the body would reach
     /// the upstream still coded, with nothing saying so.
     UnsupportedTransferCoding,
+    /// The query string would make the upstream URL longer than an HTTP client can send
+    /// (`forward.url` + query over 65,534 bytes): no attempt could deliver the event.
+    UriTooLong,
 }
 
 impl Reject {
@@ -47,6 +50,7 @@ impl Reject {
             Reject::BadRequest => "bad_request",
             Reject::HeadersTooLarge => "headers_too_large",
             Reject::UnsupportedTransferCoding => "unsupported_transfer_coding",
+            Reject::UriTooLong => "uri_too_long",
         }
     }
 
@@ -63,6 +67,7 @@ impl Reject {
             Reject::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Reject::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reject::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
+            Reject::UriTooLong => StatusCode::URI_TOO_LONG,
         }
     }
 
@@ -84,7 +89,8 @@ impl Reject {
             | Reject::RequestTimeout
             | Reject::BadRequest
             | Reject::HeadersTooLarge
-            | Reject::UnsupportedTransferCoding => {
+            | Reject::UnsupportedTransferCoding
+            | Reject::UriTooLong => {
                 // The body was not read to its end: the connection cannot be reused.
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }

@@ -458,8 +458,26 @@ pub fn check(cfg: &StoreConfig) -> (Vec<String>, Vec<String>) {
     }
 }
 
-/// Milliseconds since the Unix epoch → RFC 3339 (UTC, millisecond precision).
+/// Milliseconds since the Unix epoch → RFC 3339 (UTC, millisecond precision), clamped to
+/// what RFC 3339 can write (years 1970–9999 here): a stored time past it (a tampered Redis
+/// hash) is shown as the last millisecond of 9999 rather than failing the admin read.
 pub fn rfc3339_ms(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    const LAST: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.clamp(0, LAST) as u64);
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339_ms;
+
+    #[test]
+    fn rfc3339_ms_writes_any_stored_time() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(rfc3339_ms(-5), "1970-01-01T00:00:00.000Z");
+        // Past year 9999 humantime refuses to format, and `to_string` would panic.
+        assert_eq!(rfc3339_ms(253_402_300_800_000), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_ms(i64::MAX), "9999-12-31T23:59:59.999Z");
+    }
 }
