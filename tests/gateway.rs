@@ -883,6 +883,60 @@ async fn redis_an_event_redis_lost_is_reported_when_its_retry_falls_due() {
     assert_eq!(up.received().len(), 1, "never delivered after the loss");
 }
 
+/// An open circuit waits for an event to probe the sink with. When every event it held went
+/// dead (or, on a shared Redis store, another replica delivered them), nothing is held back:
+/// the circuit closes, rather than keeping `hookgate_circuit_open` and its alert up for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_circuit_with_nothing_left_to_deliver_closes() {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    up.always(503);
+    let gw = Gateway::start(
+        dir.path(),
+        &config(
+            &Backend::Embedded,
+            dir.path(),
+            "",
+            &hmac_route("c", &up.url("/in"), "max_attempts = 1", ""),
+        ),
+    );
+    let c = reqwest::Client::new();
+    let gauge = r#"hookgate_circuit_open{route="c"}"#;
+    for i in 0..5 {
+        accepted(signed(&c, &gw.url("/hooks/c"), SECRET, format!("gone-{i}"))).await;
+    }
+    wait_until(Duration::from_secs(10), "circuit open", async || {
+        gw.log().contains("delivery circuit open")
+    })
+    .await;
+    wait_until(Duration::from_secs(10), "all five dead", async || {
+        gw.admin_json("/admin/routes").await["routes"][0]["dead"] == 5
+    })
+    .await;
+    wait_until(Duration::from_secs(15), "circuit closed", async || {
+        gw.counter(gauge).await == 0.0
+            && gw.admin_json("/admin/routes").await["routes"][0]
+                .get("circuit_open_since")
+                .is_none()
+    })
+    .await;
+    assert!(gw.log().contains("nothing left to deliver"), "{}", gw.log());
+    // The sink still down: the next events open it again.
+    for i in 0..5 {
+        accepted(signed(
+            &c,
+            &gw.url("/hooks/c"),
+            SECRET,
+            format!("again-{i}"),
+        ))
+        .await;
+    }
+    wait_until(Duration::from_secs(10), "circuit open again", async || {
+        gw.counter(gauge).await == 1.0
+    })
+    .await;
+}
+
 /// A sink that keeps failing opens the route's circuit: deliveries pause (so pending events'
 /// `next_attempt_at` may pass with no attempt), and the operator sees it in the log and in
 /// `hookgate_circuit_open`; the first answer closes it again.

@@ -47,6 +47,11 @@ impl Circuit {
         self.open_until.filter(|_| !self.probing)
     }
 
+    /// Open, its cool-down over, and no probe under way: the next event taken is the probe.
+    pub fn awaits_probe(&self, now: Instant) -> bool {
+        self.open_until.is_some_and(|t| now >= t) && !self.probing
+    }
+
     /// True when this closed an open circuit.
     pub fn on_success(&mut self) -> bool {
         let was_open = self.open_until.is_some();

@@ -188,6 +188,9 @@ impl Worker {
             if leased > 0 && leased == allowed {
                 continue; // there may be more due right now
             }
+            if leased == 0 && inflight.is_empty() && circuit.awaits_probe(Instant::now()) {
+                self.close_if_nothing_pending(&mut circuit).await;
+            }
             // Once the cool-down is over the circuit waits for work like a closed one: the
             // next event taken is its probe.
             let sleep_for = match circuit.reopens_at().filter(|t| *t > Instant::now()) {
@@ -238,6 +241,33 @@ impl Worker {
             record(&mut retry_due, done);
         }
         tracing::debug!(route = %route, "delivery worker stopped");
+    }
+}
+
+impl Worker {
+    /// An open circuit waits for an event to probe the sink with. When the route has none
+    /// pending (the events it held went dead or were delivered by another replica sharing a
+    /// Redis store), nothing would ever close it, and `hookgate_circuit_open` (with its alert)
+    /// would stay up while nothing is held back. Closed then: the next event is sent at once,
+    /// and a sink still down opens it again after as many failures as the first time.
+    async fn close_if_nothing_pending(&self, circuit: &mut Circuit) {
+        // `next_due`: one index seek for the earliest event the route holds that no worker of
+        // this process has out (nothing else would probe the sink from here).
+        match self.store.next_due(&self.route.name).await {
+            Ok(None) => {
+                if circuit.on_success() {
+                    self.metrics.circuit(None);
+                    tracing::info!(
+                        route = %self.route.name,
+                        "delivery circuit closed: nothing left to deliver; the next event is sent at once"
+                    );
+                }
+            }
+            Ok(Some(_)) => {}
+            Err(e) => {
+                tracing::debug!(route = %self.route.name, error = %e, "cannot ask for the next due event")
+            }
+        }
     }
 }
 
