@@ -417,6 +417,39 @@ async fn a_replay_of_an_abandoned_entry_is_delivered_at_once() {
     );
 }
 
+/// After an outage, the store's connections are made again without a request failing on
+/// them first: the first ping (what `/readyz` asks) and the first accept after Redis is back
+/// succeed. Before, a connection was re-made only by a command that failed on it, so the
+/// first request on each connection answered 503, however long after Redis came back.
+#[tokio::test]
+async fn connections_come_back_with_redis_before_any_request_fails() {
+    let mut redis = RedisServer::start();
+    let s = open(&redis, "rc").await;
+    accept(s.as_ref(), event(1, 1_000)).await;
+    // An outage with no request meanwhile (a quiet route at night): nothing told the
+    // connections they were broken.
+    redis.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.restart();
+    // Redis's own count of client connections: the store's two come back by themselves.
+    let clients = || {
+        let mut con = redis::Client::open(redis.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut con).unwrap();
+        list.lines().count() - 1 // this one
+    };
+    wait_until(Duration::from_secs(10), "the store reconnected", || async {
+        clients() >= 2
+    })
+    .await;
+    s.ping().await.expect("the first ping after Redis is back");
+    s.accept(event(2, 2_000), None)
+        .await
+        .expect("the first accept after Redis is back");
+}
+
 fn redis_cmd(redis: &RedisServer, args: &[&str]) {
     let mut con = redis::Client::open(redis.url())
         .unwrap()

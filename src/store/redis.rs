@@ -110,6 +110,9 @@ struct Inner {
 
 const ROUTES_REFRESH: Duration = Duration::from_secs(2);
 const POLICY_CHECK: Duration = Duration::from_secs(5);
+/// How often both connections are pinged, so a broken one is re-made without waiting for a
+/// request to fail on it.
+const RECONNECT_CHECK: Duration = Duration::from_secs(1);
 
 fn unavailable(e: ::redis::RedisError) -> StoreError {
     StoreError::Unavailable(format!("redis: {e}"))
@@ -197,6 +200,7 @@ impl RedisStore {
             shown: shown.clone(),
         });
         tokio::spawn(policy_loop(Arc::downgrade(&inner)));
+        tokio::spawn(reconnect_loop(Arc::downgrade(&inner)));
         tracing::info!(redis = %shown, consumer = %inner.consumer, visibility_ms = visibility.as_millis() as u64, "redis store connected");
         tokio::spawn(heartbeat_loop(
             Arc::downgrade(&inner),
@@ -231,6 +235,22 @@ async fn heartbeat_loop(inner: Weak<Inner>, every: Duration) {
 
 /// Re-reads `maxmemory-policy`: a `CONFIG SET` at runtime to an evicting policy stops
 /// acknowledgements (503) until it is set back, loudly, instead of losing events silently.
+/// A connection manager reconnects when a command finds its connection broken, and a
+/// command that meets a failed reconnect fails too. Without this, once Redis was back the
+/// first request on each connection still answered 503 (and `/readyz` failed once), however
+/// long after. A `PING` on both connections every second reconnects them within a second or
+/// two of Redis coming back, traffic or not; while Redis is up it is one round trip each.
+async fn reconnect_loop(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(RECONNECT_CHECK).await;
+        let Some(inner) = inner.upgrade() else { return };
+        for mut conn in [inner.ingress.clone(), inner.work.clone()] {
+            let ping = ::redis::cmd("PING");
+            let _ = tokio::time::timeout(OP_TIMEOUT, ping.query_async::<()>(&mut conn)).await;
+        }
+    }
+}
+
 async fn policy_loop(inner: Weak<Inner>) {
     loop {
         tokio::time::sleep(POLICY_CHECK).await;
