@@ -89,10 +89,14 @@ pub enum EventsCommand {
     Replay { event_id: String },
     /// Delete a dead event and its attempt log (one nobody wants delivered).
     Discard { event_id: String },
-    /// Redrive every dead event of a route.
+    /// Redrive every dead event of a route: `replay-dead ROUTE` (or `--route ROUTE`).
     ReplayDead {
-        #[arg(long)]
-        route: String,
+        /// The route's name.
+        #[arg(value_name = "ROUTE", required_unless_present = "route_flag")]
+        route: Option<String>,
+        /// The route's name (as the other commands take it).
+        #[arg(long = "route", value_name = "ROUTE", conflicts_with = "route")]
+        route_flag: Option<String>,
     },
 }
 

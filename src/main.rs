@@ -172,10 +172,13 @@ async fn events(args: EventsArgs) -> anyhow::Result<()> {
         EventsCommand::Discard { event_id } => {
             (Method::DELETE, format!("/admin/events/{}", q(&event_id)))
         }
-        EventsCommand::ReplayDead { route } => (
-            Method::POST,
-            format!("/admin/routes/{}/replay-dead", q(&route)),
-        ),
+        EventsCommand::ReplayDead { route, route_flag } => {
+            let route = route.or(route_flag).unwrap_or_default();
+            (
+                Method::POST,
+                format!("/admin/routes/{}/replay-dead", q(&route)),
+            )
+        }
     };
     let v = call(&t, method, &path).await?;
     print_out(&format!("{}\n", serde_json::to_string_pretty(&v)?));

@@ -849,6 +849,28 @@ async fn admin_is_separate_and_token_protected() {
     ]);
     assert_eq!(code, Some(0));
     assert!(out.contains("\"attempt_log\""), "{out}");
+    // A route's dead letters: the route by position, or by --route as elsewhere.
+    for how in [
+        &["replay-dead", "limited"][..],
+        &["replay-dead", "--route", "limited"],
+    ] {
+        let mut args = vec![
+            "events",
+            "-c",
+            cfg_arg,
+            "--admin",
+            &admin,
+            "--token",
+            "adm1n-t0ken",
+        ];
+        args.extend_from_slice(how);
+        let (code, out, err) = cli(&args);
+        assert_eq!(code, Some(0), "{how:?}: {err}");
+        assert!(out.contains("\"replayed\": 0"), "{how:?}: {out}");
+    }
+    let (code, _, err) = cli(&["events", "-c", cfg_arg, "replay-dead"]);
+    assert_eq!(code, Some(2), "no route: {err}");
+    assert!(err.contains("ROUTE"), "{err}");
     let (code, _, err) = cli(&[
         "events", "-c", cfg_arg, "--admin", &admin, "--token", "wrong", "show", &id,
     ]);
