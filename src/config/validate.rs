@@ -349,14 +349,45 @@ fn check_store(s: &RawStore, p: &mut Problems) -> Option<StoreConfig> {
             }
             let url = match &s.url {
                 Some(spec) => resolve_url(spec, "store.url", p),
-                None => Some("redis://127.0.0.1:6379/0".to_string()),
+                None => {
+                    // SPEC's default; said out loud, since several replicas must share one
+                    // Redis and a local one on each would silently split them.
+                    p.warn(
+                        "store.url",
+                        "not set: using the local Redis, redis://127.0.0.1:6379/0",
+                    );
+                    Some("redis://127.0.0.1:6379/0".to_string())
+                }
             };
             if let Some(u) = &url {
+                let expected =
+                    "expected redis://[:PASSWORD@]HOST[:PORT][/DB] or rediss://… for TLS";
                 match reqwest::Url::parse(u) {
-                    Ok(parsed) if matches!(parsed.scheme(), "redis" | "rediss") => {}
+                    Ok(parsed)
+                        if matches!(parsed.scheme(), "redis" | "rediss")
+                            && parsed.host_str().is_some_and(|h| !h.is_empty()) =>
+                    {
+                        let db = parsed.path().trim_start_matches('/');
+                        if !db.is_empty() && db.parse::<u16>().is_err() {
+                            p.error(
+                                "store.url",
+                                format!(
+                                    "invalid Redis URL {:?}: the path is the database number, not {db:?}",
+                                    mask_userinfo(u)
+                                ),
+                            );
+                        }
+                    }
+                    Ok(parsed) if matches!(parsed.scheme(), "redis" | "rediss") => p.error(
+                        "store.url",
+                        format!(
+                            "invalid Redis URL {:?}: no host ({expected})",
+                            mask_userinfo(u)
+                        ),
+                    ),
                     _ => p.error(
                         "store.url",
-                        format!("invalid Redis URL {:?}", mask_userinfo(u)),
+                        format!("invalid Redis URL {:?} ({expected})", mask_userinfo(u)),
                     ),
                 }
             }
@@ -915,6 +946,38 @@ url = "http://127.0.0.1:3000/x"
             errors(&store("file:/nonexistent/hookgate-url")),
             ["store.url: cannot read secret file /nonexistent/hookgate-url: No such file or directory (os error 2)"]
         );
+    }
+
+    #[test]
+    fn a_redis_url_says_what_is_wrong_with_it() {
+        let store = |url: &str| format!("[store]\nbackend = \"redis\"\n{url}\n{ROUTE}");
+        let expected = "(expected redis://[:PASSWORD@]HOST[:PORT][/DB] or rediss://… for TLS)";
+        assert_eq!(
+            errors(&store("url = \"redis:/127.0.0.1:6379\"")),
+            [format!(
+                "store.url: invalid Redis URL \"redis:/127.0.0.1:6379\": no host {expected}"
+            )]
+        );
+        assert_eq!(
+            errors(&store("url = \"http://127.0.0.1:6379\"")),
+            [format!(
+                "store.url: invalid Redis URL \"http://127.0.0.1:6379\" {expected}"
+            )]
+        );
+        assert_eq!(
+            errors(&store("url = \"redis://127.0.0.1/orders\"")),
+            ["store.url: invalid Redis URL \"redis://127.0.0.1/orders\": the path is the database number, not \"orders\""]
+        );
+        // Unset: SPEC's default, the local Redis, said out loud.
+        let (cfg, warnings) = parse(&store("")).unwrap();
+        assert_eq!(
+            warnings,
+            ["store.url: not set: using the local Redis, redis://127.0.0.1:6379/0"]
+        );
+        assert!(matches!(
+            &cfg.store.backend,
+            crate::config::StoreBackend::Redis { url, .. } if url == "redis://127.0.0.1:6379/0"
+        ));
     }
 
     #[test]

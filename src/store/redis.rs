@@ -171,11 +171,9 @@ impl RedisStore {
             .await
             {
                 Ok(Ok(c)) => Ok(c),
-                Ok(Err(e)) => Err(anyhow::anyhow!(
-                    "store.url: cannot connect to Redis at {shown}: {e}"
-                )),
+                Ok(Err(e)) => Err(anyhow::anyhow!("{}", probe::connect_error(&shown, &e))),
                 Err(_) => Err(anyhow::anyhow!(
-                    "store.url: cannot connect to Redis at {shown}: no answer within 5s"
+                    "store.url: cannot reach Redis at {shown}: no answer within 5s"
                 )),
             }
         };

@@ -126,12 +126,7 @@ pub fn check(url: &str) -> (Vec<String>, Vec<String>) {
         .await;
         let mut conn = match conn {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                return (
-                    vec![],
-                    vec![format!("store.url: cannot reach Redis at {shown}: {e}")],
-                )
-            }
+            Ok(Err(e)) => return (vec![], vec![connect_error(&shown, &e)]),
             Err(_) => {
                 return (
                     vec![],
@@ -155,6 +150,16 @@ pub fn check(url: &str) -> (Vec<String>, Vec<String>) {
         };
         (persistence_warnings(&mut conn, &shown).await, errors)
     })
+}
+
+/// Why a connection to Redis could not be made: unreachable, or reached and refused (a wrong
+/// password, a database number past Redis's `databases`).
+pub fn connect_error(shown: &str, e: &::redis::RedisError) -> String {
+    if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() {
+        format!("store.url: cannot reach Redis at {shown}: {e}")
+    } else {
+        format!("store.url: Redis at {shown} refused the connection: {e}")
+    }
 }
 
 #[cfg(test)]
