@@ -427,6 +427,42 @@ async fn send_raw(f: &Fixture, target: &[u8], key: &str, extra: &[u8], body: &[u
         .unwrap()
 }
 
+/// A sender that shuts its side of the connection once its request is sent (a half-close)
+/// still gets its answer, with a body or without; before, hyper dropped the request in flight
+/// on the EOF and the sender saw the connection closed with no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_that_half_closes_still_gets_its_answer() {
+    let f = fixture("").await;
+    let addr = f.gw.ingress;
+    for (key, body) in [("half-empty", &b""[..]), ("half-body", &b"{\"a\":1}"[..])] {
+        let ts = now_secs();
+        let mut req = format!(
+            "POST /hooks/orders HTTP/1.1\r\nHost: gw\r\nX-Timestamp: {ts}\r\nX-Signature: {}\r\n\
+             Idempotency-Key: {key}\r\nContent-Length: {}\r\n\r\n",
+            hmac_sign(SECRET, ts, body),
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        let got = tokio::task::spawn_blocking(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(&req).unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        })
+        .await
+        .unwrap();
+        assert!(got.starts_with("HTTP/1.1 202"), "{key}: {got:?}");
+    }
+    assert_eq!(
+        f.up.wait_delivered(2, Duration::from_secs(10)).await.len(),
+        2
+    );
+}
+
 /// A query string the head limit lets in can still make `forward.url` + query longer than an
 /// HTTP client sends (65,534 bytes): refused with 414 before the event is accepted, where the
 /// event would otherwise have been acknowledged and then failed every attempt. A long query

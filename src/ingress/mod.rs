@@ -126,6 +126,11 @@ async fn connection<I>(
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .max_buf_size(MAX_HEAD)
+        // A sender may shut its side of the connection once the request is sent, waiting
+        // for the answer: without this hyper took the EOF for a closed connection and
+        // dropped the request in flight, so such a sender never got its 202 (and retried
+        // forever) though the event may have been recorded.
+        .half_close(true)
         .serve_connection(TokioIo::new(io), svc);
     if let Err(e) = watcher.watch(conn).await {
         // hyper answers a head it cannot parse itself (431 when too large or with too many
