@@ -252,6 +252,18 @@ async fn killed_replica_in_flight_events_are_taken_over() {
         || async { b.admin_json("/admin/routes").await["routes"][0]["delivered"] == 20 },
     )
     .await;
+    // The takeover is said: each event B took from A's lapsed leases, in its log and counted.
+    assert_eq!(
+        b.counter(r#"hookgate_leases_taken_over_total{route="r"}"#)
+            .await,
+        20.0
+    );
+    assert_eq!(
+        b.log().matches("whose lease lapsed").count(),
+        20,
+        "{}",
+        b.log()
+    );
 }
 
 #[derive(Debug)]
@@ -477,7 +489,7 @@ async fn slow_attempt_beyond_the_visibility_timeout_is_not_taken_over() {
     let dir = tempdir();
     let cfg = replica_config(&redis, &up.url("/in"), "6s", "");
     let a = start_replica(&dir.path().join("a"), &cfg);
-    let _b = start_replica(&dir.path().join("b"), &cfg);
+    let b = start_replica(&dir.path().join("b"), &cfg);
     let c = reqwest::Client::new();
     let (s, v) = send(&c, &a.url("/hooks/r"), "slow".into(), None).await;
     assert_eq!(s, 202);
@@ -499,4 +511,8 @@ async fn slow_attempt_beyond_the_visibility_timeout_is_not_taken_over() {
         1,
         "the attempt in flight was renewed, never handed to the other replica"
     );
+    for gw in [&a, &b] {
+        let taken = r#"hookgate_leases_taken_over_total{route="r"}"#;
+        assert_eq!(gw.counter(taken).await, 0.0, "no takeover reported");
+    }
 }

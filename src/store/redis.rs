@@ -579,6 +579,7 @@ impl Store for RedisStore {
             let (Some(entry), Some(fields)) = (pair.next(), pair.next()) else {
                 return Err(bad("lease entry"));
             };
+            let reclaimed = pair.next().as_ref().and_then(int) == Some(1);
             let entry = string(&entry).ok_or_else(|| bad("entry id"))?;
             if let Some(id) = string(&fields) {
                 // Dropped by the script: nothing can deliver it. Said loudly, never silently.
@@ -600,6 +601,14 @@ impl Store for RedisStore {
             // visibility timeout: a delay, not a second delivery.)
             if leased.contains_key(&ev.id) {
                 continue;
+            }
+            if reclaimed {
+                // Its lease went unrenewed for the visibility timeout: the replica that held it
+                // died or lost Redis, perhaps mid-attempt. Said, since the upstream may now get
+                // the event a second time, with the lost attempt's `Hookgate-Attempt` number.
+                metrics::counter!("hookgate_leases_taken_over_total", "route" => route.to_string())
+                    .increment(1);
+                tracing::warn!(route = %route, event_id = %ev.id, attempts = ev.attempts, visibility_timeout_ms = s.visibility.as_millis() as u64, "taking over an event whose lease lapsed (its replica stopped renewing it: killed, or cut off from Redis); if its attempt was under way, the upstream may get it a second time");
             }
             leased.insert(ev.id.clone(), (route.to_string(), entry));
             out.push(ev);

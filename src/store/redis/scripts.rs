@@ -46,7 +46,8 @@ return {1, ARGV[1]}
 /// KEYS: stream, retry, claim cursor. ARGV: group, consumer, now, limit, min_idle_ms, tag.
 /// Moves due retries into the stream, reclaims entries idle longer than `min_idle_ms` (a dead
 /// replica's), reads new entries; drops stale entries (event gone, not pending, or replayed
-/// since). Returns `{{entry_id, {field, value, …}}, …}`, then `{entry_id, event_id}` for
+/// since). Returns `{{entry_id, {field, value, …}, reclaimed (1: taken from an idle lease, 0:
+/// new)}, …}`, then `{entry_id, event_id}` for
 /// each entry whose event Redis no longer holds (lost: evicted, flushed, a lagging replica). `XAUTOCLAIM` looks at no more than
 /// 10 × COUNT pending entries per call, so the scan goes on from where the last one stopped
 /// (the cursor key): starting from the front every time, entries of live, long attempts at the
@@ -69,7 +70,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', retry, '-inf', now, 'LIMIT', 0, 
   end
 end
 redis.pcall('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
-local function take(entries)
+local function take(entries, claimed)
   for _, e in ipairs(entries) do
     local eid, f, id = e[1], e[2], nil
     if f then
@@ -77,7 +78,7 @@ local function take(entries)
     end
     local cur = id and redis.call('HMGET', tag .. 'ev:' .. id, 'state', 'entry')
     if cur and cur[1] == 'pending' and cur[2] == eid then
-      out[#out + 1] = {eid, redis.call('HGETALL', tag .. 'ev:' .. id)}
+      out[#out + 1] = {eid, redis.call('HGETALL', tag .. 'ev:' .. id), claimed}
     else
       if cur and not cur[1] then missing[#missing + 1] = {eid, id} end
       redis.call('XACK', stream, group, eid)
@@ -89,7 +90,7 @@ local start = redis.call('GET', KEYS[3]) or '0-0'
 local cursor = start
 for _ = 1, 4 do
   local claimed = redis.call('XAUTOCLAIM', stream, group, consumer, min_idle, cursor, 'COUNT', limit - #out)
-  take(claimed[2])
+  take(claimed[2], 1)
   cursor = claimed[1]
   if cursor == '0-0' or #out >= limit then break end
 end
@@ -101,7 +102,7 @@ for _ = 1, 4 do
   if #out >= limit then break end
   local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', limit - #out, 'STREAMS', stream, '>')
   if not r then break end
-  take(r[1][2])
+  take(r[1][2], 0)
 end
 for _, m in ipairs(missing) do out[#out + 1] = m end
 return out
