@@ -428,8 +428,9 @@ async fn send_raw(f: &Fixture, target: &[u8], key: &str, extra: &[u8], body: &[u
 }
 
 /// A sender that shuts its side of the connection once its request is sent (a half-close)
-/// still gets its answer, with a body or without; before, hyper dropped the request in flight
-/// on the EOF and the sender saw the connection closed with no answer.
+/// still gets its answer, with a body or without, and so does an admin client; before, hyper
+/// dropped the request in flight on the EOF and the sender saw the connection closed with no
+/// answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_that_half_closes_still_gets_its_answer() {
     let f = fixture("").await;
@@ -461,6 +462,21 @@ async fn a_sender_that_half_closes_still_gets_its_answer() {
         f.up.wait_delivered(2, Duration::from_secs(10)).await.len(),
         2
     );
+    // The admin listener too.
+    let admin = f.gw.admin;
+    let got = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(admin).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /admin/routes HTTP/1.1\r\nHost: gw\r\n\r\n")
+            .unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(got.starts_with("HTTP/1.1 200"), "admin: {got:?}");
 }
 
 /// A query string the head limit lets in can still make `forward.url` + query longer than an

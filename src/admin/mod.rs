@@ -60,6 +60,9 @@ pub async fn serve(
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
+                // A client that shuts its side once the request is sent still gets the answer
+                // (as on the ingress); hyper otherwise drops the request on the EOF.
+                .half_close(true)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
