@@ -367,8 +367,9 @@ fn check_store(s: &RawStore, p: &mut Problems) -> Option<StoreConfig> {
                         if matches!(parsed.scheme(), "redis" | "rediss")
                             && parsed.host_str().is_some_and(|h| !h.is_empty()) =>
                     {
-                        let db = parsed.path().trim_start_matches('/');
-                        if !db.is_empty() && db.parse::<u16>().is_err() {
+                        // As the Redis client reads it.
+                        let db = parsed.path().trim_matches('/');
+                        if !db.is_empty() && db.parse::<i64>().is_err() {
                             p.error(
                                 "store.url",
                                 format!(
@@ -964,6 +965,16 @@ url = "http://127.0.0.1:3000/x"
                 "store.url: invalid Redis URL \"http://127.0.0.1:6379\" {expected}"
             )]
         );
+        // What the Redis client itself takes stays valid.
+        for ok in [
+            "redis://localhost",
+            "redis://h:6379/",
+            "redis://h:6379/0/",
+            "rediss://u:pw@h/0",
+        ] {
+            let text = store(&format!("url = {ok:?}"));
+            assert!(parse(&text).is_ok(), "{ok}");
+        }
         assert_eq!(
             errors(&store("url = \"redis://127.0.0.1/orders\"")),
             ["store.url: invalid Redis URL \"redis://127.0.0.1/orders\": the path is the database number, not \"orders\""]

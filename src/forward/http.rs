@@ -225,8 +225,17 @@ fn with_query(url: &reqwest::Url, q: &str) -> reqwest::Url {
 /// enough that even percent-encoding all of it could not reach the limit.
 pub fn query_fits(url: &reqwest::Url, q: &str) -> bool {
     const URI_MAX: usize = u16::MAX as usize - 1;
-    url.as_str().len() + 2 + q.len().saturating_mul(3) <= URI_MAX
-        || target(url, &query_prefix(url), q).is_ok()
+    if url.as_str().len() + 2 + q.len().saturating_mul(3) <= URI_MAX {
+        return true;
+    }
+    // What the sink sends to: the URL without its credentials (sent as `Authorization`).
+    let (url, _) = split_credentials(url.clone());
+    // Through an environment proxy reqwest re-parses the target, percent-encoding it.
+    let proxied = PROXY_VARS
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+    target(&url, &query_prefix(&url), q).is_ok()
+        && (!proxied || with_query(&url, q).as_str().len() <= URI_MAX)
 }
 
 /// The CAs an `https://` upstream's certificate may chain to: Mozilla's, built in (so an image
@@ -532,6 +541,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_query_fits_up_to_the_uri_limit_of_the_url_the_sink_sends_to() {
+        let path = "p".repeat(1_000);
+        // The sink sends without the credentials (they go as `Authorization`).
+        let url = reqwest::Url::parse(&format!("http://user:pw@h/{path}")).unwrap();
+        let sent = format!("http://h/{path}?");
+        let exact = "a".repeat(65_534 - sent.len());
+        assert!(query_fits(&url, &exact), "exactly at http::Uri's limit");
+        assert!(!query_fits(&url, &format!("{exact}a")), "one byte past it");
+        assert!(query_fits(&url, "a=1"), "the common case");
+    }
 
     #[test]
     fn classification() {

@@ -245,21 +245,22 @@ impl Worker {
 }
 
 impl Worker {
-    /// An open circuit waits for an event to probe the sink with. When the route has none
-    /// pending (the events it held went dead or were delivered by another replica sharing a
-    /// Redis store), nothing would ever close it, and `hookgate_circuit_open` (with its alert)
-    /// would stay up while nothing is held back. Closed then: the next event is sent at once,
-    /// and a sink still down opens it again after as many failures as the first time.
+    /// An open circuit waits for an event to probe the sink with. When this worker has none
+    /// left to take (the events it held went dead, or other replicas sharing a Redis store
+    /// delivered them or have them out), nothing would ever close it, and
+    /// `hookgate_circuit_open` (with its alert) would stay up while this replica holds nothing
+    /// back. Closed then: the next event is sent at once, and a sink still down opens it again
+    /// after as many failures as the first time. (On Redis each replica's circuit is its own.)
     async fn close_if_nothing_pending(&self, circuit: &mut Circuit) {
-        // `next_due`: one index seek for the earliest event the route holds that no worker of
-        // this process has out (nothing else would probe the sink from here).
+        // `next_due`: one index seek for the earliest pending event nobody has out (embedded:
+        // no worker of this process; Redis: no replica).
         match self.store.next_due(&self.route.name).await {
             Ok(None) => {
                 if circuit.on_success() {
                     self.metrics.circuit(None);
                     tracing::info!(
                         route = %self.route.name,
-                        "delivery circuit closed: nothing left to deliver; the next event is sent at once"
+                        "delivery circuit closed: nothing left here to deliver (none pending, or all out with other replicas); the next event is sent at once"
                     );
                 }
             }

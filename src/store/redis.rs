@@ -231,8 +231,6 @@ async fn heartbeat_loop(inner: Weak<Inner>, every: Duration) {
     }
 }
 
-/// Re-reads `maxmemory-policy`: a `CONFIG SET` at runtime to an evicting policy stops
-/// acknowledgements (503) until it is set back, loudly, instead of losing events silently.
 /// A connection manager reconnects when a command finds its connection broken, and a
 /// command that meets a failed reconnect fails too. Without this, once Redis was back the
 /// first request on each connection still answered 503 (and `/readyz` failed once), however
@@ -242,13 +240,17 @@ async fn reconnect_loop(inner: Weak<Inner>) {
     loop {
         tokio::time::sleep(RECONNECT_CHECK).await;
         let Some(inner) = inner.upgrade() else { return };
-        for mut conn in [inner.ingress.clone(), inner.work.clone()] {
-            let ping = ::redis::cmd("PING");
-            let _ = tokio::time::timeout(OP_TIMEOUT, ping.query_async::<()>(&mut conn)).await;
-        }
+        let ping = |mut conn: ConnectionManager| async move {
+            let cmd = ::redis::cmd("PING");
+            let _ = tokio::time::timeout(OP_TIMEOUT, cmd.query_async::<()>(&mut conn)).await;
+        };
+        // Both at once: a Redis dropping packets holds each ping for its whole timeout.
+        futures_util::future::join(ping(inner.ingress.clone()), ping(inner.work.clone())).await;
     }
 }
 
+/// Re-reads `maxmemory-policy`: a `CONFIG SET` at runtime to an evicting policy stops
+/// acknowledgements (503) until it is set back, loudly, instead of losing events silently.
 async fn policy_loop(inner: Weak<Inner>) {
     loop {
         tokio::time::sleep(POLICY_CHECK).await;
@@ -608,7 +610,7 @@ impl Store for RedisStore {
                 // the event a second time, with the lost attempt's `Hookgate-Attempt` number.
                 metrics::counter!("hookgate_leases_taken_over_total", "route" => route.to_string())
                     .increment(1);
-                tracing::warn!(route = %route, event_id = %ev.id, attempts = ev.attempts, visibility_timeout_ms = s.visibility.as_millis() as u64, "taking over an event whose lease lapsed (its replica stopped renewing it: killed, or cut off from Redis); if its attempt was under way, the upstream may get it a second time");
+                tracing::warn!(route = %route, event_id = %ev.id, attempts = ev.attempts, visibility_timeout_ms = s.visibility.as_millis() as u64, "taking over an event whose lease lapsed (not renewed for the visibility timeout: the replica that held it was killed or cut off from Redis, or a lease's reply was lost); if an attempt of it was under way, the upstream may get it a second time");
             }
             leased.insert(ev.id.clone(), (route.to_string(), entry));
             out.push(ev);
