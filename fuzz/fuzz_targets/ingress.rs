@@ -1,16 +1,18 @@
 //! Whole requests, framed as a sender may frame them (honest, chunked, short, long, raw
 //! bytes after), sent over loopback to a gateway running in this process with a route per
-//! scheme. The gateway may refuse anything, but never panics, never answers a 5xx but 501 for
-//! a transfer coding it does not know (the store is healthy here, so any other 5xx could only
-//! be a bug), and never accepts a request on a signed route
-//! that was not signed.
+//! scheme, each sender half-closing once its request is sent. The gateway may refuse
+//! anything, but it always answers, never panics, never answers a 5xx but 501 for a transfer
+//! coding it does not know (the store is healthy here, so any other 5xx could only be a bug),
+//! and never accepts a request on a signed route that was not signed.
 #![no_main]
 
 #[path = "common.rs"]
 mod common;
+#[path = "gateway.rs"]
+mod gateway;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -65,39 +67,7 @@ const SIGNED: &[&str] = &[
     "sendgrid",
 ];
 
-struct Gateway {
-    addr: SocketAddr,
-    routes: Vec<std::sync::Arc<hookgate::config::RouteConfig>>,
-}
-
-fn gateway() -> &'static Gateway {
-    static GW: OnceLock<Gateway> = OnceLock::new();
-    GW.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = dir.path().join("store");
-        let text = common::config_text(&store.to_string_lossy(), "http://127.0.0.1:9/");
-        let (cfg, _) = hookgate::config::parse(&text).expect("the fuzz config is valid");
-        let routes = cfg.routes.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let running = hookgate::app::start(cfg).await.expect("gateway starts");
-                tx.send(running.ingress_addr).expect("send address");
-                let _keep = (running, dir);
-                std::future::pending::<()>().await;
-            });
-        });
-        let addr = rx.recv().expect("gateway address");
-        Gateway { addr, routes }
-    })
-}
-
-fn request(input: &Input, gw: &Gateway) -> (Vec<u8>, &'static str, bool) {
+fn request(input: &Input, gw: &gateway::Gateway) -> (Vec<u8>, &'static str, bool) {
     let route = &gw.routes[usize::from(input.route) % gw.routes.len()];
     let method = common::METHODS[usize::from(input.method) % common::METHODS.len()];
     let mut target = format!("{}{}", route.path, input.path_suffix);
@@ -199,9 +169,9 @@ fn show_statuses() -> bool {
 }
 
 fuzz_target!(|input: Input| {
-    let gw = gateway();
+    let gw = gateway::get();
     let (bytes, signed_route, signed) = request(&input, gw);
-    let Ok(mut s) = TcpStream::connect(gw.addr) else {
+    let Ok(mut s) = TcpStream::connect(gw.ingress) else {
         return;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
@@ -213,8 +183,11 @@ fuzz_target!(|input: Input| {
     let codes = statuses(&reply);
     if show_statuses() {
         // `HOOKGATE_FUZZ_STATUSES=1 cargo fuzz run … -- -runs=0` over a corpus: what it reaches.
-        eprintln!("statuses {codes:?} route {}", input.route);
+        let head = &bytes[..bytes.len().min(300)];
+        eprintln!("statuses {codes:?} request {}", head.escape_ascii());
     }
+    // Every request gets an answer, even from a sender that half-closes once it is sent.
+    assert!(!codes.is_empty(), "no answer to:\n{}", bytes.escape_ascii());
     for code in codes {
         // 501: a transfer coding other than chunked (RFC 9112 §6.1), refused as such.
         assert!(
