@@ -920,7 +920,11 @@ async fn an_open_circuit_with_nothing_left_to_deliver_closes() {
                 .is_none()
     })
     .await;
-    assert!(gw.log().contains("nothing left here to deliver"), "{}", gw.log());
+    assert!(
+        gw.log().contains("nothing left here to deliver"),
+        "{}",
+        gw.log()
+    );
     // The sink still down: the next events open it again.
     for i in 0..5 {
         accepted(signed(
