@@ -354,7 +354,12 @@ fn spawn_listening(mut cmd: Command, dir: &Path, name: &str, port: u16) -> Child
             .unwrap_or_else(|e| panic!("{name} must be installed (scripts/deps.sh): {e}")),
     );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    // (A connection to itself, possible for a port nothing listens on yet, does not count.)
+    let listening = || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok())
+    };
+    while !listening() {
         let exited = child.get().try_wait().unwrap();
         assert!(
             exited.is_none() && std::time::Instant::now() < deadline,
@@ -422,12 +427,26 @@ async fn every_outgoing_tls_connection_trusts_the_cas_in_ssl_cert_file() {
         "--tlskey",
         &p("server.key"),
     ]);
-    let _nats = spawn_listening(nats, dir.path(), "nats-server", nats_port);
-    let client = async_nats::ConnectOptions::new()
-        .add_root_certificates(dir.path().join("ca.crt"))
-        .connect(format!("tls://127.0.0.1:{nats_port}"))
-        .await
-        .unwrap();
+    let mut nats = spawn_listening(nats, dir.path(), "nats-server", nats_port);
+    // Connected within 10 s, or the test fails with the server's log (a CI run once saw this
+    // connection refused right after the port had answered).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let client = loop {
+        match async_nats::ConnectOptions::new()
+            .add_root_certificates(dir.path().join("ca.crt"))
+            .connect(format!("tls://127.0.0.1:{nats_port}"))
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "cannot connect to nats-server on {nats_port} ({e}; exited: {:?}); log:\n{}",
+                nats.get().try_wait(),
+                std::fs::read_to_string(dir.path().join("nats-server.log")).unwrap_or_default()
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     async_nats::jetstream::new(client)
         .create_stream(async_nats::jetstream::stream::Config {
             name: "HOOKS".into(),

@@ -38,10 +38,13 @@ where
     }
 }
 
+/// Whether something listens on `port`. A connection to a port nothing listens on can
+/// connect to itself (TCP simultaneous open, when the kernel picks that same port as the
+/// source, which a free port from the ephemeral range can be): not counted as open.
 pub async fn port_open(port: u16) -> bool {
     tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
-        .is_ok()
+        .is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok())
 }
 
 /// A child process killed (and reaped) on drop.
