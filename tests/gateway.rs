@@ -883,11 +883,9 @@ async fn redis_an_event_redis_lost_is_reported_when_its_retry_falls_due() {
     assert_eq!(up.received().len(), 1, "never delivered after the loss");
 }
 
-/// An open circuit waits for an event to probe the sink with. When every event it held went
-/// dead (or, on a shared Redis store, another replica delivered them), nothing is held back:
-/// the circuit closes, rather than keeping `hookgate_circuit_open` and its alert up for good.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_open_circuit_with_nothing_left_to_deliver_closes() {
+/// A gateway whose route `c` (`forward`: an extra line of its `[route.forward]`) delivers to
+/// an upstream that answers 503 to everything.
+async fn failing_sink_gateway(forward: &str) -> (tempfile::TempDir, Upstream, Gateway) {
     let dir = tempdir();
     let up = Upstream::start().await;
     up.always(503);
@@ -897,9 +895,18 @@ async fn an_open_circuit_with_nothing_left_to_deliver_closes() {
             &Backend::Embedded,
             dir.path(),
             "",
-            &hmac_route("c", &up.url("/in"), "max_attempts = 1", ""),
+            &hmac_route("c", &up.url("/in"), forward, ""),
         ),
     );
+    (dir, up, gw)
+}
+
+/// An open circuit waits for an event to probe the sink with. When every event it held went
+/// dead (or, on a shared Redis store, another replica delivered them), nothing is held back:
+/// the circuit closes, rather than keeping `hookgate_circuit_open` and its alert up for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_circuit_with_nothing_left_to_deliver_closes() {
+    let (_dir, _up, gw) = failing_sink_gateway("max_attempts = 1").await;
     let c = reqwest::Client::new();
     let gauge = r#"hookgate_circuit_open{route="c"}"#;
     for i in 0..5 {
@@ -946,18 +953,7 @@ async fn an_open_circuit_with_nothing_left_to_deliver_closes() {
 /// `hookgate_circuit_open`; the first answer closes it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_circuit_is_logged_and_shown_as_a_gauge() {
-    let dir = tempdir();
-    let up = Upstream::start().await;
-    up.always(503);
-    let gw = Gateway::start(
-        dir.path(),
-        &config(
-            &Backend::Embedded,
-            dir.path(),
-            "",
-            &hmac_route("c", &up.url("/in"), "max_attempts = 1000", ""),
-        ),
-    );
+    let (_dir, up, gw) = failing_sink_gateway("max_attempts = 1000").await;
     let c = reqwest::Client::new();
     let id = accepted(signed(&c, &gw.url("/hooks/c"), SECRET, "circuit")).await;
     let gauge = r#"hookgate_circuit_open{route="c"}"#;

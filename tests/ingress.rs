@@ -427,6 +427,21 @@ async fn send_raw(f: &Fixture, target: &[u8], key: &str, extra: &[u8], body: &[u
         .unwrap()
 }
 
+/// Sends `req` to `addr`, shuts the sending side at once, and returns all that came back.
+async fn half_closed_exchange(addr: std::net::SocketAddr, req: Vec<u8>) -> String {
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&req).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .unwrap()
+}
+
 /// A sender that shuts its side of the connection once its request is sent (a half-close)
 /// still gets its answer, with a body or without, and so does an admin client; before, hyper
 /// dropped the request in flight on the EOF and the sender saw the connection closed with no
@@ -445,17 +460,7 @@ async fn a_sender_that_half_closes_still_gets_its_answer() {
         )
         .into_bytes();
         req.extend_from_slice(body);
-        let got = tokio::task::spawn_blocking(move || {
-            let mut s = TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            s.write_all(&req).unwrap();
-            s.shutdown(std::net::Shutdown::Write).unwrap();
-            let mut out = Vec::new();
-            let _ = s.read_to_end(&mut out);
-            String::from_utf8_lossy(&out).into_owned()
-        })
-        .await
-        .unwrap();
+        let got = half_closed_exchange(addr, req).await;
         assert!(got.starts_with("HTTP/1.1 202"), "{key}: {got:?}");
     }
     assert_eq!(
@@ -463,19 +468,8 @@ async fn a_sender_that_half_closes_still_gets_its_answer() {
         2
     );
     // The admin listener too.
-    let admin = f.gw.admin;
-    let got = tokio::task::spawn_blocking(move || {
-        let mut s = TcpStream::connect(admin).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(b"GET /admin/routes HTTP/1.1\r\nHost: gw\r\n\r\n")
-            .unwrap();
-        s.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        String::from_utf8_lossy(&out).into_owned()
-    })
-    .await
-    .unwrap();
+    let req = b"GET /admin/routes HTTP/1.1\r\nHost: gw\r\n\r\n".to_vec();
+    let got = half_closed_exchange(f.gw.admin, req).await;
     assert!(got.starts_with("HTTP/1.1 200"), "admin: {got:?}");
 }
 

@@ -10,10 +10,7 @@ mod common;
 #[path = "gateway.rs"]
 mod gateway;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
@@ -44,18 +41,6 @@ struct Input {
 
 const METHODS: &[&str] = &["GET", "POST", "DELETE", "PUT", "HEAD"];
 
-fn exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return Vec::new();
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = s.write_all(request);
-    let _ = s.shutdown(Shutdown::Write);
-    let mut reply = Vec::new();
-    let _ = s.read_to_end(&mut reply);
-    reply
-}
-
 /// Event ids recorded before the first input: a few signed events on the generic route.
 fn events() -> &'static [String] {
     static IDS: OnceLock<Vec<String>> = OnceLock::new();
@@ -85,8 +70,8 @@ fn events() -> &'static [String] {
                     std::process::id(),
                     body.len()
                 ));
-                let reply =
-                    String::from_utf8_lossy(&exchange(gw.ingress, req.as_bytes())).into_owned();
+                let reply = String::from_utf8_lossy(&gateway::exchange(gw.ingress, req.as_bytes()))
+                    .into_owned();
                 let at = reply.find("\"event_id\":\"")? + 12;
                 Some(reply[at..].split('"').next()?.to_string())
             })
@@ -119,7 +104,7 @@ fuzz_target!(|input: Input| {
         Call::Other(p) => format!("/{p}"),
     };
     let req = format!("{method} {target} HTTP/1.1\r\nHost: fuzz\r\nContent-Length: 0\r\n\r\n");
-    let reply = exchange(gw.admin, req.as_bytes());
+    let reply = gateway::exchange(gw.admin, req.as_bytes());
     let head = String::from_utf8_lossy(&reply[..reply.len().min(12)]).into_owned();
     let code: Option<u16> = head
         .strip_prefix("HTTP/1.1 ")

@@ -2,8 +2,10 @@
 //! of `common`, deliveries to a closed port), started on first use and kept for the run.
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use hookgate::config::RouteConfig;
 
@@ -43,4 +45,20 @@ pub fn get() -> &'static Gateway {
             routes,
         }
     })
+}
+
+/// Sends `request` to `addr`, shuts the sending side at once (as some senders do), and returns
+/// everything the gateway wrote back until it closed (or 10 s passed). Empty when it could not
+/// connect.
+pub fn exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return Vec::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
+    let _ = s.write_all(request);
+    let _ = s.shutdown(Shutdown::Write);
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    reply
 }

@@ -11,10 +11,7 @@ mod common;
 #[path = "gateway.rs"]
 mod gateway;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
@@ -171,15 +168,7 @@ fn show_statuses() -> bool {
 fuzz_target!(|input: Input| {
     let gw = gateway::get();
     let (bytes, signed_route, signed) = request(&input, gw);
-    let Ok(mut s) = TcpStream::connect(gw.ingress) else {
-        return;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
-    let _ = s.write_all(&bytes);
-    let _ = s.shutdown(Shutdown::Write);
-    let mut reply = Vec::new();
-    let _ = s.read_to_end(&mut reply);
+    let reply = gateway::exchange(gw.ingress, &bytes);
     let codes = statuses(&reply);
     if show_statuses() {
         // `HOOKGATE_FUZZ_STATUSES=1 cargo fuzz run … -- -runs=0` over a corpus: what it reaches.

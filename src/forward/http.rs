@@ -74,13 +74,18 @@ const PROXY_VARS: &[&str] = &[
     "all_proxy",
 ];
 
+/// Whether the environment names a proxy (`PROXY_VARS`): then deliveries go through reqwest,
+/// which reads it.
+fn env_proxy() -> bool {
+    PROXY_VARS
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
+}
+
 impl HttpSink {
     pub fn new(route: &Arc<RouteConfig>, url: reqwest::Url) -> anyhow::Result<Self> {
         let (url, basic) = split_credentials(url);
-        let proxied = PROXY_VARS
-            .iter()
-            .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
-        let transport = if proxied {
+        let transport = if env_proxy() {
             Transport::Proxied(
                 reqwest::Client::builder()
                     .use_preconfigured_tls({
@@ -231,11 +236,8 @@ pub fn query_fits(url: &reqwest::Url, q: &str) -> bool {
     // What the sink sends to: the URL without its credentials (sent as `Authorization`).
     let (url, _) = split_credentials(url.clone());
     // Through an environment proxy reqwest re-parses the target, percent-encoding it.
-    let proxied = PROXY_VARS
-        .iter()
-        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
     target(&url, &query_prefix(&url), q).is_ok()
-        && (!proxied || with_query(&url, q).as_str().len() <= URI_MAX)
+        && (!env_proxy() || with_query(&url, q).as_str().len() <= URI_MAX)
 }
 
 /// The CAs an `https://` upstream's certificate may chain to: Mozilla's, built in (so an image
