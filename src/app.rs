@@ -41,6 +41,8 @@ pub struct Running {
     admin: Arc<Admin>,
     /// The TLS certificate in use (when TLS is on); a reload swaps in the files' new content.
     tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    /// Request bodies held at once; a reload sets its new `server.max_body_memory`.
+    bodies: Arc<ingress::BodyBudget>,
 }
 
 /// The routes of one config generation, swapped atomically on reload.
@@ -233,12 +235,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tokio::spawn(gauge_loop(store.clone(), table.clone(), stop_rx.clone())),
     ];
 
+    let bodies = ingress::BodyBudget::new(config.server.max_body_memory);
     let ctx = Arc::new(Ingress {
         table: table.clone(),
         store: store.clone(),
         trusted_proxies: config.server.trusted_proxies.clone(),
         body_timeout: config.server.body_timeout,
         max_connections: ingress::connection_cap(nofile),
+        bodies: bodies.clone(),
     });
     let tls = config.server.tls.clone().map(|t| Arc::new(ArcSwap::new(t)));
     let ingress = tokio::spawn(ingress::serve(
@@ -265,6 +269,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         fixed: fixed_part(&config),
         admin,
         tls,
+        bodies,
     })
 }
 
@@ -305,6 +310,7 @@ impl Running {
         if let StoreBackend::Embedded { min_free_space, .. } = &config.store.backend {
             self.store.set_min_free_space(*min_free_space);
         }
+        self.bodies.set_limit(config.server.max_body_memory);
         self.admin
             .token
             .store(config.server.admin_token.clone().map(Arc::new));

@@ -87,6 +87,16 @@ fn describe() {
         Unit::Bytes,
         "store.min_free_space: below it new events get 503 (0: no check)."
     );
+    describe_gauge!(
+        "hookgate_body_memory_bytes",
+        Unit::Bytes,
+        "Bytes of request bodies being received or checked now, all routes together."
+    );
+    describe_gauge!(
+        "hookgate_body_memory_limit_bytes",
+        Unit::Bytes,
+        "server.max_body_memory: past it new bodies get 503."
+    );
     describe_counter!(
         "hookgate_config_reloads_total",
         "Config reloads by result (ok, error)."

@@ -681,6 +681,114 @@ async fn limits_enforced_while_reading() {
     assert!(f.up.received().is_empty());
 }
 
+/// The head of a signed `orders` request with `key` for `body`, framed by `Content-Length` or
+/// (`chunked`) by one chunk of the whole body; returns the head and the body as framed.
+fn signed_request(key: &str, body: &[u8], chunked: bool) -> (Vec<u8>, Vec<u8>) {
+    let ts = now_secs();
+    let framing = if chunked {
+        "Transfer-Encoding: chunked".to_string()
+    } else {
+        format!("Content-Length: {}", body.len())
+    };
+    let head = format!(
+        "POST /hooks/orders HTTP/1.1\r\nHost: gw\r\nX-Timestamp: {ts}\r\nX-Signature: {}\r\n\
+         Idempotency-Key: {key}\r\n{framing}\r\nConnection: close\r\n\r\n",
+        hmac_sign(SECRET, ts, body)
+    );
+    let mut framed = Vec::new();
+    if chunked {
+        framed.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+        framed.extend_from_slice(body);
+        framed.extend_from_slice(b"\r\n0\r\n\r\n");
+    } else {
+        framed.extend_from_slice(body);
+    }
+    (head.into_bytes(), framed)
+}
+
+/// Bodies being received are counted, all routes together, against `server.max_body_memory`
+/// as their bytes arrive: with two senders holding most of it (one with `Content-Length`, one
+/// chunked), a third body that does not fit is refused `503` + `Retry-After` at once while a
+/// small one still fits; once the holders finish or go away, the refused one goes through.
+/// Without the budget nothing bounded them: 300 senders of 1 MiB bodies took 330 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_held_at_once_are_bounded_by_max_body_memory() {
+    let f = fixture("max_body = \"4KiB\"\nmax_body_memory = \"8KiB\"").await;
+    let addr = f.gw.ingress;
+    assert_eq!(
+        f.gw.counter("hookgate_body_memory_limit_bytes").await,
+        8192.0
+    );
+    let held = "hookgate_body_memory_bytes";
+    // Two senders send 3,000 of their 4,000 (or 3,000 + chunk framing) bytes and wait.
+    let body_a = vec![b'a'; 4000];
+    let (head_a, framed_a) = signed_request("mem-a", &body_a, false);
+    let mut a = TcpStream::connect(addr).unwrap();
+    a.write_all(&head_a).unwrap();
+    a.write_all(&framed_a[..3000]).unwrap();
+    let body_b = vec![b'b'; 4000];
+    let (head_b, framed_b) = signed_request("mem-b", &body_b, true);
+    let mut b = TcpStream::connect(addr).unwrap();
+    b.write_all(&head_b).unwrap();
+    // The chunk-size line and 3,000 bytes of the chunk's data.
+    let b_sent = framed_b.len() - 1000 - b"\r\n0\r\n\r\n".len();
+    b.write_all(&framed_b[..b_sent]).unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "both bodies' bytes held",
+        async || f.gw.counter(held).await == 6000.0,
+    )
+    .await;
+
+    // 3,000 more do not fit in 8 KiB; 1,000 do.
+    let body_c = vec![b'c'; 3000];
+    let (head_c, framed_c) = signed_request("mem-c", &body_c, false);
+    let req_c = [head_c, framed_c].concat();
+    let exchange = |req: Vec<u8>| {
+        tokio::task::spawn_blocking(move || raw_exchange(addr, &[&req], Duration::ZERO).0)
+    };
+    let refused = exchange(req_c.clone()).await.unwrap();
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("\"error\":\"unavailable\""), "{refused}");
+    assert!(
+        refused.to_lowercase().contains("retry-after: 1\r\n"),
+        "{refused}"
+    );
+    let (head_d, framed_d) = signed_request("mem-d", &[b'd'; 1000], false);
+    let small = exchange([head_d, framed_d].concat()).await.unwrap();
+    assert!(small.starts_with("HTTP/1.1 202"), "{small}");
+
+    // The first holder finishes its body and is accepted; the second goes away.
+    a.write_all(&framed_a[3000..]).unwrap();
+    let mut answer_a = String::new();
+    a.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    a.read_to_string(&mut answer_a).unwrap();
+    assert!(answer_a.starts_with("HTTP/1.1 202"), "{answer_a}");
+    drop(b);
+    wait_until(
+        Duration::from_secs(10),
+        "every byte given back",
+        async || f.gw.counter(held).await == 0.0,
+    )
+    .await;
+    let retried = exchange(req_c).await.unwrap();
+    assert!(retried.starts_with("HTTP/1.1 202"), "{retried}");
+
+    let delivered = f.up.wait_delivered(3, Duration::from_secs(10)).await;
+    let mut bodies: Vec<Vec<u8>> = delivered.iter().map(|r| r.body.to_vec()).collect();
+    bodies.sort();
+    assert_eq!(bodies, vec![body_a, vec![b'c'; 3000], vec![b'd'; 1000]]);
+    assert_eq!(
+        f.gw.counter("hookgate_requests_total{route=\"orders\",outcome=\"unavailable\"}")
+            .await,
+        1.0
+    );
+    assert!(
+        f.gw.log().contains("fill server.max_body_memory"),
+        "the refusal says why"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_its_answers_is_cut_off() {
     let f = fixture("header_timeout = \"1s\"\nbody_timeout = \"1s\"").await;

@@ -232,6 +232,48 @@ async fn below_min_free_space_new_events_get_503_until_a_reload_lowers_it() {
     assert!(gw.terminate().success());
 }
 
+/// `server.max_body_memory` applies on reload (no restart asked for); a reload that would set
+/// it under a body limit is refused and the old limit stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_body_memory_applies_on_reload() {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    let cfg = |server: &str| {
+        config(
+            &Backend::Embedded,
+            dir.path(),
+            server,
+            &route("a", "sec", &up.url("/a")),
+        )
+    };
+    let mut gw = Gateway::start(dir.path(), &cfg(""));
+    let limit = "hookgate_body_memory_limit_bytes";
+    assert_eq!(gauge(&gw, limit).await, (64 << 20) as f64, "the default");
+    gw.reload(&cfg("max_body_memory = \"8MiB\""), "ok").await;
+    assert_eq!(gauge(&gw, limit).await, (8 << 20) as f64);
+    gw.reload(
+        &cfg("max_body = \"2MiB\"\nmax_body_memory = \"1MiB\""),
+        "error",
+    )
+    .await;
+    assert_eq!(
+        gauge(&gw, limit).await,
+        (8 << 20) as f64,
+        "the old limit stays"
+    );
+    assert!(
+        gw.log()
+            .contains("server.max_body: 2097152 bytes is more than server.max_body_memory"),
+        "{}",
+        gw.log()
+    );
+    assert!(!gw.log().contains("take effect only after a restart"));
+    let c = reqwest::Client::new();
+    accepted(signed(&c, &gw.url("/hooks/a"), "sec", "after the reloads")).await;
+    assert_eq!(gauge(&gw, "hookgate_body_memory_bytes").await, 0.0);
+    assert!(gw.terminate().success());
+}
+
 /// A leaked admin token is revoked with a reload: the new token works at once and the old one
 /// is refused, without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,6 +36,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub max_body: usize,
+    /// Bytes of request bodies held at once, all routes together (the rest get 503).
+    /// Applied on reload.
+    pub max_body_memory: usize,
     pub admin_token: Option<Secret>,
     pub public_url: Option<String>,
     pub header_timeout: Duration,

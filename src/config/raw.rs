@@ -45,6 +45,7 @@ pub struct RawServer {
     pub listen: Option<String>,
     pub admin_listen: Option<String>,
     pub max_body: Option<String>,
+    pub max_body_memory: Option<String>,
     pub admin_token: Option<String>,
     pub public_url: Option<String>,
     pub header_timeout: Option<String>,

@@ -33,6 +33,15 @@ pub fn validate(raw: RawConfig) -> Result<(Config, Vec<String>), Problems> {
     for (i, r) in raw.routes.iter().enumerate() {
         let at = format!("route[{i}]");
         if let Some(route) = check_route(r, &at, public_url.as_deref(), default_max_body, &mut p) {
+            // A route without its own max_body takes server.max_body, checked with the server.
+            if let (Some(server), Some(_)) = (&server, &r.max_body) {
+                if route.max_body > server.max_body_memory {
+                    p.error(
+                        format!("{at}.max_body"),
+                        over_body_memory(route.max_body, server.max_body_memory),
+                    );
+                }
+            }
             if !names.insert(route.name.clone()) {
                 p.error(
                     format!("{at}.name"),
@@ -96,6 +105,15 @@ fn nonzero_duration(v: &Option<String>, at: &str, default: Duration, p: &mut Pro
         p.error(at, "must be greater than 0");
     }
     d
+}
+
+/// `server.max_body_memory` when not set: 64 bodies of the default 1 MiB limit at once.
+const DEFAULT_MAX_BODY_MEMORY: usize = 64 << 20;
+
+fn over_body_memory(max_body: usize, max_body_memory: usize) -> String {
+    format!(
+        "{max_body} bytes is more than server.max_body_memory ({max_body_memory} bytes, for all bodies being received at once), so no such body could be taken; raise server.max_body_memory"
+    )
 }
 
 fn size(v: &Option<String>, at: &str, default: usize, p: &mut Problems) -> usize {
@@ -247,10 +265,24 @@ fn check_server(s: &RawServer, p: &mut Problems) -> Option<ServerConfig> {
         .admin_token
         .as_ref()
         .and_then(|t| resolve_secret(t, "server.admin_token", p));
+    let max_body = size(&s.max_body, "server.max_body", 1 << 20, p);
+    let max_body_memory = size(
+        &s.max_body_memory,
+        "server.max_body_memory",
+        DEFAULT_MAX_BODY_MEMORY,
+        p,
+    );
+    if max_body > max_body_memory {
+        p.error(
+            "server.max_body",
+            over_body_memory(max_body, max_body_memory),
+        );
+    }
     Some(ServerConfig {
         listen: listen?,
         admin_listen: admin_listen?,
-        max_body: size(&s.max_body, "server.max_body", 1 << 20, p),
+        max_body,
+        max_body_memory,
         admin_token,
         public_url,
         header_timeout: nonzero_duration(
@@ -869,6 +901,42 @@ scheme = "none"
 [route.forward]
 url = "http://127.0.0.1:3000/x"
 "#;
+
+    /// A body limit over the memory all bodies may take together could never be reached: said
+    /// at the key that sets it (a route's own, or server.max_body that routes inherit), once.
+    #[test]
+    fn a_body_limit_over_max_body_memory_is_refused_at_its_key() {
+        let (cfg, _) = parse(ROUTE).unwrap();
+        assert_eq!(cfg.server.max_body_memory, 64 << 20, "the default");
+        let with = |server: &str, route_max_body: &str| {
+            let route = ROUTE.replace(
+                "path = \"/hooks/orders\"",
+                &format!("path = \"/hooks/orders\"\n{route_max_body}"),
+            );
+            let second = route
+                .replace("\"orders\"", "\"b\"")
+                .replace("/hooks/orders", "/b");
+            errors(&format!("[server]\n{server}\n{route}{second}"))
+        };
+        assert_eq!(
+            with("max_body_memory = \"2MiB\"", "max_body = \"4MiB\""),
+            vec![
+                "route[0].max_body: 4194304 bytes is more than server.max_body_memory (2097152 bytes, for all bodies being received at once), so no such body could be taken; raise server.max_body_memory",
+                "route[1].max_body: 4194304 bytes is more than server.max_body_memory (2097152 bytes, for all bodies being received at once), so no such body could be taken; raise server.max_body_memory",
+            ]
+        );
+        assert_eq!(
+            with("max_body = \"100MiB\"", ""),
+            vec!["server.max_body: 104857600 bytes is more than server.max_body_memory (67108864 bytes, for all bodies being received at once), so no such body could be taken; raise server.max_body_memory"],
+            "two routes inherit it: said once"
+        );
+        assert!(with("max_body = \"100MiB\"\nmax_body_memory = \"1GiB\"", "").is_empty());
+        assert!(with("max_body_memory = \"2MiB\"", "max_body = \"2MiB\"").is_empty());
+        assert_eq!(
+            with("max_body_memory = \"0\"", ""),
+            vec!["server.max_body_memory: must be greater than 0"]
+        );
+    }
 
     /// A dedupe window longer than the store keeps delivered events is said: a duplicate
     /// would be answered with an id the admin API no longer knows.

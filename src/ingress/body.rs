@@ -1,22 +1,166 @@
 //! Reading the raw body: the limit is enforced while reading (a declared `Content-Length`
 //! over it is refused before reading anything; a chunked body is cut off at the limit), and
 //! the whole body must arrive within `server.body_timeout`. The bytes are kept as received.
+//!
+//! Every byte held is counted against one budget shared by all routes
+//! (`server.max_body_memory`), as it arrives: a request whose next bytes do not fit is refused
+//! with `503` + `Retry-After`, so many large bodies at once (a retry storm, or a sender
+//! trickling them in on purpose) cannot take more memory than that; without it 300 senders of
+//! 1 MiB bodies took 330 MB.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::reject::Reject;
+
+/// Bytes of request bodies held at once, across every route and connection.
+pub struct BodyBudget {
+    used: AtomicUsize,
+    limit: AtomicUsize,
+    gauge: metrics::Gauge,
+}
+
+impl BodyBudget {
+    pub fn new(limit: usize) -> Arc<BodyBudget> {
+        let budget = BodyBudget {
+            used: AtomicUsize::new(0),
+            limit: AtomicUsize::new(0),
+            gauge: metrics::gauge!("hookgate_body_memory_bytes"),
+        };
+        budget.set_limit(limit);
+        budget.gauge.set(0.0);
+        Arc::new(budget)
+    }
+
+    /// A reload's new `server.max_body_memory`: bodies already held keep their bytes; new
+    /// bytes are counted against the new limit.
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
+        metrics::gauge!("hookgate_body_memory_limit_bytes").set(limit as f64);
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Takes `n` more bytes if they fit under the limit.
+    fn take(&self, n: usize) -> bool {
+        let limit = self.limit();
+        let taken = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|&total| total <= limit)
+            })
+            .is_ok();
+        if taken {
+            self.gauge.increment(n as f64);
+        }
+        taken
+    }
+
+    fn give_back(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+        self.gauge.decrement(n as f64);
+    }
+}
+
+/// The bytes one request holds of the budget; given back when dropped (the request answered,
+/// or its connection gone).
+pub struct Held {
+    budget: Arc<BodyBudget>,
+    bytes: usize,
+}
+
+impl Held {
+    pub fn none(budget: &Arc<BodyBudget>) -> Held {
+        Held {
+            budget: budget.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Grows the hold to `total` bytes; false (and unchanged) when they do not fit.
+    fn grow_to(&mut self, total: usize) -> bool {
+        let more = total.saturating_sub(self.bytes);
+        if more == 0 {
+            return true;
+        }
+        if !self.budget.take(more) {
+            return false;
+        }
+        self.bytes = total;
+        true
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.budget.give_back(self.bytes);
+        }
+    }
+}
+
+/// The body as received: one frame kept as it came (the usual case, no copy), or several
+/// gathered into one buffer.
+enum Gathered {
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Gathered {
+    fn len(&self) -> usize {
+        match self {
+            Gathered::Empty => 0,
+            Gathered::One(b) => b.len(),
+            Gathered::Many(b) => b.len(),
+        }
+    }
+
+    fn push(&mut self, chunk: Bytes, expected: Option<usize>) {
+        *self = match std::mem::replace(self, Gathered::Empty) {
+            Gathered::Empty => Gathered::One(chunk),
+            Gathered::One(first) => {
+                let want = expected.unwrap_or(0).max(first.len() + chunk.len());
+                let mut buf = BytesMut::with_capacity(want);
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&chunk);
+                Gathered::Many(buf)
+            }
+            Gathered::Many(mut buf) => {
+                buf.extend_from_slice(&chunk);
+                Gathered::Many(buf)
+            }
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Gathered::Empty => Bytes::new(),
+            Gathered::One(b) => b,
+            Gathered::Many(b) => b.freeze(),
+        }
+    }
+}
 
 pub async fn read(
     body: Incoming,
     headers: &HeaderMap,
     limit: usize,
     timeout: Duration,
-) -> Result<Bytes, Reject> {
+    budget: &Arc<BodyBudget>,
+) -> Result<(Bytes, Held), Reject> {
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -24,10 +168,90 @@ pub async fn read(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(Reject::BodyTooLarge);
     }
-    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+    // Within the limit, so it fits a usize.
+    let expected = declared.map(|n| n as usize);
+    let mut held = Held::none(budget);
+    match tokio::time::timeout(timeout, gather(body, limit, expected, &mut held)).await {
         Err(_) => Err(Reject::RequestTimeout),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Reject::BodyTooLarge),
-        Ok(Err(_)) => Err(Reject::BadRequest),
+        Ok(Ok(gathered)) => Ok((gathered.into_bytes(), held)),
+        Ok(Err(rej)) => Err(rej),
+    }
+}
+
+async fn gather(
+    mut body: Incoming,
+    limit: usize,
+    expected: Option<usize>,
+    held: &mut Held,
+) -> Result<Gathered, Reject> {
+    let mut gathered = Gathered::Empty;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| Reject::BadRequest)?;
+        // Trailers are not part of the body (and not forwarded).
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        let total = gathered.len() + chunk.len();
+        if total > limit {
+            return Err(Reject::BodyTooLarge);
+        }
+        if !held.grow_to(total) {
+            return Err(Reject::BodyMemoryFull);
+        }
+        gathered.push(chunk, expected);
+    }
+    Ok(gathered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hold_takes_what_fits_and_gives_it_back_when_dropped() {
+        let budget = BodyBudget::new(100);
+        let mut a = Held::none(&budget);
+        assert!(a.grow_to(60));
+        assert!(a.grow_to(60), "growing to what is held takes nothing");
+        let mut b = Held::none(&budget);
+        assert!(!b.grow_to(41), "60 + 41 is over 100");
+        assert_eq!(budget.used(), 60, "a refused growth takes nothing");
+        assert!(b.grow_to(40));
+        assert_eq!(budget.used(), 100);
+        drop(a);
+        assert_eq!(budget.used(), 40);
+        assert!(b.grow_to(100));
+        drop(b);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_lower_limit_applies_to_new_bytes_only() {
+        let budget = BodyBudget::new(100);
+        let mut a = Held::none(&budget);
+        assert!(a.grow_to(80));
+        budget.set_limit(50);
+        assert_eq!(budget.used(), 80, "what is held stays held");
+        let mut b = Held::none(&budget);
+        assert!(!b.grow_to(1));
+        drop(a);
+        assert!(b.grow_to(50));
+        assert!(!b.grow_to(51));
+    }
+
+    #[test]
+    fn gathered_frames_keep_their_bytes_in_order() {
+        let mut g = Gathered::Empty;
+        assert_eq!(g.len(), 0);
+        g.push(Bytes::from_static(b"ab"), Some(6));
+        assert!(
+            matches!(g, Gathered::One(_)),
+            "one frame is kept as it came"
+        );
+        g.push(Bytes::from_static(b"cd"), Some(6));
+        g.push(Bytes::from_static(b"ef"), Some(6));
+        assert_eq!(g.len(), 6);
+        assert_eq!(g.into_bytes(), Bytes::from_static(b"abcdef"));
+        assert_eq!(Gathered::Empty.into_bytes(), Bytes::new());
     }
 }

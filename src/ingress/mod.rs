@@ -5,6 +5,7 @@
 //! certificate of the moment, so a reload's renewed certificate serves new connections.
 
 mod body;
+pub use body::BodyBudget;
 mod pipeline;
 pub mod reject;
 pub mod router;
@@ -31,6 +32,8 @@ pub struct Ingress {
     pub body_timeout: Duration,
     /// Public connections open at once, at most ([`connection_cap`]).
     pub max_connections: usize,
+    /// `server.max_body_memory`: the bytes of bodies held at once; its limit changes on reload.
+    pub bodies: Arc<BodyBudget>,
 }
 
 const MAX_HEAD: usize = 64 * 1024;

@@ -89,6 +89,16 @@ pub async fn handle(ctx: Arc<Ingress>, peer: SocketAddr, req: Request<Incoming>)
                     latency_ms,
                     "request: event could not be recorded"
                 );
+            } else if rej == Reject::BodyMemoryFull {
+                tracing::warn!(
+                    route = name,
+                    outcome = rej.code(),
+                    client = %peer.ip().to_canonical(),
+                    held_bytes = ctx.bodies.used(),
+                    max_body_memory = ctx.bodies.limit(),
+                    latency_ms,
+                    "request refused: the bodies being received fill server.max_body_memory; answered 503, to be retried"
+                );
             } else {
                 tracing::warn!(route = name, outcome = rej.code(), client = %peer.ip().to_canonical(), latency_ms, "request rejected");
             }
@@ -122,7 +132,15 @@ async fn process(
             return Err(Reject::UriTooLong);
         }
     }
-    let body = super::body::read(body, &parts.headers, cfg.max_body, ctx.body_timeout).await?;
+    // Held until the answer: in proxy mode the body is in use until the upstream answered.
+    let (body, _held) = super::body::read(
+        body,
+        &parts.headers,
+        cfg.max_body,
+        ctx.body_timeout,
+        &ctx.bodies,
+    )
+    .await?;
     let now = SystemTime::now();
 
     if let Some(hs) = cfg.verifier.handshake(&parts, &body, now) {

@@ -21,6 +21,9 @@ pub enum Reject {
     Verify(VerifyError),
     MissingDedupeKey,
     Unavailable,
+    /// The bytes of bodies being received, all routes together, fill
+    /// `server.max_body_memory`: `503 unavailable` too, for a moment.
+    BodyMemoryFull,
     /// The body did not arrive within `server.body_timeout`.
     RequestTimeout,
     /// The client broke off or sent a malformed body.
@@ -45,7 +48,7 @@ impl Reject {
             Reject::BodyTooLarge => "body_too_large",
             Reject::Verify(e) => e.code(),
             Reject::MissingDedupeKey => "missing_dedupe_key",
-            Reject::Unavailable => "unavailable",
+            Reject::Unavailable | Reject::BodyMemoryFull => "unavailable",
             Reject::RequestTimeout => "request_timeout",
             Reject::BadRequest => "bad_request",
             Reject::HeadersTooLarge => "headers_too_large",
@@ -63,7 +66,7 @@ impl Reject {
             Reject::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reject::Verify(_) => StatusCode::UNAUTHORIZED,
             Reject::MissingDedupeKey | Reject::BadRequest => StatusCode::BAD_REQUEST,
-            Reject::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::Unavailable | Reject::BodyMemoryFull => StatusCode::SERVICE_UNAVAILABLE,
             Reject::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Reject::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reject::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
@@ -84,6 +87,12 @@ impl Reject {
             }
             Reject::Unavailable => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            Reject::BodyMemoryFull => {
+                // Bodies in flight last milliseconds, or until body_timeout cuts a slow one
+                // off; the body was not read to its end, so the connection cannot be reused.
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             Reject::BodyTooLarge
             | Reject::RequestTimeout
