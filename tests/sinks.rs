@@ -880,6 +880,29 @@ async fn amqp_missing_exchange_is_permanent_and_says_why() {
     gw.wait_outcome(&id2, "delivered").await;
 }
 
+/// An IPv6 address in an AMQP URL is the address connected to: lapin's parser dropped it and
+/// connected to `localhost` instead (in a sidecar, the pod itself). The URL names a listener on
+/// 127.0.0.3 by its v4-mapped IPv6 address, which `localhost` never reaches, so the test tells
+/// the two apart whatever `localhost` resolves to here; the listener sees the AMQP greeting.
+#[tokio::test]
+async fn amqp_ipv6_address_in_the_url_is_the_one_connected_to() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.3:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let gw = gateway(&format!(
+        "url = \"amqp://guest:guest@[::ffff:127.0.0.3]:{port}/%2f\"\nexchange = \"\"\nrouting_key = \"q\""
+    ));
+    gw.post(b"x".to_vec()).await;
+    let (mut conn, _) = tokio::time::timeout(Duration::from_secs(15), listener.accept())
+        .await
+        .expect("no connection to the URL's address within 15 s")
+        .unwrap();
+    let mut greeting = [0u8; 8];
+    tokio::io::AsyncReadExt::read_exact(&mut conn, &mut greeting)
+        .await
+        .unwrap();
+    assert_eq!(&greeting, b"AMQP\x00\x00\x09\x01");
+}
+
 #[tokio::test]
 async fn amqp_thousand_events_and_outage() {
     let _one_at_a_time = AMQP_LOCK.lock().await;

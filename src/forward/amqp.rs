@@ -120,6 +120,25 @@ fn retryable(detail: String) -> DeliveryError {
     }
 }
 
+/// The broker's URI as lapin reads it, an IPv6 address included. lapin's parser takes the host
+/// from `Url::domain()`, which is empty for an `[address]` host, and falls back to `localhost`:
+/// `amqp://[fd00::5]:5672/` connected to port 5672 of the gateway's own host (in a sidecar, the
+/// pod's). An IP host is kept in brackets, as the TCP connect reads `host:port`.
+pub fn parse_uri(url: &str) -> Result<lapin::uri::AMQPUri, String> {
+    let mut uri: lapin::uri::AMQPUri = url.parse()?;
+    if let Ok(parsed) = url::Url::parse(url) {
+        if let Some(url::Host::Ipv6(ip)) = parsed.host() {
+            if uri.scheme == lapin::uri::AMQPScheme::AMQPS {
+                return Err(format!(
+                    "amqps:// to an IPv6 address ([{ip}]) is not supported: TLS checks the broker's host name, so use the name its certificate holds"
+                ));
+            }
+            uri.authority.host = format!("[{ip}]");
+        }
+    }
+    Ok(uri)
+}
+
 impl AmqpSink {
     pub fn new(
         route: &Arc<RouteConfig>,
@@ -127,7 +146,7 @@ impl AmqpSink {
         exchange: &str,
         routing_key: &str,
     ) -> anyhow::Result<Self> {
-        url.parse::<lapin::uri::AMQPUri>().map_err(|e| {
+        parse_uri(url).map_err(|e| {
             // The parser may quote the URL: never its password.
             let e = e.replace(url, &redact_url(url));
             anyhow::anyhow!(
@@ -278,10 +297,8 @@ impl AmqpSink {
             // lapin connects on a blocking thread that an attempt's timeout abandons, not
             // stops: without a connect timeout of its own, an unreachable broker (no answer to
             // the SYN) would hold one thread per attempt for the OS's ~2 min.
-            let mut uri: lapin::uri::AMQPUri = self
-                .uri
-                .parse()
-                .map_err(|e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let mut uri = parse_uri(&self.uri)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
             if uri.query.connection_timeout.is_none() {
                 let left = deadline.saturating_duration_since(Instant::now());
                 uri.query.connection_timeout = Some(left.as_millis().max(1) as u64);
@@ -518,5 +535,40 @@ impl Sink for AmqpSink {
         };
         self.checkin(ch);
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_uri;
+
+    #[test]
+    fn the_urls_host_is_the_one_connected_to_an_ipv6_address_included() {
+        let host = |url: &str| {
+            let uri = parse_uri(url).map_err(|e| e.to_string());
+            uri.map(|u| format!("{}:{}", u.authority.host, u.authority.port))
+        };
+        assert_eq!(
+            host("amqp://u:p@[fd00::5]:5673/%2f"),
+            Ok("[fd00::5]:5673".into())
+        );
+        assert_eq!(host("amqp://[::1]/"), Ok("[::1]:5672".into()));
+        assert_eq!(
+            host("amqp://[::ffff:10.0.0.1]:5672/%2f"),
+            Ok("[::ffff:10.0.0.1]:5672".into()),
+            "as the TCP connect reads it"
+        );
+        assert_eq!(host("amqp://10.0.0.1:5673/%2f"), Ok("10.0.0.1:5673".into()));
+        assert_eq!(host("amqp://rabbit.svc/%2f"), Ok("rabbit.svc:5672".into()));
+        assert_eq!(
+            host("amqp:///%2f"),
+            Ok("localhost:5672".into()),
+            "lapin's default"
+        );
+        let tls = host("amqps://u:p@[fd00::5]/%2f").unwrap_err();
+        assert!(tls.contains("IPv6") && tls.contains("host name"), "{tls}");
+        for addr in ["[fd00::5]:5673", "[::ffff:10.0.0.1]:5672"] {
+            assert!(addr.parse::<std::net::SocketAddr>().is_ok(), "{addr}");
+        }
     }
 }

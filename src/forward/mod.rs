@@ -127,7 +127,7 @@ pub fn check_target(target: &SinkTarget) -> Result<(), (&'static str, String)> {
             })
             .map(|_| ())
             .map_err(|e| bad_url("NATS", url, &e)),
-        SinkTarget::Amqp { url, .. } => match url.parse::<lapin::uri::AMQPUri>() {
+        SinkTarget::Amqp { url, .. } => match amqp::parse_uri(url) {
             Err(e) => Err(bad_url("AMQP", url, &e)),
             Ok(u) if u.query.connection_timeout == Some(0) => Err(bad_url(
                 "AMQP",
