@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -232,6 +232,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             stop_rx.clone(),
         )),
         tokio::spawn(purge_loop(store.clone(), stop_rx.clone())),
+        tokio::spawn(clock_watch(stop_rx.clone())),
         tokio::spawn(gauge_loop(store.clone(), table.clone(), stop_rx.clone())),
     ];
 
@@ -358,6 +359,56 @@ impl Running {
     }
 }
 
+/// How often the wall clock is compared with the monotonic one, and the difference between
+/// their advances that counts as a step (NTP slews by at most 0.5 ms a second).
+const CLOCK_WATCH_EVERY: Duration = Duration::from_secs(1);
+const CLOCK_STEP: Duration = Duration::from_secs(1);
+
+/// Says when the wall clock steps. Retries, dedupe windows, `max_age`, retention and the
+/// senders' timestamps are all reckoned by it, so a step changes what hookgate does in ways an
+/// operator would otherwise find only in odd timestamps: logged at warn with its size and
+/// counted (`hookgate_clock_steps_total`). Retries a step back left too far ahead are brought
+/// forward by the workers (`Worker::bring_forward_stranded_retries`).
+async fn clock_watch(mut stop: watch::Receiver<bool>) {
+    let mut last = (SystemTime::now(), Instant::now());
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(CLOCK_WATCH_EVERY) => {}
+            _ = stop.changed() => return,
+        }
+        let now = (SystemTime::now(), Instant::now());
+        match clock_step(last, now) {
+            Some(step) if step > 0.0 => {
+                telemetry::clock_step("forward");
+                tracing::warn!(
+                    step_s = step.round(),
+                    "the wall clock jumped forward (set forward, or the machine was suspended): dedupe windows, max_age and retention of the events received before it end that much sooner; senders' timestamps are checked against the new time"
+                );
+            }
+            Some(step) => {
+                telemetry::clock_step("backward");
+                tracing::warn!(
+                    step_s = (-step).round(),
+                    "the wall clock was set back: retries scheduled before it wait up to that much longer, but none more than forward.backoff_max and a minute from now (those are made due); senders' timestamps are checked against the new time"
+                );
+            }
+            None => {}
+        }
+        last = now;
+    }
+}
+
+/// Seconds the wall clock advanced more (forward, > 0) or less (backward, < 0) than the
+/// monotonic clock between two readings of both, when that is at least `CLOCK_STEP`.
+fn clock_step(last: (SystemTime, Instant), now: (SystemTime, Instant)) -> Option<f64> {
+    let wall = match now.0.duration_since(last.0) {
+        Ok(ahead) => ahead.as_secs_f64(),
+        Err(back) => -back.duration().as_secs_f64(),
+    };
+    let step = wall - now.1.saturating_duration_since(last.1).as_secs_f64();
+    (step.abs() >= CLOCK_STEP.as_secs_f64()).then_some(step)
+}
+
 async fn purge_loop(store: Arc<dyn Store>, mut stop: watch::Receiver<bool>) {
     loop {
         if let Err(e) = store.purge(forward::worker::now_ms()).await {
@@ -408,5 +459,36 @@ async fn gauge_loop(
             _ = tokio::time::sleep(GAUGES_EVERY) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_step_is_the_walls_advance_less_the_monotonic_one() {
+        let (t0, i0) = (
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            Instant::now(),
+        );
+        let s = Duration::from_secs;
+        let at = |wall_ahead: i64, steady: u64| {
+            let wall = if wall_ahead >= 0 {
+                t0 + s(wall_ahead as u64)
+            } else {
+                t0 - s((-wall_ahead) as u64)
+            };
+            clock_step((t0, i0), (wall, i0 + s(steady)))
+        };
+        assert_eq!(at(1, 1), None, "both advanced alike");
+        assert_eq!(at(3_601, 1), Some(3_600.0), "set forward an hour");
+        assert_eq!(at(-3_599, 1), Some(-3_600.0), "set back an hour");
+        assert_eq!(at(0, 1), Some(-1.0), "a second lost is a step");
+        assert_eq!(
+            clock_step((t0, i0), (t0 + Duration::from_millis(1_400), i0 + s(1))),
+            None,
+            "less than a second: a slew, or the readings' spacing"
+        );
     }
 }

@@ -98,6 +98,10 @@ fn describe() {
         "server.max_body_memory: past it new bodies get 503."
     );
     describe_counter!(
+        "hookgate_clock_steps_total",
+        "Steps of the wall clock against the monotonic clock, by direction (forward, backward)."
+    );
+    describe_counter!(
         "hookgate_config_reloads_total",
         "Config reloads by result (ok, error)."
     );
@@ -108,6 +112,9 @@ fn describe() {
     );
     gauge!("hookgate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     counter!("hookgate_store_errors_total").absolute(0);
+    for direction in ["forward", "backward"] {
+        counter!("hookgate_clock_steps_total", "direction" => direction).absolute(0);
+    }
     for result in ["ok", "error"] {
         counter!("hookgate_config_reloads_total", "result" => result).absolute(0);
     }
@@ -270,6 +277,11 @@ pub fn request(route: &str, outcome: &'static str, elapsed: Duration) {
         .increment(1);
     histogram!("hookgate_request_duration_seconds", "route" => route.to_string())
         .record(elapsed.as_secs_f64());
+}
+
+/// A step of the wall clock, `forward` or `backward`.
+pub fn clock_step(direction: &'static str) {
+    counter!("hookgate_clock_steps_total", "direction" => direction).increment(1);
 }
 
 pub fn event_counts(route: &str, pending: u64, dead: u64) {

@@ -73,6 +73,7 @@ backends!(
     delivery_attempts_exhausted_is_dead,
     hundred_events_with_twenty_percent_failures_all_delivered_once,
     sigkill_loses_no_acknowledged_event,
+    a_retry_scheduled_beyond_backoff_max_is_made_due,
     replay_and_redrive_dead,
 );
 
@@ -539,6 +540,92 @@ async fn sigkill_loses_no_acknowledged_event(b: Backend) {
     assert_eq!(
         delivered, acked,
         "every acknowledged event delivered after the restart"
+    );
+}
+
+/// Retries are scheduled by the wall clock, never more than `backoff_max` ahead. A clock set
+/// back by an hour (NTP stepping a clock that ran fast) left a retry an hour away, and the
+/// event waited that long with its upstream back up. Modeled by moving the stopped gateway's
+/// scheduled retry an hour ahead in its store, which is what the clock set back sees: after
+/// the restart it is made due at once, and said so.
+async fn a_retry_scheduled_beyond_backoff_max_is_made_due(b: Backend) {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    up.always(503);
+    let cfg = config(
+        &b,
+        dir.path(),
+        "",
+        &hmac_route(
+            "r",
+            &up.url("/in"),
+            "max_attempts = 100\nbackoff_max = \"1s\"",
+            "",
+        ),
+    );
+    let mut gw = Gateway::start(dir.path(), &cfg);
+    let c = reqwest::Client::new();
+    let id = accepted(signed(&c, &gw.url("/hooks/r"), SECRET, "an hour late")).await;
+    wait_until(Duration::from_secs(10), "a failed attempt", async || {
+        !up.received().is_empty()
+    })
+    .await;
+    assert!(gw.terminate().success());
+    let hour = 3_600_000i64;
+    match &b {
+        Backend::Embedded => {
+            let db = rusqlite::Connection::open(dir.path().join("data/hookgate.db")).unwrap();
+            let n = db
+                .execute(
+                    "UPDATE events SET next_attempt_at = next_attempt_at + ?1
+                     WHERE id = ?2 AND state = 'pending'",
+                    rusqlite::params![hour, id],
+                )
+                .unwrap();
+            assert_eq!(n, 1);
+        }
+        Backend::Redis(url) => {
+            let mut con = ::redis::Client::open(url.as_str())
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            let retry: Vec<String> = ::redis::cmd("KEYS")
+                .arg("*:r}:retry")
+                .query(&mut con)
+                .unwrap();
+            assert_eq!(retry.len(), 1, "{retry:?}");
+            let at: i64 = ::redis::cmd("ZSCORE")
+                .arg(&retry[0])
+                .arg(&id)
+                .query(&mut con)
+                .unwrap();
+            let ev = retry[0].replace(":retry", &format!(":ev:{id}"));
+            let _: () = ::redis::cmd("ZADD")
+                .arg(&retry[0])
+                .arg(at + hour)
+                .arg(&id)
+                .query(&mut con)
+                .unwrap();
+            let _: () = ::redis::cmd("HSET")
+                .arg(&ev)
+                .arg("next_attempt_at")
+                .arg(at + hour)
+                .query(&mut con)
+                .unwrap();
+        }
+    }
+    up.always(200);
+    let gw = Gateway::start(dir.path(), &cfg);
+    let got = up.wait_delivered(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].header("hookgate-event-id"), Some(id.as_str()));
+    gw.wait_event_state(&id, "delivered", Duration::from_secs(5))
+        .await;
+    assert!(
+        gw.log()
+            .contains("retries were scheduled further ahead than forward.backoff_max allows")
+            && gw.log().contains("events=1"),
+        "{}",
+        gw.log()
     );
 }
 

@@ -20,6 +20,12 @@ use crate::store::{Attempt, Event, Handoff, Next, ScanCursor, Store};
 
 const IDLE_POLL: Duration = Duration::from_secs(5);
 
+/// How often a worker looks for retries scheduled further ahead than `backoff_max` allows
+/// (the wall clock was set back), and how far past `backoff_max` one may be: replicas sharing
+/// a Redis store whose clocks differ by less than this leave each other's retries alone.
+const SCHEDULE_CHECK_EVERY: Duration = Duration::from_secs(10);
+const SCHEDULE_SLACK: Duration = Duration::from_secs(60);
+
 /// The shortest wait of a turn that took nothing: whatever such a turn could not take (the
 /// circuit or the slots held it back) is not taken sooner by asking again at once.
 const MIN_NAP: Duration = Duration::from_millis(10);
@@ -89,9 +95,19 @@ impl Worker {
         // A replay of an event that is out for delivery takes effect when its attempt is
         // settled; until the attempts out at the wake are done, each one finishing rescans.
         let mut rescan_on_done = false;
+        // The first look at once: a restart after the clock went back finds them too.
+        let mut schedule_checked = Instant::now();
+        let mut schedule_check_due = true;
         loop {
             if *self.stop.borrow() {
                 break;
+            }
+            if schedule_check_due || schedule_checked.elapsed() >= SCHEDULE_CHECK_EVERY {
+                (schedule_checked, schedule_check_due) = (Instant::now(), false);
+                if self.bring_forward_stranded_retries().await {
+                    scan = fresh_pass();
+                    retry_due = None;
+                }
             }
             while let Ok(h) = freed.try_recv() {
                 judge(&mut circuit, h, &self.route.name, &self.metrics);
@@ -245,6 +261,38 @@ impl Worker {
 }
 
 impl Worker {
+    /// Retries are scheduled by the wall clock, at most `backoff_max` ahead. Set back by an hour
+    /// (NTP stepping a clock that ran fast, a VM restored from a snapshot), the clock left every
+    /// scheduled retry an hour further away, so a route's backlog waited that long with its
+    /// upstream back up (and its circuit open, with no event due to probe). Any retry scheduled
+    /// further ahead than `backoff_max` (and a minute) from now is made due now. True when some
+    /// were.
+    async fn bring_forward_stranded_retries(&self) -> bool {
+        let now = now_ms();
+        let ahead = self.route.forward.backoff_max + SCHEDULE_SLACK;
+        let beyond = now.saturating_add(ahead.as_millis().min(i64::MAX as u128) as i64);
+        match self
+            .store
+            .bring_forward(&self.route.name, beyond, now)
+            .await
+        {
+            Ok(0) => false,
+            Ok(n) => {
+                tracing::warn!(
+                    route = %self.route.name,
+                    events = n,
+                    "retries were scheduled further ahead than forward.backoff_max allows (the wall clock was set back, or another replica's clock is ahead): made due now"
+                );
+                true
+            }
+            Err(e) => {
+                metrics::counter!("hookgate_store_errors_total").increment(1);
+                tracing::warn!(route = %self.route.name, error = %e, "cannot look for retries scheduled too far ahead; looking again later");
+                false
+            }
+        }
+    }
+
     /// An open circuit waits for an event to probe the sink with. When this worker has none
     /// left to take (the events it held went dead, or other replicas sharing a Redis store
     /// delivered them or have them out), nothing would ever close it, and
@@ -584,6 +632,14 @@ mod tests {
         }
         async fn next_due(&self, r: &str) -> Result<Option<i64>, StoreError> {
             self.inner.next_due(r).await
+        }
+        async fn bring_forward(
+            &self,
+            r: &str,
+            beyond_ms: i64,
+            now_ms: i64,
+        ) -> Result<u64, StoreError> {
+            self.inner.bring_forward(r, beyond_ms, now_ms).await
         }
         async fn settle(&self, ev: &Event, a: Attempt, next: Next) -> Result<(), StoreError> {
             drop(self.gate.acquire().await);

@@ -168,6 +168,9 @@ enum Write {
     ),
     /// Deletes the event and its attempts if it is dead; replies how many (0 or 1).
     Discard(String, oneshot::Sender<Result<u64, String>>),
+    /// Route, beyond, now: the route's pending events scheduled after `beyond` become due at
+    /// `now`; replies how many.
+    BringForward(String, i64, i64, oneshot::Sender<Result<u64, String>>),
 }
 
 pub struct EmbeddedStore {
@@ -999,6 +1002,11 @@ fn run(
             Out::Count(replay_tx(tx, id.as_deref(), route.as_deref(), *now)?)
         }
         Write::Discard(id, _) => Out::Count(discard_tx(tx, id)?),
+        Write::BringForward(route, beyond, now, _) => Out::Count(tx.execute(
+            "UPDATE events SET next_attempt_at = ?3
+             WHERE route = ?1 AND state = 'pending' AND next_attempt_at > ?2",
+            params![route, beyond, now],
+        )? as u64),
         Write::Purge(now, after, _) => {
             let keys_left = keys.purge(tx, *now, PURGE_CHUNK, after.is_none())?;
             let (n, last) = purge_tx(tx, *now, retention_ms, after.as_deref(), PURGE_CHUNK)?;
@@ -1036,10 +1044,12 @@ fn reply(w: Write, r: Result<Out, String>, leases: &Leases) {
             Out::Purged(more, last) => (more, last),
             _ => (false, after),
         }))),
-        Write::Replay(_, _, _, tx) | Write::Discard(_, tx) => drop(tx.send(r.map(|o| match o {
-            Out::Count(n) => n,
-            _ => 0,
-        }))),
+        Write::Replay(_, _, _, tx) | Write::Discard(_, tx) | Write::BringForward(_, _, _, tx) => {
+            drop(tx.send(r.map(|o| match o {
+                Out::Count(n) => n,
+                _ => 0,
+            })))
+        }
     }
 }
 
@@ -1783,6 +1793,32 @@ impl Store for EmbeddedStore {
     async fn replay_dead(&self, route: &str, now_ms: i64) -> Result<u64, StoreError> {
         let route = route.to_string();
         self.write(|r| Write::Replay(None, Some(route), now_ms, r))
+            .await
+    }
+
+    async fn bring_forward(
+        &self,
+        route: &str,
+        beyond_ms: i64,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        // A seek at the top of the pending index on a reader first: the writer is asked only
+        // when there is something to move, which is almost never.
+        let r = route.to_string();
+        let any = self
+            .read(move |conn| {
+                conn.prepare_cached(
+                    "SELECT EXISTS(SELECT 1 FROM events
+                     WHERE route = ?1 AND state = 'pending' AND next_attempt_at > ?2)",
+                )?
+                .query_row(params![r, beyond_ms], |row| row.get::<_, bool>(0))
+            })
+            .await?;
+        if !any {
+            return Ok(0);
+        }
+        let route = route.to_string();
+        self.write(|r| Write::BringForward(route, beyond_ms, now_ms, r))
             .await
     }
 

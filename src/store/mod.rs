@@ -253,6 +253,17 @@ pub trait Store: Send + Sync {
     /// dead (a replay may have come first).
     async fn discard_dead(&self, event_id: &str) -> Result<bool, StoreError>;
 
+    /// Makes due at `now_ms` every pending event of `route` scheduled after `beyond_ms`; returns
+    /// how many. A retry is never scheduled more than `backoff_max` ahead, so such events were
+    /// scheduled by a wall clock that has since been set back (or by a replica whose clock is
+    /// ahead); left alone, they would wait for the clock to catch up.
+    async fn bring_forward(
+        &self,
+        route: &str,
+        beyond_ms: i64,
+        now_ms: i64,
+    ) -> Result<u64, StoreError>;
+
     /// Forgets expired dedupe keys and delivered events older than the retention.
     async fn purge(&self, now_ms: i64) -> Result<(), StoreError>;
 

@@ -861,6 +861,29 @@ impl Store for RedisStore {
         Ok(n > 0)
     }
 
+    async fn bring_forward(
+        &self,
+        route: &str,
+        beyond_ms: i64,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let s = &self.inner;
+        let mut conn = s.work.clone();
+        let mut total = 0u64;
+        loop {
+            let mut inv = scripts::BRING_FORWARD.key(s.keys.retry(route));
+            inv.arg(s.keys.tag(route))
+                .arg(beyond_ms)
+                .arg(now_ms)
+                .arg(BATCH);
+            let n: u64 = bounded(SLOW_OP_TIMEOUT, inv.invoke_async(&mut conn)).await?;
+            total += n;
+            if n < BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
     async fn replay_dead(&self, route: &str, now_ms: i64) -> Result<u64, StoreError> {
         let s = &self.inner;
         let k = &s.keys;

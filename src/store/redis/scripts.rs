@@ -136,6 +136,24 @@ return false
     )
 });
 
+/// KEYS: retry. ARGV: tag, beyond, now, limit. Up to `limit` retries scheduled after `beyond`
+/// become due at `now` (their score and the event's `next_attempt_at`); returns how many.
+pub static BRING_FORWARD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf', 'LIMIT', 0, tonumber(ARGV[4]))
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[1], ARGV[3], id)
+  local ev = ARGV[1] .. 'ev:' .. id
+  if redis.call('HGET', ev, 'state') == 'pending' then
+    redis.call('HSET', ev, 'next_attempt_at', ARGV[3])
+  end
+end
+return #ids
+"#,
+    )
+});
+
 /// KEYS: stream. ARGV: group, consumer, entry ids. Resets the idle time of the entries this
 /// consumer still owns, so no other replica reclaims an attempt that is only slow.
 pub static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
