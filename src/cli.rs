@@ -41,6 +41,17 @@ pub enum Command {
     Sign(SignArgs),
     /// Inspect and replay events through the admin API.
     Events(EventsArgs),
+    /// Write a consistent copy of the embedded store, also while the gateway runs.
+    Backup(BackupArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The file to write (it must not exist yet).
+    #[arg(long, value_name = "FILE")]
+    pub to: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]

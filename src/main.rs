@@ -43,6 +43,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Sign(a) => sign(a),
+        Command::Backup(a) => backup(a),
         Command::Events(args) => match runtime().map(|rt| rt.block_on(events(args))) {
             Ok(Ok(())) => ExitCode::SUCCESS,
             Ok(Err(e)) | Err(e) => {
@@ -124,6 +125,43 @@ fn sign(a: hookgate::cli::SignArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("hookgate sign: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn backup(a: hookgate::cli::BackupArgs) -> ExitCode {
+    let cfg = match config::load(&a.config.config) {
+        Ok((cfg, _)) => cfg,
+        Err(problems) => {
+            eprintln!("hookgate: {} has problems:", a.config.config.display());
+            for e in &problems.errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let config::StoreBackend::Embedded { path, .. } = &cfg.store.backend else {
+        eprintln!("hookgate backup: the store is Redis (store.backend = \"redis\"): back it up with Redis's own persistence (its AOF or RDB files, BGSAVE), see docs/REDIS.md");
+        return ExitCode::FAILURE;
+    };
+    match store::embedded::backup(path, &a.to) {
+        Ok(b) => {
+            print_out(&format!(
+                "hookgate backup: a consistent copy of {} written to {} ({} bytes): {} pending, {} delivered, {} dead events\n\
+                 To restore: stop hookgate, delete hookgate.db, hookgate.db-wal and hookgate.db-shm in {}, copy the backup there as hookgate.db, start hookgate.\n",
+                b.source.display(),
+                a.to.display(),
+                b.bytes,
+                b.pending,
+                b.delivered,
+                b.dead,
+                path.display()
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hookgate backup: {e}");
             ExitCode::FAILURE
         }
     }

@@ -274,3 +274,95 @@ async fn transparent_huge_pages_are_off_unless_asked_for() {
     // As this process has it (a parent that turned them off passes that on).
     assert_eq!(thp(gw.pid()), thp(std::process::id()));
 }
+
+/// `hookgate backup` while the gateway runs: the copy holds every event acknowledged before
+/// it (wherever SQLite holds them, database file or WAL), and a gateway started on it, as the README's
+/// restore says, delivers the pending ones and still shows the delivered one. It refuses to
+/// overwrite a file, and says what to do on a Redis store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_while_running_restores_every_acknowledged_event() {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    let cfg = config(&Backend::Embedded, dir.path(), "", &route(&up.url("/in")));
+    let mut gw = Gateway::start(dir.path(), &cfg);
+    let c = reqwest::Client::new();
+    let delivered = accepted(signed(&c, &gw.url("/hooks/r"), SECRET, "delivered before")).await;
+    gw.wait_event_state(&delivered, "delivered", Duration::from_secs(10))
+        .await;
+    up.always(503);
+    let mut pending = Vec::new();
+    for i in 0..3 {
+        pending.push(
+            accepted(signed(
+                &c,
+                &gw.url("/hooks/r"),
+                SECRET,
+                format!("pending {i}"),
+            ))
+            .await,
+        );
+    }
+    let to = dir.path().join("backup.db");
+    let backup = |to: &std::path::Path, config: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_hookgate"))
+            .arg("backup")
+            .arg("-c")
+            .arg(config)
+            .arg("--to")
+            .arg(to)
+            .output()
+            .unwrap()
+    };
+    let out = backup(&to, &gw.config_path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("3 pending, 1 delivered, 0 dead events") && stdout.contains("To restore"),
+        "{stdout}"
+    );
+    let again = backup(&to, &gw.config_path);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+    assert!(gw.terminate().success());
+
+    // Restored into a new store directory, as the README says.
+    let restored = tempdir();
+    std::fs::create_dir_all(restored.path().join("data")).unwrap();
+    std::fs::copy(&to, restored.path().join("data/hookgate.db")).unwrap();
+    up.always(200);
+    let gw = Gateway::start(
+        restored.path(),
+        &config(
+            &Backend::Embedded,
+            restored.path(),
+            "",
+            &route(&up.url("/in")),
+        ),
+    );
+    for id in &pending {
+        gw.wait_event_state(id, "delivered", Duration::from_secs(10))
+            .await;
+    }
+    let ev = gw.admin_json(&format!("/admin/events/{delivered}")).await;
+    assert_eq!(ev["state"], "delivered", "{ev}");
+
+    // A Redis store is not copied this way.
+    let redis_cfg = restored.path().join("redis.toml");
+    std::fs::write(
+        &redis_cfg,
+        config(
+            &Backend::Redis("redis://127.0.0.1:1/0".into()),
+            restored.path(),
+            "",
+            &route(&up.url("/in")),
+        ),
+    )
+    .unwrap();
+    let redis = backup(&restored.path().join("r.db"), &redis_cfg);
+    assert_eq!(redis.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&redis.stderr).contains("Redis's own persistence"));
+}
