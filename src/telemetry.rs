@@ -165,8 +165,9 @@ impl RouteMetrics {
             OnceLock::from(c)
         };
         let r = || route.to_string();
-        counter!("hookgate_requests_total", "route" => r(), "outcome" => "unavailable")
-            .increment(0);
+        for outcome in ["unavailable", "body_memory_full"] {
+            counter!("hookgate_requests_total", "route" => r(), "outcome" => outcome).increment(0);
+        }
         RouteMetrics {
             route: r(),
             accepted: kept(

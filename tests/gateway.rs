@@ -622,7 +622,7 @@ async fn a_retry_scheduled_beyond_backoff_max_is_made_due(b: Backend) {
         .await;
     assert!(
         gw.log()
-            .contains("retries were scheduled further ahead than forward.backoff_max allows")
+            .contains("retries were scheduled further ahead than forward.backoff_max (and a minute) allows now")
             && gw.log().contains("events=1"),
         "{}",
         gw.log()

@@ -706,9 +706,10 @@ fn signed_request(key: &str, body: &[u8], chunked: bool) -> (Vec<u8>, Vec<u8>) {
     (head.into_bytes(), framed)
 }
 
-/// Bodies being received are counted, all routes together, against `server.max_body_memory`
-/// as their bytes arrive: with two senders holding most of it (one with `Content-Length`, one
-/// chunked), a third body that does not fit is refused `503` + `Retry-After` at once while a
+/// Bodies being received are counted, all routes together, against `server.max_body_memory`:
+/// a declared length whole before any byte is read, a chunked body as it arrives. With two
+/// senders holding most of it (one with `Content-Length`, one chunked), a third body that does
+/// not fit waits up to a second for room and is then refused `503` + `Retry-After`, while a
 /// small one still fits; once the holders finish or go away, the refused one goes through.
 /// Without the budget nothing bounded them: 300 senders of 1 MiB bodies took 330 MB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -720,7 +721,8 @@ async fn bodies_held_at_once_are_bounded_by_max_body_memory() {
         8192.0
     );
     let held = "hookgate_body_memory_bytes";
-    // Two senders send 3,000 of their 4,000 (or 3,000 + chunk framing) bytes and wait.
+    // Two senders send 3,000 of their 4,000 bytes and wait: the first, with Content-Length,
+    // holds all 4,000 it declared; the chunked one the 3,000 received.
     let body_a = vec![b'a'; 4000];
     let (head_a, framed_a) = signed_request("mem-a", &body_a, false);
     let mut a = TcpStream::connect(addr).unwrap();
@@ -736,19 +738,24 @@ async fn bodies_held_at_once_are_bounded_by_max_body_memory() {
     wait_until(
         Duration::from_secs(10),
         "both bodies' bytes held",
-        async || f.gw.counter(held).await == 6000.0,
+        async || f.gw.counter(held).await == 7000.0,
     )
     .await;
 
-    // 3,000 more do not fit in 8 KiB; 1,000 do.
+    // 3,000 more do not fit in 8 KiB (after a second's wait for room); 1,000 do.
     let body_c = vec![b'c'; 3000];
     let (head_c, framed_c) = signed_request("mem-c", &body_c, false);
     let req_c = [head_c, framed_c].concat();
     let exchange = |req: Vec<u8>| {
         tokio::task::spawn_blocking(move || raw_exchange(addr, &[&req], Duration::ZERO).0)
     };
+    let t0 = Instant::now();
     let refused = exchange(req_c.clone()).await.unwrap();
     assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(
+        t0.elapsed() >= Duration::from_secs(1),
+        "waited for room first"
+    );
     assert!(refused.contains("\"error\":\"unavailable\""), "{refused}");
     assert!(
         refused.to_lowercase().contains("retry-after: 1\r\n"),
@@ -779,9 +786,15 @@ async fn bodies_held_at_once_are_bounded_by_max_body_memory() {
     bodies.sort();
     assert_eq!(bodies, vec![body_a, vec![b'c'; 3000], vec![b'd'; 1000]]);
     assert_eq!(
+        f.gw.counter("hookgate_requests_total{route=\"orders\",outcome=\"body_memory_full\"}")
+            .await,
+        1.0,
+        "counted apart from a store that cannot record"
+    );
+    assert_eq!(
         f.gw.counter("hookgate_requests_total{route=\"orders\",outcome=\"unavailable\"}")
             .await,
-        1.0
+        0.0
     );
     assert!(
         f.gw.log().contains("fill server.max_body_memory"),

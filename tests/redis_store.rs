@@ -45,6 +45,7 @@ fn event(n: u32, at: i64) -> NewEvent {
         body: bytes::Bytes::from(format!("body {n} \u{0}\u{ff}")),
         scheme: "hmac",
         dedupe_key: None,
+        keep: Default::default(),
     }
 }
 

@@ -266,17 +266,23 @@ fn check_server(s: &RawServer, p: &mut Problems) -> Option<ServerConfig> {
         .as_ref()
         .and_then(|t| resolve_secret(t, "server.admin_token", p));
     let max_body = size(&s.max_body, "server.max_body", 1 << 20, p);
+    let before = p.errors.len();
     let max_body_memory = size(
         &s.max_body_memory,
         "server.max_body_memory",
         DEFAULT_MAX_BODY_MEMORY,
         p,
     );
-    if max_body > max_body_memory {
+    // Compared only with a limit the user set or the default, not a fallback after an error.
+    let memory_ok = p.errors.len() == before;
+    if memory_ok && max_body > max_body_memory {
         p.error(
             "server.max_body",
             over_body_memory(max_body, max_body_memory),
         );
+    }
+    if !memory_ok {
+        return None;
     }
     Some(ServerConfig {
         listen: listen?,
@@ -935,6 +941,16 @@ url = "http://127.0.0.1:3000/x"
         assert_eq!(
             with("max_body_memory = \"0\"", ""),
             vec!["server.max_body_memory: must be greater than 0"]
+        );
+        assert_eq!(
+            with(
+                "max_body = \"100MiB\"\nmax_body_memory = \"lots\"",
+                "max_body = \"5MiB\""
+            ),
+            vec![
+                "server.max_body_memory: invalid size \"lots\" (e.g. \"512\", \"64KiB\", \"1MiB\")"
+            ],
+            "no comparison with a limit the user did not set"
         );
     }
 

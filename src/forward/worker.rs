@@ -281,7 +281,7 @@ impl Worker {
                 tracing::warn!(
                     route = %self.route.name,
                     events = n,
-                    "retries were scheduled further ahead than forward.backoff_max allows (the wall clock was set back, or another replica's clock is ahead): made due now"
+                    "retries were scheduled further ahead than forward.backoff_max (and a minute) allows now: made due now (the wall clock was set back, backoff_max was lowered by a reload, or another replica's clock is ahead or its backoff_max larger)"
                 );
                 true
             }

@@ -2,11 +2,14 @@
 //! over it is refused before reading anything; a chunked body is cut off at the limit), and
 //! the whole body must arrive within `server.body_timeout`. The bytes are kept as received.
 //!
-//! Every byte held is counted against one budget shared by all routes
-//! (`server.max_body_memory`), as it arrives: a request whose next bytes do not fit is refused
-//! with `503` + `Retry-After`, so many large bodies at once (a retry storm, or a sender
-//! trickling them in on purpose) cannot take more memory than that; without it 300 senders of
-//! 1 MiB bodies took 330 MB.
+//! Every body is counted against one budget shared by all routes (`server.max_body_memory`):
+//! a declared `Content-Length` is taken whole before any byte is read (so a request admitted
+//! is never refused half-way), a chunked body as its bytes arrive. A request that finds no room
+//! waits up to `ROOM_WAIT` for bodies ahead of it to finish, then is refused with `503` +
+//! `Retry-After`, so many large bodies at once (a retry storm, or a sender trickling them in
+//! on purpose) cannot take more memory than that; without it 300 senders of 1 MiB bodies took
+//! 330 MB. The hold lasts until the request is answered, or, for an event handed to the
+//! store, until the store is done with it (`store::Keep`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,14 +19,21 @@ use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio::sync::Notify;
 
 use super::reject::Reject;
+
+/// How long a request waits for room in the budget before it is refused: bodies in flight
+/// usually finish within milliseconds.
+const ROOM_WAIT: Duration = Duration::from_secs(1);
 
 /// Bytes of request bodies held at once, across every route and connection.
 pub struct BodyBudget {
     used: AtomicUsize,
     limit: AtomicUsize,
     gauge: metrics::Gauge,
+    /// Wakes the requests waiting for room whenever bytes are given back.
+    freed: Notify,
 }
 
 impl BodyBudget {
@@ -32,6 +42,7 @@ impl BodyBudget {
             used: AtomicUsize::new(0),
             limit: AtomicUsize::new(0),
             gauge: metrics::gauge!("hookgate_body_memory_bytes"),
+            freed: Notify::new(),
         };
         budget.set_limit(limit);
         budget.gauge.set(0.0);
@@ -71,6 +82,7 @@ impl BodyBudget {
     fn give_back(&self, n: usize) {
         self.used.fetch_sub(n, Ordering::AcqRel);
         self.gauge.decrement(n as f64);
+        self.freed.notify_waiters();
     }
 }
 
@@ -89,17 +101,28 @@ impl Held {
         }
     }
 
-    /// Grows the hold to `total` bytes; false (and unchanged) when they do not fit.
-    fn grow_to(&mut self, total: usize) -> bool {
+    /// Grows the hold to `total` bytes, waiting up to `wait` for room; false (and unchanged)
+    /// when they did not fit by then.
+    async fn grow_to(&mut self, total: usize, wait: Duration) -> bool {
         let more = total.saturating_sub(self.bytes);
         if more == 0 {
             return true;
         }
-        if !self.budget.take(more) {
-            return false;
+        let budget = self.budget.clone();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before trying, so bytes given back in between still wake this.
+            let freed = budget.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if budget.take(more) {
+                self.bytes = total;
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return false;
+            }
         }
-        self.bytes = total;
-        true
     }
 }
 
@@ -132,6 +155,7 @@ impl Gathered {
         *self = match std::mem::replace(self, Gathered::Empty) {
             Gathered::Empty => Gathered::One(chunk),
             Gathered::One(first) => {
+                // The declared length is held in the budget already.
                 let want = expected.unwrap_or(0).max(first.len() + chunk.len());
                 let mut buf = BytesMut::with_capacity(want);
                 buf.extend_from_slice(&first);
@@ -171,7 +195,13 @@ pub async fn read(
     // Within the limit, so it fits a usize.
     let expected = declared.map(|n| n as usize);
     let mut held = Held::none(budget);
-    match tokio::time::timeout(timeout, gather(body, limit, expected, &mut held)).await {
+    let read = async {
+        if !held.grow_to(expected.unwrap_or(0), ROOM_WAIT).await {
+            return Err(Reject::BodyMemoryFull);
+        }
+        gather(body, limit, expected, &mut held).await
+    };
+    match tokio::time::timeout(timeout, read).await {
         Err(_) => Err(Reject::RequestTimeout),
         Ok(Ok(gathered)) => Ok((gathered.into_bytes(), held)),
         Ok(Err(rej)) => Err(rej),
@@ -195,7 +225,8 @@ async fn gather(
         if total > limit {
             return Err(Reject::BodyTooLarge);
         }
-        if !held.grow_to(total) {
+        // Only a chunked body grows its hold: a declared one holds its length already.
+        if !held.grow_to(total, ROOM_WAIT).await {
             return Err(Reject::BodyMemoryFull);
         }
         gathered.push(chunk, expected);
@@ -207,36 +238,65 @@ async fn gather(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_hold_takes_what_fits_and_gives_it_back_when_dropped() {
+    const NO_WAIT: Duration = Duration::ZERO;
+
+    #[tokio::test]
+    async fn a_hold_takes_what_fits_and_gives_it_back_when_dropped() {
         let budget = BodyBudget::new(100);
         let mut a = Held::none(&budget);
-        assert!(a.grow_to(60));
-        assert!(a.grow_to(60), "growing to what is held takes nothing");
+        assert!(a.grow_to(60, NO_WAIT).await);
+        assert!(
+            a.grow_to(60, NO_WAIT).await,
+            "growing to what is held takes nothing"
+        );
         let mut b = Held::none(&budget);
-        assert!(!b.grow_to(41), "60 + 41 is over 100");
+        assert!(!b.grow_to(41, NO_WAIT).await, "60 + 41 is over 100");
         assert_eq!(budget.used(), 60, "a refused growth takes nothing");
-        assert!(b.grow_to(40));
+        assert!(b.grow_to(40, NO_WAIT).await);
         assert_eq!(budget.used(), 100);
         drop(a);
         assert_eq!(budget.used(), 40);
-        assert!(b.grow_to(100));
+        assert!(b.grow_to(100, NO_WAIT).await);
         drop(b);
         assert_eq!(budget.used(), 0);
     }
 
-    #[test]
-    fn a_lower_limit_applies_to_new_bytes_only() {
+    #[tokio::test]
+    async fn a_lower_limit_applies_to_new_bytes_only() {
         let budget = BodyBudget::new(100);
         let mut a = Held::none(&budget);
-        assert!(a.grow_to(80));
+        assert!(a.grow_to(80, NO_WAIT).await);
         budget.set_limit(50);
         assert_eq!(budget.used(), 80, "what is held stays held");
         let mut b = Held::none(&budget);
-        assert!(!b.grow_to(1));
+        assert!(!b.grow_to(1, NO_WAIT).await);
         drop(a);
-        assert!(b.grow_to(50));
-        assert!(!b.grow_to(51));
+        assert!(b.grow_to(50, NO_WAIT).await);
+        assert!(!b.grow_to(51, NO_WAIT).await);
+    }
+
+    /// A request that finds no room waits for bytes given back, up to its wait.
+    #[tokio::test]
+    async fn a_request_waits_for_room_given_back_and_no_longer_than_its_wait() {
+        let budget = BodyBudget::new(100);
+        let mut a = Held::none(&budget);
+        assert!(a.grow_to(100, NO_WAIT).await);
+        let mut b = Held::none(&budget);
+        let t0 = std::time::Instant::now();
+        assert!(!b.grow_to(10, Duration::from_millis(50)).await);
+        assert!(t0.elapsed() >= Duration::from_millis(50), "waited its wait");
+        let release = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            drop(a);
+        });
+        let t0 = std::time::Instant::now();
+        assert!(b.grow_to(10, Duration::from_secs(30)).await);
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "woken by the bytes given back, long before the wait ends"
+        );
+        release.await.unwrap();
+        assert_eq!(budget.used(), 10);
     }
 
     #[test]

@@ -81,7 +81,7 @@ pub async fn handle(ctx: Arc<Ingress>, peer: SocketAddr, req: Request<Incoming>)
             reply
         }
         Err(rej) => {
-            route.metrics.request(rej.code(), elapsed);
+            route.metrics.request(rej.outcome(), elapsed);
             if rej == Reject::Unavailable {
                 tracing::error!(
                     route = name,
@@ -92,7 +92,7 @@ pub async fn handle(ctx: Arc<Ingress>, peer: SocketAddr, req: Request<Incoming>)
             } else if rej == Reject::BodyMemoryFull {
                 tracing::warn!(
                     route = name,
-                    outcome = rej.code(),
+                    outcome = rej.outcome(),
                     client = %peer.ip().to_canonical(),
                     held_bytes = ctx.bodies.used(),
                     max_body_memory = ctx.bodies.limit(),
@@ -132,8 +132,9 @@ async fn process(
             return Err(Reject::UriTooLong);
         }
     }
-    // Held until the answer: in proxy mode the body is in use until the upstream answered.
-    let (body, _held) = super::body::read(
+    // Held until the answer (in proxy mode the body is in use until the upstream answered),
+    // or, once handed to the store, until the store is done with the event.
+    let (body, held) = super::body::read(
         body,
         &parts.headers,
         cfg.max_body,
@@ -165,7 +166,9 @@ async fn process(
     route.check_rate().map_err(Reject::RateLimited)?;
 
     if let Some(upstream) = &route.proxy {
-        return Ok(proxy(upstream, &cfg.name, &parts, body, &verified, now).await);
+        let answer = proxy(upstream, &cfg.name, &parts, body, &verified, now).await;
+        drop(held);
+        return Ok(answer);
     }
 
     let key = dedupe::derive(&cfg.dedupe, &verified, &parts.headers, &body)
@@ -180,6 +183,7 @@ async fn process(
     });
     let mut event = NewEvent::new(&cfg.name, &parts, body, &verified, received_at_ms);
     event.dedupe_key = dedupe_key.as_ref().map(|k| k.key.clone());
+    event.keep = crate::store::Keep::new(held);
     match ctx.store.accept(event, dedupe_key).await {
         Ok(Accept::Accepted(id)) => {
             if let Some(wake) = &route.wake_on_accept {

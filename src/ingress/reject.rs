@@ -57,6 +57,15 @@ impl Reject {
         }
     }
 
+    /// The metrics' and the log's outcome: the error code, but for bodies refused for want of
+    /// memory, told apart from a store that cannot record (which pages someone).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Reject::BodyMemoryFull => "body_memory_full",
+            other => other.code(),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Reject::NotFound => StatusCode::NOT_FOUND,

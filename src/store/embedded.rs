@@ -982,6 +982,9 @@ fn gather(rx: &mpsc::Receiver<Write>, batch: &mut Vec<Write>) {
     }
 }
 
+/// Events a write of `bring_forward` moves at most: accepts are committed between chunks.
+const BRING_FORWARD_CHUNK: u64 = 500;
+
 /// How long a batch of settles waits for company, and how many end the wait.
 const SETTLE_LINGER: Duration = Duration::from_millis(2);
 const SETTLE_BATCH: usize = 256;
@@ -1071,11 +1074,17 @@ fn run(
             Out::Count(replay_tx(tx, id.as_deref(), route.as_deref(), *now)?)
         }
         Write::Discard(id, _) => Out::Count(discard_tx(tx, id)?),
-        Write::BringForward(route, beyond, now, _) => Out::Count(tx.execute(
-            "UPDATE events SET next_attempt_at = ?3
-             WHERE route = ?1 AND state = 'pending' AND next_attempt_at > ?2",
-            params![route, beyond, now],
-        )? as u64),
+        // A chunk at a time (the caller loops): one transaction over a backlog of 100k
+        // rewrote every row at once, held accepts up for seconds and grew the WAL by GBs.
+        Write::BringForward(route, beyond, now, _) => Out::Count(
+            tx.prepare_cached(
+                "UPDATE events SET next_attempt_at = ?3
+             WHERE id IN (SELECT id FROM events
+                          WHERE route = ?1 AND state = 'pending' AND next_attempt_at > ?2
+                          LIMIT ?4)",
+            )?
+            .execute(params![route, beyond, now, BRING_FORWARD_CHUNK as i64])? as u64,
+        ),
         Write::Purge(now, after, _) => {
             let keys_left = keys.purge(tx, *now, PURGE_CHUNK, after.is_none())?;
             let (n, last) = purge_tx(tx, *now, retention_ms, after.as_deref(), PURGE_CHUNK)?;
@@ -1886,9 +1895,17 @@ impl Store for EmbeddedStore {
         if !any {
             return Ok(0);
         }
-        let route = route.to_string();
-        self.write(|r| Write::BringForward(route, beyond_ms, now_ms, r))
-            .await
+        let mut total = 0;
+        loop {
+            let route = route.to_string();
+            let n = self
+                .write(|r| Write::BringForward(route, beyond_ms, now_ms, r))
+                .await?;
+            total += n;
+            if n < BRING_FORWARD_CHUNK {
+                return Ok(total);
+            }
+        }
     }
 
     /// In chunks, each a write of its own: accepts that come meanwhile are committed between
@@ -1985,6 +2002,33 @@ mod tests {
             &v,
             1_000,
         )
+    }
+
+    /// Retries scheduled too far ahead are moved in chunks (one write each), all of them, and
+    /// only those of the route asked about.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bring_forward_moves_every_stranded_retry_in_chunks_and_no_other_routes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
+        let n = BRING_FORWARD_CHUNK * 2 + 100;
+        for _ in 0..n {
+            store.accept(event("r", "x"), None).await.unwrap();
+        }
+        store.accept(event("other", "y"), None).await.unwrap();
+        // Every event is due at 1,000 (its receipt): "too far ahead" of a clock at 0. More
+        // than two chunks' worth: all of them moved, not just the first chunk.
+        assert_eq!(store.bring_forward("r", 500, 0).await.unwrap(), n);
+        assert_eq!(store.next_due("r").await.unwrap(), Some(0));
+        assert_eq!(
+            store.next_due("other").await.unwrap(),
+            Some(1_000),
+            "untouched"
+        );
+        assert_eq!(
+            store.bring_forward("r", 500, 0).await.unwrap(),
+            0,
+            "none left"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -116,6 +116,29 @@ impl StoredHeaders {
     }
 }
 
+/// Something kept alive while an event's record is under way, with the last copy of its
+/// `NewEvent`: the request body's share of `server.max_body_memory`. A write still queued in a
+/// stalled store outlives its request (answered 503 at its deadline), and its body with it.
+#[derive(Clone, Default)]
+pub struct Keep {
+    /// Only held, never read: its drop is what counts.
+    _kept: Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+impl Keep {
+    pub fn new<T: Send + Sync + 'static>(t: T) -> Keep {
+        Keep {
+            _kept: Some(std::sync::Arc::new(t)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Keep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keep")
+    }
+}
+
 /// A verified request, ready to be recorded.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -128,6 +151,8 @@ pub struct NewEvent {
     pub body: Bytes,
     pub scheme: &'static str,
     pub dedupe_key: Option<String>,
+    /// Dropped with the event once the store is done with it.
+    pub keep: Keep,
 }
 
 impl NewEvent {
@@ -148,6 +173,7 @@ impl NewEvent {
             body,
             scheme: verified.scheme,
             dedupe_key: None,
+            keep: Keep::default(),
         }
     }
 }

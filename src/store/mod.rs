@@ -23,7 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-pub use event::{is_gateway_header, Event, EventId, NewEvent, StoredHeaders};
+pub use event::{is_gateway_header, Event, EventId, Keep, NewEvent, StoredHeaders};
 
 use crate::config::{StoreBackend, StoreConfig};
 
