@@ -580,6 +580,24 @@ async fn an_oversized_head_or_an_unknown_transfer_coding_is_refused() {
     assert!(f.up.received().is_empty());
 }
 
+/// A sender's `Expect: 100-continue` is not passed on: the gateway sends the body whole, and a
+/// strict receiver may answer 417, a permanent failure that would dead-letter the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_senders_expect_header_is_not_forwarded() {
+    let f = fixture("").await;
+    let got = send_raw(
+        &f,
+        b"/hooks/orders",
+        "expect-1",
+        b"Expect: 100-continue\r\n",
+        b"{}",
+    )
+    .await;
+    assert!(got.contains(" 202 "), "{got}");
+    let up = f.up.wait_delivered(1, Duration::from_secs(10)).await;
+    assert_eq!(up[0].header("expect"), None, "{:?}", up[0].headers);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_a_connection_header_names_are_dropped_even_beside_a_non_utf8_token() {
     let f = fixture("").await;

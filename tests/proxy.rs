@@ -163,3 +163,208 @@ async fn proxy_drops_the_headers_the_upstreams_connection_header_names() {
         "headers the upstream's Connection names are its hop's, not the client's: {h:?}"
     );
 }
+
+/// An upstream on loopback that answers every request with `answer` (raw bytes, whatever they
+/// say) once it has read the request's head and body, then closes the connection.
+async fn raw_upstream(answer: &'static [u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                // The head, then as many body bytes as it declared.
+                loop {
+                    let Ok(n) = s.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if got.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let _ = s.write_all(answer).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}/up")
+}
+
+/// Answers no upstream may pass on are a 502 that says why, in the log: a `101` as final
+/// status (it would switch the sender's connection to a protocol it never asked for), a
+/// transfer coding hookgate does not decode (the sender would get gzip bytes marked as
+/// nothing), a body over the 10 MiB relayed (refused from its declared length, before it is
+/// read), and an upstream that cannot be reached. An upstream's own 502 is relayed and counted
+/// as `proxied`, not as the gateway's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_answers_it_cannot_relay_are_a_502_that_says_why() {
+    let dir = tempdir();
+    let switch = raw_upstream(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+    )
+    .await;
+    let gzip = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let huge =
+        raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 11534336\r\n\r\nnot all of it").await;
+    let own502 = raw_upstream(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 4\r\n\r\nmine").await;
+    let dead = format!("http://127.0.0.1:{}/gone", free_port());
+    let routes = [
+        proxy_route("switch", &switch),
+        proxy_route("gzip", &gzip),
+        proxy_route("huge", &huge),
+        proxy_route("own502", &own502),
+        proxy_route("dead", &dead),
+    ]
+    .concat();
+    let gw = Gateway::start(
+        dir.path(),
+        &config(&Backend::Embedded, dir.path(), "", &routes),
+    );
+    let c = reqwest::Client::new();
+    for (route, why) in [
+        (
+            "switch",
+            "the upstream answered 101 Switching Protocols as its final status",
+        ),
+        (
+            "gzip",
+            "Transfer-Encoding gzip, which hookgate does not decode",
+        ),
+        ("huge", "over the 10485760 bytes relayed (11534336 bytes)"),
+        ("dead", "Connection refused"),
+    ] {
+        let r = signed(&c, &gw.url(&format!("/p/{route}")), SECRET, "x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502, "{route}");
+        assert_eq!(
+            r.json::<serde_json::Value>().await.unwrap()["error"],
+            "bad_gateway"
+        );
+        let log = gw.log();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("no answer from the upstream to relay")
+                    && l.contains(&format!("route=\"{route}\""))
+                    && l.contains(why)),
+            "{route}: {why:?} not in:\n{log}"
+        );
+        assert_eq!(
+            gw.counter(&format!(
+                "hookgate_requests_total{{route=\"{route}\",outcome=\"bad_gateway\"}}"
+            ))
+            .await,
+            1.0
+        );
+    }
+    let r = signed(&c, &gw.url("/p/own502"), SECRET, "x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.text().await.unwrap(), "mine", "the upstream's own answer");
+    assert_eq!(
+        gw.counter("hookgate_requests_total{route=\"own502\",outcome=\"proxied\"}")
+            .await,
+        1.0
+    );
+}
+
+/// `forward.concurrency` holds in proxy mode too: with one request out to a slow upstream, a
+/// second waits for it up to half of `forward.timeout`, then is answered 503 + Retry-After
+/// without being sent (the legacy app behind is not flooded); once the first is answered, the
+/// next goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_keeps_to_forward_concurrency() {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    let route = proxy_route("one", &up.url("/cmd"))
+        .replace("timeout = \"500ms\"", "timeout = \"2s\"\nconcurrency = 1");
+    let gw = Gateway::start(
+        dir.path(),
+        &config(&Backend::Embedded, dir.path(), "", &route),
+    );
+    let c = reqwest::Client::new();
+    up.hold();
+    let first = tokio::spawn(signed(&c, &gw.url("/p/one"), SECRET, "first").send());
+    wait_until(
+        Duration::from_secs(10),
+        "the first request out",
+        async || up.arrivals().len() == 1,
+    )
+    .await;
+    let r = signed(&c, &gw.url("/p/one"), SECRET, "second")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(up.arrivals().len(), 1, "the second was not sent");
+    up.release();
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    let r = signed(&c, &gw.url("/p/one"), SECRET, "third")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        gw.counter("hookgate_requests_total{route=\"one\",outcome=\"upstream_busy\"}")
+            .await,
+        1.0
+    );
+    assert!(gw
+        .log()
+        .contains("forward.concurrency requests were out to the upstream"));
+}
+
+/// The upstream's answer counts against `server.max_body_memory` with the request's body, as
+/// it arrives: one larger than the room left is a 502 that says so (an upstream answering 10
+/// MiB to each of many requests took 14 MB of memory per answer), and nothing stays held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_answers_count_against_max_body_memory() {
+    let dir = tempdir();
+    let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 614400\r\n\r\n".to_vec();
+    answer.resize(answer.len() + 614_400, b'a');
+    let big = raw_upstream(Box::leak(answer.into_boxed_slice())).await;
+    let gw = Gateway::start(
+        dir.path(),
+        &config(
+            &Backend::Embedded,
+            dir.path(),
+            "max_body = \"64KiB\"\nmax_body_memory = \"512KiB\"",
+            &proxy_route("big", &big).replace("timeout = \"500ms\"", "timeout = \"5s\""),
+        ),
+    );
+    let c = reqwest::Client::new();
+    let r = signed(&c, &gw.url("/p/big"), SECRET, "x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(
+        gw.log().contains(
+            "the upstream's answer (614400 bytes) does not fit in server.max_body_memory"
+        ),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(gw.counter("hookgate_body_memory_bytes").await, 0.0);
+}

@@ -671,6 +671,22 @@ fn check_dedupe(d: Option<&RawDedupe>, at: &str, p: &mut Problems) -> DedupeConf
 
 fn check_forward(f: &RawForward, at: &str, mode: Mode, p: &mut Problems) -> Option<ForwardConfig> {
     let target = check_sink(f, at, mode, p);
+    if mode == Mode::Proxy {
+        // Retries belong to recorded events; proxy mode sends each request once, at once.
+        for (key, set) in [
+            ("max_attempts", f.max_attempts.is_some()),
+            ("backoff_initial", f.backoff_initial.is_some()),
+            ("backoff_max", f.backoff_max.is_some()),
+            ("max_age", f.max_age.is_some()),
+        ] {
+            if set {
+                p.warn(
+                    format!("{at}.{key}"),
+                    "is not used with mode = \"proxy\": each request is sent once, at once, and the upstream's answer (or 502/504) relayed",
+                );
+            }
+        }
+    }
     let timeout = nonzero_duration(
         &f.timeout,
         &format!("{at}.timeout"),
@@ -907,6 +923,29 @@ scheme = "none"
 [route.forward]
 url = "http://127.0.0.1:3000/x"
 "#;
+
+    #[test]
+    fn retry_keys_on_a_proxy_route_are_warned_about() {
+        let text = ROUTE
+            .replace("path = ", "mode = \"proxy\"\npath = ")
+            .replace(
+                "[route.forward]",
+                "[route.forward]\nmax_attempts = 3\nbackoff_max = \"1m\"\nconcurrency = 4",
+            );
+        let (cfg, warnings) = crate::config::parse(&text).unwrap();
+        assert_eq!(cfg.routes[0].forward.concurrency, 4);
+        let ours: Vec<&String> = warnings.iter().filter(|w| w.contains("proxy")).collect();
+        assert_eq!(ours.len(), 2, "{warnings:?}");
+        assert!(
+            ours[0].starts_with("route[0].forward.max_attempts: is not used with mode = \"proxy\"")
+        );
+        assert!(ours[1].starts_with("route[0].forward.backoff_max: is not used"));
+        let (_, async_warnings) = crate::config::parse(
+            &ROUTE.replace("[route.forward]", "[route.forward]\nmax_attempts = 3"),
+        )
+        .unwrap();
+        assert!(!async_warnings.iter().any(|w| w.contains("proxy")));
+    }
 
     /// A body limit over the memory all bodies may take together could never be reached: said
     /// at the key that sets it (a route's own, or server.max_body that routes inherit), once.

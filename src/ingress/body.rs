@@ -101,6 +101,17 @@ impl Held {
         }
     }
 
+    /// The bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Grows the hold to `total` bytes, waiting up to a second for room, as a body does (proxy
+    /// mode counts the upstream's answer so); false (and unchanged) when they did not fit.
+    pub async fn hold(&mut self, total: usize) -> bool {
+        self.grow_to(total, ROOM_WAIT).await
+    }
+
     /// Grows the hold to `total` bytes, waiting up to `wait` for room; false (and unchanged)
     /// when they did not fit by then.
     async fn grow_to(&mut self, total: usize, wait: Duration) -> bool {

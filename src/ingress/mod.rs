@@ -5,7 +5,7 @@
 //! certificate of the moment, so a reload's renewed certificate serves new connections.
 
 mod body;
-pub use body::BodyBudget;
+pub use body::{BodyBudget, Held};
 mod pipeline;
 pub mod reject;
 pub mod router;

@@ -22,8 +22,14 @@ enum Outcome {
     /// The original's id, and whether this copy carries the original's very signature.
     Duplicate(String, Option<bool>),
     Handshake(Reply),
-    /// `mode = "proxy"`: the upstream's answer (status), or why there was none.
-    Proxied(String, Reply),
+    /// `mode = "proxy"`: the event id, the answer (the upstream's, or the gateway's 502, 504 or
+    /// 503), its outcome, and why there was no upstream answer.
+    Proxied {
+        id: String,
+        reply: Reply,
+        outcome: &'static str,
+        error: Option<String>,
+    },
 }
 
 pub async fn handle(ctx: Arc<Ingress>, peer: SocketAddr, req: Request<Incoming>) -> Reply {
@@ -65,14 +71,22 @@ pub async fn handle(ctx: Arc<Ingress>, peer: SocketAddr, req: Request<Incoming>)
             }
             reject::duplicate(&id)
         }
-        Ok(Outcome::Proxied(id, reply)) => {
-            let outcome = match reply.status().as_u16() {
-                502 => "bad_gateway",
-                504 => "gateway_timeout",
-                _ => "proxied",
-            };
+        Ok(Outcome::Proxied {
+            id,
+            reply,
+            outcome,
+            error,
+        }) => {
             route.metrics.request(outcome, elapsed);
-            tracing::info!(route = name, event_id = %id, outcome, status = reply.status().as_u16(), latency_ms, "request");
+            let status = reply.status().as_u16();
+            match error {
+                None => {
+                    tracing::info!(route = name, event_id = %id, outcome, status, latency_ms, "request")
+                }
+                Some(error) => {
+                    tracing::warn!(route = name, event_id = %id, outcome, status, %error, latency_ms, "request: no answer from the upstream to relay")
+                }
+            }
             reply
         }
         Ok(Outcome::Handshake(reply)) => {
@@ -166,9 +180,8 @@ async fn process(
     route.check_rate().map_err(Reject::RateLimited)?;
 
     if let Some(upstream) = &route.proxy {
-        let answer = proxy(upstream, &cfg.name, &parts, body, &verified, now).await;
-        drop(held);
-        return Ok(answer);
+        let mut held = held;
+        return Ok(proxy(upstream, &cfg.name, &parts, body, &verified, now, &mut held).await);
     }
 
     let key = dedupe::derive(&cfg.dedupe, &verified, &parts.headers, &body)
@@ -211,6 +224,7 @@ async fn proxy(
     body: bytes::Bytes,
     verified: &crate::verify::Verified,
     now: SystemTime,
+    held: &mut super::Held,
 ) -> Outcome {
     use crate::forward::http::ProxyError;
     let received_at_ms = now
@@ -219,18 +233,46 @@ async fn proxy(
         .unwrap_or(0);
     let ev = NewEvent::new(route, parts, body, verified, received_at_ms).into_event();
     let id = ev.id.clone();
-    let reply = match upstream.proxy(&ev).await {
-        Ok(resp) => resp.map(http_body_util::Full::new),
-        Err(ProxyError::Unreachable) => reject::json(
-            http::StatusCode::BAD_GATEWAY,
-            r#"{"error":"bad_gateway"}"#.into(),
+    let (reply, outcome, error) = match upstream.proxy(&ev, held).await {
+        Ok(resp) => (resp.map(http_body_util::Full::new), "proxied", None),
+        Err(ProxyError::Unreachable(why)) => (
+            reject::json(
+                http::StatusCode::BAD_GATEWAY,
+                r#"{"error":"bad_gateway"}"#.into(),
+            ),
+            "bad_gateway",
+            Some(why),
         ),
-        Err(ProxyError::Timeout) => reject::json(
-            http::StatusCode::GATEWAY_TIMEOUT,
-            r#"{"error":"gateway_timeout"}"#.into(),
+        Err(ProxyError::Timeout) => (
+            reject::json(
+                http::StatusCode::GATEWAY_TIMEOUT,
+                r#"{"error":"gateway_timeout"}"#.into(),
+            ),
+            "gateway_timeout",
+            Some("no answer within forward.timeout".to_string()),
         ),
+        Err(ProxyError::Busy) => {
+            let mut reply = Reject::Unavailable.response();
+            reply.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+            (
+                reply,
+                "upstream_busy",
+                Some(
+                    "forward.concurrency requests were out to the upstream for half of forward.timeout: not sent"
+                        .to_string(),
+                ),
+            )
+        }
     };
-    Outcome::Proxied(id, reply)
+    Outcome::Proxied {
+        id,
+        reply,
+        outcome,
+        error,
+    }
 }
 
 /// Headers that carry a signature or its timestamp, by name, for every scheme.
