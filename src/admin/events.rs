@@ -205,7 +205,7 @@ fn unknown_event() -> Reply {
     error_detail(
         StatusCode::NOT_FOUND,
         "unknown_event",
-        "no event with this id: never recorded, delivered longer ago than store.retention, or discarded".into(),
+        "no event with this id: never recorded (a mode = \"proxy\" route records none: its Hookgate-Event-Id is in the request's log line only), delivered longer ago than store.retention, or discarded".into(),
     )
 }
 
