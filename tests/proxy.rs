@@ -344,13 +344,31 @@ async fn proxy_answers_count_against_max_body_memory() {
     let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 614400\r\n\r\n".to_vec();
     answer.resize(answer.len() + 614_400, b'a');
     let big = raw_upstream(Box::leak(answer.into_boxed_slice())).await;
+    // The same without a length: chunked, in 64 KiB chunks.
+    let mut chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..10 {
+        chunked.extend_from_slice(b"10000\r\n");
+        chunked.resize(chunked.len() + 65_536, b'c');
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let lengthless = raw_upstream(Box::leak(chunked.into_boxed_slice())).await;
+    // A HEAD's answer declares what a GET would get: no body to hold, and the length relayed.
+    let head = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 20000000\r\n\r\n").await;
+    let five = |r: String| r.replace("timeout = \"500ms\"", "timeout = \"5s\"");
+    let routes = [
+        five(proxy_route("big", &big)),
+        five(proxy_route("unsized", &lengthless)),
+        five(proxy_route("head", &head)).replace("mode = ", "methods = [\"HEAD\"]\nmode = "),
+    ]
+    .concat();
     let gw = Gateway::start(
         dir.path(),
         &config(
             &Backend::Embedded,
             dir.path(),
             "max_body = \"64KiB\"\nmax_body_memory = \"512KiB\"",
-            &proxy_route("big", &big).replace("timeout = \"500ms\"", "timeout = \"5s\""),
+            &routes,
         ),
     );
     let c = reqwest::Client::new();
@@ -366,5 +384,25 @@ async fn proxy_answers_count_against_max_body_memory() {
         "{}",
         gw.log()
     );
+    let r = signed(&c, &gw.url("/p/unsized"), SECRET, "x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(gw
+        .log()
+        .lines()
+        .any(|l| l.contains("route=\"unsized\"")
+            && l.contains("does not fit in server.max_body_memory")));
+    let ts = now_secs();
+    let r = c
+        .head(gw.url("/p/head"))
+        .header("X-Timestamp", ts.to_string())
+        .header("X-Signature", hmac_sign(SECRET, ts, b""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", gw.log());
+    assert_eq!(r.headers()["content-length"], "20000000");
     assert_eq!(gw.counter("hookgate_body_memory_bytes").await, 0.0);
 }

@@ -530,10 +530,15 @@ impl HttpSink {
             let resp = self.send(req).await.map_err(ProxyError::Unreachable)?;
             let (parts, mut body) = resp.into_parts();
             relayable(&parts)?;
+            // A HEAD's answer, a 204 and a 304 have no body whatever length they declare (a
+            // HEAD's describes what a GET would get).
+            let bodiless = ev.method.eq_ignore_ascii_case("HEAD")
+                || matches!(parts.status.as_u16(), 204 | 304);
             let declared = parts
                 .headers
                 .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+                .filter(|_| !bodiless);
             let too_big = |n: usize| {
                 ProxyError::Unreachable(format!(
                     "the upstream's answer is over the {MAX_PROXY_BODY} bytes relayed ({n} bytes)"
@@ -566,8 +571,15 @@ impl HttpSink {
                     if len > MAX_PROXY_BODY {
                         return Err(too_big(len));
                     }
-                    if !held.hold(base + len).await {
-                        return Err(no_room(len));
+                    if len > out_body.capacity() {
+                        // Grown here as a Vec would grow itself (doubling), and the whole
+                        // capacity counted: an answer without a length (chunked) held up to
+                        // twice its bytes, uncounted.
+                        let want = (out_body.capacity() * 2).max(len).min(MAX_PROXY_BODY);
+                        if !held.hold(base + want).await {
+                            return Err(no_room(len));
+                        }
+                        out_body.reserve_exact(want - out_body.len());
                     }
                     out_body.extend_from_slice(chunk);
                 }
@@ -578,6 +590,13 @@ impl HttpSink {
             .await
             .map_err(|_| ProxyError::Timeout)??;
         let mut out_headers = parts.headers;
+        // A HEAD's Content-Length says what a GET would get: the sender asked for it. (Others
+        // are framing, which the connection to the sender writes itself.)
+        let head_length = ev
+            .method
+            .eq_ignore_ascii_case("HEAD")
+            .then(|| out_headers.get(http::header::CONTENT_LENGTH).cloned())
+            .flatten();
         // The upstream's answer is relayed as a new message: what its `Connection` header
         // names belongs to the gateway's connection to it (RFC 9110 §7.6.1), not the client's.
         let listed = connection_tokens(
@@ -592,6 +611,9 @@ impl HttpSink {
             .chain(HOP_BY_HOP.iter().copied())
         {
             out_headers.remove(name);
+        }
+        if let Some(length) = head_length {
+            out_headers.insert(http::header::CONTENT_LENGTH, length);
         }
         let mut out = http::Response::new(bytes::Bytes::from(body));
         *out.status_mut() = parts.status;
