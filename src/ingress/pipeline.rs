@@ -161,7 +161,7 @@ async fn process(
     if let Some(hs) = cfg.verifier.handshake(&parts, &body, now) {
         let hs = hs.map_err(Reject::Verify)?;
         let mut reply = reject::json(hs.status, String::new());
-        *reply.body_mut() = http_body_util::Full::new(hs.body);
+        *reply.body_mut() = reject::ReplyBody::new(hs.body);
         reply.headers_mut().insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static(hs.content_type),
@@ -180,8 +180,7 @@ async fn process(
     route.check_rate().map_err(Reject::RateLimited)?;
 
     if let Some(upstream) = &route.proxy {
-        let mut held = held;
-        return Ok(proxy(upstream, &cfg.name, &parts, body, &verified, now, &mut held).await);
+        return Ok(proxy(upstream, &cfg.name, &parts, body, &verified, now, held).await);
     }
 
     let key = dedupe::derive(&cfg.dedupe, &verified, &parts.headers, &body)
@@ -224,7 +223,7 @@ async fn proxy(
     body: bytes::Bytes,
     verified: &crate::verify::Verified,
     now: SystemTime,
-    held: &mut super::Held,
+    mut held: super::Held,
 ) -> Outcome {
     use crate::forward::http::ProxyError;
     let received_at_ms = now
@@ -233,8 +232,13 @@ async fn proxy(
         .unwrap_or(0);
     let ev = NewEvent::new(route, parts, body, verified, received_at_ms).into_event();
     let id = ev.id.clone();
-    let (reply, outcome, error) = match upstream.proxy(&ev, held).await {
-        Ok(resp) => (resp.map(http_body_util::Full::new), "proxied", None),
+    let (reply, outcome, error) = match upstream.proxy(&ev, &mut held).await {
+        // The answer stays counted until the sender's connection took it all.
+        Ok(resp) => (
+            resp.map(|b| reject::ReplyBody::held(b, held)),
+            "proxied",
+            None,
+        ),
         Err(ProxyError::Unreachable(why)) => (
             reject::json(
                 http::StatusCode::BAD_GATEWAY,
