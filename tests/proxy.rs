@@ -406,3 +406,63 @@ async fn proxy_answers_count_against_max_body_memory() {
     assert_eq!(r.headers()["content-length"], "20000000");
     assert_eq!(gw.counter("hookgate_body_memory_bytes").await, 0.0);
 }
+
+/// A proxied answer stays counted until the sender has taken it, not only until it was built:
+/// its buffer carries the count and is freed when the connection has written its last byte.
+/// The sender here has a tiny receive buffer and reads only the head at first, so most of a
+/// 10 MiB answer cannot have left the gateway (its send buffer is at most `tcp_wmem`'s 4 MiB
+/// by default); once the sender reads it all, the count goes back to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_answers_waiting_for_a_slow_reader_still_count() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const TEN_MIB: usize = 10 << 20;
+    let dir = tempdir();
+    let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {TEN_MIB}\r\n\r\n").into_bytes();
+    answer.resize(answer.len() + TEN_MIB, b'a');
+    let up = raw_upstream(Box::leak(answer.into_boxed_slice())).await;
+    let gw = Gateway::start(
+        dir.path(),
+        &config(
+            &Backend::Embedded,
+            dir.path(),
+            "",
+            &proxy_route("slow", &up).replace("timeout = \"500ms\"", "timeout = \"5s\""),
+        ),
+    );
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(gw.ingress).await.unwrap();
+    let ts = now_secs();
+    s.write_all(
+        format!(
+            "POST /p/slow HTTP/1.1\r\nHost: gw\r\nX-Timestamp: {ts}\r\nX-Signature: {}\r\n\
+             Content-Length: 1\r\nConnection: close\r\n\r\nx",
+            hmac_sign(SECRET, ts, b"x")
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = vec![0u8; 64];
+    let n = s.read(&mut head).await.unwrap();
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    let held = "hookgate_body_memory_bytes";
+    assert!(
+        gw.counter(held).await >= TEN_MIB as f64,
+        "the answer waiting for the sender is counted: {}",
+        gw.counter(held).await
+    );
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.unwrap();
+    assert!(n + rest.len() > TEN_MIB, "the whole answer arrived");
+    wait_until(
+        Duration::from_secs(10),
+        "the count given back",
+        async || gw.counter(held).await == 0.0,
+    )
+    .await;
+}

@@ -514,7 +514,7 @@ impl HttpSink {
         &self,
         ev: &Event,
         held: &mut crate::ingress::Held,
-    ) -> Result<http::Response<bytes::Bytes>, ProxyError> {
+    ) -> Result<http::Response<Vec<u8>>, ProxyError> {
         let req = self.request(ev, 1).map_err(ProxyError::Unreachable)?;
         // A free slot is waited for up to half the timeout, so a request sent still has at
         // least the other half: waiting until a slot freed at the deadline would send it with
@@ -532,8 +532,7 @@ impl HttpSink {
             relayable(&parts)?;
             // A HEAD's answer, a 204 and a 304 have no body whatever length they declare (a
             // HEAD's describes what a GET would get).
-            let bodiless = ev.method.eq_ignore_ascii_case("HEAD")
-                || matches!(parts.status.as_u16(), 204 | 304);
+            let bodiless = ev.method == "HEAD" || matches!(parts.status.as_u16(), 204 | 304);
             let declared = parts
                 .headers
                 .get(http::header::CONTENT_LENGTH)
@@ -574,11 +573,16 @@ impl HttpSink {
                     if len > out_body.capacity() {
                         // Grown here as a Vec would grow itself (doubling), and the whole
                         // capacity counted: an answer without a length (chunked) held up to
-                        // twice its bytes, uncounted.
-                        let want = (out_body.capacity() * 2).max(len).min(MAX_PROXY_BODY);
-                        if !held.hold(base + want).await {
+                        // twice its bytes, uncounted. Where the double does not fit, just what
+                        // is needed, if that does.
+                        let double = (out_body.capacity() * 2).max(len).min(MAX_PROXY_BODY);
+                        let want = if held.try_hold(base + double).await {
+                            double
+                        } else if held.hold(base + len).await {
+                            len
+                        } else {
                             return Err(no_room(len));
-                        }
+                        };
                         out_body.reserve_exact(want - out_body.len());
                     }
                     out_body.extend_from_slice(chunk);
@@ -592,9 +596,7 @@ impl HttpSink {
         let mut out_headers = parts.headers;
         // A HEAD's Content-Length says what a GET would get: the sender asked for it. (Others
         // are framing, which the connection to the sender writes itself.)
-        let head_length = ev
-            .method
-            .eq_ignore_ascii_case("HEAD")
+        let head_length = (ev.method == "HEAD" && parts.status != http::StatusCode::NO_CONTENT)
             .then(|| out_headers.get(http::header::CONTENT_LENGTH).cloned())
             .flatten();
         // The upstream's answer is relayed as a new message: what its `Connection` header
@@ -615,7 +617,7 @@ impl HttpSink {
         if let Some(length) = head_length {
             out_headers.insert(http::header::CONTENT_LENGTH, length);
         }
-        let mut out = http::Response::new(bytes::Bytes::from(body));
+        let mut out = http::Response::new(body);
         *out.status_mut() = parts.status;
         *out.headers_mut() = out_headers;
         Ok(out)

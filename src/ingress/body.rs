@@ -112,6 +112,11 @@ impl Held {
         self.grow_to(total, ROOM_WAIT).await
     }
 
+    /// Grows the hold to `total` bytes if they fit now, without waiting.
+    pub async fn try_hold(&mut self, total: usize) -> bool {
+        self.grow_to(total, Duration::ZERO).await
+    }
+
     /// Grows the hold to `total` bytes, waiting up to `wait` for room; false (and unchanged)
     /// when they did not fit by then.
     async fn grow_to(&mut self, total: usize, wait: Duration) -> bool {
@@ -143,6 +148,21 @@ impl Drop for Held {
             self.budget.give_back(self.bytes);
         }
     }
+}
+
+/// `buf` as `Bytes` that keep `held` until the last of them is dropped: a buffer handed to
+/// the connection is freed only once written, and so is its count.
+pub fn counted(buf: Vec<u8>, held: Held) -> Bytes {
+    struct Counted {
+        buf: Vec<u8>,
+        _held: Held,
+    }
+    impl AsRef<[u8]> for Counted {
+        fn as_ref(&self) -> &[u8] {
+            &self.buf
+        }
+    }
+    Bytes::from_owner(Counted { buf, _held: held })
 }
 
 /// The body as received: one frame kept as it came (the usual case, no copy), or several
@@ -308,6 +328,25 @@ mod tests {
         );
         release.await.unwrap();
         assert_eq!(budget.used(), 10);
+    }
+
+    /// Bytes made by `counted` keep the hold until the last slice of them is gone, as the
+    /// connection slices and drops them while writing.
+    #[tokio::test]
+    async fn counted_bytes_give_the_hold_back_with_their_last_slice() {
+        let budget = BodyBudget::new(100);
+        let mut held = Held::none(&budget);
+        assert!(held.grow_to(80, NO_WAIT).await);
+        let mut bytes = counted(vec![7u8; 80], held);
+        let head = bytes.split_to(30);
+        let copy = bytes.clone();
+        drop(bytes);
+        assert_eq!(budget.used(), 80);
+        drop(head);
+        assert_eq!(budget.used(), 80, "a slice is still out");
+        assert_eq!(&copy[..], &[7u8; 50][..]);
+        drop(copy);
+        assert_eq!(budget.used(), 0);
     }
 
     #[test]

@@ -161,7 +161,7 @@ async fn process(
     if let Some(hs) = cfg.verifier.handshake(&parts, &body, now) {
         let hs = hs.map_err(Reject::Verify)?;
         let mut reply = reject::json(hs.status, String::new());
-        *reply.body_mut() = reject::ReplyBody::new(hs.body);
+        *reply.body_mut() = http_body_util::Full::new(hs.body);
         reply.headers_mut().insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static(hs.content_type),
@@ -233,9 +233,10 @@ async fn proxy(
     let ev = NewEvent::new(route, parts, body, verified, received_at_ms).into_event();
     let id = ev.id.clone();
     let (reply, outcome, error) = match upstream.proxy(&ev, &mut held).await {
-        // The answer stays counted until the sender's connection took it all.
+        // The answer's buffer carries its count: given back when the connection drops the
+        // last of it, once written to the sender (a slow reader's answer still counts).
         Ok(resp) => (
-            resp.map(|b| reject::ReplyBody::held(b, held)),
+            resp.map(|buf| http_body_util::Full::new(super::body::counted(buf, held))),
             "proxied",
             None,
         ),

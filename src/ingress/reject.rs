@@ -1,79 +1,15 @@
 //! Every answer the ingress gives besides 202/200, as one enum: status, error code (also the
 //! metric outcome) and JSON body of SPEC §5. Bodies never echo request data or secrets.
 
-use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use hyper::body::{Body, Frame, SizeHint};
+use http_body_util::Full;
 
 use crate::verify::VerifyError;
 
-pub type Reply = Response<ReplyBody>;
-
-/// The most of an answer handed to the connection at once.
-const SLICE: usize = 64 * 1024;
-
-/// An answer's body, handed to the connection a slice at a time as it has room for more (the
-/// connection buffers little, so a slow reader holds the rest here). A proxied upstream's
-/// answer carries the request's share of `server.max_body_memory` (`held`) until its last
-/// slice is taken, so answers waiting for slow senders count, not only those being read.
-pub struct ReplyBody {
-    rest: Bytes,
-    held: Option<super::Held>,
-}
-
-impl ReplyBody {
-    pub fn new(bytes: Bytes) -> ReplyBody {
-        ReplyBody {
-            rest: bytes,
-            held: None,
-        }
-    }
-
-    /// `bytes`, counted in `held` until the connection took them all.
-    pub fn held(bytes: Bytes, held: super::Held) -> ReplyBody {
-        ReplyBody {
-            rest: bytes,
-            held: Some(held),
-        }
-    }
-}
-
-impl From<Bytes> for ReplyBody {
-    fn from(bytes: Bytes) -> ReplyBody {
-        ReplyBody::new(bytes)
-    }
-}
-
-impl Body for ReplyBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let this = self.get_mut();
-        if this.rest.is_empty() {
-            this.held = None;
-            return Poll::Ready(None);
-        }
-        let slice = this.rest.split_to(this.rest.len().min(SLICE));
-        Poll::Ready(Some(Ok(Frame::data(slice))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.rest.is_empty()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.rest.len() as u64)
-    }
-}
+pub type Reply = Response<Full<Bytes>>;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reject {
@@ -183,7 +119,7 @@ impl Reject {
 }
 
 pub fn json(status: StatusCode, body: String) -> Reply {
-    let mut r = Response::new(ReplyBody::new(Bytes::from(body)));
+    let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
