@@ -90,16 +90,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn sign(a: hookgate::cli::SignArgs) -> ExitCode {
-    let cfg = match config::load(&a.config.config) {
-        Ok((cfg, _)) => cfg,
+/// The config for a command that only reads it (`sign`, `backup`), or `None` once its problems
+/// are printed.
+fn load_or_say(path: &std::path::Path) -> Option<config::Config> {
+    match config::load(path) {
+        Ok((cfg, _)) => Some(cfg),
         Err(problems) => {
-            eprintln!("hookgate: {} has problems:", a.config.config.display());
+            eprintln!("hookgate: {} has problems:", path.display());
             for e in &problems.errors {
                 eprintln!("{e}");
             }
-            return ExitCode::FAILURE;
+            None
         }
+    }
+}
+
+fn sign(a: hookgate::cli::SignArgs) -> ExitCode {
+    let Some(cfg) = load_or_say(&a.config.config) else {
+        return ExitCode::FAILURE;
     };
     let now = std::time::SystemTime::now();
     let body = match a.body.as_deref() {
@@ -131,15 +139,8 @@ fn sign(a: hookgate::cli::SignArgs) -> ExitCode {
 }
 
 fn backup(a: hookgate::cli::BackupArgs) -> ExitCode {
-    let cfg = match config::load(&a.config.config) {
-        Ok((cfg, _)) => cfg,
-        Err(problems) => {
-            eprintln!("hookgate: {} has problems:", a.config.config.display());
-            for e in &problems.errors {
-                eprintln!("{e}");
-            }
-            return ExitCode::FAILURE;
-        }
+    let Some(cfg) = load_or_say(&a.config.config) else {
+        return ExitCode::FAILURE;
     };
     let config::StoreBackend::Embedded { path, .. } = &cfg.store.backend else {
         eprintln!("hookgate backup: the store is Redis (store.backend = \"redis\"): back it up with Redis's own persistence (its AOF or RDB files, BGSAVE), see docs/REDIS.md");

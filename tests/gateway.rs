@@ -489,21 +489,26 @@ async fn hundred_events_with_twenty_percent_failures_all_delivered_once(b: Backe
     );
 }
 
-async fn sigkill_loses_no_acknowledged_event(b: Backend) {
-    let dir = tempdir();
-    let up = Upstream::start().await;
-    up.always(503);
-    let cfg = config(
-        &b,
-        dir.path(),
+/// Route `r` delivering to `up` with room for many retries, `backoff_max` apart at most.
+fn retrying_config(b: &Backend, dir: &std::path::Path, up: &Upstream, backoff_max: &str) -> String {
+    config(
+        b,
+        dir,
         "",
         &hmac_route(
             "r",
             &up.url("/in"),
-            "max_attempts = 100\nbackoff_max = \"100ms\"",
+            &format!("max_attempts = 100\nbackoff_max = \"{backoff_max}\""),
             "",
         ),
-    );
+    )
+}
+
+async fn sigkill_loses_no_acknowledged_event(b: Backend) {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    up.always(503);
+    let cfg = retrying_config(&b, dir.path(), &up, "100ms");
     let mut gw = Gateway::start(dir.path(), &cfg);
     let c = reqwest::Client::new();
     let mut acked = std::collections::HashSet::new();
@@ -552,17 +557,7 @@ async fn a_retry_scheduled_beyond_backoff_max_is_made_due(b: Backend) {
     let dir = tempdir();
     let up = Upstream::start().await;
     up.always(503);
-    let cfg = config(
-        &b,
-        dir.path(),
-        "",
-        &hmac_route(
-            "r",
-            &up.url("/in"),
-            "max_attempts = 100\nbackoff_max = \"1s\"",
-            "",
-        ),
-    );
+    let cfg = retrying_config(&b, dir.path(), &up, "1s");
     let mut gw = Gateway::start(dir.path(), &cfg);
     let c = reqwest::Client::new();
     let id = accepted(signed(&c, &gw.url("/hooks/r"), SECRET, "an hour late")).await;

@@ -1007,39 +1007,9 @@ async fn admin_is_separate_and_token_protected() {
     let cfg_arg = cfg_path.to_str().unwrap();
     // The config says 127.0.0.1:0; point the client at the real port.
     let admin = format!("http://{}", gw.admin);
-    let (code, out, err) = cli(&[
-        "events",
-        "-c",
-        cfg_arg,
-        "--admin",
-        &admin,
-        "--token",
-        "adm1n-t0ken",
-        "list",
-        "--route",
-        "limited",
-    ]);
-    assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains(&id), "{out}");
-    let (code, out, _) = cli(&[
-        "events",
-        "-c",
-        cfg_arg,
-        "--admin",
-        &admin,
-        "--token",
-        "adm1n-t0ken",
-        "show",
-        &id,
-    ]);
-    assert_eq!(code, Some(0));
-    assert!(out.contains("\"attempt_log\""), "{out}");
-    // A route's dead letters: the route by position, or by --route as elsewhere.
-    for how in [
-        &["replay-dead", "limited"][..],
-        &["replay-dead", "--route", "limited"],
-    ] {
-        let mut args = vec![
+    // `hookgate events` against the real admin port with the token, then `args`.
+    let events = |args: &[&str]| {
+        let mut all = vec![
             "events",
             "-c",
             cfg_arg,
@@ -1048,8 +1018,21 @@ async fn admin_is_separate_and_token_protected() {
             "--token",
             "adm1n-t0ken",
         ];
-        args.extend_from_slice(how);
-        let (code, out, err) = cli(&args);
+        all.extend_from_slice(args);
+        cli(&all)
+    };
+    let (code, out, err) = events(&["list", "--route", "limited"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&id), "{out}");
+    let (code, out, _) = events(&["show", &id]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("\"attempt_log\""), "{out}");
+    // A route's dead letters: the route by position, or by --route as elsewhere.
+    for how in [
+        &["replay-dead", "limited"][..],
+        &["replay-dead", "--route", "limited"],
+    ] {
+        let (code, out, err) = events(how);
         assert_eq!(code, Some(0), "{how:?}: {err}");
         assert!(out.contains("\"replayed\": 0"), "{how:?}: {out}");
     }

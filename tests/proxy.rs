@@ -11,6 +11,11 @@ use support::*;
 const SECRET: &str = "proxy-secret";
 
 fn proxy_route(name: &str, url: &str) -> String {
+    proxy_route_timed(name, url, "500ms")
+}
+
+/// `proxy_route` with its own `forward.timeout`.
+fn proxy_route_timed(name: &str, url: &str, timeout: &str) -> String {
     format!(
         r#"
 [[route]]
@@ -22,9 +27,21 @@ scheme = "hmac"
 secrets = ["{SECRET}"]
 [route.forward]
 url = "{url}"
-timeout = "500ms"
+timeout = "{timeout}"
 "#
     )
+}
+
+/// A gateway on the embedded store with these routes (and `[server]` lines).
+fn proxy_gateway(dir: &std::path::Path, server_extra: &str, routes: &str) -> Gateway {
+    Gateway::start(dir, &config(&Backend::Embedded, dir, server_extra, routes))
+}
+
+/// An answer of `n` bytes with its `Content-Length`, for `raw_upstream`.
+fn sized_answer(n: usize) -> &'static [u8] {
+    let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n").into_bytes();
+    answer.resize(answer.len() + n, b'a');
+    Box::leak(answer.into_boxed_slice())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,10 +54,7 @@ async fn proxy_relays_the_upstream_answer_or_502_504() {
         proxy_route("dead", &dead),
     ]
     .concat();
-    let gw = Gateway::start(
-        dir.path(),
-        &config(&Backend::Embedded, dir.path(), "", &routes),
-    );
+    let gw = proxy_gateway(dir.path(), "", &routes);
     let c = reqwest::Client::new();
 
     up.push(Plan::Status(201));
@@ -128,15 +142,7 @@ async fn proxy_relays_the_upstream_answer_or_502_504() {
 async fn proxy_drops_the_headers_the_upstreams_connection_header_names() {
     let dir = tempdir();
     let up = Upstream::start().await;
-    let gw = Gateway::start(
-        dir.path(),
-        &config(
-            &Backend::Embedded,
-            dir.path(),
-            "",
-            &proxy_route("live", &up.url("/cmd")),
-        ),
-    );
+    let gw = proxy_gateway(dir.path(), "", &proxy_route("live", &up.url("/cmd")));
     let c = reqwest::Client::new();
 
     // Connection-specific headers of the upstream's hop (RFC 9110 §7.6.1), one named in a
@@ -233,10 +239,7 @@ async fn proxy_answers_it_cannot_relay_are_a_502_that_says_why() {
         proxy_route("dead", &dead),
     ]
     .concat();
-    let gw = Gateway::start(
-        dir.path(),
-        &config(&Backend::Embedded, dir.path(), "", &routes),
-    );
+    let gw = proxy_gateway(dir.path(), "", &routes);
     let c = reqwest::Client::new();
     for (route, why) in [
         (
@@ -296,12 +299,8 @@ async fn proxy_answers_it_cannot_relay_are_a_502_that_says_why() {
 async fn proxy_keeps_to_forward_concurrency() {
     let dir = tempdir();
     let up = Upstream::start().await;
-    let route = proxy_route("one", &up.url("/cmd"))
-        .replace("timeout = \"500ms\"", "timeout = \"2s\"\nconcurrency = 1");
-    let gw = Gateway::start(
-        dir.path(),
-        &config(&Backend::Embedded, dir.path(), "", &route),
-    );
+    let route = proxy_route_timed("one", &up.url("/cmd"), "2s") + "concurrency = 1\n";
+    let gw = proxy_gateway(dir.path(), "", &route);
     let c = reqwest::Client::new();
     up.hold();
     let first = tokio::spawn(signed(&c, &gw.url("/p/one"), SECRET, "first").send());
@@ -341,9 +340,7 @@ async fn proxy_keeps_to_forward_concurrency() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_answers_count_against_max_body_memory() {
     let dir = tempdir();
-    let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 614400\r\n\r\n".to_vec();
-    answer.resize(answer.len() + 614_400, b'a');
-    let big = raw_upstream(Box::leak(answer.into_boxed_slice())).await;
+    let big = raw_upstream(sized_answer(614_400)).await;
     // The same without a length: chunked, in 64 KiB chunks.
     let mut chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..10 {
@@ -355,21 +352,16 @@ async fn proxy_answers_count_against_max_body_memory() {
     let lengthless = raw_upstream(Box::leak(chunked.into_boxed_slice())).await;
     // A HEAD's answer declares what a GET would get: no body to hold, and the length relayed.
     let head = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 20000000\r\n\r\n").await;
-    let five = |r: String| r.replace("timeout = \"500ms\"", "timeout = \"5s\"");
     let routes = [
-        five(proxy_route("big", &big)),
-        five(proxy_route("unsized", &lengthless)),
-        five(proxy_route("head", &head)).replace("mode = ", "methods = [\"HEAD\"]\nmode = "),
+        proxy_route_timed("big", &big, "5s"),
+        proxy_route_timed("unsized", &lengthless, "5s"),
+        proxy_route_timed("head", &head, "5s").replace("mode = ", "methods = [\"HEAD\"]\nmode = "),
     ]
     .concat();
-    let gw = Gateway::start(
+    let gw = proxy_gateway(
         dir.path(),
-        &config(
-            &Backend::Embedded,
-            dir.path(),
-            "max_body = \"64KiB\"\nmax_body_memory = \"512KiB\"",
-            &routes,
-        ),
+        "max_body = \"64KiB\"\nmax_body_memory = \"512KiB\"",
+        &routes,
     );
     let c = reqwest::Client::new();
     let r = signed(&c, &gw.url("/p/big"), SECRET, "x")
@@ -417,18 +409,8 @@ async fn proxy_answers_waiting_for_a_slow_reader_still_count() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const TEN_MIB: usize = 10 << 20;
     let dir = tempdir();
-    let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {TEN_MIB}\r\n\r\n").into_bytes();
-    answer.resize(answer.len() + TEN_MIB, b'a');
-    let up = raw_upstream(Box::leak(answer.into_boxed_slice())).await;
-    let gw = Gateway::start(
-        dir.path(),
-        &config(
-            &Backend::Embedded,
-            dir.path(),
-            "",
-            &proxy_route("slow", &up).replace("timeout = \"500ms\"", "timeout = \"5s\""),
-        ),
-    );
+    let up = raw_upstream(sized_answer(TEN_MIB)).await;
+    let gw = proxy_gateway(dir.path(), "", &proxy_route_timed("slow", &up, "5s"));
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut s = socket.connect(gw.ingress).await.unwrap();

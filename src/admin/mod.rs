@@ -9,9 +9,7 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -165,8 +163,6 @@ fn known_path(s: &[&str]) -> bool {
             | ["admin", "routes", _, "replay-dead"]
     )
 }
-
-pub type Body = Full<Bytes>;
 
 #[cfg(test)]
 mod tests {

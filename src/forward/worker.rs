@@ -96,14 +96,13 @@ impl Worker {
         // settled; until the attempts out at the wake are done, each one finishing rescans.
         let mut rescan_on_done = false;
         // The first look at once: a restart after the clock went back finds them too.
-        let mut schedule_checked = Instant::now();
-        let mut schedule_check_due = true;
+        let mut schedule_checked: Option<Instant> = None;
         loop {
             if *self.stop.borrow() {
                 break;
             }
-            if schedule_check_due || schedule_checked.elapsed() >= SCHEDULE_CHECK_EVERY {
-                (schedule_checked, schedule_check_due) = (Instant::now(), false);
+            if schedule_checked.map_or(true, |t| t.elapsed() >= SCHEDULE_CHECK_EVERY) {
+                schedule_checked = Some(Instant::now());
                 if self.bring_forward_stranded_retries().await {
                     scan = fresh_pass();
                     retry_due = None;
