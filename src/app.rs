@@ -43,6 +43,8 @@ pub struct Running {
     tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     /// Request bodies held at once; a reload sets its new `server.max_body_memory`.
     bodies: Arc<ingress::BodyBudget>,
+    /// The files the config it started with reads besides its own (see `Config::files`).
+    pub files: Vec<std::path::PathBuf>,
 }
 
 /// The routes of one config generation, swapped atomically on reload.
@@ -271,6 +273,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         admin,
         tls,
         bodies,
+        files: config.files.clone(),
     })
 }
 
@@ -280,8 +283,9 @@ impl Running {
     /// see either the old routes or the new, never a mix — and the old workers stop after their
     /// in-flight attempts. Pending events are untouched (they live in the store). The admin
     /// token and the TLS certificate's files are taken as they are now. Listener and store
-    /// settings need a restart; a change to them is logged as such.
-    pub async fn reload(&self, path: &std::path::Path) -> bool {
+    /// settings need a restart; a change to them is logged as such. Returns the files the
+    /// new config reads (see `Config::files`) once it serves, `None` when it was refused.
+    pub async fn reload(&self, path: &std::path::Path) -> Option<Vec<std::path::PathBuf>> {
         let config = match crate::config::load(path) {
             Ok((config, warnings)) => {
                 for w in warnings {
@@ -295,7 +299,7 @@ impl Running {
                 }
                 metrics::counter!("hookgate_config_reloads_total", "result" => "error")
                     .increment(1);
-                return false;
+                return None;
             }
         };
         let mut current = self.generation.lock().await;
@@ -305,7 +309,7 @@ impl Running {
                 tracing::error!(error = %e, "config reload refused; the previous config keeps serving");
                 metrics::counter!("hookgate_config_reloads_total", "result" => "error")
                     .increment(1);
-                return false;
+                return None;
             }
         };
         if let StoreBackend::Embedded { min_free_space, .. } = &config.store.backend {
@@ -333,7 +337,7 @@ impl Running {
         metrics::counter!("hookgate_config_reloads_total", "result" => "ok").increment(1);
         tracing::info!(routes, "config reloaded");
         report_stranded(self.store.as_ref(), &config).await;
-        true
+        Some(config.files)
     }
 
     /// Stops accepting, finishes in-flight requests, stops workers after their in-flight

@@ -268,24 +268,38 @@ async fn serve(cfg: config::Config, path: std::path::PathBuf) -> anyhow::Result<
     }
     // The file is compared by content, so a Kubernetes ConfigMap's symlink swap counts too.
     let mut last = std::fs::read(&path).ok();
+    // So are the files it reads (secrets, TLS): a Secret updated in place or a renewed
+    // certificate is taken up without a SIGHUP.
+    let mut watch = config::watch::Watch::new(running.files.clone());
     let mut tick = tokio::time::interval(CONFIG_POLL);
     loop {
-        tokio::select! {
+        let reloaded = tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading config");
                 last = std::fs::read(&path).ok();
-                running.reload(&path).await;
+                running.reload(&path).await
             }
             _ = tick.tick() => {
                 let now = std::fs::read(&path).ok();
+                let changed = watch.poll();
                 if now.is_some() && now != last {
                     tracing::info!(path = %path.display(), "config file changed: reloading");
                     last = now;
-                    running.reload(&path).await;
+                    running.reload(&path).await
+                } else if !changed.is_empty() {
+                    let files = changed.iter().map(|f| f.display().to_string()).collect::<Vec<_>>();
+                    tracing::info!(files = %files.join(", "), "a file the config reads changed: reloading");
+                    running.reload(&path).await
+                } else {
+                    continue;
                 }
             }
+        };
+        // A refused reload keeps the old config, so the files it reads stay watched.
+        if let Some(files) = reloaded {
+            watch = config::watch::Watch::new(files);
         }
     }
     tracing::info!("shutting down");

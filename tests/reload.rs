@@ -308,6 +308,114 @@ async fn reload_replaces_the_admin_token() {
     assert!(gw.terminate().success());
 }
 
+/// A Kubernetes Secret volume: `name` -> `..data/name`, `..data` -> `..<version>/`; an update
+/// writes a new version directory and swaps `..data` in one rename.
+struct SecretVolume {
+    dir: std::path::PathBuf,
+    version: usize,
+}
+
+impl SecretVolume {
+    fn new(dir: &std::path::Path, name: &str, value: &str) -> SecretVolume {
+        let mut v = SecretVolume {
+            dir: dir.to_path_buf(),
+            version: 0,
+        };
+        v.update(name, value);
+        std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).unwrap();
+        v
+    }
+
+    fn update(&mut self, name: &str, value: &str) {
+        self.version += 1;
+        let version = format!("..2026_12_07_{}", self.version);
+        std::fs::create_dir(self.dir.join(&version)).unwrap();
+        std::fs::write(self.dir.join(&version).join(name), value).unwrap();
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+    }
+}
+
+/// A secret rotated in its mounted Secret is taken up without a signal or a config change:
+/// before, the old secret kept verifying (and the new one got 401) until someone sent SIGHUP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_file_updated_in_place_is_taken_up_without_a_signal() {
+    let dir = tempdir();
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    let (old, new) = ("whsec-before-rotation-5b1", "whsec-after-rotation-9e2");
+    let mut volume = SecretVolume::new(&secrets, "orders", old);
+    let up = Upstream::start().await;
+    let spec = format!("file:{}", secrets.join("orders").display());
+    let mut gw = Gateway::start(
+        dir.path(),
+        &config(
+            &Backend::Embedded,
+            dir.path(),
+            "",
+            &route("orders", &spec, &up.url("/orders")),
+        ),
+    );
+    let c = reqwest::Client::new();
+    // Each request a body of its own: a duplicate would answer 200, verified or not.
+    let sent = std::sync::atomic::AtomicUsize::new(0);
+    let status = |secret: &'static str| {
+        let n = sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let req = signed(
+            &c,
+            &gw.url("/hooks/orders"),
+            secret,
+            format!("rotation {n}"),
+        );
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(old).await, 202);
+    assert_eq!(status(new).await, 401);
+
+    volume.update("orders", &format!("{new}\n"));
+    wait_until(
+        Duration::from_secs(15),
+        "the new secret verifies",
+        || async { status(new).await == 202 },
+    )
+    .await;
+    assert_eq!(status(old).await, 401, "the old secret no longer passes");
+    let log = gw.log();
+    assert!(
+        log.contains("a file the config reads changed: reloading")
+            && log.contains(&secrets.join("orders").display().to_string()),
+        "the reload names the file: {log}"
+    );
+    assert!(!log.contains("SIGHUP"), "no signal was sent");
+    assert!(
+        !log.contains(old) && !log.contains(new),
+        "no secret in the log: {log}"
+    );
+    assert_eq!(gw.reloads("ok").await, 1.0);
+
+    // A Secret whose key was deleted: refused, the last good secret keeps verifying, and the
+    // refusal is not retried every poll.
+    volume.update("other", "x");
+    wait_until(Duration::from_secs(15), "the refusal", || async {
+        gw.reloads("error").await == 1.0
+    })
+    .await;
+    assert!(
+        gw.log().contains("cannot read secret file"),
+        "the refusal says why: {}",
+        gw.log()
+    );
+    assert_eq!(status(new).await, 202);
+    assert!(gw.terminate().success());
+    assert_eq!(
+        gw.log().matches("config reload refused").count(),
+        1,
+        "refused once, not at every poll: {}",
+        gw.log()
+    );
+}
+
 /// A reload that removes (here: renames) a route whose accepted events are still pending says
 /// so as an error, keeps showing them (admin API, gauge), and a reload that brings the route
 /// back delivers them: nothing acknowledged is silently left behind.

@@ -8,6 +8,7 @@ pub mod secret;
 mod tls;
 pub mod units;
 mod validate;
+pub mod watch;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -29,6 +30,9 @@ pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
     pub routes: Vec<Arc<RouteConfig>>,
+    /// The files this config was read from besides its own (`file:` secrets and URLs, the
+    /// TLS certificate, key and client CA): `serve` reloads when one of them changes.
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -180,9 +184,19 @@ pub struct ForwardSign {
 pub struct Problems {
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
+    /// Files read while validating (see [`Config::files`]).
+    pub files: Vec<PathBuf>,
 }
 
 impl Problems {
+    /// Notes a file the config reads, for `serve` to watch.
+    pub fn reads(&mut self, path: &str) {
+        let path = PathBuf::from(path);
+        if !self.files.contains(&path) {
+            self.files.push(path);
+        }
+    }
+
     pub fn error(&mut self, path: impl fmt::Display, msg: impl fmt::Display) {
         self.errors.push(format!("{path}: {msg}"));
     }

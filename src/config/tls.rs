@@ -33,6 +33,12 @@ fn certs(path: &str, at: &str, p: &mut Problems) -> Option<Vec<CertificateDer<'s
 }
 
 pub fn check(t: &RawTls, p: &mut Problems) -> Option<Arc<rustls::ServerConfig>> {
+    for f in [Some(&t.cert), Some(&t.key), t.client_ca.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        p.reads(f);
+    }
     let chain = certs(&t.cert, "server.tls.cert", p);
     let key = match PrivateKeyDer::from_pem_file(Path::new(&t.key)) {
         Ok(k) => Some(k),

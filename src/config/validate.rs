@@ -77,6 +77,7 @@ pub fn validate(raw: RawConfig) -> Result<(Config, Vec<String>), Problems> {
                 server,
                 store,
                 routes,
+                files: p.files,
             },
             p.warnings,
         )),
@@ -179,6 +180,9 @@ pub(crate) fn resolve_url(spec: &str, at: &str, p: &mut Problems) -> Option<Stri
         }
         return Some(spec.to_string());
     }
+    if let Some(path) = spec.strip_prefix("file:") {
+        p.reads(path);
+    }
     match secret::resolve(spec) {
         Ok((s, _)) => match std::str::from_utf8(s.expose()) {
             Ok(url) => Some(url.trim().to_string()),
@@ -196,6 +200,9 @@ pub(crate) fn resolve_url(spec: &str, at: &str, p: &mut Problems) -> Option<Stri
 
 /// Resolves a secret spec, warning on a literal (it ends up in the config file).
 pub(crate) fn resolve_secret(spec: &str, at: &str, p: &mut Problems) -> Option<Secret> {
+    if let Some(path) = spec.strip_prefix("file:") {
+        p.reads(path);
+    }
     match secret::resolve(spec) {
         Ok((s, SecretSource::Literal)) => {
             p.warn(

@@ -220,7 +220,7 @@ impl Gateway {
         let counts = || async {
             let log = self.log();
             let hups = log.matches("SIGHUP: reloading config").count();
-            let begun = hups + log.matches("config file changed: reloading").count();
+            let begun = hups + log.matches("changed: reloading").count();
             let done = self.reloads("ok").await + self.reloads("error").await;
             (hups, begun as f64, done, self.reloads(result).await)
         };
