@@ -1,9 +1,12 @@
 //! The retry schedule, pure: time and randomness are inputs, so it is tested exactly.
 //!
 //! The delay before attempt n+1 is `min(backoff_max, backoff_initial · 2^(n-1))` with full
-//! jitter (uniform in [0, that]); an upstream's `Retry-After` replaces it, capped at
-//! `backoff_max`. After `max_attempts` attempts in the current cycle, or once the cycle is
-//! older than `max_age`, the event is dead.
+//! jitter (uniform in [0, that]). An upstream's `Retry-After` is a floor under it: the next
+//! attempt waits at least that long (capped at `backoff_max`), and never less than the
+//! backoff would have: an upstream answering `503` with `Retry-After: 0`, `1` or a date its
+//! clock already passed during a blip must not spend `max_attempts` in seconds and send the
+//! event to the dead letters. After `max_attempts` attempts in the current cycle, or once the
+//! cycle is older than `max_age`, the event is dead.
 
 use std::time::Duration;
 
@@ -49,10 +52,8 @@ pub fn after_failure(
             ),
         };
     }
-    let wait = match retry_after {
-        Some(ra) => ra.min(cfg.backoff_max),
-        None => delay(cycle_attempt, cfg.backoff_initial, cfg.backoff_max, jitter),
-    };
+    let backoff = delay(cycle_attempt, cfg.backoff_initial, cfg.backoff_max, jitter);
+    let wait = retry_after.map_or(backoff, |ra| ra.min(cfg.backoff_max).max(backoff));
     let mut at = now_ms.saturating_add(wait.as_millis() as i64);
     if let Some(max_age) = cfg.max_age {
         let deadline =
@@ -133,6 +134,20 @@ mod tests {
             ),
             Next::Retry { at_ms: 600_000 }
         ));
+    }
+
+    #[test]
+    fn a_retry_after_shorter_than_the_backoff_does_not_shorten_it() {
+        let c = cfg(8, None);
+        // Attempt 5: ceiling 16 s, jitter 0.5 → 8 s; `Retry-After: 0` (or a past date, read
+        // as 0) and `Retry-After: 1` keep the 8 s, a longer one is waited for.
+        for (ra, at_ms) in [(0, 8000), (1, 8000), (8, 8000), (12, 12_000)] {
+            let next = after_failure(&c, &retryable(Some(Duration::from_secs(ra))), 5, 0, 0, 0.5);
+            assert!(
+                matches!(next, Next::Retry { at_ms: got } if got == at_ms),
+                "Retry-After {ra}: {next:?}"
+            );
+        }
     }
 
     #[test]
