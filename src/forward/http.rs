@@ -148,10 +148,12 @@ impl HttpSink {
                 .unwrap_or(0);
             sign::sign(&s.scheme, &s.secret, &ev.id, now, &ev.body, &mut headers);
         }
+        // The credentials written into `forward.url` are what the upstream asked for: they
+        // replace a sender's `Authorization`. Only-if-absent sent a `bearer`, `basic` or
+        // `okta` route's own inbound token to the upstream instead (it always has one), so an
+        // upstream needing the URL's credentials answered 401 (permanent) to every event.
         if let Some(auth) = &self.basic {
-            if !headers.contains_key(http::header::AUTHORIZATION) {
-                headers.insert(http::header::AUTHORIZATION, auth.clone());
-            }
+            headers.insert(http::header::AUTHORIZATION, auth.clone());
         }
         let uri = match ev.query.as_deref().filter(|q| !q.is_empty()) {
             None => self.base.clone(),
@@ -762,6 +764,24 @@ url = "{url}"
         assert!(h.get("x-a").is_none() && h.get("x-b").is_none(), "{h:?}");
         assert_eq!(h["x-c"], "3");
         assert!(h.get("connection").is_none());
+    }
+
+    #[test]
+    fn the_urls_credentials_replace_a_senders_authorization() {
+        let ev = event(
+            http::Request::post("/r").header("authorization", "Bearer inbound-token"),
+            b"{}",
+        );
+        let req = sink("http://gw:upstream-pass@up.example/in")
+            .request(&ev, 1)
+            .unwrap();
+        let auth: Vec<_> = req.headers().get_all("authorization").iter().collect();
+        use base64::Engine as _;
+        let basic = base64::engine::general_purpose::STANDARD.encode("gw:upstream-pass");
+        assert_eq!(auth, [format!("Basic {basic}").as_str()]);
+        // Without credentials in the URL the sender's header goes through, as every other.
+        let req = sink("http://up.example/in").request(&ev, 1).unwrap();
+        assert_eq!(req.headers()["authorization"], "Bearer inbound-token");
     }
 
     #[test]
