@@ -672,3 +672,42 @@ async fn a_duplicate_is_answered_while_redis_refuses_writes() {
     assert_eq!(dup.unwrap(), store::Accept::Duplicate(id));
     assert!(s.accept(event(1, now + 2), None).await.is_err());
 }
+
+/// Keys stamped with a newer layout (a replica rolled back to an older binary while the others
+/// run a newer one) are refused at open and left as they are; a fresh prefix is stamped.
+#[tokio::test]
+async fn keys_of_a_newer_layout_are_refused_unchanged() {
+    let redis = RedisServer::start();
+    drop(open(&redis, "lay").await);
+    let mut con = ::redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let get = |con: &mut ::redis::Connection| -> Option<String> {
+        ::redis::cmd("GET").arg("lay:layout").query(con).unwrap()
+    };
+    assert_eq!(get(&mut con).as_deref(), Some("1"), "stamped");
+
+    let _: () = ::redis::cmd("SET")
+        .arg("lay:layout")
+        .arg(2)
+        .query(&mut con)
+        .unwrap();
+    let cfg = StoreConfig {
+        backend: StoreBackend::Redis {
+            url: redis.url(),
+            key_prefix: "lay".into(),
+            visibility_timeout: Duration::from_secs(30),
+        },
+        retention: RETENTION,
+    };
+    let err = match store::open(&cfg).await {
+        Ok(_) => panic!("opened keys of a newer layout"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("written by a newer hookgate (key layout 2; this build reads up to 1)"),
+        "{err}"
+    );
+    assert_eq!(get(&mut con).as_deref(), Some("2"), "left as it was");
+}

@@ -88,6 +88,34 @@ CREATE TABLE IF NOT EXISTS duplicates (
 ) WITHOUT ROWID;
 ";
 
+/// The layout of the tables this build reads and writes, stamped in the file's header
+/// (`PRAGMA user_version`; 0 in a store written before the stamp, read as 1). A build that
+/// changes the layout raises it and migrates older stores; a store stamped higher than this
+/// build knows is refused at open, before anything is written: a rollback to an older binary
+/// (at 3 a.m., after a bad deploy) must not read a newer layout wrongly or write into it.
+const SCHEMA_VERSION: i64 = 1;
+/// `PRAGMA application_id`: "hkgt", marking the file as a hookgate store (`file(1)` shows it).
+const APPLICATION_ID: i64 = 0x686b_6774;
+
+/// Refuses a store this build cannot read (see [`SCHEMA_VERSION`]); nothing is written.
+fn check_stamp(conn: &Connection, file: &Path) -> anyhow::Result<()> {
+    let app: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    if app != 0 && app != APPLICATION_ID {
+        anyhow::bail!(
+            "store.path: {} is not a hookgate store (its application_id is {app:#x}); nothing was changed",
+            file.display()
+        );
+    }
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        anyhow::bail!(
+            "store.path: {} was written by a newer hookgate (store layout {version}; this build reads up to {SCHEMA_VERSION}); nothing was changed. Run the newer version, or restore a backup made by this one (`hookgate backup`)",
+            file.display()
+        );
+    }
+    Ok(())
+}
+
 /// Longest an accept waits for the writer to take it up before the request is answered 503.
 const ACCEPT_DEADLINE: Duration = Duration::from_secs(3);
 
@@ -697,8 +725,12 @@ impl EmbeddedStore {
                 "store: keeps the page size it was created with (store.page_size applies to new stores)"
             );
         }
+        check_stamp(&writer, &file)?;
         writer.execute_batch(SCHEMA)?;
         keys::migrate(&mut writer)?;
+        writer.execute_batch(&format!(
+            "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
+        ))?;
         let keys = Keys::load(&writer, crate::forward::worker::now_ms())?;
         // Checkpoints run on their own thread, so no group commit waits for one.
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -2163,9 +2195,6 @@ mod tests {
         );
     }
 
-    /// Refusing starts with the first refused event and ends only once an eighth of the
-    /// reserve is free beyond it; meanwhile the room is 0, so it does not flap with every
-    /// event's worth a purge frees.
     #[test]
     fn a_second_open_of_the_same_store_is_refused_until_the_first_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
@@ -2182,6 +2211,53 @@ mod tests {
         EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
     }
 
+    /// A store stamped with a newer layout (a rollback after a bad deploy) or by another
+    /// application is refused at open, unchanged; an unstamped one (written before the stamp)
+    /// is stamped.
+    #[test]
+    fn a_store_of_a_newer_layout_or_another_application_is_refused_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hookgate.db");
+        drop(EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap());
+        let header = |sql: &str| -> i64 {
+            let c = Connection::open(&file).unwrap();
+            c.query_row(sql, [], |r| r.get(0)).unwrap()
+        };
+        assert_eq!(header("PRAGMA user_version"), SCHEMA_VERSION);
+        assert_eq!(header("PRAGMA application_id"), APPLICATION_ID);
+
+        let set = |sql: &str| Connection::open(&file).unwrap().execute_batch(sql).unwrap();
+        let refused = || match EmbeddedStore::open(dir.path(), Duration::from_secs(60)) {
+            Ok(_) => panic!("opened"),
+            Err(e) => e.to_string(),
+        };
+        set("PRAGMA user_version = 2");
+        let err = refused();
+        assert!(
+            err.contains(
+                "was written by a newer hookgate (store layout 2; this build reads up to 1)"
+            ) && err.contains("nothing was changed"),
+            "{err}"
+        );
+        assert_eq!(header("PRAGMA user_version"), 2, "left as it was");
+
+        set("PRAGMA user_version = 1; PRAGMA application_id = 42");
+        assert!(
+            refused().contains("is not a hookgate store"),
+            "{}",
+            refused()
+        );
+
+        // Written before the stamp: taken as layout 1 and stamped.
+        set("PRAGMA user_version = 0; PRAGMA application_id = 0");
+        drop(EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap());
+        assert_eq!(header("PRAGMA user_version"), SCHEMA_VERSION);
+        assert_eq!(header("PRAGMA application_id"), APPLICATION_ID);
+    }
+
+    /// Refusing starts with the first refused event and ends only once an eighth of the
+    /// reserve is free beyond it; meanwhile the room is 0, so it does not flap with every
+    /// event's worth a purge frees.
     #[test]
     fn refusing_ends_an_eighth_of_the_reserve_above_it_not_before() {
         const MIB: u64 = 1 << 20;

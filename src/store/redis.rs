@@ -179,6 +179,7 @@ impl RedisStore {
         };
         let mut ingress = connect().await?;
         let work = connect().await?;
+        check_layout(&mut ingress, &Keys::new(key_prefix), &shown).await?;
         if let Some(p) = probe::evicting_policy(&mut ingress).await {
             anyhow::bail!("{}", probe::evicting_error(&shown, &p));
         }
@@ -205,6 +206,42 @@ impl RedisStore {
             (visibility / 4).max(Duration::from_millis(100)),
         ));
         Ok(RedisStore { inner })
+    }
+}
+
+/// The layout of the keys this build reads and writes (see `keys`). A build that changes it
+/// raises this; keys stamped higher are refused at open, so a replica rolled back to an older
+/// binary does not misread (or write into) a newer layout that other replicas use.
+const LAYOUT_VERSION: i64 = 1;
+
+/// Stamps an unstamped key space with [`LAYOUT_VERSION`] and refuses a newer one.
+async fn check_layout(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    shown: &str,
+) -> anyhow::Result<()> {
+    let key = keys.layout();
+    // Two commands, not `SET … NX GET` (Redis 7 only; XAUTOCLAIM needs 6.2).
+    let mut p = ::redis::pipe();
+    p.cmd("SET")
+        .arg(&key)
+        .arg(LAYOUT_VERSION)
+        .arg("NX")
+        .ignore();
+    p.cmd("GET").arg(&key);
+    let (was,): (Option<String>,) = bounded(OP_TIMEOUT, p.query_async(conn))
+        .await
+        .map_err(|e| anyhow::anyhow!("store.url: cannot read {key} at {shown}: {e}"))?;
+    match was.map(|v| v.parse::<i64>()) {
+        None => Ok(()),
+        Some(Ok(v)) if v <= LAYOUT_VERSION => Ok(()),
+        Some(Ok(v)) => anyhow::bail!(
+            "store.url: the keys under prefix {:?} at {shown} were written by a newer hookgate (key layout {v}; this build reads up to {LAYOUT_VERSION}); nothing was changed. Run the newer version",
+            key.trim_end_matches(":layout")
+        ),
+        Some(Err(_)) => anyhow::bail!(
+            "store.url: {key} at {shown} is not a hookgate layout version; is store.key_prefix shared with another application?"
+        ),
     }
 }
 

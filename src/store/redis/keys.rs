@@ -13,6 +13,7 @@
 //! {P:R}:gc               zset    delivered event id → delivered at (ms), for retention
 //! P:routes               set     route names ever recorded
 //! P:ping                 string  written by the readiness probe
+//! P:layout               string  the layout version of these keys (refused when newer)
 //! ```
 
 use crate::store::State;
@@ -73,6 +74,11 @@ impl Keys {
 
     pub fn ping(&self) -> String {
         format!("{}:ping", self.prefix)
+    }
+
+    /// The layout version the keys were written in (see `redis::LAYOUT_VERSION`).
+    pub fn layout(&self) -> String {
+        format!("{}:layout", self.prefix)
     }
 }
 
