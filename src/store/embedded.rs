@@ -180,11 +180,15 @@ enum Write {
         Next,
         oneshot::Sender<Result<(), String>>,
     ),
-    Replay(
-        Option<String>,
-        Option<String>,
+    /// Event id, now: replays that event, whatever its state; replies how many (0 or 1).
+    Replay(String, i64, oneshot::Sender<Result<u64, String>>),
+    /// Route, after, now: one chunk of a route's replay-dead, up to `REPLAY_CHUNK` of its dead
+    /// events with ids after `after`; replies how many and the last one's id.
+    ReplayDead(
+        String,
+        String,
         i64,
-        oneshot::Sender<Result<u64, String>>,
+        oneshot::Sender<Result<(u64, Option<String>), String>>,
     ),
     /// One chunk of a purge at `now`: up to `PURGE_CHUNK` expired keys and delivered events
     /// past the retention, the events after the id given (where the last chunk stopped).
@@ -926,9 +930,12 @@ fn writer_loop(
         // A batch of settles (and purges) only need not wait for its fsync: losing it in a
         // crash means an attempt is made again, which at-least-once allows; it is made durable
         // by the next fsync'd commit or checkpoint (the WAL is synced in order).
-        let full = batch
-            .iter()
-            .any(|w| matches!(w, Write::Accept(..) | Write::Replay(..)));
+        let full = batch.iter().any(|w| {
+            matches!(
+                w,
+                Write::Accept(..) | Write::Replay(..) | Write::ReplayDead(..)
+            )
+        });
         if full != synchronous_full {
             let mode = if full { "FULL" } else { "NORMAL" };
             if conn.pragma_update(None, "synchronous", mode).is_ok() {
@@ -986,7 +993,12 @@ fn writer_loop(
 /// fsync, only on its commit) waits up to `SETTLE_LINGER` for more writes, so settles share
 /// transactions instead of each rewriting the same pages.
 fn gather(rx: &mpsc::Receiver<Write>, batch: &mut Vec<Write>) {
-    let urgent = |w: &Write| matches!(w, Write::Accept(..) | Write::Replay(..));
+    let urgent = |w: &Write| {
+        matches!(
+            w,
+            Write::Accept(..) | Write::Replay(..) | Write::ReplayDead(..)
+        )
+    };
     while batch.len() < MAX_BATCH {
         match rx.try_recv() {
             Ok(w) => batch.push(w),
@@ -1016,6 +1028,10 @@ fn gather(rx: &mpsc::Receiver<Write>, batch: &mut Vec<Write>) {
 
 /// Events a write of `bring_forward` moves at most: accepts are committed between chunks.
 const BRING_FORWARD_CHUNK: u64 = 500;
+/// Dead events a write of `replay_dead` replays at most. One transaction over a route's whole
+/// dead-letter backlog (100k events of 8 KiB) held the writer 4–5 s, so every route's senders
+/// got 503 meanwhile, and grew the WAL by ~900 MB, which the writer then copied back at once.
+const REPLAY_CHUNK: usize = 500;
 
 /// How long a batch of settles waits for company, and how many end the wait.
 const SETTLE_LINGER: Duration = Duration::from_millis(2);
@@ -1072,6 +1088,8 @@ enum Out {
     DiskLow,
     Unit,
     Count(u64),
+    /// A replay-dead chunk: how many, and the last event id it replayed.
+    Replayed(u64, Option<String>),
     /// A purge chunk: whether more may be left, and the last event id it deleted.
     Purged(bool, Option<String>),
     /// An accept whose caller stopped waiting before its transaction began: not recorded.
@@ -1102,8 +1120,19 @@ fn run(
             settle_tx(tx, id, *cycle, attempt, next)?;
             Out::Unit
         }
-        Write::Replay(id, route, now, _) => {
-            Out::Count(replay_tx(tx, id.as_deref(), route.as_deref(), *now)?)
+        Write::Replay(id, now, _) => Out::Count(replay_tx(tx, id, *now)?),
+        Write::ReplayDead(route, after, now, _) => {
+            let ids: Vec<String> = tx
+                .prepare_cached(
+                    "SELECT id FROM events WHERE route = ?1 AND state = 'dead' AND id > ?2
+                     ORDER BY id LIMIT ?3",
+                )?
+                .query_map(params![route, after, REPLAY_CHUNK as i64], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for id in &ids {
+                replay_tx(tx, id, *now)?;
+            }
+            Out::Replayed(ids.len() as u64, ids.last().cloned())
         }
         Write::Discard(id, _) => Out::Count(discard_tx(tx, id)?),
         // A chunk at a time (the caller loops): one transaction over a backlog of 100k
@@ -1154,7 +1183,11 @@ fn reply(w: Write, r: Result<Out, String>, leases: &Leases) {
             Out::Purged(more, last) => (more, last),
             _ => (false, after),
         }))),
-        Write::Replay(_, _, _, tx) | Write::Discard(_, tx) | Write::BringForward(_, _, _, tx) => {
+        Write::ReplayDead(_, after, _, tx) => drop(tx.send(r.map(|o| match o {
+            Out::Replayed(n, last) => (n, last),
+            _ => (0, Some(after)),
+        }))),
+        Write::Replay(_, _, tx) | Write::Discard(_, tx) | Write::BringForward(_, _, _, tx) => {
             drop(tx.send(r.map(|o| match o {
                 Out::Count(n) => n,
                 _ => 0,
@@ -1433,25 +1466,21 @@ fn settle_tx(
     Ok(())
 }
 
-fn replay_tx(
-    tx: &Connection,
-    id: Option<&str>,
-    route: Option<&str>,
-    now: i64,
-) -> rusqlite::Result<u64> {
-    const SET: &str =
-        "UPDATE events SET state = 'pending', next_attempt_at = ?1, cycle_attempts = 0,
-                       cycle_started_at = ?1, updated_at = ?1, last_error = NULL";
+/// Makes the event pending and due at `now` with a fresh retry budget, marking its history.
+fn replay_tx(tx: &Connection, id: &str, now: i64) -> rusqlite::Result<u64> {
     // The mark in the event's history first, from the state the update is about to change.
-    const MARK: &str = "INSERT INTO replays (event_id, at, after_attempts, was)
-                        SELECT id, ?1, attempts, state FROM events";
-    let (filter, arg) = match (id, route) {
-        (Some(id), _) => ("WHERE id = ?2", id),
-        (None, Some(route)) => ("WHERE route = ?2 AND state = 'dead'", route),
-        (None, None) => return Ok(0),
-    };
-    tx.execute(&format!("{MARK} {filter}"), params![now, arg])?;
-    let n = tx.execute(&format!("{SET} {filter}"), params![now, arg])?;
+    tx.prepare_cached(
+        "INSERT INTO replays (event_id, at, after_attempts, was)
+         SELECT id, ?1, attempts, state FROM events WHERE id = ?2",
+    )?
+    .execute(params![now, id])?;
+    let n = tx
+        .prepare_cached(
+            "UPDATE events SET state = 'pending', next_attempt_at = ?1, cycle_attempts = 0,
+                    cycle_started_at = ?1, updated_at = ?1, last_error = NULL
+             WHERE id = ?2",
+        )?
+        .execute(params![now, id])?;
     Ok(n as u64)
 }
 
@@ -1894,16 +1923,24 @@ impl Store for EmbeddedStore {
 
     async fn replay(&self, event_id: &str, now_ms: i64) -> Result<bool, StoreError> {
         let id = event_id.to_string();
-        Ok(self
-            .write(|r| Write::Replay(Some(id), None, now_ms, r))
-            .await?
-            > 0)
+        Ok(self.write(|r| Write::Replay(id, now_ms, r)).await? > 0)
     }
 
+    /// In chunks, each a write of its own (see `REPLAY_CHUNK`), in id order: an event that
+    /// dies again while the replay goes on (a permanent failure) is not replayed twice.
     async fn replay_dead(&self, route: &str, now_ms: i64) -> Result<u64, StoreError> {
-        let route = route.to_string();
-        self.write(|r| Write::Replay(None, Some(route), now_ms, r))
-            .await
+        let (mut total, mut after) = (0, String::new());
+        loop {
+            let route = route.to_string();
+            let (n, last) = self
+                .write(|r| Write::ReplayDead(route, after, now_ms, r))
+                .await?;
+            total += n;
+            match last {
+                Some(last) if n == REPLAY_CHUNK as u64 => after = last,
+                _ => return Ok(total),
+            }
+        }
     }
 
     async fn bring_forward(
@@ -2061,6 +2098,46 @@ mod tests {
             0,
             "none left"
         );
+    }
+
+    #[tokio::test]
+    async fn replay_dead_goes_in_chunks_and_replays_each_dead_event_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
+        let n = REPLAY_CHUNK * 2 + 7;
+        for _ in 0..n {
+            store.accept(event("r", "x"), None).await.unwrap();
+        }
+        store.accept(event("other", "y"), None).await.unwrap();
+        let db = Connection::open(dir.path().join("hookgate.db")).unwrap();
+        db.execute_batch("UPDATE events SET state = 'dead', next_attempt_at = NULL")
+            .unwrap();
+        let before = store.commits();
+        assert_eq!(store.replay_dead("r", 5_000).await.unwrap(), n as u64);
+        assert!(
+            store.commits() - before >= 3,
+            "a write per chunk of {REPLAY_CHUNK}, not one over the backlog"
+        );
+        let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(
+            count("SELECT count(*) FROM events WHERE route = 'r' AND state = 'pending' AND next_attempt_at = 5000"),
+            n as i64
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM events WHERE route = 'other' AND state = 'dead'"),
+            1,
+            "another route's dead letters stay"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM replays"),
+            n as i64,
+            "one mark each"
+        );
+        assert_eq!(
+            count("SELECT count(DISTINCT event_id) FROM replays"),
+            n as i64
+        );
+        assert_eq!(store.replay_dead("r", 6_000).await.unwrap(), 0, "none left");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
