@@ -710,4 +710,28 @@ async fn keys_of_a_newer_layout_are_refused_unchanged() {
         "{err}"
     );
     assert_eq!(get(&mut con).as_deref(), Some("2"), "left as it was");
+
+    // A Redis refusing writes (over maxmemory, noeviction) still lets a replica start, as
+    // before the stamp: accepts get 503 until it takes writes again.
+    let config_set = |con: &mut ::redis::Connection, v: &str| {
+        let _: () = ::redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(v)
+            .query(con)
+            .unwrap();
+    };
+    config_set(&mut con, "1");
+    let full = std::panic::AssertUnwindSafe(open(&redis, "full"));
+    let opened = futures_util::FutureExt::catch_unwind(full).await;
+    config_set(&mut con, "0");
+    assert!(
+        opened.is_ok(),
+        "a store on a Redis refusing writes did not open"
+    );
+    let stamp: Option<String> = ::redis::cmd("GET")
+        .arg("full:layout")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(stamp, None, "not stamped while Redis refused writes");
 }

@@ -97,23 +97,34 @@ const SCHEMA_VERSION: i64 = 1;
 /// `PRAGMA application_id`: "hkgt", marking the file as a hookgate store (`file(1)` shows it).
 const APPLICATION_ID: i64 = 0x686b_6774;
 
-/// Refuses a store this build cannot read (see [`SCHEMA_VERSION`]); nothing is written.
-fn check_stamp(conn: &Connection, file: &Path) -> anyhow::Result<()> {
-    let app: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
-    if app != 0 && app != APPLICATION_ID {
+/// Refuses a store this build cannot read (see [`SCHEMA_VERSION`]), on a read-only connection
+/// opened before anything else (the writer's own sets WAL mode, which would change another
+/// application's file). Returns whether the file needs stamping.
+fn check_stamp(file: &Path) -> anyhow::Result<bool> {
+    if !file.exists() {
+        return Ok(true);
+    }
+    let conn = Connection::open_with_flags(file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| anyhow::anyhow!("store.path: cannot open {}: {e}", file.display()))?;
+    let header = |pragma: &str| -> anyhow::Result<i64> {
+        conn.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0))
+            .map_err(|e| anyhow::anyhow!("store.path: cannot read {}: {e}", file.display()))
+    };
+    let (app, version) = (header("application_id")?, header("user_version")?);
+    // Every build that stamps a layout stamps the application id with it.
+    if (app != 0 && app != APPLICATION_ID) || (app == 0 && version != 0) {
         anyhow::bail!(
-            "store.path: {} is not a hookgate store (its application_id is {app:#x}); nothing was changed",
+            "store.path: {} is not a hookgate store (application_id {app:#x}, user_version {version}); nothing was changed",
             file.display()
         );
     }
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {
         anyhow::bail!(
             "store.path: {} was written by a newer hookgate (store layout {version}; this build reads up to {SCHEMA_VERSION}); nothing was changed. Run the newer version, or restore a backup made by this one (`hookgate backup`)",
             file.display()
         );
     }
-    Ok(())
+    Ok(app != APPLICATION_ID || version != SCHEMA_VERSION)
 }
 
 /// Longest an accept waits for the writer to take it up before the request is answered 503.
@@ -718,6 +729,7 @@ impl EmbeddedStore {
         if !file.exists() {
             tracing::info!(path = %file.display(), "store: no database file here yet: making a new, empty store");
         }
+        let unstamped = check_stamp(&file)?;
         let writer = open_conn(&file, page_size)
             .map_err(|e| anyhow::anyhow!("store.path: cannot open {}: {e}", file.display()))?;
         let mut writer = writer;
@@ -729,12 +741,13 @@ impl EmbeddedStore {
                 "store: keeps the page size it was created with (store.page_size applies to new stores)"
             );
         }
-        check_stamp(&writer, &file)?;
         writer.execute_batch(SCHEMA)?;
         keys::migrate(&mut writer)?;
-        writer.execute_batch(&format!(
-            "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
-        ))?;
+        if unstamped {
+            writer.execute_batch(&format!(
+                "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
+            ))?;
+        }
         let keys = Keys::load(&writer, crate::forward::worker::now_ms())?;
         // Checkpoints run on their own thread, so no group commit waits for one.
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -2324,6 +2337,22 @@ mod tests {
             "{}",
             refused()
         );
+
+        // Another application's file (rollback journal, its own user_version): refused with
+        // its bytes untouched (the writer's connection would have turned it to WAL mode).
+        let other = tempfile::tempdir().unwrap();
+        let foreign = other.path().join("hookgate.db");
+        Connection::open(&foreign)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 5; CREATE TABLE t (x);")
+            .unwrap();
+        let bytes = std::fs::read(&foreign).unwrap();
+        let err = match EmbeddedStore::open(other.path(), Duration::from_secs(60)) {
+            Ok(_) => panic!("opened another application's file"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("is not a hookgate store"), "{err}");
+        assert_eq!(std::fs::read(&foreign).unwrap(), bytes, "unchanged");
 
         // Written before the stamp: taken as layout 1 and stamped.
         set("PRAGMA user_version = 0; PRAGMA application_id = 0");

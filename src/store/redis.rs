@@ -214,34 +214,41 @@ impl RedisStore {
 /// binary does not misread (or write into) a newer layout that other replicas use.
 const LAYOUT_VERSION: i64 = 1;
 
-/// Stamps an unstamped key space with [`LAYOUT_VERSION`] and refuses a newer one.
+/// Refuses a key space stamped newer than [`LAYOUT_VERSION`]; stamps an unstamped one. Only
+/// the read must succeed: a Redis refusing writes (over `maxmemory` with `noeviction`, a
+/// failed background save) starts as it did before the stamp (accepts then get 503 until it
+/// takes writes again), with a warning; failing the start there would crash-loop every
+/// replica, and nothing would be delivered to free the memory.
 async fn check_layout(
     conn: &mut ConnectionManager,
     keys: &Keys,
     shown: &str,
 ) -> anyhow::Result<()> {
     let key = keys.layout();
-    // Two commands, not `SET … NX GET` (Redis 7 only; XAUTOCLAIM needs 6.2).
-    let mut p = ::redis::pipe();
-    p.cmd("SET")
-        .arg(&key)
-        .arg(LAYOUT_VERSION)
-        .arg("NX")
-        .ignore();
-    p.cmd("GET").arg(&key);
-    let (was,): (Option<String>,) = bounded(OP_TIMEOUT, p.query_async(conn))
+    let get = ::redis::cmd("GET").arg(&key).clone();
+    let was: Option<String> = bounded(OP_TIMEOUT, get.query_async(conn))
         .await
         .map_err(|e| anyhow::anyhow!("store.url: cannot read {key} at {shown}: {e}"))?;
     match was.map(|v| v.parse::<i64>()) {
-        None => Ok(()),
         Some(Ok(v)) if v <= LAYOUT_VERSION => Ok(()),
         Some(Ok(v)) => anyhow::bail!(
             "store.url: the keys under prefix {:?} at {shown} were written by a newer hookgate (key layout {v}; this build reads up to {LAYOUT_VERSION}); nothing was changed. Run the newer version",
             key.trim_end_matches(":layout")
         ),
         Some(Err(_)) => anyhow::bail!(
-            "store.url: {key} at {shown} is not a hookgate layout version; is store.key_prefix shared with another application?"
+            "store.url: {key} at {shown} does not hold a hookgate layout version; is store.key_prefix shared with another application?"
         ),
+        None => {
+            let set = ::redis::cmd("SET")
+                .arg(&key)
+                .arg(LAYOUT_VERSION)
+                .arg("NX")
+                .clone();
+            if let Err(e) = bounded(OP_TIMEOUT, set.query_async::<()>(conn)).await {
+                tracing::warn!(key = %key, error = %e, "store: cannot stamp the key layout version now (Redis refuses writes?); tried again at the next start");
+            }
+            Ok(())
+        }
     }
 }
 
