@@ -43,8 +43,8 @@ pub struct Running {
     tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     /// Request bodies held at once; a reload sets its new `server.max_body_memory`.
     bodies: Arc<ingress::BodyBudget>,
-    /// The files the config it started with reads besides its own (see `Config::files`).
-    pub files: Vec<std::path::PathBuf>,
+    /// The files the config it started with was read from (see `Config::files`).
+    pub files: Vec<(std::path::PathBuf, crate::config::watch::Seen)>,
 }
 
 /// The routes of one config generation, swapped atomically on reload.
@@ -285,8 +285,31 @@ impl Running {
     /// token and the TLS certificate's files are taken as they are now. Listener and store
     /// settings need a restart; a change to them is logged as such. Returns the files the
     /// new config reads (see `Config::files`) once it serves, `None` when it was refused.
-    pub async fn reload(&self, path: &std::path::Path) -> Option<Vec<std::path::PathBuf>> {
-        let config = match crate::config::load(path) {
+    pub async fn reload(
+        &self,
+        path: &std::path::Path,
+    ) -> Option<Vec<(std::path::PathBuf, crate::config::watch::Seen)>> {
+        // Read off the runtime, bounded: a file on a mount that hangs must not hold the task
+        // that answers SIGTERM.
+        let read = tokio::task::spawn_blocking({
+            let path = path.to_path_buf();
+            move || crate::config::load(&path)
+        });
+        let loaded = match tokio::time::timeout(RELOAD_READ_LIMIT, read).await {
+            Ok(Ok(loaded)) => loaded,
+            Ok(Err(e)) => Err(crate::config::Problems {
+                errors: vec![format!("reading the config failed: {e}")],
+                ..Default::default()
+            }),
+            Err(_) => Err(crate::config::Problems {
+                errors: vec![format!(
+                    "reading the config and the files it names took over {}s (a hung mount?)",
+                    RELOAD_READ_LIMIT.as_secs()
+                )],
+                ..Default::default()
+            }),
+        };
+        let config = match loaded {
             Ok((config, warnings)) => {
                 for w in warnings {
                     tracing::warn!("config: {w}");
@@ -362,6 +385,9 @@ impl Running {
         }
     }
 }
+
+/// Longest a reload waits for the config and the files it names to be read.
+const RELOAD_READ_LIMIT: Duration = Duration::from_secs(10);
 
 /// How often the wall clock is compared with the monotonic one, and the difference between
 /// their advances that counts as a step (NTP slews by at most 0.5 ms a second).

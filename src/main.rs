@@ -266,41 +266,34 @@ async fn serve(cfg: config::Config, path: std::path::PathBuf) -> anyhow::Result<
             running.ingress_addr, running.admin_addr
         );
     }
-    // The file is compared by content, so a Kubernetes ConfigMap's symlink swap counts too.
-    let mut last = std::fs::read(&path).ok();
-    // So are the files it reads (secrets, TLS): a Secret updated in place or a renewed
-    // certificate is taken up without a SIGHUP.
-    let mut watch = config::watch::Watch::new(running.files.clone());
-    let mut tick = tokio::time::interval(CONFIG_POLL);
+    // The config file and the files it reads (secrets, keys, TLS) are compared by content on
+    // a thread of their own, so a Kubernetes ConfigMap or Secret symlink swap and a renewed
+    // certificate count too, and a read that hangs cannot hold up the signals.
+    let (watcher, mut changes) = config::watch::Watcher::spawn(running.files.clone(), CONFIG_POLL)?;
     loop {
         let reloaded = tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading config");
-                last = std::fs::read(&path).ok();
                 running.reload(&path).await
             }
-            _ = tick.tick() => {
-                let now = std::fs::read(&path).ok();
-                let changed = watch.poll();
-                if now.is_some() && now != last {
+            Some(changed) = changes.recv() => {
+                if changed.iter().any(|f| f == &path) {
                     tracing::info!(path = %path.display(), "config file changed: reloading");
-                    last = now;
-                    running.reload(&path).await
-                } else if !changed.is_empty() {
+                } else {
                     let files = changed.iter().map(|f| f.display().to_string()).collect::<Vec<_>>();
                     tracing::info!(files = %files.join(", "), "a file the config reads changed: reloading");
-                    running.reload(&path).await
-                } else {
-                    continue;
                 }
+                running.reload(&path).await
             }
         };
-        // A refused reload keeps the old config, so the files it reads stay watched.
-        if let Some(files) = reloaded {
-            watch = config::watch::Watch::new(files);
-        }
+        // A refused reload keeps the old config: its files stay watched, from what they hold
+        // now (not re-tried until they change again).
+        watcher.reset(match reloaded {
+            Some(files) => config::watch::Reset::To(files),
+            None => config::watch::Reset::Refused,
+        });
     }
     tracing::info!("shutting down");
     running.shutdown().await;

@@ -291,8 +291,8 @@ fn check_reports_unreadable_or_mismatched_tls_files() {
     );
 }
 
-/// A renewed certificate is served after a reload (SIGHUP), without a restart: new
-/// connections get the new certificate.
+/// A renewed certificate is served without a restart and without a SIGHUP (the files are
+/// watched): new connections get the new certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_certificate_is_served_without_a_signal() {
     let dir = tempdir();

@@ -30,9 +30,10 @@ pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
     pub routes: Vec<Arc<RouteConfig>>,
-    /// The files this config was read from besides its own (`file:` secrets and URLs, the
-    /// TLS certificate, key and client CA): `serve` reloads when one of them changes.
-    pub files: Vec<PathBuf>,
+    /// The files this config was read from (its own first when it came from a file, then
+    /// `file:` secrets, keys and URLs, the TLS certificate, key and client CA), each with a
+    /// digest of the content read: `serve` reloads when one of them changes.
+    pub files: Vec<(PathBuf, watch::Seen)>,
 }
 
 #[derive(Debug)]
@@ -185,16 +186,21 @@ pub struct Problems {
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
     /// Files read while validating (see [`Config::files`]).
-    pub files: Vec<PathBuf>,
+    pub files: Vec<(PathBuf, watch::Seen)>,
 }
 
 impl Problems {
-    /// Notes a file the config reads, for `serve` to watch.
-    pub fn reads(&mut self, path: &str) {
+    /// Notes a file the config read and what it held, for `serve` to watch.
+    pub fn reads(&mut self, path: &str, content: &[u8]) {
         let path = PathBuf::from(path);
-        if !self.files.contains(&path) {
-            self.files.push(path);
+        if !self.files.iter().any(|(p, _)| p == &path) {
+            self.files.push((path, watch::seen(content)));
         }
+    }
+
+    /// [`secret::resolve`], noting a file it reads.
+    pub fn resolve(&mut self, spec: &str) -> Result<(Secret, secret::SecretSource), String> {
+        secret::resolve_noting(spec, &mut |path, bytes| self.reads(path, bytes))
     }
 
     pub fn error(&mut self, path: impl fmt::Display, msg: impl fmt::Display) {
@@ -222,7 +228,11 @@ pub fn load(path: &Path) -> Result<(Config, Vec<String>), Problems> {
         p.error(path.display(), format!("cannot read config: {e}"));
         p
     })?;
-    parse(&text)
+    let (mut config, warnings) = parse(&text)?;
+    config
+        .files
+        .insert(0, (path.to_path_buf(), watch::seen(text.as_bytes())));
+    Ok((config, warnings))
 }
 
 /// Parses and validates config text.

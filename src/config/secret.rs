@@ -60,6 +60,15 @@ pub enum SecretSource {
 /// Resolves `env:NAME`, `file:/path` (one trailing newline trimmed) or a literal.
 /// The error names the variable or file, never the value.
 pub fn resolve(spec: &str) -> Result<(Secret, SecretSource), String> {
+    resolve_noting(spec, &mut |_, _| {})
+}
+
+/// As [`resolve`], telling `read` the path and content of a file it read (so the config's
+/// files can be watched from exactly what was read).
+pub fn resolve_noting(
+    spec: &str,
+    read: &mut dyn FnMut(&str, &[u8]),
+) -> Result<(Secret, SecretSource), String> {
     if let Some(name) = spec.strip_prefix("env:") {
         match std::env::var_os(name) {
             None => Err(format!("environment variable {name} is not set")),
@@ -69,6 +78,7 @@ pub fn resolve(spec: &str) -> Result<(Secret, SecretSource), String> {
     } else if let Some(path) = spec.strip_prefix("file:") {
         let mut bytes =
             std::fs::read(path).map_err(|e| format!("cannot read secret file {path}: {e}"))?;
+        read(path, &bytes);
         if bytes.ends_with(b"\r\n") {
             bytes.truncate(bytes.len() - 2);
         } else if bytes.ends_with(b"\n") {

@@ -2,7 +2,6 @@
 //! signed by `client_ca` (mTLS). Certificates and keys are read and checked at config load, so
 //! `check` reports an unreadable or mismatched file and a reload never half-applies.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
@@ -12,14 +11,15 @@ use super::raw::RawTls;
 use super::Problems;
 
 fn certs(path: &str, at: &str, p: &mut Problems) -> Option<Vec<CertificateDer<'static>>> {
-    let iter = match CertificateDer::pem_file_iter(Path::new(path)) {
-        Ok(i) => i,
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
         Err(e) => {
             p.error(at, format!("cannot read {path}: {e}"));
             return None;
         }
     };
-    match iter.collect::<Result<Vec<_>, _>>() {
+    p.reads(path, &bytes);
+    match CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>() {
         Ok(c) if !c.is_empty() => Some(c),
         Ok(_) => {
             p.error(at, format!("{path} holds no PEM certificate"));
@@ -33,14 +33,12 @@ fn certs(path: &str, at: &str, p: &mut Problems) -> Option<Vec<CertificateDer<'s
 }
 
 pub fn check(t: &RawTls, p: &mut Problems) -> Option<Arc<rustls::ServerConfig>> {
-    for f in [Some(&t.cert), Some(&t.key), t.client_ca.as_ref()]
-        .into_iter()
-        .flatten()
-    {
-        p.reads(f);
-    }
     let chain = certs(&t.cert, "server.tls.cert", p);
-    let key = match PrivateKeyDer::from_pem_file(Path::new(&t.key)) {
+    let key = std::fs::read(&t.key).map_err(|e| e.to_string()).and_then(|b| {
+        p.reads(&t.key, &b);
+        PrivateKeyDer::from_pem_slice(&b).map_err(|e| e.to_string())
+    });
+    let key = match key {
         Ok(k) => Some(k),
         Err(e) => {
             p.error(

@@ -12,7 +12,7 @@ use http::{HeaderName, Method};
 use ipnet::IpNet;
 
 use super::raw::*;
-use super::secret::{self, SecretSource};
+use super::secret::SecretSource;
 use super::units::{parse_duration, parse_size};
 use super::*;
 use crate::verify;
@@ -180,10 +180,7 @@ pub(crate) fn resolve_url(spec: &str, at: &str, p: &mut Problems) -> Option<Stri
         }
         return Some(spec.to_string());
     }
-    if let Some(path) = spec.strip_prefix("file:") {
-        p.reads(path);
-    }
-    match secret::resolve(spec) {
+    match p.resolve(spec) {
         Ok((s, _)) => match std::str::from_utf8(s.expose()) {
             Ok(url) => Some(url.trim().to_string()),
             Err(_) => {
@@ -200,10 +197,7 @@ pub(crate) fn resolve_url(spec: &str, at: &str, p: &mut Problems) -> Option<Stri
 
 /// Resolves a secret spec, warning on a literal (it ends up in the config file).
 pub(crate) fn resolve_secret(spec: &str, at: &str, p: &mut Problems) -> Option<Secret> {
-    if let Some(path) = spec.strip_prefix("file:") {
-        p.reads(path);
-    }
-    match secret::resolve(spec) {
+    match p.resolve(spec) {
         Ok((s, SecretSource::Literal)) => {
             p.warn(
                 at,
@@ -1016,6 +1010,65 @@ url = "http://127.0.0.1:3000/x"
         );
         let (_, warnings) = parse(&cfg("2h", "2h")).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    /// Every file a config reads is noted for `serve` to watch, with what it held: secrets,
+    /// public keys, the re-signing secret, the admin token, URLs. A file missing from the list
+    /// would keep its old content (a rotated, perhaps leaked, key still verifying) until a
+    /// SIGHUP.
+    #[test]
+    fn every_file_a_config_reads_is_noted_with_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, content: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, content).unwrap();
+            p.display().to_string()
+        };
+        let pk = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+        let text = format!(
+            r#"
+[server]
+admin_token = "file:{token}"
+[[route]]
+name = "a"
+path = "/a"
+[route.verify]
+scheme = "hmac"
+secrets = ["file:{s1}", "file:{s2}"]
+[route.forward]
+url = "file:{url}"
+[route.forward.sign]
+scheme = "standard-webhooks"
+secret = "file:{sign}"
+[[route]]
+name = "d"
+path = "/d"
+[route.verify]
+scheme = "discord"
+public_key = "file:{pk}"
+[route.forward]
+url = "http://127.0.0.1:3000/d"
+"#,
+            token = file("token", "admin-t0ken"),
+            s1 = file("s1", "one\n"),
+            s2 = file("s2", "two"),
+            url = file("url", "http://127.0.0.1:3000/a"),
+            sign = file("sign", "whsec_dGVzdHNlY3JldA=="),
+            pk = file("pk", pk),
+        );
+        let (cfg, _) = parse(&text).unwrap();
+        let mut noted: Vec<_> = cfg
+            .files
+            .iter()
+            .map(|(p, seen)| {
+                let name = p.file_name().unwrap().to_str().unwrap().to_string();
+                let content = std::fs::read(p).unwrap();
+                assert_eq!(*seen, super::super::watch::seen(&content), "{name}");
+                name
+            })
+            .collect();
+        noted.sort();
+        assert_eq!(noted, ["pk", "s1", "s2", "sign", "token", "url"]);
     }
 
     /// A broker URL, password and all, may come from a file or the environment; errors and

@@ -1,69 +1,164 @@
-//! Watching the files a config reads besides its own (`file:` secrets and URLs, the TLS
-//! certificate, key and client CA), so a Kubernetes Secret updated in place or a renewed
-//! certificate is taken up without a `SIGHUP`.
+//! Watching the files a config was read from: its own, and those it reads (`file:` secrets,
+//! keys and URLs, the TLS certificate, key and client CA), so an edited ConfigMap, a
+//! Kubernetes Secret updated in place or a renewed certificate is taken up without a `SIGHUP`.
 //!
 //! Files are compared by a digest of their content, not by modification time: a Secret
 //! volume's update is a symlink swap (`..data`), which leaves the file's own path and times
 //! as they were. Only digests are kept, never the content, so the watcher holds no copy of a
-//! secret. A change is acted on once it has held for one more poll: a certificate and its key
-//! copied over one after the other would otherwise be read half-way (the new certificate
-//! with the old key), refused, and counted as a failed reload.
+//! secret. The baseline is the digest of what validation read, not a second read after it,
+//! so a change that lands while a reload runs is not lost. A change is acted on once it has
+//! held for one more poll, file by file: a certificate and its key copied over one after the
+//! other would otherwise be read half-way (the new certificate with the old key), refused, and
+//! counted as a failed reload; and a file that changes at every poll (a token another sidecar
+//! refreshes) does not hold back a change to the others.
+//!
+//! The polls run on a thread of their own ([`Watcher`]): a read that hangs (a stuck network
+//! mount) holds up only the watching, never the signals `serve` answers. Only regular files
+//! are read (a FIFO named by mistake would block and lose its data), at most
+//! [`MAX_READ`] bytes of each.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-/// What a file held at a poll: the digest of its content, or `None` when it could not be read.
-type Seen = Option<[u8; 32]>;
+/// What a file held: the digest of its content, or `None` when it could not be read.
+pub type Seen = Option<[u8; 32]>;
 
-fn digest(path: &Path) -> Seen {
-    std::fs::read(path).ok().map(|b| Sha256::digest(&b).into())
+/// The digest [`Watch`] compares, of content read whole.
+pub fn seen(content: &[u8]) -> Seen {
+    Some(Sha256::digest(content).into())
+}
+
+/// Bytes of a watched file read at most (a secret, key or certificate bundle is far smaller);
+/// past it, the rest of a file is not compared.
+pub const MAX_READ: u64 = 16 << 20;
+
+/// What the file holds now; `Err` when it is not a regular file (not watched: its reads
+/// could block).
+fn digest(path: &Path) -> Result<Seen, ()> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => return Err(()),
+        Ok(_) => {}
+        Err(_) => return Ok(None),
+    }
+    let mut bytes = Vec::new();
+    match std::fs::File::open(path).and_then(|f| f.take(MAX_READ).read_to_end(&mut bytes)) {
+        Ok(_) => Ok(seen(&bytes)),
+        Err(_) => Ok(None),
+    }
+}
+
+#[derive(Debug, Default)]
+struct File {
+    path: PathBuf,
+    /// What it held when the running config was read (or when last acted on).
+    seen: Seen,
+    /// What it held at the last poll, when that differed from `seen`.
+    settling: Option<Seen>,
 }
 
 #[derive(Debug, Default)]
 pub struct Watch {
-    files: Vec<PathBuf>,
-    /// What each file held when the running config was loaded (or last acted on).
-    seen: Vec<Seen>,
-    /// What they held at the last poll, when that differed from `seen`: acted on once a poll
-    /// finds the same again.
-    settling: Option<Vec<Seen>>,
+    files: Vec<File>,
 }
 
 impl Watch {
-    /// Watches `files` from what they hold now (the config just loaded from them).
-    pub fn new(files: Vec<PathBuf>) -> Watch {
-        let seen = files.iter().map(|f| digest(f)).collect();
+    /// Watches `files` from what they held when the config was read from them.
+    pub fn new(files: Vec<(PathBuf, Seen)>) -> Watch {
         Watch {
-            files,
-            seen,
-            settling: None,
+            files: files
+                .into_iter()
+                .map(|(path, seen)| File {
+                    path,
+                    seen,
+                    settling: None,
+                })
+                .collect(),
         }
     }
 
-    /// Reads the files again. Returns the ones that changed since the config was loaded, once
-    /// the change has held for a poll (then they count as seen: a reload that refuses the new
-    /// content is not tried again until they change again); empty otherwise.
+    /// Takes what the files hold now as seen (a reload that read them was refused: it is not
+    /// tried again until they change again).
+    pub fn mark_current(&mut self) {
+        for f in &mut self.files {
+            if let Ok(now) = digest(&f.path) {
+                f.seen = now;
+            }
+            f.settling = None;
+        }
+    }
+
+    /// Reads the files again. Returns those whose change since they were seen has held for a
+    /// poll (they then count as seen), in the order given; empty otherwise.
     pub fn poll(&mut self) -> Vec<PathBuf> {
-        let now: Vec<Seen> = self.files.iter().map(|f| digest(f)).collect();
-        if now == self.seen {
-            self.settling = None;
-            return Vec::new();
+        let mut changed = Vec::new();
+        for f in &mut self.files {
+            let Ok(now) = digest(&f.path) else { continue };
+            if now == f.seen {
+                f.settling = None;
+            } else if f.settling == Some(now) {
+                f.seen = now;
+                f.settling = None;
+                changed.push(f.path.clone());
+            } else {
+                f.settling = Some(now);
+            }
         }
-        if self.settling.as_ref() != Some(&now) {
-            self.settling = Some(now);
-            return Vec::new();
-        }
-        let changed = self
-            .files
-            .iter()
-            .zip(self.seen.iter().zip(&now))
-            .filter(|(_, (was, is))| was != is)
-            .map(|(f, _)| f.clone())
-            .collect();
-        self.seen = now;
-        self.settling = None;
         changed
+    }
+}
+
+/// What `serve` tells the watcher after a reload.
+pub enum Reset {
+    /// A config was loaded: watch its files from what it read.
+    To(Vec<(PathBuf, Seen)>),
+    /// A reload was refused: the files it read count as seen.
+    Refused,
+}
+
+/// The watching thread. Dropping it (with the receiver of its changes) ends the thread at
+/// its next poll.
+pub struct Watcher {
+    resets: mpsc::Sender<Reset>,
+}
+
+impl Watcher {
+    /// Polls `files` every `every` on a thread of its own; each change is sent on the
+    /// returned channel (the files that changed).
+    pub fn spawn(
+        files: Vec<(PathBuf, Seen)>,
+        every: Duration,
+    ) -> std::io::Result<(Watcher, tokio::sync::mpsc::UnboundedReceiver<Vec<PathBuf>>)> {
+        let (resets, reset_rx) = mpsc::channel();
+        let (changes, changes_rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("hookgate-watch".into())
+            .spawn(move || {
+                let mut watch = Watch::new(files);
+                let mut next = Instant::now() + every;
+                loop {
+                    match reset_rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                        Ok(Reset::To(files)) => watch = Watch::new(files),
+                        Ok(Reset::Refused) => watch.mark_current(),
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            next = Instant::now() + every;
+                            let changed = watch.poll();
+                            if !changed.is_empty() && changes.send(changed).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            })?;
+        Ok((Watcher { resets }, changes_rx))
+    }
+
+    pub fn reset(&self, reset: Reset) {
+        let _ = self.resets.send(reset);
     }
 }
 
@@ -72,13 +167,17 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn read(path: &Path) -> (PathBuf, Seen) {
+        (path.to_path_buf(), digest(path).unwrap())
+    }
+
     #[test]
     fn a_change_is_reported_once_it_held_for_a_poll() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         std::fs::write(&a, "one").unwrap();
         std::fs::write(&b, "key").unwrap();
-        let mut w = Watch::new(vec![a.clone(), b.clone()]);
+        let mut w = Watch::new(vec![read(&a), read(&b)]);
         assert!(w.poll().is_empty(), "nothing changed");
 
         std::fs::write(&a, "two").unwrap();
@@ -107,6 +206,41 @@ mod tests {
     }
 
     #[test]
+    fn a_file_changing_at_every_poll_does_not_hold_back_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let (busy, cert) = (dir.path().join("token"), dir.path().join("cert"));
+        std::fs::write(&busy, "0").unwrap();
+        std::fs::write(&cert, "old").unwrap();
+        let mut w = Watch::new(vec![read(&busy), read(&cert)]);
+        std::fs::write(&cert, "new").unwrap();
+        for i in 1..=3 {
+            std::fs::write(&busy, i.to_string()).unwrap();
+            let changed = w.poll();
+            if i == 2 {
+                assert_eq!(changed, vec![cert.clone()], "poll {i}");
+            } else {
+                assert!(changed.is_empty(), "poll {i}: {changed:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_baseline_is_what_was_read_not_a_later_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::write(&a, "new").unwrap();
+        // The config was read while the file held "old"; it changed before the watch began.
+        let mut w = Watch::new(vec![(a.clone(), seen(b"old"))]);
+        assert!(w.poll().is_empty());
+        assert_eq!(w.poll(), vec![a.clone()], "not lost");
+        // A refused reload marks what is there now as seen.
+        std::fs::write(&a, "newer").unwrap();
+        w.mark_current();
+        assert!(w.poll().is_empty());
+        assert!(w.poll().is_empty());
+    }
+
+    #[test]
     fn a_symlink_swap_is_a_change() {
         // A Kubernetes Secret volume: key -> ..data/key, ..data -> ..<timestamp>.
         let dir = tempfile::tempdir().unwrap();
@@ -119,12 +253,27 @@ mod tests {
         std::os::unix::fs::symlink(&v1, &data).unwrap();
         let file = dir.path().join("secret");
         std::os::unix::fs::symlink(data.join("secret"), &file).unwrap();
-        let mut w = Watch::new(vec![file.clone()]);
+        let mut w = Watch::new(vec![read(&file)]);
 
         let tmp = dir.path().join("..data_tmp");
         std::os::unix::fs::symlink(&v2, &tmp).unwrap();
         std::fs::rename(&tmp, &data).unwrap();
         assert!(w.poll().is_empty());
         assert_eq!(w.poll(), vec![file]);
+    }
+
+    #[test]
+    fn a_fifo_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let mut w = Watch::new(vec![(fifo.clone(), seen(b"x"))]);
+        // Would block for good if it were opened for reading.
+        assert!(w.poll().is_empty());
+        assert!(w.poll().is_empty());
     }
 }

@@ -61,7 +61,7 @@ pub struct HttpSink {
     /// `url` without its fragment, up to where an event's query string goes: `…/in?`, or
     /// `…/in?fixed=1&` when the URL has a query of its own.
     query_prefix: String,
-    /// `Authorization: Basic …` from the URL's credentials, unless the request has its own.
+    /// `Authorization: Basic …` from the URL's credentials, in place of the sender's own.
     basic: Option<HeaderValue>,
     route: String,
     sign: Option<ForwardSign>,

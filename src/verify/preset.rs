@@ -190,7 +190,7 @@ mod tests {
 /// Resolves `public_key` (a literal, `env:` or `file:`; public, so a literal is fine).
 pub(crate) fn public_key_text(raw: &RawVerify, at: &str, p: &mut Problems) -> Option<String> {
     let spec = raw.public_key.as_deref()?;
-    match crate::config::secret::resolve(spec) {
+    match p.resolve(spec) {
         Ok((s, _)) => match s.expose_str() {
             Some(t) => Some(t.trim().to_string()),
             None => {

@@ -57,7 +57,7 @@ pub fn build(raw: &RawVerify, at: &str, p: &mut Problems) -> Option<SendgridVeri
         return None;
     };
     // A public key is not secret: a literal is fine, `env:`/`file:` too.
-    let bytes = match crate::config::secret::resolve(spec) {
+    let bytes = match p.resolve(spec) {
         Ok((s, _)) => s,
         Err(e) => {
             p.error(format!("{at}.public_key"), e);
