@@ -34,10 +34,12 @@ fn certs(path: &str, at: &str, p: &mut Problems) -> Option<Vec<CertificateDer<'s
 
 pub fn check(t: &RawTls, p: &mut Problems) -> Option<Arc<rustls::ServerConfig>> {
     let chain = certs(&t.cert, "server.tls.cert", p);
-    let key = std::fs::read(&t.key).map_err(|e| e.to_string()).and_then(|b| {
-        p.reads(&t.key, &b);
-        PrivateKeyDer::from_pem_slice(&b).map_err(|e| e.to_string())
-    });
+    let key = std::fs::read(&t.key)
+        .map_err(|e| e.to_string())
+        .and_then(|b| {
+            p.reads(&t.key, &b);
+            PrivateKeyDer::from_pem_slice(&b).map_err(|e| e.to_string())
+        });
     let key = match key {
         Ok(k) => Some(k),
         Err(e) => {
