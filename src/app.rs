@@ -320,8 +320,7 @@ impl Running {
                 for e in &problems.errors {
                     tracing::error!(problem = %e, "config reload refused; the previous config keeps serving");
                 }
-                metrics::counter!("hookgate_config_reloads_total", "result" => "error")
-                    .increment(1);
+                reload_counted(false);
                 return None;
             }
         };
@@ -330,8 +329,7 @@ impl Running {
             Ok(built) => built,
             Err(e) => {
                 tracing::error!(error = %e, "config reload refused; the previous config keeps serving");
-                metrics::counter!("hookgate_config_reloads_total", "result" => "error")
-                    .increment(1);
+                reload_counted(false);
                 return None;
             }
         };
@@ -357,7 +355,7 @@ impl Running {
                 let _ = w.await;
             }
         });
-        metrics::counter!("hookgate_config_reloads_total", "result" => "ok").increment(1);
+        reload_counted(true);
         tracing::info!(routes, "config reloaded");
         report_stranded(self.store.as_ref(), &config).await;
         Some(config.files)
@@ -384,6 +382,15 @@ impl Running {
             b.abort();
         }
     }
+}
+
+/// Counts a reload and whether the last one was taken: a refused one (a rotated secret's file
+/// gone, a renewed certificate that does not match its key) leaves the previous config
+/// serving, which `HookgateConfigReloadRefused` says until a reload is taken.
+fn reload_counted(ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    metrics::counter!("hookgate_config_reloads_total", "result" => result).increment(1);
+    metrics::gauge!("hookgate_config_last_reload_successful").set(if ok { 1.0 } else { 0.0 });
 }
 
 /// Longest a reload waits for the config and the files it names to be read.

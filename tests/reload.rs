@@ -388,6 +388,7 @@ async fn a_secret_file_updated_in_place_is_taken_up_without_a_signal() {
         "the reload names the file: {log}"
     );
     assert!(!log.contains("SIGHUP"), "no signal was sent");
+    assert!(metric(&gw, "hookgate_config_last_reload_successful 1").await);
     assert!(
         !log.contains(old) && !log.contains(new),
         "no secret in the log: {log}"
@@ -405,6 +406,10 @@ async fn a_secret_file_updated_in_place_is_taken_up_without_a_signal() {
         gw.log().contains("cannot read secret file"),
         "the refusal says why: {}",
         gw.log()
+    );
+    assert!(
+        metric(&gw, "hookgate_config_last_reload_successful 0").await,
+        "the refused reload shows (HookgateConfigReloadRefused)"
     );
     assert_eq!(status(new).await, 202);
     assert!(gw.terminate().success());
