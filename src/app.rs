@@ -283,8 +283,9 @@ impl Running {
     /// see either the old routes or the new, never a mix — and the old workers stop after their
     /// in-flight attempts. Pending events are untouched (they live in the store). The admin
     /// token and the TLS certificate's files are taken as they are now. Listener and store
-    /// settings need a restart; a change to them is logged as such. Returns the files the
-    /// new config reads (see `Config::files`) once it serves, `None` when it was refused.
+    /// settings need a restart; a change to them is logged as such. Returns the files this
+    /// reload read, with what they held (see `Config::files`), taken or refused; `None` when
+    /// they could not be read in time.
     pub async fn reload(
         &self,
         path: &std::path::Path,
@@ -297,17 +298,18 @@ impl Running {
         });
         let loaded = match tokio::time::timeout(RELOAD_READ_LIMIT, read).await {
             Ok(Ok(loaded)) => loaded,
-            Ok(Err(e)) => Err(crate::config::Problems {
-                errors: vec![format!("reading the config failed: {e}")],
-                ..Default::default()
-            }),
-            Err(_) => Err(crate::config::Problems {
-                errors: vec![format!(
-                    "reading the config and the files it names took over {}s (a hung mount?)",
-                    RELOAD_READ_LIMIT.as_secs()
-                )],
-                ..Default::default()
-            }),
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => format!("reading the config failed: {e}"),
+                    _ => format!(
+                        "reading the config and the files it names took over {}s (a hung mount?)",
+                        RELOAD_READ_LIMIT.as_secs()
+                    ),
+                };
+                tracing::error!(problem = %why, "config reload refused; the previous config keeps serving");
+                reload_counted(false);
+                return None;
+            }
         };
         let config = match loaded {
             Ok((config, warnings)) => {
@@ -321,7 +323,7 @@ impl Running {
                     tracing::error!(problem = %e, "config reload refused; the previous config keeps serving");
                 }
                 reload_counted(false);
-                return None;
+                return Some(problems.files);
             }
         };
         let mut current = self.generation.lock().await;
@@ -330,7 +332,7 @@ impl Running {
             Err(e) => {
                 tracing::error!(error = %e, "config reload refused; the previous config keeps serving");
                 reload_counted(false);
-                return None;
+                return Some(config.files);
             }
         };
         if let StoreBackend::Embedded { min_free_space, .. } = &config.store.backend {

@@ -79,7 +79,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(serve(cfg, c.config.clone())) {
+            let served = rt.block_on(serve(cfg, c.config.clone()));
+            // Not waiting for a reload's read stuck on a hung mount (given up on after 10 s):
+            // dropping the runtime would wait for it, and SIGTERM would never end the process.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("hookgate: {e:#}");
@@ -269,7 +273,8 @@ async fn serve(cfg: config::Config, path: std::path::PathBuf) -> anyhow::Result<
     // The config file and the files it reads (secrets, keys, TLS) are compared by content on
     // a thread of their own, so a Kubernetes ConfigMap or Secret symlink swap and a renewed
     // certificate count too, and a read that hangs cannot hold up the signals.
-    let (watcher, mut changes) = config::watch::Watcher::spawn(running.files.clone(), CONFIG_POLL)?;
+    let (mut watcher, mut changes) =
+        config::watch::Watcher::spawn(running.files.clone(), CONFIG_POLL)?;
     loop {
         let reloaded = tokio::select! {
             _ = term.recv() => break,
@@ -279,6 +284,10 @@ async fn serve(cfg: config::Config, path: std::path::PathBuf) -> anyhow::Result<
                 running.reload(&path).await
             }
             Some(changed) = changes.recv() => {
+                if !watcher.current(&changed) {
+                    continue;
+                }
+                let changed = changed.files;
                 if changed.iter().any(|f| f == &path) {
                     tracing::info!(path = %path.display(), "config file changed: reloading");
                 } else {
@@ -288,12 +297,13 @@ async fn serve(cfg: config::Config, path: std::path::PathBuf) -> anyhow::Result<
                 running.reload(&path).await
             }
         };
-        // A refused reload keeps the old config: its files stay watched, from what they hold
-        // now (not re-tried until they change again).
-        watcher.reset(match reloaded {
-            Some(files) => config::watch::Reset::To(files),
-            None => config::watch::Reset::Refused,
-        });
+        // Taken or refused, the files that reload read are watched from what it read: a fix
+        // to a refused config's file is taken up, and a refusal is not retried until
+        // something changes again. A reload that could not read them in time leaves the
+        // watch as it was.
+        if let Some(files) = reloaded {
+            watcher.reset(files);
+        }
     }
     tracing::info!("shutting down");
     running.shutdown().await;

@@ -421,6 +421,58 @@ async fn a_secret_file_updated_in_place_is_taken_up_without_a_signal() {
     );
 }
 
+/// A config edited to name a secret file that is not there yet (the ConfigMap updated before
+/// the Secret) is refused; once the file appears it is taken up, without a signal. Before,
+/// only the files of the config serving were watched, so it waited for a SIGHUP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_named_by_a_refused_config_is_taken_up_once_it_appears() {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    let cfg = |spec: &str| {
+        config(
+            &Backend::Embedded,
+            dir.path(),
+            "",
+            &route("orders", spec, &up.url("/orders")),
+        )
+    };
+    let mut gw = Gateway::start(dir.path(), &cfg("literal-secret"));
+    let late = dir.path().join("late-secret");
+    write_config(&gw.config_path, &cfg(&format!("file:{}", late.display())));
+    wait_until(Duration::from_secs(15), "the refusal", || async {
+        gw.reloads("error").await == 1.0
+    })
+    .await;
+    std::fs::write(&late, "whsec-arrived-later-4c7").unwrap();
+    let c = reqwest::Client::new();
+    wait_until(
+        Duration::from_secs(15),
+        "the late secret verifies",
+        || async {
+            signed(
+                &c,
+                &gw.url("/hooks/orders"),
+                "whsec-arrived-later-4c7",
+                "late",
+            )
+            .send()
+            .await
+            .unwrap()
+            .status()
+                == 202
+        },
+    )
+    .await;
+    assert!(
+        gw.log()
+            .contains("a file the config reads changed: reloading"),
+        "{}",
+        gw.log()
+    );
+    assert!(metric(&gw, "hookgate_config_last_reload_successful 1").await);
+    assert!(gw.terminate().success());
+}
+
 /// A reload that removes (here: renames) a route whose accepted events are still pending says
 /// so as an error, keeps showing them (admin API, gauge), and a reload that brings the route
 /// back delivers them: nothing acknowledged is silently left behind.

@@ -190,11 +190,12 @@ pub struct Problems {
 }
 
 impl Problems {
-    /// Notes a file the config read and what it held, for `serve` to watch.
-    pub fn reads(&mut self, path: &str, content: &[u8]) {
+    /// Notes a file the config read and what it held (`None`: it could not be read), for
+    /// `serve` to watch.
+    pub fn reads(&mut self, path: &str, content: Option<&[u8]>) {
         let path = PathBuf::from(path);
         if !self.files.iter().any(|(p, _)| p == &path) {
-            self.files.push((path, watch::seen(content)));
+            self.files.push((path, content.and_then(watch::seen)));
         }
     }
 
@@ -222,17 +223,32 @@ impl fmt::Display for Problems {
 }
 
 /// Reads, parses and validates a config file. On success returns the warnings too.
+/// Its own file comes first in what it notes as read, also when it is refused (so `serve`
+/// watches what a refused reload read, and a fix to any of it is taken up).
 pub fn load(path: &Path) -> Result<(Config, Vec<String>), Problems> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        let mut p = Problems::default();
-        p.error(path.display(), format!("cannot read config: {e}"));
-        p
-    })?;
-    let (mut config, warnings) = parse(&text)?;
-    config
-        .files
-        .insert(0, (path.to_path_buf(), watch::seen(text.as_bytes())));
-    Ok((config, warnings))
+    let own = |content: Option<&[u8]>| (path.to_path_buf(), content.and_then(watch::seen));
+    let text = watch::read_file(path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| String::from_utf8(b).map_err(|_| "it is not UTF-8 text".to_string()));
+    let text = match text {
+        Ok(text) => text,
+        Err(e) => {
+            let mut p = Problems::default();
+            p.error(path.display(), format!("cannot read config: {e}"));
+            p.files.push(own(None));
+            return Err(p);
+        }
+    };
+    match parse(&text) {
+        Ok((mut config, warnings)) => {
+            config.files.insert(0, own(Some(text.as_bytes())));
+            Ok((config, warnings))
+        }
+        Err(mut p) => {
+            p.files.insert(0, own(Some(text.as_bytes())));
+            Err(p)
+        }
+    }
 }
 
 /// Parses and validates config text.

@@ -63,11 +63,11 @@ pub fn resolve(spec: &str) -> Result<(Secret, SecretSource), String> {
     resolve_noting(spec, &mut |_, _| {})
 }
 
-/// As [`resolve`], telling `read` the path and content of a file it read (so the config's
-/// files can be watched from exactly what was read).
+/// As [`resolve`], telling `read` the path and content of a file it read, `None` when it
+/// could not (so the config's files can be watched from exactly what was read).
 pub fn resolve_noting(
     spec: &str,
-    read: &mut dyn FnMut(&str, &[u8]),
+    read: &mut dyn FnMut(&str, Option<&[u8]>),
 ) -> Result<(Secret, SecretSource), String> {
     if let Some(name) = spec.strip_prefix("env:") {
         match std::env::var_os(name) {
@@ -76,9 +76,9 @@ pub fn resolve_noting(
             Some(v) => Ok((Secret::new(v.into_encoded_bytes()), SecretSource::Env)),
         }
     } else if let Some(path) = spec.strip_prefix("file:") {
-        let mut bytes =
-            std::fs::read(path).map_err(|e| format!("cannot read secret file {path}: {e}"))?;
-        read(path, &bytes);
+        let read_file = super::watch::read_file(std::path::Path::new(path));
+        read(path, read_file.as_deref().ok());
+        let mut bytes = read_file.map_err(|e| format!("cannot read secret file {path}: {e}"))?;
         if bytes.ends_with(b"\r\n") {
             bytes.truncate(bytes.len() - 2);
         } else if bytes.ends_with(b"\n") {

@@ -11,14 +11,15 @@ use super::raw::RawTls;
 use super::Problems;
 
 fn certs(path: &str, at: &str, p: &mut Problems) -> Option<Vec<CertificateDer<'static>>> {
-    let bytes = match std::fs::read(path) {
+    let read = super::watch::read_file(std::path::Path::new(path));
+    p.reads(path, read.as_deref().ok());
+    let bytes = match read {
         Ok(b) => b,
         Err(e) => {
             p.error(at, format!("cannot read {path}: {e}"));
             return None;
         }
     };
-    p.reads(path, &bytes);
     match CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>() {
         Ok(c) if !c.is_empty() => Some(c),
         Ok(_) => {
@@ -34,12 +35,11 @@ fn certs(path: &str, at: &str, p: &mut Problems) -> Option<Vec<CertificateDer<'s
 
 pub fn check(t: &RawTls, p: &mut Problems) -> Option<Arc<rustls::ServerConfig>> {
     let chain = certs(&t.cert, "server.tls.cert", p);
-    let key = std::fs::read(&t.key)
+    let read = super::watch::read_file(std::path::Path::new(&t.key));
+    p.reads(&t.key, read.as_deref().ok());
+    let key = read
         .map_err(|e| e.to_string())
-        .and_then(|b| {
-            p.reads(&t.key, &b);
-            PrivateKeyDer::from_pem_slice(&b).map_err(|e| e.to_string())
-        });
+        .and_then(|b| PrivateKeyDer::from_pem_slice(&b).map_err(|e| e.to_string()));
     let key = match key {
         Ok(k) => Some(k),
         Err(e) => {

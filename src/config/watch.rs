@@ -32,22 +32,37 @@ pub fn seen(content: &[u8]) -> Seen {
     Some(Sha256::digest(content).into())
 }
 
-/// Bytes of a watched file read at most (a secret, key or certificate bundle is far smaller);
-/// past it, the rest of a file is not compared.
+/// Largest file a config may name (its own included): a secret, key, URL or certificate
+/// bundle is far smaller.
 pub const MAX_READ: u64 = 16 << 20;
 
-/// What the file holds now; `Err` when it is not a regular file (not watched: its reads
-/// could block).
-fn digest(path: &Path) -> Result<Seen, ()> {
-    match std::fs::metadata(path) {
-        Ok(m) if !m.is_file() => return Err(()),
-        Ok(_) => {}
-        Err(_) => return Ok(None),
+/// Reads a file a config names, as validation and the watcher both do: a regular file of at
+/// most [`MAX_READ`] bytes (a FIFO named by mistake would block the read, and a device never
+/// end it).
+pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind};
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
     }
     let mut bytes = Vec::new();
-    match std::fs::File::open(path).and_then(|f| f.take(MAX_READ).read_to_end(&mut bytes)) {
-        Ok(_) => Ok(seen(&bytes)),
-        Err(_) => Ok(None),
+    std::fs::File::open(path)?
+        .take(MAX_READ + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_READ {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than {} MiB", MAX_READ >> 20),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// What the file holds now; `Err` when it is there but not a regular file (not read: the
+/// read could block).
+fn digest(path: &Path) -> Result<Seen, ()> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => Err(()),
+        _ => Ok(read_file(path).ok().as_deref().and_then(seen)),
     }
 }
 
@@ -80,17 +95,6 @@ impl Watch {
         }
     }
 
-    /// Takes what the files hold now as seen (a reload that read them was refused: it is not
-    /// tried again until they change again).
-    pub fn mark_current(&mut self) {
-        for f in &mut self.files {
-            if let Ok(now) = digest(&f.path) {
-                f.seen = now;
-            }
-            f.settling = None;
-        }
-    }
-
     /// Reads the files again. Returns those whose change since they were seen has held for a
     /// poll (they then count as seen), in the order given; empty otherwise.
     pub fn poll(&mut self) -> Vec<PathBuf> {
@@ -111,18 +115,18 @@ impl Watch {
     }
 }
 
-/// What `serve` tells the watcher after a reload.
-pub enum Reset {
-    /// A config was loaded: watch its files from what it read.
-    To(Vec<(PathBuf, Seen)>),
-    /// A reload was refused: the files it read count as seen.
-    Refused,
-}
-
 /// The watching thread. Dropping it (with the receiver of its changes) ends the thread at
 /// its next poll.
 pub struct Watcher {
-    resets: mpsc::Sender<Reset>,
+    /// After a reload: the files to watch from what it read, numbered.
+    resets: mpsc::Sender<(u64, Vec<(PathBuf, Seen)>)>,
+    generation: u64,
+}
+
+/// Files that changed, found while watching the files of reset `generation` (0: the start's).
+pub struct Changed {
+    pub generation: u64,
+    pub files: Vec<PathBuf>,
 }
 
 impl Watcher {
@@ -131,34 +135,50 @@ impl Watcher {
     pub fn spawn(
         files: Vec<(PathBuf, Seen)>,
         every: Duration,
-    ) -> std::io::Result<(Watcher, tokio::sync::mpsc::UnboundedReceiver<Vec<PathBuf>>)> {
+    ) -> std::io::Result<(Watcher, tokio::sync::mpsc::UnboundedReceiver<Changed>)> {
         let (resets, reset_rx) = mpsc::channel();
         let (changes, changes_rx) = tokio::sync::mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("hookgate-watch".into())
             .spawn(move || {
-                let mut watch = Watch::new(files);
+                let (mut watch, mut generation) = (Watch::new(files), 0);
                 let mut next = Instant::now() + every;
                 loop {
                     match reset_rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
-                        Ok(Reset::To(files)) => watch = Watch::new(files),
-                        Ok(Reset::Refused) => watch.mark_current(),
+                        Ok((g, files)) => (watch, generation) = (Watch::new(files), g),
                         Err(mpsc::RecvTimeoutError::Disconnected) => return,
                         Err(mpsc::RecvTimeoutError::Timeout) => {
                             next = Instant::now() + every;
-                            let changed = watch.poll();
-                            if !changed.is_empty() && changes.send(changed).is_err() {
+                            let files = watch.poll();
+                            if !files.is_empty()
+                                && changes.send(Changed { generation, files }).is_err()
+                            {
                                 return;
                             }
                         }
                     }
                 }
             })?;
-        Ok((Watcher { resets }, changes_rx))
+        Ok((
+            Watcher {
+                resets,
+                generation: 0,
+            },
+            changes_rx,
+        ))
     }
 
-    pub fn reset(&self, reset: Reset) {
-        let _ = self.resets.send(reset);
+    /// After a reload (taken or refused): watch `files` from what it read. Changes found
+    /// before this are stale from now on ([`Watcher::current`]).
+    pub fn reset(&mut self, files: Vec<(PathBuf, Seen)>) {
+        self.generation += 1;
+        let _ = self.resets.send((self.generation, files));
+    }
+
+    /// Whether a change was found since the last reset: an older one was read by that
+    /// reload already (acting on it would reload a second time for one change).
+    pub fn current(&self, changed: &Changed) -> bool {
+        changed.generation == self.generation
     }
 }
 
@@ -169,6 +189,18 @@ mod tests {
 
     fn read(path: &Path) -> (PathBuf, Seen) {
         (path.to_path_buf(), digest(path).unwrap())
+    }
+
+    #[test]
+    fn only_regular_files_up_to_the_limit_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read_file(dir.path()).is_err(), "a directory");
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; MAX_READ as usize + 1]).unwrap();
+        let e = read_file(&big).unwrap_err().to_string();
+        assert!(e.contains("larger than 16 MiB"), "{e}");
+        std::fs::write(&big, vec![b'x'; MAX_READ as usize]).unwrap();
+        assert_eq!(read_file(&big).unwrap().len(), MAX_READ as usize);
     }
 
     #[test]
@@ -233,11 +265,6 @@ mod tests {
         let mut w = Watch::new(vec![(a.clone(), seen(b"old"))]);
         assert!(w.poll().is_empty());
         assert_eq!(w.poll(), vec![a.clone()], "not lost");
-        // A refused reload marks what is there now as seen.
-        std::fs::write(&a, "newer").unwrap();
-        w.mark_current();
-        assert!(w.poll().is_empty());
-        assert!(w.poll().is_empty());
     }
 
     #[test]
