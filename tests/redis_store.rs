@@ -735,3 +735,40 @@ async fn keys_of_a_newer_layout_are_refused_unchanged() {
         .unwrap();
     assert_eq!(stamp, None, "not stamped while Redis refused writes");
 }
+
+/// A `store.url` asking for RESP3 (`?protocol=resp3`) gets maps, not arrays, from `HGETALL`
+/// and `XINFO`: every route is still purged (the purge stopped after the first route's
+/// consumer check, every minute, and later routes' delivered sets grew for good).
+#[tokio::test]
+async fn with_resp3_every_route_is_purged() {
+    let redis = RedisServer::start();
+    let s = store::open(&StoreConfig {
+        backend: StoreBackend::Redis {
+            url: format!("{}?protocol=resp3", redis.url()),
+            key_prefix: "r3".into(),
+            visibility_timeout: Duration::from_secs(30),
+        },
+        retention: RETENTION,
+    })
+    .await
+    .unwrap();
+    let t = 1_700_000_000_000;
+    for route in ["a", "b"] {
+        let mut ev = event(1, t);
+        ev.route = route.into();
+        let id = accept(&*s, ev).await;
+        let leased = s.lease(route, 10, t).await.unwrap();
+        assert_eq!(leased.len(), 1);
+        s.settle(&leased[0], attempt(1, t, "delivered"), Next::Delivered)
+            .await
+            .unwrap();
+        assert!(s.get(&id).await.unwrap().is_some());
+    }
+    s.purge(t + RETENTION.as_millis() as i64 + 10_000)
+        .await
+        .unwrap();
+    for route in ["a", "b"] {
+        let c = s.counts(route).await.unwrap();
+        assert_eq!((c.pending, c.delivered, c.dead), (0, 0, 0), "route {route}");
+    }
+}

@@ -615,11 +615,10 @@ impl Store for RedisStore {
             .arg(s.keys.tag(route));
         let mut conn = s.work.clone();
         let reply: Value = bounded(SLOW_OP_TIMEOUT, inv.invoke_async(&mut conn)).await?;
-        let mut out = Vec::new();
-        let mut leased = s
-            .leased
-            .lock()
-            .map_err(|_| StoreError::Unavailable("lease table poisoned".into()))?;
+        // The whole reply is read before anything is noted as leased here: an item that
+        // cannot be read part-way must not leave the ones before it leased but never
+        // attempted (renewed by the heartbeat, so no replica would take them over).
+        let mut read = Vec::new();
         for item in array(reply)? {
             let mut pair = array(item)?.into_iter();
             let (Some(entry), Some(fields)) = (pair.next(), pair.next()) else {
@@ -633,13 +632,21 @@ impl Store for RedisStore {
                 tracing::error!(route = %route, event_id = %id, entry = %entry, "event lost: its stream entry is due but Redis no longer holds the event (evicted, flushed, or a failover to a replica that lacked it)");
                 continue;
             }
-            let ev = match codec::event(&hash(fields)?) {
+            let ev = match hash(fields).and_then(|h| codec::event(&h)) {
                 Ok(ev) => ev,
                 Err(e) => {
                     tracing::error!(route = %route, entry = %entry, error = %e, "unreadable event in redis; left for an operator");
                     continue;
                 }
             };
+            read.push((entry, ev, reclaimed));
+        }
+        let mut out = Vec::new();
+        let mut leased = s
+            .leased
+            .lock()
+            .map_err(|_| StoreError::Unavailable("lease table poisoned".into()))?;
+        for (entry, ev, reclaimed) in read {
             // Reclaimed from ourselves (a late heartbeat): the attempt is still running here.
             // So is any other entry of an event leased here: never two attempts of one event
             // in this process. (An entry its settle added, read in the instant before the
@@ -704,7 +711,13 @@ impl Store for RedisStore {
             .arg(attempt.started_at_ms);
         let mut conn = s.work.clone();
         let r: i64 = bounded(OP_TIMEOUT, inv.invoke_async(&mut conn)).await?;
-        if r == 2 {
+        if r == 0 {
+            // Redis no longer holds the event (restart without AOF, a failover to a replica
+            // that lacked it, FLUSHALL): this attempt's outcome had nowhere to go, and no
+            // retry will come. Said as loudly as the lease does.
+            metrics::counter!("hookgate_store_errors_total").increment(1);
+            tracing::error!(route = %ev.route, event_id = %ev.id, attempt = attempt.n, "event lost: Redis no longer holds the event this attempt settles (evicted, flushed, or a failover to a replica that lacked it); its outcome is not recorded and nothing more will be attempted");
+        } else if r == 2 {
             tracing::info!(route = %ev.route, event_id = %ev.id, "event was replayed or taken over during the attempt; its newer delivery decides its state");
         }
         // Released only once the new state is recorded, as in the embedded store.
@@ -975,7 +988,10 @@ impl Store for RedisStore {
                     break;
                 }
             }
-            s.drop_stale_consumers(&route).await?;
+            // Housekeeping: a failure here must not stop the next routes' purge.
+            if let Err(e) = s.drop_stale_consumers(&route).await {
+                tracing::warn!(route = %route, error = %e, "cannot remove stale stream consumers");
+            }
         }
         Ok(())
     }

@@ -87,8 +87,16 @@ pub fn array(v: Value) -> Result<Vec<Value>, StoreError> {
 }
 
 /// A flat `field, value, …` array (HGETALL) as a map.
+/// A hash (`HGETALL`, `XINFO`): field/value pairs in RESP2, a map in RESP3 (a `store.url`
+/// with `?protocol=resp3` gets maps from commands, arrays from scripts).
 pub fn hash(v: Value) -> Result<HashMap<String, Value>, StoreError> {
     let mut out = HashMap::new();
+    if let Value::Map(pairs) = v {
+        for (k, v) in pairs {
+            out.insert(string(&k).ok_or_else(|| bad("hash field"))?, v);
+        }
+        return Ok(out);
+    }
     let mut it = array(v)?.into_iter();
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
         out.insert(string(&k).ok_or_else(|| bad("hash field"))?, v);
