@@ -772,3 +772,38 @@ async fn with_resp3_every_route_is_purged() {
         assert_eq!((c.pending, c.delivered, c.dead), (0, 0, 0), "route {route}");
     }
 }
+
+/// A lease stops taking events once their bodies pass its byte budget (Redis builds the reply
+/// while every replica's accepts wait): 40 events of 1 MiB come in several leases, each event
+/// once.
+#[tokio::test]
+async fn a_lease_of_large_events_is_bounded_by_bytes() {
+    let redis = RedisServer::start();
+    let s = open(&redis, "big").await;
+    let t = 1_700_000_000_000;
+    let mut ids = std::collections::HashSet::new();
+    for n in 0..40 {
+        let mut ev = event(n, t);
+        ev.body = bytes::Bytes::from(vec![b'x'; 1 << 20]);
+        ids.insert(accept(&*s, ev).await);
+    }
+    let first = s.lease("r", 40, t).await.unwrap();
+    assert!(
+        (1..=16).contains(&first.len()),
+        "{} events of 1 MiB in one lease",
+        first.len()
+    );
+    let mut leased: Vec<String> = first.iter().map(|e| e.id.clone()).collect();
+    for _ in 0..40 {
+        let more = s.lease("r", 40, t).await.unwrap();
+        if more.is_empty() {
+            break;
+        }
+        leased.extend(more.iter().map(|e| e.id.clone()));
+    }
+    assert_eq!(leased.len(), 40, "each event leased once");
+    assert_eq!(
+        leased.into_iter().collect::<std::collections::HashSet<_>>(),
+        ids
+    );
+}

@@ -109,6 +109,9 @@ struct Inner {
 }
 
 const ROUTES_REFRESH: Duration = Duration::from_secs(2);
+/// Body bytes a lease takes at most, past its first event (see `scripts::LEASE`); the rest
+/// stay due for the next lease.
+const LEASE_BYTES: usize = 8 << 20;
 const POLICY_CHECK: Duration = Duration::from_secs(5);
 /// How often both connections are pinged, so a broken one is re-made without waiting for a
 /// request to fail on it.
@@ -612,7 +615,8 @@ impl Store for RedisStore {
             .arg(now_ms)
             .arg(limit)
             .arg(s.visibility.as_millis() as u64)
-            .arg(s.keys.tag(route));
+            .arg(s.keys.tag(route))
+            .arg(LEASE_BYTES);
         let mut conn = s.work.clone();
         let reply: Value = bounded(SLOW_OP_TIMEOUT, inv.invoke_async(&mut conn)).await?;
         // The whole reply is read before anything is noted as leased here: an item that
