@@ -43,6 +43,10 @@ pub struct Running {
     tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     /// Request bodies held at once; a reload sets its new `server.max_body_memory`.
     bodies: Arc<ingress::BodyBudget>,
+    /// Workers of earlier generations still finishing their attempts after a reload: awaited
+    /// at shutdown as the current ones are (a SIGTERM soon after a reload cut them off, and
+    /// their attempts were made again after the restart).
+    retired: std::sync::Mutex<Vec<JoinHandle<()>>>,
     /// The files the config it started with was read from (see `Config::files`).
     pub files: Vec<(std::path::PathBuf, crate::config::watch::Seen)>,
 }
@@ -273,6 +277,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         admin,
         tls,
         bodies,
+        retired: std::sync::Mutex::default(),
         files: config.files.clone(),
     })
 }
@@ -352,11 +357,10 @@ impl Running {
         self.table.store(Arc::new(table));
         let old = std::mem::replace(&mut *current, generation);
         let _ = old.stop.send(true);
-        tokio::spawn(async move {
-            for w in old.workers {
-                let _ = w.await;
-            }
-        });
+        if let Ok(mut retired) = self.retired.lock() {
+            retired.retain(|w| !w.is_finished());
+            retired.extend(old.workers);
+        }
         reload_counted(true);
         tracing::info!(routes, "config reloaded");
         report_stranded(self.store.as_ref(), &config).await;
@@ -375,7 +379,11 @@ impl Running {
         let _ = generation.stop.send(true);
         let deadline = tokio::time::Instant::now() + self.grace;
         let _ = tokio::time::timeout_at(deadline, self.ingress).await;
-        for w in generation.workers {
+        let retired = self
+            .retired
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for w in generation.workers.into_iter().chain(retired) {
             if tokio::time::timeout_at(deadline, w).await.is_err() {
                 tracing::warn!("a delivery worker did not stop within the grace period; its attempts will be made again after restart");
             }

@@ -806,4 +806,47 @@ async fn a_lease_of_large_events_is_bounded_by_bytes() {
         leased.into_iter().collect::<std::collections::HashSet<_>>(),
         ids
     );
+
+    // The same bound when a replica takes over a dead one's 40 large events.
+    let dead = open_with(&redis, "big", Duration::from_secs(1)).await;
+    let mut _held = Vec::new();
+    for n in 0..40 {
+        let mut ev = event(100 + n, t);
+        ev.body = bytes::Bytes::from(vec![b'y'; 1 << 20]);
+        accept(&*dead, ev).await;
+    }
+    for _ in 0..40 {
+        let got = dead.lease("r", 40, t).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        _held.extend(got);
+    }
+    assert_eq!(_held.len(), 40);
+    drop(dead); // its heartbeat stops: its leases lapse after the 1 s visibility timeout
+    let mut con = ::redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    wait_until(Duration::from_secs(10), "all 40 leases lapsed", || {
+        let lapsed: Vec<::redis::Value> = ::redis::cmd("XPENDING")
+            .arg("{big:r}:stream")
+            .arg("hookgate")
+            .arg("IDLE")
+            .arg(1100)
+            .arg("-")
+            .arg("+")
+            .arg(100)
+            .query(&mut con)
+            .unwrap();
+        async move { lapsed.len() == 40 }
+    })
+    .await;
+    let taker = open_with(&redis, "big", Duration::from_secs(1)).await;
+    let got = taker.lease("r", 40, t).await.unwrap();
+    assert!(
+        (1..=16).contains(&got.len()),
+        "{} taken over in one lease",
+        got.len()
+    );
 }

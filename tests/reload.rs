@@ -473,6 +473,60 @@ async fn a_file_named_by_a_refused_config_is_taken_up_once_it_appears() {
     assert!(gw.terminate().success());
 }
 
+/// SIGTERM soon after a reload (now also any rotated secret or renewed certificate) waits for
+/// the attempts the retired generation's workers still have under way, as for the current
+/// generation's: before, they were cut off when the runtime ended, unrecorded, and the event was
+/// delivered a second time after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_after_a_reload_waits_for_the_retired_workers_attempt() {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    up.hold();
+    let cfg = |routes: &str| config(&Backend::Embedded, dir.path(), "", routes);
+    let mut gw = Gateway::start(dir.path(), &cfg(&route("a", "s", &up.url("/a"))));
+    let c = reqwest::Client::new();
+    let id = accepted(signed(
+        &c,
+        &gw.url("/hooks/a"),
+        "s",
+        "in flight at the reload",
+    ))
+    .await;
+    up.wait_arrived(1, Duration::from_secs(10)).await;
+    gw.reload(
+        &cfg(&[
+            route("a", "s", &up.url("/a")),
+            route("b", "t", &up.url("/b")),
+        ]
+        .concat()),
+        "ok",
+    )
+    .await;
+    signal(gw.pid(), "TERM");
+    wait_until(Duration::from_secs(10), "shutdown begun", || {
+        let log = gw.log();
+        async move { log.contains("shutting down") }
+    })
+    .await;
+    up.release();
+    assert!(gw.terminate_wait().success());
+    assert!(
+        !gw.log().contains("did not stop within the grace period"),
+        "{}",
+        gw.log()
+    );
+
+    let gw = Gateway::start(dir.path(), &cfg(&route("a", "s", &up.url("/a"))));
+    gw.wait_event_state(&id, "delivered", Duration::from_secs(10))
+        .await;
+    let ev = gw.admin_json(&format!("/admin/events/{id}")).await;
+    assert_eq!(
+        ev["attempts"], 1,
+        "recorded before the exit, not made again: {ev}"
+    );
+    assert_eq!(up.arrivals().len(), 1, "delivered once");
+}
+
 /// A reload that removes (here: renames) a route whose accepted events are still pending says
 /// so as an error, keeps showing them (admin API, gauge), and a reload that brings the route
 /// back delivers them: nothing acknowledged is silently left behind.

@@ -227,18 +227,17 @@ impl fmt::Display for Problems {
 /// watches what a refused reload read, and a fix to any of it is taken up).
 pub fn load(path: &Path) -> Result<(Config, Vec<String>), Problems> {
     let own = |content: Option<&[u8]>| (path.to_path_buf(), content.and_then(watch::seen));
-    let text = watch::read_file(path)
-        .map_err(|e| e.to_string())
-        .and_then(|b| String::from_utf8(b).map_err(|_| "it is not UTF-8 text".to_string()));
-    let text = match text {
-        Ok(text) => text,
-        Err(e) => {
-            let mut p = Problems::default();
-            p.error(path.display(), format!("cannot read config: {e}"));
-            p.files.push(own(None));
-            return Err(p);
-        }
+    let refused = |e: &str, content: Option<&[u8]>| {
+        let mut p = Problems::default();
+        p.error(path.display(), format!("cannot read config: {e}"));
+        p.files.push(own(content));
+        p
     };
+    let bytes = watch::read_file(path).map_err(|e| refused(&e.to_string(), None))?;
+    // Noted with what it held, so a file that is not text is not taken for a new change at
+    // every poll.
+    let text = String::from_utf8(bytes)
+        .map_err(|e| refused("it is not UTF-8 text", Some(e.as_bytes())))?;
     match parse(&text) {
         Ok((mut config, warnings)) => {
             config.files.insert(0, own(Some(text.as_bytes())));

@@ -41,13 +41,18 @@ pub const MAX_READ: u64 = 16 << 20;
 /// end it).
 pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::{Error, ErrorKind};
-    if !std::fs::metadata(path)?.is_file() {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Opened without blocking (a FIFO's open waits for a writer) and checked on the handle, so
+    // a FIFO swapped in after a check by path cannot block either.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
         return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
     }
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_READ + 1)
-        .read_to_end(&mut bytes)?;
+    file.take(MAX_READ + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_READ {
         return Err(Error::new(
             ErrorKind::InvalidData,
@@ -203,6 +208,26 @@ mod tests {
         assert_eq!(read_file(&big).unwrap().len(), MAX_READ as usize);
     }
 
+    /// A refused config is watched from what it held: one that is not UTF-8 was noted as
+    /// unreadable, and every poll took its bytes for a change (a refused reload every 4 s).
+    #[test]
+    fn a_config_that_is_not_text_is_not_a_change_at_every_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hookgate.toml");
+        std::fs::write(&file, b"[server]\n# caf\xe9\n").unwrap();
+        let Err(problems) = crate::config::load(&file) else {
+            panic!("loaded")
+        };
+        assert!(
+            problems.errors[0].contains("not UTF-8"),
+            "{:?}",
+            problems.errors
+        );
+        let mut w = Watch::new(problems.files);
+        assert!(w.poll().is_empty());
+        assert!(w.poll().is_empty());
+    }
+
     #[test]
     fn a_change_is_reported_once_it_held_for_a_poll() {
         let dir = tempfile::tempdir().unwrap();
@@ -302,5 +327,8 @@ mod tests {
         // Would block for good if it were opened for reading.
         assert!(w.poll().is_empty());
         assert!(w.poll().is_empty());
+        // Nor by validation: opened without blocking, refused on the handle.
+        let e = read_file(&fifo).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 }

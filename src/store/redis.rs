@@ -720,7 +720,11 @@ impl Store for RedisStore {
             // that lacked it, FLUSHALL): this attempt's outcome had nowhere to go, and no
             // retry will come. Said as loudly as the lease does.
             metrics::counter!("hookgate_store_errors_total").increment(1);
-            tracing::error!(route = %ev.route, event_id = %ev.id, attempt = attempt.n, "event lost: Redis no longer holds the event this attempt settles (evicted, flushed, or a failover to a replica that lacked it); its outcome is not recorded and nothing more will be attempted");
+            let what = match next {
+                Next::Delivered => "the upstream has it (this attempt delivered it), but its record is gone",
+                _ => "its outcome is not recorded and nothing more will be attempted: the event is lost",
+            };
+            tracing::error!(route = %ev.route, event_id = %ev.id, attempt = attempt.n, "Redis no longer holds the event this attempt settles (evicted, flushed, or a failover to a replica that lacked it); {what}");
         } else if r == 2 {
             tracing::info!(route = %ev.route, event_id = %ev.id, "event was replayed or taken over during the attempt; its newer delivery decides its state");
         }

@@ -46,8 +46,8 @@ return {1, ARGV[1]}
 /// KEYS: stream, retry, claim cursor. ARGV: group, consumer, now, limit, min_idle_ms, tag,
 /// byte budget. Once the events taken hold more body bytes than the budget no more are read
 /// (at least one always is): the reply is built while Redis runs nothing else, for every
-/// replica, and 128 events of 1 MiB held it 0.7 s. New entries are read 16 at a time, so the
-/// budget is passed by at most 16 events.
+/// replica, and 128 events of 1 MiB held it 0.7 s. Entries are claimed and read 16 at a time,
+/// so the budget is passed by at most 16 events.
 /// Moves due retries into the stream, reclaims entries idle longer than `min_idle_ms` (a dead
 /// replica's), reads new entries; drops stale entries (event gone, not pending, or replayed
 /// since). Returns `{{entry_id, {field, value, …}, reclaimed (1: taken from an idle lease, 0:
@@ -96,7 +96,7 @@ end
 local start = redis.call('GET', KEYS[3]) or '0-0'
 local cursor = start
 for _ = 1, 4 do
-  local claimed = redis.call('XAUTOCLAIM', stream, group, consumer, min_idle, cursor, 'COUNT', limit - #out)
+  local claimed = redis.call('XAUTOCLAIM', stream, group, consumer, min_idle, cursor, 'COUNT', math.min(limit - #out, 16))
   take(claimed[2], 1)
   cursor = claimed[1]
   if cursor == '0-0' or full() then break end
