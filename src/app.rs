@@ -388,6 +388,7 @@ impl Running {
                 tracing::warn!("a delivery worker did not stop within the grace period; its attempts will be made again after restart");
             }
         }
+        crate::forward::worker::STOPPING.store(true, Ordering::Relaxed);
         for b in self.background {
             b.abort();
         }

@@ -366,3 +366,35 @@ async fn a_backup_taken_while_running_restores_every_acknowledged_event() {
     assert_eq!(redis.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&redis.stderr).contains("Redis's own persistence"));
 }
+
+/// An attempt still under way when `shutdown_grace` runs out is cut off: the log says so and
+/// that it will be made again (it is, after the restart), not that its attempt was recorded as
+/// failed — which it was not (the walkthrough saw the claim, printed after "stopped").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_outlasting_the_grace_period_is_said_to_be_cut_off_and_made_again() {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    up.hold();
+    let cfg = config(&Backend::Embedded, dir.path(), "", &route(&up.url("/in")))
+        .replace("shutdown_grace = \"5s\"", "shutdown_grace = \"1s\"");
+    let mut gw = Gateway::start(dir.path(), &cfg);
+    let c = reqwest::Client::new();
+    let id = accepted(signed(&c, &gw.url("/hooks/r"), SECRET, "slow")).await;
+    up.wait_arrived(1, Duration::from_secs(10)).await;
+    assert!(gw.terminate().success());
+    let log = gw.log();
+    assert!(
+        log.contains("did not stop within the grace period"),
+        "{log}"
+    );
+    assert!(
+        log.contains("cut off by shutdown before its outcome was known"),
+        "{log}"
+    );
+    assert!(!log.contains("recording its attempt as failed"), "{log}");
+    up.release();
+    let again = Gateway::start(dir.path(), &cfg);
+    again
+        .wait_event_state(&id, "delivered", Duration::from_secs(10))
+        .await;
+}

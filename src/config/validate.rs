@@ -205,6 +205,15 @@ pub(crate) fn resolve_secret(spec: &str, at: &str, p: &mut Problems) -> Option<S
             );
             Some(s)
         }
+        Ok((s, _)) if s.expose().contains(&b'\n') => {
+            // Two secrets in one file (the old and the new one, mid-rotation) would be used as
+            // one secret with a newline in it, and every request would get 401.
+            p.warn(
+                at,
+                "holds more than one line; it is used whole, as one secret: put each secret in a file (or variable) of its own and list them all",
+            );
+            Some(s)
+        }
         Ok((s, _)) => Some(s),
         Err(e) => {
             p.error(at, e);
@@ -1069,6 +1078,30 @@ url = "http://127.0.0.1:3000/d"
             .collect();
         noted.sort();
         assert_eq!(noted, ["pk", "s1", "s2", "sign", "token", "url"]);
+    }
+
+    /// Two secrets in one file (mid-rotation) would be one secret with a newline: warned.
+    #[test]
+    fn a_secret_file_of_several_lines_is_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+        std::fs::write(&one, "whsec_old\n").unwrap();
+        std::fs::write(&two, "whsec_old\nwhsec_new\n").unwrap();
+        let with = |f: &std::path::Path| {
+            ROUTE.replace(
+                "scheme = \"none\"",
+                &format!("scheme = \"hmac\"\nsecrets = [\"file:{}\"]", f.display()),
+            )
+        };
+        let (_, warnings) = parse(&with(&one)).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let (_, warnings) = parse(&with(&two)).unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("route[0].verify.secrets[0]: holds more than one line")
+                && !warnings[0].contains("whsec"),
+            "{warnings:?}"
+        );
     }
 
     /// A broker URL, password and all, may come from a file or the environment; errors and

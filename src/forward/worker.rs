@@ -426,6 +426,10 @@ impl Unsettled {
     }
 }
 
+/// Set once shutdown has waited all it will: a delivery task dropped after it was cut off, not
+/// failed.
+pub static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 impl Drop for Unsettled {
     fn drop(&mut self) {
         let Some(ev) = self.ev.take() else {
@@ -465,7 +469,14 @@ impl Drop for Unsettled {
         if !self.counted {
             self.metrics.delivery(outcome, self.started.elapsed());
         }
-        tracing::error!(route = %self.route.name, event_id = %ev.id, attempt = self.n, outcome, "delivery task failed; its attempt is recorded as failed");
+        if !STOPPING.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::error!(route = %self.route.name, event_id = %ev.id, attempt = self.n, outcome, "delivery task failed; recording its attempt as failed");
+        } else {
+            // Dropped as the runtime ends (an attempt still under way when shutdown_grace ran
+            // out): the record below may not get written before the process ends; either way
+            // the event stays pending and is attempted again.
+            tracing::warn!(route = %self.route.name, event_id = %ev.id, attempt = self.n, "delivery attempt cut off by shutdown before its outcome was known; the event stays pending and is attempted again after restart (the upstream may have it already)");
+        }
         let (store, route) = (self.store.clone(), self.route.clone());
         rt.spawn(async move { settle_until_recorded(&*store, &route, &ev, record, &next).await });
     }
