@@ -3065,7 +3065,9 @@ mod tests {
             store.get(&ids[0]).await.unwrap().is_some(),
             "kept within retention"
         );
-        store.purge(t + 61_000).await.unwrap();
+        // Well past the retention: ids are minted as the events are accepted, which may take
+        // seconds on a busy machine, and must all fall below the cutoff.
+        store.purge(t + 3_600_000).await.unwrap();
         assert!(
             store.get(&ids[0]).await.unwrap().is_none(),
             "purged after it"
@@ -3284,7 +3286,9 @@ mod tests {
         ))
         .unwrap();
         let before = store.commits();
-        store.purge(t + 61_000).await.unwrap();
+        // Well past the retention: ids are minted as the events are accepted, which may take
+        // seconds on a busy machine, and must all fall below the cutoff.
+        store.purge(t + 3_600_000).await.unwrap();
         assert!(store.commits() - before >= 2, "looked at in chunks");
         let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
         assert_eq!(
@@ -3332,7 +3336,9 @@ mod tests {
                 .await
                 .unwrap();
         }
-        store.purge(t + 61_000).await.unwrap();
+        // Well past the retention: ids are minted as the events are accepted, which may take
+        // seconds on a busy machine, and must all fall below the cutoff.
+        store.purge(t + 3_600_000).await.unwrap();
         let count = |sql: &'static str| {
             let store = &store;
             async move {
