@@ -42,6 +42,7 @@ pub const MAX_READ: u64 = 16 << 20;
 pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::{Error, ErrorKind};
     use std::os::unix::fs::OpenOptionsExt;
+    // `InvalidInput` is kept for "not a regular file" (`digest` tells it apart).
     // Opened without blocking (a FIFO's open waits for a writer) and checked on the handle, so
     // a FIFO swapped in after a check by path cannot block either.
     let file = std::fs::OpenOptions::new()
@@ -65,9 +66,10 @@ pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
 /// What the file holds now; `Err` when it is there but not a regular file (not read: the
 /// read could block).
 fn digest(path: &Path) -> Result<Seen, ()> {
-    match std::fs::metadata(path) {
-        Ok(m) if !m.is_file() => Err(()),
-        _ => Ok(read_file(path).ok().as_deref().and_then(seen)),
+    match read_file(path) {
+        Ok(bytes) => Ok(seen(&bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Err(()),
+        Err(_) => Ok(None),
     }
 }
 

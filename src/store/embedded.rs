@@ -2088,17 +2088,23 @@ mod tests {
         )
     }
 
-    /// Retries scheduled too far ahead are moved in chunks (one write each), all of them, and
-    /// only those of the route asked about.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn bring_forward_moves_every_stranded_retry_in_chunks_and_no_other_routes() {
+    /// A store holding `n` pending events of route `r` and one of route `other`.
+    async fn n_events_and_one_other(n: u64) -> (tempfile::TempDir, EmbeddedStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
-        let n = BRING_FORWARD_CHUNK * 2 + 100;
         for _ in 0..n {
             store.accept(event("r", "x"), None).await.unwrap();
         }
         store.accept(event("other", "y"), None).await.unwrap();
+        (dir, store)
+    }
+
+    /// Retries scheduled too far ahead are moved in chunks (one write each), all of them, and
+    /// only those of the route asked about.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bring_forward_moves_every_stranded_retry_in_chunks_and_no_other_routes() {
+        let n = BRING_FORWARD_CHUNK * 2 + 100;
+        let (_dir, store) = n_events_and_one_other(n).await;
         // Every event is due at 1,000 (its receipt): "too far ahead" of a clock at 0. More
         // than two chunks' worth: all of them moved, not just the first chunk.
         assert_eq!(store.bring_forward("r", 500, 0).await.unwrap(), n);
@@ -2117,13 +2123,8 @@ mod tests {
 
     #[tokio::test]
     async fn replay_dead_goes_in_chunks_and_replays_each_dead_event_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
         let n = REPLAY_CHUNK * 2 + 7;
-        for _ in 0..n {
-            store.accept(event("r", "x"), None).await.unwrap();
-        }
-        store.accept(event("other", "y"), None).await.unwrap();
+        let (dir, store) = n_events_and_one_other(n as u64).await;
         let db = Connection::open(dir.path().join("hookgate.db")).unwrap();
         db.execute_batch("UPDATE events SET state = 'dead', next_attempt_at = NULL")
             .unwrap();
