@@ -48,7 +48,7 @@ pub struct Running {
     /// their attempts were made again after the restart).
     retired: std::sync::Mutex<Vec<JoinHandle<()>>>,
     /// The files the config it started with was read from (see `Config::files`).
-    pub files: Vec<(std::path::PathBuf, crate::config::watch::Seen)>,
+    pub files: crate::config::watch::Files,
 }
 
 /// The routes of one config generation, swapped atomically on reload.
@@ -291,10 +291,7 @@ impl Running {
     /// settings need a restart; a change to them is logged as such. Returns the files this
     /// reload read, with what they held (see `Config::files`), taken or refused; `None` when
     /// they could not be read in time.
-    pub async fn reload(
-        &self,
-        path: &std::path::Path,
-    ) -> Option<Vec<(std::path::PathBuf, crate::config::watch::Seen)>> {
+    pub async fn reload(&self, path: &std::path::Path) -> Option<crate::config::watch::Files> {
         // Read off the runtime, bounded: a file on a mount that hangs must not hold the task
         // that answers SIGTERM.
         let read = tokio::task::spawn_blocking({

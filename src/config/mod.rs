@@ -33,7 +33,7 @@ pub struct Config {
     /// The files this config was read from (its own first when it came from a file, then
     /// `file:` secrets, keys and URLs, the TLS certificate, key and client CA), each with a
     /// digest of the content read: `serve` reloads when one of them changes.
-    pub files: Vec<(PathBuf, watch::Seen)>,
+    pub files: watch::Files,
 }
 
 #[derive(Debug)]
@@ -186,7 +186,7 @@ pub struct Problems {
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
     /// Files read while validating (see [`Config::files`]).
-    pub files: Vec<(PathBuf, watch::Seen)>,
+    pub files: watch::Files,
 }
 
 impl Problems {

@@ -27,6 +27,9 @@ use sha2::{Digest, Sha256};
 /// What a file held: the digest of its content, or `None` when it could not be read.
 pub type Seen = Option<[u8; 32]>;
 
+/// Files a config was read from, each with what it held then.
+pub type Files = Vec<(PathBuf, Seen)>;
+
 /// The digest [`Watch`] compares, of content read whole.
 pub fn seen(content: &[u8]) -> Seen {
     Some(Sha256::digest(content).into())
@@ -89,7 +92,7 @@ pub struct Watch {
 
 impl Watch {
     /// Watches `files` from what they held when the config was read from them.
-    pub fn new(files: Vec<(PathBuf, Seen)>) -> Watch {
+    pub fn new(files: Files) -> Watch {
         Watch {
             files: files
                 .into_iter()
@@ -126,7 +129,7 @@ impl Watch {
 /// its next poll.
 pub struct Watcher {
     /// After a reload: the files to watch from what it read, numbered.
-    resets: mpsc::Sender<(u64, Vec<(PathBuf, Seen)>)>,
+    resets: mpsc::Sender<(u64, Files)>,
     generation: u64,
 }
 
@@ -140,7 +143,7 @@ impl Watcher {
     /// Polls `files` every `every` on a thread of its own; each change is sent on the
     /// returned channel (the files that changed).
     pub fn spawn(
-        files: Vec<(PathBuf, Seen)>,
+        files: Files,
         every: Duration,
     ) -> std::io::Result<(Watcher, tokio::sync::mpsc::UnboundedReceiver<Changed>)> {
         let (resets, reset_rx) = mpsc::channel();
@@ -177,7 +180,7 @@ impl Watcher {
 
     /// After a reload (taken or refused): watch `files` from what it read. Changes found
     /// before this are stale from now on ([`Watcher::current`]).
-    pub fn reset(&mut self, files: Vec<(PathBuf, Seen)>) {
+    pub fn reset(&mut self, files: Files) {
         self.generation += 1;
         let _ = self.resets.send((self.generation, files));
     }
