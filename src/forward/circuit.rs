@@ -42,6 +42,11 @@ impl Circuit {
         self.probing = false;
     }
 
+    /// Open: an attempt sent now is its probe.
+    pub fn is_open(&self) -> bool {
+        self.open_until.is_some()
+    }
+
     /// When the circuit lets a probe through, if it is open.
     pub fn reopens_at(&self) -> Option<Instant> {
         self.open_until.filter(|_| !self.probing)
@@ -59,12 +64,14 @@ impl Circuit {
         was_open
     }
 
-    /// A retryable failure (permanent ones say nothing about the sink's health). When this
-    /// opens the circuit (or a failed probe opens it again): the failures in a row so far and
-    /// the cool-down before the next probe.
-    pub fn on_failure(&mut self, now: Instant) -> Option<(u32, Duration)> {
+    /// A retryable failure (permanent ones say nothing about the sink's health) of an attempt
+    /// sent as the `probe` or not. When this opens the circuit (or the probe's failure opens
+    /// it again): the failures in a row so far and the cool-down before the next probe. An
+    /// attempt sent before the circuit opened that fails while the probe is out is counted,
+    /// but is not the probe's answer.
+    pub fn on_failure(&mut self, now: Instant, probe: bool) -> Option<(u32, Duration)> {
         self.failures += 1;
-        if self.probing || (self.open_until.is_none() && self.failures >= THRESHOLD) {
+        if (self.probing && probe) || (self.open_until.is_none() && self.failures >= THRESHOLD) {
             let cool = FIRST_COOLDOWN
                 .saturating_mul(2u32.saturating_pow(self.opened.min(16)))
                 .min(MAX_COOLDOWN);
@@ -86,11 +93,11 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Circuit::default();
         for _ in 0..4 {
-            assert_eq!(c.on_failure(t0), None);
+            assert_eq!(c.on_failure(t0, false), None);
         }
         assert_eq!(c.allowance(8, t0), 8);
         assert_eq!(
-            c.on_failure(t0),
+            c.on_failure(t0, false),
             Some((5, FIRST_COOLDOWN)),
             "opening is reported"
         );
@@ -105,7 +112,7 @@ mod tests {
         c.probe_started();
         assert_eq!(c.allowance(8, t1), 0, "only one probe at a time");
         assert_eq!(
-            c.on_failure(t1),
+            c.on_failure(t1, true),
             Some((6, Duration::from_secs(2))),
             "a failed probe opens it again"
         );
@@ -121,11 +128,29 @@ mod tests {
     }
 
     #[test]
+    fn a_late_failure_of_an_attempt_sent_before_opening_is_not_the_probes_answer() {
+        let t0 = Instant::now();
+        let mut c = Circuit::default();
+        for _ in 0..THRESHOLD {
+            c.on_failure(t0, false);
+        }
+        let t1 = t0 + FIRST_COOLDOWN;
+        c.probe_started();
+        assert_eq!(c.on_failure(t1, false), None, "not the probe's answer");
+        assert_eq!(c.allowance(8, t1), 0, "the probe is still out");
+        assert_eq!(
+            c.on_failure(t1, true),
+            Some((THRESHOLD + 2, FIRST_COOLDOWN * 2)),
+            "the probe's own failure opens it again, once"
+        );
+    }
+
+    #[test]
     fn a_probe_that_got_no_answer_lets_the_next_one_through() {
         let t0 = Instant::now();
         let mut c = Circuit::default();
         for _ in 0..THRESHOLD {
-            c.on_failure(t0);
+            c.on_failure(t0, false);
         }
         let t1 = t0 + FIRST_COOLDOWN;
         c.probe_started();

@@ -67,13 +67,22 @@ enum Health {
 /// is to be retried. The sink's health arrives earlier, with the freed slot.
 type Done = Option<i64>;
 
+/// What a freed slot tells the worker: the sink's health as the attempt saw it (`None`: the
+/// attempt ended without an answer), and whether it was the open circuit's probe (an attempt
+/// sent before the circuit opened may end while the probe is out: it is not the probe's
+/// answer).
+struct Freed {
+    health: Option<Health>,
+    probe: bool,
+}
+
 impl Worker {
     pub async fn run(mut self) {
         let slots = Arc::new(Semaphore::new(self.route.forward.concurrency));
         // An attempt gives its slot back (and says how the sink answered) as soon as the
         // sink answered, before the attempt is recorded and done: the next event need not
         // wait for the record, and the circuit knows before it is sent.
-        let (freed_tx, mut freed) = tokio::sync::mpsc::unbounded_channel::<Option<Health>>();
+        let (freed_tx, mut freed) = tokio::sync::mpsc::unbounded_channel::<Freed>();
         // Past this many attempts whose record is still being written, no new event is
         // taken until records catch up (a store that cannot record stops delivery).
         let most_inflight = AWAITING_RECORD_PER_SLOT * self.route.forward.concurrency;
@@ -186,6 +195,7 @@ impl Worker {
             if leased > 0 {
                 circuit.probe_started();
             }
+            let probe = circuit.is_open();
             for ev in events {
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     break; // cannot happen: no more were taken than permits were free
@@ -195,6 +205,7 @@ impl Worker {
                 let slot = Slot {
                     permit: Some(permit),
                     health: None,
+                    probe,
                     freed: freed_tx.clone(),
                 };
                 let metrics = self.metrics.clone();
@@ -328,12 +339,13 @@ async fn wait_fresh(handoff: Option<&mut Handoff>) {
 
 /// The sink's health, as the attempt's answer showed it, moves the circuit. An attempt that
 /// ended without one (its task panicked) says nothing about the sink; if it was the probe,
-/// the next event taken is.
+/// the next event taken is. An attempt sent before the circuit opened that fails while the
+/// probe is out counts as a failure, but is not the probe's answer.
 /// Opening and closing are logged and shown as `hookgate_circuit_open{route}`: while it is
 /// open, pending events' `next_attempt_at` passes with no attempt made.
 fn judge(
     circuit: &mut Circuit,
-    health: Option<Health>,
+    Freed { health, probe }: Freed,
     route: &str,
     metrics: &crate::telemetry::RouteMetrics,
 ) {
@@ -348,7 +360,7 @@ fn judge(
             }
         }
         Some(Health::Down) => {
-            if let Some((failures, cool)) = circuit.on_failure(Instant::now()) {
+            if let Some((failures, cool)) = circuit.on_failure(Instant::now(), probe) {
                 metrics.circuit(Some(now_ms()));
                 tracing::warn!(
                     route,
@@ -358,7 +370,11 @@ fn judge(
                 );
             }
         }
-        None => circuit.probe_abandoned(),
+        None => {
+            if probe {
+                circuit.probe_abandoned();
+            }
+        }
     }
 }
 
@@ -487,14 +503,19 @@ impl Drop for Unsettled {
 struct Slot {
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     health: Option<Health>,
-    freed: tokio::sync::mpsc::UnboundedSender<Option<Health>>,
+    /// Sent as the open circuit's probe.
+    probe: bool,
+    freed: tokio::sync::mpsc::UnboundedSender<Freed>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         // The permit first, so a worker woken by the message finds it free.
         drop(self.permit.take());
-        let _ = self.freed.send(self.health.take());
+        let _ = self.freed.send(Freed {
+            health: self.health.take(),
+            probe: self.probe,
+        });
     }
 }
 
