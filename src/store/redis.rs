@@ -562,6 +562,84 @@ impl Inner {
     }
 }
 
+impl RedisStore {
+    /// One call of the lease script: the events leased, and whether the byte budget cut the
+    /// call short (more may be due).
+    async fn lease_once(
+        &self,
+        route: &str,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<(Vec<Event>, bool), StoreError> {
+        let s = &self.inner;
+        let mut inv = scripts::LEASE.key(s.keys.stream(route));
+        inv.key(s.keys.retry(route))
+            .key(s.keys.claim_cursor(route))
+            .arg(GROUP)
+            .arg(&s.consumer)
+            .arg(now_ms)
+            .arg(limit)
+            .arg(s.visibility.as_millis() as u64)
+            .arg(s.keys.tag(route))
+            .arg(LEASE_BYTES);
+        let mut conn = s.work.clone();
+        let reply: Value = bounded(SLOW_OP_TIMEOUT, inv.invoke_async(&mut conn)).await?;
+        // The whole reply is read before anything is noted as leased here: an item that
+        // cannot be read part-way must not leave the ones before it leased but never
+        // attempted (renewed by the heartbeat, so no replica would take them over).
+        let (mut read, mut bytes) = (Vec::new(), 0);
+        for item in array(reply)? {
+            let mut pair = array(item)?.into_iter();
+            let (Some(entry), Some(fields)) = (pair.next(), pair.next()) else {
+                return Err(bad("lease entry"));
+            };
+            let reclaimed = pair.next().as_ref().and_then(int) == Some(1);
+            let entry = string(&entry).ok_or_else(|| bad("entry id"))?;
+            if let Some(id) = string(&fields) {
+                // Dropped by the script: nothing can deliver it. Said loudly, never silently.
+                metrics::counter!("hookgate_store_errors_total").increment(1);
+                tracing::error!(route = %route, event_id = %id, entry = %entry, "event lost: its stream entry is due but Redis no longer holds the event (evicted, flushed, or a failover to a replica that lacked it)");
+                continue;
+            }
+            let ev = match hash(fields).and_then(|h| codec::event(&h)) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::error!(route = %route, entry = %entry, error = %e, "unreadable event in redis; left for an operator");
+                    continue;
+                }
+            };
+            bytes += ev.body.len();
+            read.push((entry, ev, reclaimed));
+        }
+        let mut out = Vec::new();
+        let mut leased = s
+            .leased
+            .lock()
+            .map_err(|_| StoreError::Unavailable("lease table poisoned".into()))?;
+        for (entry, ev, reclaimed) in read {
+            // Reclaimed from ourselves (a late heartbeat): the attempt is still running here.
+            // So is any other entry of an event leased here: never two attempts of one event
+            // in this process. (An entry its settle added, read in the instant before the
+            // attempt released its lease, is left unrenewed and reclaimed after the
+            // visibility timeout: a delay, not a second delivery.)
+            if leased.contains_key(&ev.id) {
+                continue;
+            }
+            if reclaimed {
+                // Its lease went unrenewed for the visibility timeout: the replica that held it
+                // died or lost Redis, perhaps mid-attempt. Said, since the upstream may now get
+                // the event a second time, with the lost attempt's `Hookgate-Attempt` number.
+                metrics::counter!("hookgate_leases_taken_over_total", "route" => route.to_string())
+                    .increment(1);
+                tracing::warn!(route = %route, event_id = %ev.id, attempts = ev.attempts, visibility_timeout_ms = s.visibility.as_millis() as u64, "taking over an event whose lease lapsed (not renewed for the visibility timeout: the replica that held it was killed or cut off from Redis, or a lease's reply was lost); if an attempt of it was under way, the upstream may get it a second time");
+            }
+            leased.insert(ev.id.clone(), (route.to_string(), entry));
+            out.push(ev);
+        }
+        Ok((out, bytes >= LEASE_BYTES))
+    }
+}
+
 #[async_trait]
 impl Store for RedisStore {
     async fn accept(&self, ev: NewEvent, dedupe: Option<DedupeKey>) -> Result<Accept, StoreError> {
@@ -603,72 +681,18 @@ impl Store for RedisStore {
         limit: usize,
         now_ms: i64,
     ) -> Result<Vec<Event>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let s = &self.inner;
-        let mut inv = scripts::LEASE.key(s.keys.stream(route));
-        inv.key(s.keys.retry(route))
-            .key(s.keys.claim_cursor(route))
-            .arg(GROUP)
-            .arg(&s.consumer)
-            .arg(now_ms)
-            .arg(limit)
-            .arg(s.visibility.as_millis() as u64)
-            .arg(s.keys.tag(route))
-            .arg(LEASE_BYTES);
-        let mut conn = s.work.clone();
-        let reply: Value = bounded(SLOW_OP_TIMEOUT, inv.invoke_async(&mut conn)).await?;
-        // The whole reply is read before anything is noted as leased here: an item that
-        // cannot be read part-way must not leave the ones before it leased but never
-        // attempted (renewed by the heartbeat, so no replica would take them over).
-        let mut read = Vec::new();
-        for item in array(reply)? {
-            let mut pair = array(item)?.into_iter();
-            let (Some(entry), Some(fields)) = (pair.next(), pair.next()) else {
-                return Err(bad("lease entry"));
-            };
-            let reclaimed = pair.next().as_ref().and_then(int) == Some(1);
-            let entry = string(&entry).ok_or_else(|| bad("entry id"))?;
-            if let Some(id) = string(&fields) {
-                // Dropped by the script: nothing can deliver it. Said loudly, never silently.
-                metrics::counter!("hookgate_store_errors_total").increment(1);
-                tracing::error!(route = %route, event_id = %id, entry = %entry, "event lost: its stream entry is due but Redis no longer holds the event (evicted, flushed, or a failover to a replica that lacked it)");
-                continue;
-            }
-            let ev = match hash(fields).and_then(|h| codec::event(&h)) {
-                Ok(ev) => ev,
-                Err(e) => {
-                    tracing::error!(route = %route, entry = %entry, error = %e, "unreadable event in redis; left for an operator");
-                    continue;
-                }
-            };
-            read.push((entry, ev, reclaimed));
-        }
         let mut out = Vec::new();
-        let mut leased = s
-            .leased
-            .lock()
-            .map_err(|_| StoreError::Unavailable("lease table poisoned".into()))?;
-        for (entry, ev, reclaimed) in read {
-            // Reclaimed from ourselves (a late heartbeat): the attempt is still running here.
-            // So is any other entry of an event leased here: never two attempts of one event
-            // in this process. (An entry its settle added, read in the instant before the
-            // attempt released its lease, is left unrenewed and reclaimed after the
-            // visibility timeout: a delay, not a second delivery.)
-            if leased.contains_key(&ev.id) {
-                continue;
+        // One script call stops at LEASE_BYTES of bodies, to hold Redis briefly; the calls go
+        // on while that cut one short, so a worker gets as many events as it has room for
+        // (one call's worth alone looked like "nothing more is due": large events were
+        // delivered ~8 at a time whatever the route's concurrency).
+        while out.len() < limit {
+            let (more, cut_short) = self.lease_once(route, limit - out.len(), now_ms).await?;
+            if !cut_short || more.is_empty() {
+                out.extend(more);
+                break;
             }
-            if reclaimed {
-                // Its lease went unrenewed for the visibility timeout: the replica that held it
-                // died or lost Redis, perhaps mid-attempt. Said, since the upstream may now get
-                // the event a second time, with the lost attempt's `Hookgate-Attempt` number.
-                metrics::counter!("hookgate_leases_taken_over_total", "route" => route.to_string())
-                    .increment(1);
-                tracing::warn!(route = %route, event_id = %ev.id, attempts = ev.attempts, visibility_timeout_ms = s.visibility.as_millis() as u64, "taking over an event whose lease lapsed (not renewed for the visibility timeout: the replica that held it was killed or cut off from Redis, or a lease's reply was lost); if an attempt of it was under way, the upstream may get it a second time");
-            }
-            leased.insert(ev.id.clone(), (route.to_string(), entry));
-            out.push(ev);
+            out.extend(more);
         }
         Ok(out)
     }
@@ -727,6 +751,8 @@ impl Store for RedisStore {
             tracing::error!(route = %ev.route, event_id = %ev.id, attempt = attempt.n, "Redis no longer holds the event this attempt settles (evicted, flushed, or a failover to a replica that lacked it); {what}");
         } else if r == 2 {
             tracing::info!(route = %ev.route, event_id = %ev.id, "event was replayed or taken over during the attempt; its newer delivery decides its state");
+        } else if r == 3 {
+            tracing::debug!(route = %ev.route, event_id = %ev.id, attempt = attempt.n, "the attempt was recorded already (a settle retried after its reply was lost)");
         }
         // Released only once the new state is recorded, as in the embedded store.
         if let Ok(mut l) = s.leased.lock() {
@@ -971,7 +997,9 @@ impl Store for RedisStore {
                 .arg(&after)
                 .arg(BATCH);
             let (n, looked, last_score, last_id): (u64, u64, String, String) =
-                bounded(SLOW_OP_TIMEOUT, inv.invoke_async(&mut conn)).await?;
+                bounded(SLOW_OP_TIMEOUT, inv.invoke_async(&mut conn))
+                    .await
+                    .map_err(|e| replay_stopped(route, total, e))?;
             total += n;
             if looked < BATCH as u64 {
                 return Ok(total);

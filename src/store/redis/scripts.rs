@@ -183,9 +183,10 @@ return kept
 /// ARGV: group, entry ('' if unknown), attempt JSON, log cap, state, next_at, error ('' for
 /// none), now, n, retention_ms, id, the cycle start the lease saw, the attempt's start.
 /// Returns 1 (settled), 2 (attempt logged, but the event was replayed or taken over since the
-/// lease, so the newer entry decides its state), 0 (no such event). A replay made after the
-/// lease but before a delivering attempt began is answered by it: settled (1), and the
-/// replay's entry is dropped.
+/// lease, so the newer entry decides its state), 3 (this entry's attempt was settled already:
+/// a settle retried after its reply was lost; nothing is logged twice), 0 (no such event). A
+/// replay made after the lease but before a delivering attempt began is answered by it:
+/// settled (1), and the replay's entry is dropped.
 pub static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -196,6 +197,10 @@ if entry ~= '' then
   redis.call('XDEL', stream, entry)
 end
 if redis.call('EXISTS', ev) == 0 then return 0 end
+if entry ~= '' then
+  if redis.call('HGET', ev, 'settled') == entry then return 3 end
+  redis.call('HSET', ev, 'settled', entry)
+end
 redis.call('RPUSH', log, ARGV[3])
 redis.call('LTRIM', log, -tonumber(ARGV[4]), -1)
 local cur = redis.call('HMGET', ev, 'attempts', 'entry', 'received_at', 'cycle_started_at',
