@@ -124,8 +124,12 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Reply {
             match admin.store.ping().await {
                 Ok(()) => json(StatusCode::OK, r#"{"status":"ready"}"#.into()),
                 Err(e) => {
-                    tracing::warn!(error = %e, "readyz: store unreachable");
-                    error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+                    tracing::warn!(error = %e, "readyz: not ready");
+                    error_detail(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "store_unavailable",
+                        e.to_string(),
+                    )
                 }
             }
         }

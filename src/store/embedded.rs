@@ -231,6 +231,9 @@ pub struct EmbeddedStore {
     reader: Arc<Mutex<Connection>>,
     /// The database file was deleted or replaced under the open store (see `DiskGuard`).
     gone: Arc<AtomicBool>,
+    /// New events are refused for want of disk space (`DiskGuard`'s `low`, as of its last
+    /// batch or look): `/readyz` is not ready meanwhile.
+    refusing: Arc<AtomicBool>,
     /// The database file, for connections of their own (`scan`).
     file: std::path::PathBuf,
     leases: Arc<Leases>,
@@ -402,10 +405,17 @@ struct DiskGuard {
     /// Set for good once the database file was deleted or replaced under the open store: new
     /// events are refused and `/readyz` fails (`EmbeddedStore::ping`).
     gone: Arc<AtomicBool>,
+    /// `low`, for `/readyz` (`EmbeddedStore::ping`).
+    refusing: Arc<AtomicBool>,
 }
 
 impl DiskGuard {
-    fn new(dir: &Path, min_free: Arc<AtomicU64>, gone: Arc<AtomicBool>) -> DiskGuard {
+    fn new(
+        dir: &Path,
+        min_free: Arc<AtomicU64>,
+        gone: Arc<AtomicBool>,
+        refusing: Arc<AtomicBool>,
+    ) -> DiskGuard {
         DiskGuard {
             dir: dir.to_path_buf(),
             min_free,
@@ -415,6 +425,7 @@ impl DiskGuard {
             failed: false,
             file: open_for_link_count(&dir.join("hookgate.db")),
             gone,
+            refusing,
         }
     }
 
@@ -474,12 +485,18 @@ impl DiskGuard {
             tracing::error!(
                 path = %self.dir.display(),
                 min_free_space = self.min_free.load(Ordering::Relaxed),
-                "store: refusing new events: the disk space available to the store is down to store.min_free_space; they get 503 until space is freed (deliveries go on)"
+                "store: refusing new events: the disk space available to the store is down to store.min_free_space; they get 503 and /readyz is not ready until space is freed (deliveries go on)"
             );
         }
+        self.refusing.store(self.low, Ordering::Relaxed);
     }
 
     fn look(&mut self, conn: &Connection, min: u64) {
+        self.look_and_decide(conn, min);
+        self.refusing.store(self.low, Ordering::Relaxed);
+    }
+
+    fn look_and_decide(&mut self, conn: &Connection, min: u64) {
         self.checked = Some((Instant::now(), min));
         metrics::gauge!("hookgate_store_min_free_space_bytes").set(min as f64);
         if self.file_gone() {
@@ -769,7 +786,8 @@ impl EmbeddedStore {
         let retention_ms = opts.retention.as_millis() as i64;
         let min_free = Arc::new(AtomicU64::new(opts.min_free_space));
         let gone = Arc::new(AtomicBool::new(false));
-        let disk = DiskGuard::new(dir, min_free.clone(), gone.clone());
+        let refusing = Arc::new(AtomicBool::new(false));
+        let disk = DiskGuard::new(dir, min_free.clone(), gone.clone(), refusing.clone());
         warn_if_reserve_exceeds_disk(dir, opts.min_free_space);
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = commits.clone();
@@ -795,6 +813,7 @@ impl EmbeddedStore {
             tx,
             reader: Arc::new(Mutex::new(reader)),
             gone,
+            refusing,
             file,
             leases,
         })
@@ -1947,9 +1966,13 @@ impl Store for EmbeddedStore {
         let (mut total, mut after) = (0, String::new());
         loop {
             let route = route.to_string();
-            let (n, last) = self
-                .write(|r| Write::ReplayDead(route, after, now_ms, r))
-                .await?;
+            let (n, last) = match self
+                .write(|r| Write::ReplayDead(route.clone(), after, now_ms, r))
+                .await
+            {
+                Ok(chunk) => chunk,
+                Err(e) => return Err(super::replay_stopped(&route, total, e)),
+            };
             total += n;
             match last {
                 Some(last) if n == REPLAY_CHUNK as u64 => after = last,
@@ -2018,6 +2041,11 @@ impl Store for EmbeddedStore {
         if self.gone.load(Ordering::Relaxed) {
             return Err(StoreError::Unavailable(
                 "the database file was deleted or replaced while open".into(),
+            ));
+        }
+        if self.refusing.load(Ordering::Relaxed) {
+            return Err(StoreError::Unavailable(
+                "new events are refused: the disk space available to the store is down to store.min_free_space".into(),
             ));
         }
         self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
@@ -2376,6 +2404,7 @@ mod tests {
             Path::new("."),
             Arc::new(AtomicU64::new(min)),
             Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
         );
         assert!(!g.decide(min + 10 * MIB, 0, min));
         assert_eq!(g.room, 10 * MIB);
@@ -2552,6 +2581,14 @@ mod tests {
             .unwrap();
         let c = store.counts("r").await.unwrap();
         assert_eq!((c.pending, c.delivered), (0, 1), "the settle was recorded");
+        // Not ready while refusing (the settle came after the refusing batch on the writer).
+        match store.ping().await {
+            Err(StoreError::Unavailable(msg)) => assert!(
+                msg.contains("store.min_free_space"),
+                "/readyz says why: {msg}"
+            ),
+            other => panic!("not ready while refusing, got {other:?}"),
+        }
 
         // Space again (here: the check turned off, as a reload does): the refused key was
         // never recorded, so the sender's retry is a new event.
@@ -2560,6 +2597,14 @@ mod tests {
             store.accept(event("r", "b"), key("b")).await.unwrap(),
             Accept::Accepted(_)
         ));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.ping().await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "ready again once events are taken"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test]

@@ -66,15 +66,15 @@ impl Keys {
         let mut superseded = Vec::new();
         while let Some(r) = rows.next()? {
             let hash = key_hash(&r.get::<_, String>(1)?, &r.get::<_, String>(2)?);
-            if let Some((seq, _)) = keys.live.insert(hash, (r.get(0)?, r.get(3)?)) {
-                superseded.push(seq);
+            if let Some(old) = keys.live.insert(hash, (r.get(0)?, r.get(3)?)) {
+                superseded.push(old);
             }
         }
         drop(rows);
         drop(stmt);
         // Only rows written before this index deleted the row a key replaced.
-        for seq in superseded {
-            conn.execute("DELETE FROM dedupe_keys WHERE seq = ?1", params![seq])?;
+        for entry in superseded {
+            delete_row(conn, entry)?;
         }
         Ok(keys)
     }
@@ -132,9 +132,9 @@ impl Keys {
             .insert(hash, (tx.last_insert_rowid(), expires_at_ms));
         // Noted before anything else can fail, so a rollback puts the old entry back.
         self.undo.push((hash, old));
-        if let Some((seq, _)) = old {
+        if let Some(entry) = old {
             // An expired key taken again: its old row goes now, as no purge will find it.
-            delete_row(tx, seq)?;
+            delete_row(tx, entry)?;
         }
         Ok(())
     }
@@ -166,7 +166,7 @@ impl Keys {
             if self.live.get(&hash) != Some(&entry) {
                 continue;
             }
-            delete_row(tx, entry.0)?;
+            delete_row(tx, entry)?;
             self.live.remove(&hash);
             self.undo.push((hash, Some(entry)));
             done += 1;
@@ -190,9 +190,11 @@ impl Keys {
     }
 }
 
-fn delete_row(tx: &Connection, seq: i64) -> rusqlite::Result<()> {
-    tx.prepare_cached("DELETE FROM dedupe_keys WHERE seq = ?1")?
-        .execute(params![seq])?;
+/// Deletes a key's row by its `seq` and expiry both: were the index ever out of step with the
+/// table (a `seq` SQLite gave again to a newer row), another key's row stays.
+fn delete_row(tx: &Connection, (seq, expires_at): Entry) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM dedupe_keys WHERE seq = ?1 AND expires_at = ?2")?
+        .execute(params![seq, expires_at])?;
     Ok(())
 }
 

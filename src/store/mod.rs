@@ -49,6 +49,15 @@ pub enum StoreError {
     Busy,
 }
 
+/// A replay of a route's dead events that failed after `replayed` of them: the answer is an
+/// error, so the log says what was done before it.
+fn replay_stopped(route: &str, replayed: u64, e: StoreError) -> StoreError {
+    if replayed > 0 {
+        tracing::error!(route, replayed, error = %e, "replay-dead stopped part-way: the events counted were replayed, the rest are still dead; asking again replays the rest");
+    }
+    e
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
