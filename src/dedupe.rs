@@ -14,7 +14,7 @@ pub struct MissingKey;
 /// The one scheme whose `auto` key may come from the `Idempotency-Key` header.
 const GENERIC_HMAC: &str = "hmac";
 
-fn body_sha256(body: &[u8]) -> String {
+pub(crate) fn body_sha256(body: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(body)))
 }
 
@@ -82,6 +82,32 @@ pub fn derive(
     }
 }
 
+/// A second key to record beside `key` (what `derive` gave) when the sender chose `key`
+/// without the signature covering it: a preset's id from an unsigned header
+/// (`Verified::replay_key`), or the generic scheme's `Idempotency-Key`. A request matching
+/// either key is a duplicate, so a captured request sent again under a fresh id is one, while
+/// the provider's own retries still match by id (even where a retry's signed content
+/// changes, as with a fresh signed timestamp). Only for `auto`: a key the operator named is
+/// theirs to judge.
+pub fn replay_key(
+    cfg: &DedupeConfig,
+    verified: &Verified,
+    key: &str,
+    body: &[u8],
+) -> Option<String> {
+    if !matches!(cfg.key, DedupeKeySpec::Auto) {
+        return None;
+    }
+    let also = if key.starts_with("id:") {
+        verified.replay_key.clone()
+    } else if key.starts_with("header:") {
+        Some(body_sha256(body))
+    } else {
+        None
+    };
+    also.filter(|a| a != key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +126,7 @@ mod tests {
             scheme: "hmac",
             event_id: id.map(str::to_string),
             secret_index: None,
+            replay_key: None,
         }
     }
 
@@ -159,6 +186,7 @@ mod tests {
                     scheme,
                     event_id: None,
                     secret_index: None,
+                    replay_key: None,
                 };
                 assert_eq!(
                     derive(&cfg(DedupeKeySpec::Auto, false), &v, &h, body),
@@ -177,6 +205,35 @@ mod tests {
                 Ok(Some(format!("header:{key}")))
             );
         }
+    }
+
+    /// An id the signature does not cover gets a second key over what it does; a signed id,
+    /// a body key and a key the operator named get none.
+    #[test]
+    fn a_key_the_sender_chose_unsigned_gets_a_replay_key_beside_it() {
+        let body = b"{}";
+        let auto = cfg(DedupeKeySpec::Auto, false);
+        let unsigned = Verified {
+            replay_key: Some(body_sha256(b"signed")),
+            ..verified(Some("d-1"))
+        };
+        assert_eq!(
+            replay_key(&auto, &unsigned, "id:d-1", body),
+            Some(body_sha256(b"signed"))
+        );
+        assert_eq!(
+            replay_key(&auto, &verified(Some("evt_1")), "id:evt_1", body),
+            None
+        );
+        assert_eq!(
+            replay_key(&auto, &verified(None), "header:k1", body),
+            Some(body_sha256(body)),
+            "the generic scheme's Idempotency-Key"
+        );
+        let sha = body_sha256(body);
+        assert_eq!(replay_key(&auto, &verified(None), &sha, body), None);
+        let named = cfg(DedupeKeySpec::Header("x-key".parse().unwrap()), false);
+        assert_eq!(replay_key(&named, &unsigned, "header:k1", body), None);
     }
 
     #[test]

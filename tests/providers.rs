@@ -346,6 +346,70 @@ async fn sdk_signed_requests_are_accepted_and_tampered_ones_refused() {
     );
 }
 
+/// The event id of an accepted (202) or duplicate (200) answer.
+fn answered_id(status: u16, text: &str, want: u16) -> String {
+    assert_eq!(status, want, "{text}");
+    let v: serde_json::Value = serde_json::from_str(text).unwrap();
+    v["event_id"].as_str().unwrap().to_string()
+}
+
+/// Where the provider's event id comes from a header its signature does not cover (GitHub's
+/// `X-GitHub-Delivery`, Twilio's `I-Twilio-Idempotency-Token`), a captured request sent again
+/// under a fresh id is a duplicate of the original, not a new event: a key over what the
+/// signature covers is recorded beside the id. The provider's own retry (same id) is one too,
+/// and a different event under a fresh id is new.
+#[tokio::test]
+async fn a_request_replayed_under_a_fresh_unsigned_id_is_a_duplicate() {
+    require_sdks();
+    let gw = Gateway::start();
+    let body = br#"{"action":"opened","number":1}"#;
+    let (signed, _) = gw.sdk_sign("node", "github", "gh-secret", body, &[]);
+    let with_id = |headers: &[(String, String)], name: &str, id: &str| {
+        let mut h: Vec<_> = headers
+            .iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case(name))
+            .cloned()
+            .collect();
+        h.push((name.to_string(), id.to_string()));
+        h
+    };
+    let delivery = |id: &str| with_id(&signed, "X-GitHub-Delivery", id);
+    let (status, text) = gw.post("/github", &delivery("d-1"), body).await;
+    let original = answered_id(status, &text, 202);
+    for id in ["d-1", "d-2", "d-3"] {
+        let (status, text) = gw.post("/github", &delivery(id), body).await;
+        assert_eq!(answered_id(status, &text, 200), original, "delivery {id}");
+    }
+    let other = br#"{"action":"opened","number":2}"#;
+    let (signed_other, _) = gw.sdk_sign("node", "github", "gh-secret", other, &[]);
+    let (status, text) = gw
+        .post(
+            "/github",
+            &with_id(&signed_other, "X-GitHub-Delivery", "d-4"),
+            other,
+        )
+        .await;
+    assert_ne!(answered_id(status, &text, 202), original, "another event");
+
+    // Twilio: the same parameters re-ordered (Twilio sorts them before signing) under a fresh
+    // idempotency token.
+    let form = b"AccountSid=AC1&Body=hello&From=%2B15551234&MessageSid=SM9";
+    let url = format!("{PUBLIC_URL}/twilio");
+    let (signed, _) = gw.sdk_sign(
+        "python",
+        "twilio",
+        "twilio-auth-token",
+        form,
+        &["--url", &url],
+    );
+    let token = |id: &str| with_id(&signed, "I-Twilio-Idempotency-Token", id);
+    let (status, text) = gw.post("/twilio", &token("t-1"), form).await;
+    let original = answered_id(status, &text, 202);
+    let reordered = b"MessageSid=SM9&From=%2B15551234&Body=hello&AccountSid=AC1";
+    let (status, text) = gw.post("/twilio", &token("t-2"), reordered).await;
+    assert_eq!(answered_id(status, &text, 200), original);
+}
+
 /// Twilio signs the URL, plus the form parameters of a form POST; a JSON body is covered by
 /// `bodySHA256` in the signed query. A body covered by neither is refused: otherwise one
 /// URL-only signature (an empty POST's) would carry any body an attacker liked.

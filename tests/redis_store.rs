@@ -86,6 +86,7 @@ async fn delivered_events_are_purged_after_retention_others_kept() {
     // With a dedupe key that outlives the event.
     let key = DedupeKey {
         key: "k".into(),
+        also: None,
         expires_at_ms: t + 3 * RETENTION.as_millis() as i64,
     };
     let Ok(store::Accept::Accepted(delivered)) = s.accept(event(1, t), Some(key.clone())).await
@@ -152,6 +153,7 @@ async fn two_instances_lease_each_event_once_and_dedupe_together() {
     let now = hookgate::forward::worker::now_ms();
     let key = DedupeKey {
         key: "k".into(),
+        also: None,
         expires_at_ms: now + 60_000,
     };
     let first = a.accept(event(0, now), Some(key.clone())).await.unwrap();
@@ -691,6 +693,38 @@ async fn pages_are_filled_past_events_gone_from_under_their_ids() {
 
 /// A Redis that refuses writes (maxmemory reached with `noeviction`) still answers a
 /// duplicate as one: its count on the original is best effort. A new event is refused.
+/// A key recorded beside the event's own (`DedupeKey::also`): a request matching either is a
+/// duplicate of the original; matching neither, a new event.
+#[tokio::test]
+async fn either_of_two_dedupe_keys_makes_a_duplicate() {
+    let redis = RedisServer::start();
+    let s = open(&redis, "also").await;
+    let now = hookgate::forward::worker::now_ms();
+    let key = |key: &str, also: &str| {
+        Some(DedupeKey {
+            key: key.into(),
+            also: Some(also.into()),
+            expires_at_ms: now + 60_000,
+        })
+    };
+    let store::Accept::Accepted(original) =
+        s.accept(event(0, now), key("id:1", "b")).await.unwrap()
+    else {
+        panic!("the first is new")
+    };
+    for (k, also) in [("id:2", "b"), ("id:1", "c")] {
+        assert_eq!(
+            s.accept(event(0, now), key(k, also)).await.unwrap(),
+            store::Accept::Duplicate(original.clone()),
+            "{k} {also}"
+        );
+    }
+    assert!(matches!(
+        s.accept(event(1, now), key("id:3", "d")).await.unwrap(),
+        store::Accept::Accepted(_)
+    ));
+}
+
 #[tokio::test]
 async fn a_duplicate_is_answered_while_redis_refuses_writes() {
     let redis = RedisServer::start();
@@ -698,6 +732,7 @@ async fn a_duplicate_is_answered_while_redis_refuses_writes() {
     let now = hookgate::forward::worker::now_ms();
     let key = DedupeKey {
         key: "k".into(),
+        also: None,
         expires_at_ms: now + 60_000,
     };
     let store::Accept::Accepted(id) = s.accept(event(0, now), Some(key.clone())).await.unwrap()

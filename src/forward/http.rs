@@ -741,6 +741,7 @@ url = "{url}"
             scheme: "none",
             event_id: None,
             secret_index: None,
+            replay_key: None,
         };
         crate::store::NewEvent::new("r", &parts, Bytes::from_static(body), &verified, 1_000)
             .into_event()

@@ -379,6 +379,7 @@ timeout = "1s"
             scheme: "none",
             event_id: None,
             secret_index: None,
+            replay_key: None,
         };
         let body = bytes::Bytes::from_static(b"{}");
         crate::store::NewEvent::new("r", &parts, body, &verified, 1_000).into_event()

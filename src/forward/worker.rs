@@ -777,6 +777,7 @@ concurrency = 1
             scheme: "none",
             event_id: None,
             secret_index: None,
+            replay_key: None,
         };
         let body = bytes::Bytes::from_static(b"{}");
         NewEvent::new("r", &parts, body, &verified, now_ms())

@@ -190,6 +190,7 @@ async fn process(
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
     let dedupe_key = key.map(|key| DedupeKey {
+        also: dedupe::replay_key(&cfg.dedupe, &verified, &key, &body),
         key,
         expires_at_ms: received_at_ms.saturating_add(cfg.dedupe.ttl.as_millis() as i64),
     });

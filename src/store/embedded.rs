@@ -1423,9 +1423,11 @@ fn accept_tx(
     dups: &mut Vec<(String, i64)>,
 ) -> rusqlite::Result<Option<Accept>> {
     if let Some(k) = key {
-        if let Some(original) = keys.seen(tx, &ev.route, &k.key, ev.received_at_ms)? {
-            dups.push((original.clone(), ev.received_at_ms));
-            return Ok(Some(Accept::Duplicate(original)));
+        for key in std::iter::once(&k.key).chain(&k.also) {
+            if let Some(original) = keys.seen(tx, &ev.route, key, ev.received_at_ms)? {
+                dups.push((original.clone(), ev.received_at_ms));
+                return Ok(Some(Accept::Duplicate(original)));
+            }
         }
     }
     let cost = disk_cost(ev, headers_json);
@@ -1434,7 +1436,9 @@ fn accept_tx(
     }
     *room -= cost;
     if let Some(k) = key {
-        keys.insert(tx, &ev.route, &k.key, &ev.id, k.expires_at_ms)?;
+        for key in std::iter::once(&k.key).chain(&k.also) {
+            keys.insert(tx, &ev.route, key, &ev.id, k.expires_at_ms)?;
+        }
     }
     tx.prepare_cached(
         "INSERT INTO events (id, route, received_at, method, query, headers, body, scheme, dedupe_key,
@@ -2106,6 +2110,7 @@ mod tests {
             scheme: "none",
             event_id: None,
             secret_index: None,
+            replay_key: None,
         };
         NewEvent::new(
             route,
@@ -2197,6 +2202,7 @@ mod tests {
                 // Every fourth request shares one key.
                 let key = (i % 4 == 0).then(|| DedupeKey {
                     key: "same".into(),
+                    also: None,
                     expires_at_ms: 10_000,
                 });
                 store.accept(event("r", "b"), key).await.unwrap()
@@ -2490,6 +2496,7 @@ mod tests {
             one = disk_cost(&ev, &headers);
             let key = Some(DedupeKey {
                 key: k.into(),
+                also: None,
                 expires_at_ms: 10_000,
             });
             let (tx, rx) = oneshot::channel();
@@ -2535,6 +2542,42 @@ mod tests {
         assert_eq!(rows, 2);
     }
 
+    /// A key recorded beside the event's own (`DedupeKey::also`): a request matching either
+    /// is a duplicate of the original; matching neither, a new event.
+    #[tokio::test]
+    async fn either_of_two_dedupe_keys_makes_a_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
+        let key = |key: &str, also: &str| {
+            Some(DedupeKey {
+                key: key.into(),
+                also: Some(also.into()),
+                expires_at_ms: 10_000,
+            })
+        };
+        let Accept::Accepted(original) = store
+            .accept(event("r", "a"), key("id:1", "b"))
+            .await
+            .unwrap()
+        else {
+            panic!("the first is new")
+        };
+        for (k, also) in [("id:2", "b"), ("id:1", "c")] {
+            assert_eq!(
+                store.accept(event("r", "a"), key(k, also)).await.unwrap(),
+                Accept::Duplicate(original.clone()),
+                "{k} {also}"
+            );
+        }
+        assert!(matches!(
+            store
+                .accept(event("r", "x"), key("id:3", "d"))
+                .await
+                .unwrap(),
+            Accept::Accepted(_)
+        ));
+    }
+
     #[tokio::test]
     async fn below_min_free_space_new_events_are_refused_while_duplicates_and_settles_go_on() {
         let dir = tempfile::tempdir().unwrap();
@@ -2546,6 +2589,7 @@ mod tests {
         let key = |k: &str| {
             Some(DedupeKey {
                 key: k.into(),
+                also: None,
                 expires_at_ms: 10_000,
             })
         };
@@ -2748,6 +2792,7 @@ mod tests {
             let headers = ev.headers.to_json();
             let key = Some(DedupeKey {
                 key: k.into(),
+                also: None,
                 expires_at_ms: 1_000_000,
             });
             tokio::spawn(async move { store.accept_within(ev, headers, key, deadline).await })
@@ -2776,6 +2821,7 @@ mod tests {
             let ev = event("r", k);
             let key = Some(DedupeKey {
                 key: k.into(),
+                also: None,
                 expires_at_ms: 1_000_000,
             });
             let store = store.clone();
@@ -2796,6 +2842,7 @@ mod tests {
         let key = |exp| {
             Some(DedupeKey {
                 key: "k".into(),
+                also: None,
                 expires_at_ms: exp,
             })
         };
@@ -3032,6 +3079,7 @@ mod tests {
         let store = EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
         let key = DedupeKey {
             key: "k".into(),
+            also: None,
             expires_at_ms: 9_000_000_000_001,
         };
         let got = tokio::runtime::Runtime::new()
@@ -3169,6 +3217,7 @@ mod tests {
         let t = crate::forward::worker::now_ms();
         let key = DedupeKey {
             key: "header:k".into(),
+            also: None,
             expires_at_ms: t + 3_600_000,
         };
         let send = |at| {
@@ -3360,6 +3409,7 @@ mod tests {
             ev.received_at_ms = t;
             let key = DedupeKey {
                 key: format!("header:k{i}"),
+                also: None,
                 expires_at_ms: t + 10_000,
             };
             assert!(matches!(
@@ -3416,6 +3466,7 @@ mod tests {
             ev.received_at_ms = t;
             let key = DedupeKey {
                 key: format!("header:p{i}"),
+                also: None,
                 expires_at_ms: t + 10_000,
             };
             store.accept(ev, Some(key)).await.unwrap();

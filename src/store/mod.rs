@@ -31,6 +31,9 @@ use crate::config::{StoreBackend, StoreConfig};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DedupeKey {
     pub key: String,
+    /// A second key recorded beside `key`, for the same window (`dedupe::replay_key`): a
+    /// request matching either is a duplicate.
+    pub also: Option<String>,
     pub expires_at_ms: i64,
 }
 

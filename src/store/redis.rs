@@ -653,6 +653,9 @@ impl Store for RedisStore {
         let ttl = match &dedupe {
             Some(d) => {
                 inv.key(k.dedupe(&ev.route, &d.key));
+                if let Some(also) = &d.also {
+                    inv.key(k.dedupe(&ev.route, also));
+                }
                 (d.expires_at_ms - ev.received_at_ms).max(1)
             }
             None => 0,

@@ -50,6 +50,7 @@ impl super::Verifier for CalendlyVerifier {
             scheme: SCHEME,
             event_id: None,
             secret_index: Some(i),
+            replay_key: None,
         })
     }
 }

@@ -42,7 +42,7 @@ impl super::Verifier for GithubVerifier {
         })
         .ok_or(VerifyError::InvalidSignature)?;
         let id = preset::header_nonempty(req, "x-github-delivery").map(str::to_string);
-        Ok(preset::verified(SCHEME, id, Some(i)))
+        Ok(preset::verified_unsigned_id(SCHEME, id, Some(i), body))
     }
 
     fn sign(

@@ -116,6 +116,7 @@ impl super::Verifier for HubspotVerifier {
                 &["portalId", "subscriptionId", "eventId", "occurredAt"],
             ),
             secret_index: Some(i),
+            replay_key: None,
         })
     }
 }

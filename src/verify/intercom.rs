@@ -46,6 +46,7 @@ impl super::Verifier for IntercomVerifier {
             scheme: SCHEME,
             event_id: json_id(body, "/id"),
             secret_index: Some(i),
+            replay_key: None,
         })
     }
 }

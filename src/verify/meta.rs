@@ -90,6 +90,7 @@ impl super::Verifier for MetaVerifier {
             scheme: SCHEME,
             event_id: None,
             secret_index: Some(i),
+            replay_key: None,
         })
     }
 

@@ -60,6 +60,10 @@ pub struct Verified {
     pub event_id: Option<String>,
     /// Which configured secret matched (its index, never its value).
     pub secret_index: Option<usize>,
+    /// Set when `event_id` comes from a header the signature does not cover: a key over what
+    /// the signature does cover, recorded beside the id's (`dedupe::replay_key`). Otherwise a
+    /// captured request sent again under a fresh id would be a new event.
+    pub replay_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -71,6 +71,7 @@ impl super::Verifier for MsgraphVerifier {
             scheme: SCHEME,
             event_id: None,
             secret_index: first,
+            replay_key: None,
         })
     }
 

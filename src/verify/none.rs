@@ -32,6 +32,7 @@ impl super::Verifier for NoneVerifier {
             scheme: "none",
             event_id: None,
             secret_index: None,
+            replay_key: None,
         })
     }
 }

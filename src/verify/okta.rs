@@ -74,6 +74,7 @@ impl super::Verifier for OktaVerifier {
             scheme: SCHEME,
             event_id: super::kit::json_id(body, "/eventId"),
             secret_index: Some(i),
+            replay_key: None,
         })
     }
 

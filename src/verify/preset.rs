@@ -107,7 +107,24 @@ pub(crate) fn verified(
         scheme,
         event_id: event_id.filter(|s| !s.is_empty()),
         secret_index,
+        replay_key: None,
     }
+}
+
+/// `verified` for a scheme whose event id comes from a header its signature does not cover:
+/// the replay key is the SHA-256 of `signed`, what the signature does cover (see
+/// `Verified::replay_key`).
+pub(crate) fn verified_unsigned_id(
+    scheme: &'static str,
+    event_id: Option<String>,
+    secret_index: Option<usize>,
+    signed: &[u8],
+) -> Verified {
+    let mut v = verified(scheme, event_id, secret_index);
+    if v.event_id.is_some() {
+        v.replay_key = Some(crate::dedupe::body_sha256(signed));
+    }
+    v
 }
 
 /// A top-level field of a JSON object body as text; call only on verified bytes.

@@ -42,13 +42,15 @@ impl super::Verifier for RazorpayVerifier {
 
     fn verify(&self, req: &Parts, body: &[u8], _now: SystemTime) -> Result<Verified, VerifyError> {
         let i = self.mac.check(req, body)?;
-        Ok(Verified {
-            scheme: SCHEME,
-            event_id: header(req, "x-razorpay-event-id")
-                .filter(|s| !s.is_empty())
-                .map(str::to_string),
-            secret_index: Some(i),
-        })
+        let id = header(req, "x-razorpay-event-id")
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
+        Ok(super::preset::verified_unsigned_id(
+            SCHEME,
+            id,
+            Some(i),
+            body,
+        ))
     }
 }
 

@@ -98,6 +98,7 @@ impl super::Verifier for SendgridVerifier {
             scheme: SCHEME,
             event_id: batch_id(body, &["sg_event_id"]),
             secret_index: None,
+            replay_key: None,
         })
     }
 }

@@ -138,7 +138,15 @@ impl super::Verifier for TwilioVerifier {
         })
         .ok_or(VerifyError::InvalidSignature)?;
         let id = preset::header_nonempty(req, "i-twilio-idempotency-token").map(str::to_string);
-        Ok(preset::verified(SCHEME, id, Some(i)))
+        // What the signature covers besides the URL: the parameters as Twilio concatenates
+        // them (sorted, so a form re-ordered or re-encoded is the same), else the body (its
+        // SHA-256 is in the signed URL).
+        let signed = if params.is_empty() {
+            body
+        } else {
+            params.as_bytes()
+        };
+        Ok(preset::verified_unsigned_id(SCHEME, id, Some(i), signed))
     }
 
     /// Signs `body` as Twilio's usual form POST to `url`.

@@ -71,6 +71,7 @@ impl super::Verifier for TwitchVerifier {
             scheme: SCHEME,
             event_id: Some(id.to_string()),
             secret_index: Some(i),
+            replay_key: None,
         })
     }
 

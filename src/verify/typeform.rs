@@ -46,6 +46,7 @@ impl super::Verifier for TypeformVerifier {
             scheme: SCHEME,
             event_id: json_id(body, "/event_id"),
             secret_index: Some(i),
+            replay_key: None,
         })
     }
 }

@@ -11,15 +11,15 @@ use std::sync::LazyLock;
 
 use ::redis::Script;
 
-/// KEYS: ev, stream, pending, [dedupe]. ARGV: id, received_at, ttl_ms, then the event
-/// hash's field/value pairs. Returns `{1, id}` (accepted) or `{0, original_id}` (duplicate,
-/// counted in the original's `duplicates`).
+/// KEYS: ev, stream, pending, [dedupe keys: the key, and a second one recorded beside it].
+/// ARGV: id, received_at, ttl_ms, then the event hash's field/value pairs. Returns `{1, id}`
+/// (accepted) or `{0, original_id}` (a duplicate by either key, counted in the original's
+/// `duplicates`).
 pub static ACCEPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local dd = KEYS[4]
-if dd then
-  local orig = redis.call('GET', dd)
+for i = 4, #KEYS do
+  local orig = redis.call('GET', KEYS[i])
   if orig then
     -- Counted with the original while it is kept (its key may outlive it): KEYS[1] is this
     -- request's event key, the original's is the same but for the id. Best effort (pcall):
@@ -37,7 +37,7 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 local entry = redis.call('XADD', KEYS[2], '*', 'id', ARGV[1])
 redis.call('HSET', KEYS[1], 'entry', entry)
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-if dd then redis.call('SET', dd, ARGV[1], 'PX', ARGV[3]) end
+for i = 4, #KEYS do redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[3]) end
 return {1, ARGV[1]}
 "#,
     )
