@@ -82,30 +82,20 @@ pub fn derive(
     }
 }
 
-/// A second key to record beside `key` (what `derive` gave) when the sender chose `key`
-/// without the signature covering it: a preset's id from an unsigned header
-/// (`Verified::replay_key`), or the generic scheme's `Idempotency-Key`. A request matching
-/// either key is a duplicate, so a captured request sent again under a fresh id is one, while
-/// the provider's own retries still match by id (even where a retry's signed content
-/// changes, as with a fresh signed timestamp). Only for `auto`: a key the operator named is
-/// theirs to judge.
-pub fn replay_key(
-    cfg: &DedupeConfig,
-    verified: &Verified,
-    key: &str,
-    body: &[u8],
-) -> Option<String> {
+/// A second key to record beside `key` (what `derive` gave) when a provider's id comes from a
+/// header its signature does not cover (`Verified::replay_key`). A request matching either key
+/// is a duplicate, so a captured request sent again under a fresh id is one, while the
+/// provider's own retries still match by id (even where a retry's signed content changes, as
+/// with a fresh signed timestamp). Only for `auto`'s provider ids: a key the operator named,
+/// and the generic scheme's `Idempotency-Key` (SPEC §3), are taken as the sender's word.
+pub fn replay_key(cfg: &DedupeConfig, verified: &Verified, key: &str) -> Option<String> {
     if !matches!(cfg.key, DedupeKeySpec::Auto) {
         return None;
     }
-    let also = if key.starts_with("id:") {
-        verified.replay_key.clone()
-    } else if key.starts_with("header:") {
-        Some(body_sha256(body))
-    } else {
-        None
-    };
-    also.filter(|a| a != key)
+    if !key.starts_with("id:") {
+        return None;
+    }
+    verified.replay_key.clone().filter(|a| a != key)
 }
 
 #[cfg(test)]
@@ -211,29 +201,29 @@ mod tests {
     /// a body key and a key the operator named get none.
     #[test]
     fn a_key_the_sender_chose_unsigned_gets_a_replay_key_beside_it() {
-        let body = b"{}";
         let auto = cfg(DedupeKeySpec::Auto, false);
+        let signed = body_sha256(b"{}");
         let unsigned = Verified {
-            replay_key: Some(body_sha256(b"signed")),
+            replay_key: Some(signed.clone()),
             ..verified(Some("d-1"))
         };
+        assert_eq!(replay_key(&auto, &unsigned, "id:d-1"), Some(signed.clone()));
         assert_eq!(
-            replay_key(&auto, &unsigned, "id:d-1", body),
-            Some(body_sha256(b"signed"))
+            replay_key(&auto, &unsigned, "header:k1"),
+            None,
+            "the generic scheme's Idempotency-Key is the sender's word"
         );
         assert_eq!(
-            replay_key(&auto, &verified(Some("evt_1")), "id:evt_1", body),
+            replay_key(&auto, &verified(Some("evt_1")), "id:evt_1"),
             None
         );
         assert_eq!(
-            replay_key(&auto, &verified(None), "header:k1", body),
-            Some(body_sha256(body)),
-            "the generic scheme's Idempotency-Key"
+            replay_key(&auto, &unsigned, &signed),
+            None,
+            "the key itself"
         );
-        let sha = body_sha256(body);
-        assert_eq!(replay_key(&auto, &verified(None), &sha, body), None);
         let named = cfg(DedupeKeySpec::Header("x-key".parse().unwrap()), false);
-        assert_eq!(replay_key(&named, &unsigned, "header:k1", body), None);
+        assert_eq!(replay_key(&named, &unsigned, "header:k1"), None);
     }
 
     #[test]

@@ -311,14 +311,14 @@ impl super::Verifier for HmacVerifier {
                     .and(Some(id))
                     .filter(|s| !s.is_empty())
                     .map(str::to_string);
-                // An id the template does not sign is the sender's to choose.
-                let replay_key = (event_id.is_some() && !self.signs(&Part::Id))
-                    .then(|| crate::dedupe::body_sha256(body));
+                // An id the template does not sign is taken as the sender's word, as SPEC §3
+                // has `Idempotency-Key` on this scheme: the operator runs both ends, and two
+                // events may share a body (README, "Captured requests sent again").
                 return Ok(Verified {
                     scheme: "hmac",
                     event_id,
                     secret_index: Some(i),
-                    replay_key,
+                    replay_key: None,
                 });
             }
         }
