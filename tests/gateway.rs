@@ -1070,3 +1070,99 @@ async fn an_open_circuit_is_logged_and_shown_as_a_gauge() {
         "{routes}"
     );
 }
+
+/// Runs Python from the project's `.venv` (the providers' SDKs: `scripts/sdk-setup.sh`) on
+/// `code`, with `args` as `sys.argv[1:]`; its stdout, trimmed.
+fn sdk_python(code: &str, args: &[&str]) -> String {
+    let py = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        py.exists(),
+        "provider SDKs are not installed: run scripts/sdk-setup.sh"
+    );
+    let out = std::process::Command::new(py)
+        .args(["-c", code])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `[route.forward.sign] scheme = "stripe" | "slack"`: a receiver that checks the provider's
+/// signature itself (with the provider's SDK, which refuses a signature older than 5 minutes)
+/// gets each attempt signed at that attempt's time, not the provider's original header (as
+/// old as the event: every retry or replay after 5 minutes would be refused, 400, dead).
+#[tokio::test]
+async fn stripe_and_slack_re_signing_is_accepted_by_the_providers_sdks() {
+    const STRIPE: &str = "whsec_resign";
+    const SLACK: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    let route = |name: &str, secret: &str| {
+        format!(
+            "[[route]]\nname = \"{name}\"\npath = \"/hooks/{name}\"\n[route.verify]\nscheme = \"{name}\"\nsecrets = [\"{secret}\"]\n[route.forward]\nurl = \"{}\"\nsign = {{ scheme = \"{name}\", secret = \"{secret}\" }}\n",
+            up.url(&format!("/{name}"))
+        )
+    };
+    let routes = format!("{}\n{}", route("stripe", STRIPE), route("slack", SLACK));
+    let gw = Gateway::start(
+        dir.path(),
+        &config(&Backend::Embedded, dir.path(), "", &routes),
+    );
+    let c = reqwest::Client::new();
+    // Signed by the providers' SDKs 200 s ago: fresh enough for the gateway's 5 minutes.
+    let then = (now_secs() - 200).to_string();
+    let body = r#"{"id":"evt_resign","type":"payment_intent.succeeded"}"#;
+    let stripe_header = sdk_python(
+        "import stripe,sys; print(stripe.WebhookSignature.generate_signature_header(sys.argv[1], sys.argv[2], timestamp=int(sys.argv[3])))",
+        &[body, STRIPE, &then],
+    );
+    let slack_sig = sdk_python(
+        "import sys; from slack_sdk.signature import SignatureVerifier as V; print(V(sys.argv[2]).generate_signature(timestamp=sys.argv[3], body=sys.argv[1]))",
+        &[body, SLACK, &then],
+    );
+    let sent = [
+        c.post(gw.url("/hooks/stripe"))
+            .header("Stripe-Signature", &stripe_header)
+            .body(body),
+        c.post(gw.url("/hooks/slack"))
+            .header("X-Slack-Request-Timestamp", &then)
+            .header("X-Slack-Signature", &slack_sig)
+            .body(body),
+    ];
+    for req in sent {
+        let (status, v) = json(req.send().await.unwrap()).await;
+        assert_eq!(status, 202, "{v}");
+    }
+    let got = up.wait_delivered(2, Duration::from_secs(10)).await;
+    let at = |p: &str| got.iter().find(|r| r.uri.starts_with(p)).unwrap();
+    // Stripe's SDK with a 5-second tolerance: the forwarded signature is fresh, the original
+    // is not.
+    let check_stripe = "import stripe,sys\ntry:\n    stripe.WebhookSignature.verify_header(sys.argv[1], sys.argv[2], sys.argv[3], tolerance=5)\n    print('valid')\nexcept stripe.SignatureVerificationError as e:\n    print('refused', e)";
+    let forwarded = at("/stripe").header("stripe-signature").unwrap();
+    assert_eq!(
+        sdk_python(check_stripe, &[body, forwarded, STRIPE]),
+        "valid",
+        "{forwarded}"
+    );
+    assert!(sdk_python(check_stripe, &[body, &stripe_header, STRIPE]).starts_with("refused"));
+    // Slack's SDK checks its own 5 minutes; the forwarded timestamp is the attempt's.
+    let slack = at("/slack");
+    let (ts, sig) = (
+        slack.header("x-slack-request-timestamp").unwrap(),
+        slack.header("x-slack-signature").unwrap(),
+    );
+    assert!((now_secs() - ts.parse::<i64>().unwrap()).abs() <= 5, "{ts}");
+    assert_ne!(sig, slack_sig);
+    assert_eq!(
+        sdk_python(
+            "import sys; from slack_sdk.signature import SignatureVerifier as V; print(V(sys.argv[2]).is_valid(body=sys.argv[1], timestamp=sys.argv[3], signature=sys.argv[4]))",
+            &[body, SLACK, ts, sig],
+        ),
+        "True"
+    );
+}

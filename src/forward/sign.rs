@@ -1,8 +1,12 @@
 //! Re-signing for the upstream (`[route.forward.sign]`), so a receiver can trust the gateway
 //! with a library it already has. Schemes: `standard-webhooks` (`webhook-id`,
 //! `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256(id.ts.body)>`, secret
-//! `whsec_<base64>`), and `hmac` (the generic defaults: `X-Timestamp`, `X-Signature: hex
-//! HMAC-SHA256("{ts}.{body}")`).
+//! `whsec_<base64>`), `hmac` (the generic defaults: `X-Timestamp`, `X-Signature: hex
+//! HMAC-SHA256("{ts}.{body}")`), and `stripe` and `slack` as those providers sign (each
+//! attempt at its own time). The last two are for a receiver that checks the provider's
+//! signature itself: the provider's own header is as old as the event, and their libraries
+//! refuse one older than 5 minutes, so every retry or replay after that would be refused
+//! (with 400: dead).
 
 use base64::Engine;
 use http::{HeaderMap, HeaderValue};
@@ -10,7 +14,7 @@ use http::{HeaderMap, HeaderValue};
 use crate::config::Secret;
 use crate::verify::{mac, Algorithm};
 
-pub const SCHEMES: &[&str] = &["standard-webhooks", "hmac"];
+pub const SCHEMES: &[&str] = &["standard-webhooks", "hmac", "stripe", "slack"];
 
 /// The key `sign` uses for `scheme`, from the configured secret: for `standard-webhooks` the
 /// bytes of `whsec_<base64>` (prefix optional, padding optional: the inbound verifier's own
@@ -51,6 +55,28 @@ pub fn sign(
                     "webhook-signature",
                     format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(m)),
                 ),
+            ]
+        }
+        // `Stripe-Signature: t=…,v1=hex(HMAC-SHA256(secret, "{t}.{body}"))`, the `whsec_…`
+        // string itself as the key.
+        "stripe" => {
+            let m = mac(
+                Algorithm::Sha256,
+                key.expose(),
+                &[ts.as_bytes(), b".", body],
+            );
+            vec![("stripe-signature", format!("t={ts},v1={}", hex::encode(m)))]
+        }
+        // `X-Slack-Signature: v0=hex(HMAC-SHA256(signing secret, "v0:{ts}:{body}"))`.
+        "slack" => {
+            let m = mac(
+                Algorithm::Sha256,
+                key.expose(),
+                &[b"v0:", ts.as_bytes(), b":", body],
+            );
+            vec![
+                ("x-slack-request-timestamp", ts),
+                ("x-slack-signature", format!("v0={}", hex::encode(m))),
             ]
         }
         _ => {
@@ -130,6 +156,61 @@ mod tests {
             signing_key("hmac", &Secret::new("whsec_!!!")),
             Some(Secret::new("whsec_!!!"))
         );
+    }
+
+    /// Stripe's and Slack's own headers, as hookgate's verifiers of those providers (each
+    /// checked against the provider's published vector and SDK) take them.
+    #[test]
+    fn stripe_and_slack_signatures_are_what_their_verifiers_accept() {
+        let (cfg, _) = crate::config::parse(
+            r#"
+[[route]]
+name = "stripe"
+path = "/stripe"
+[route.verify]
+scheme = "stripe"
+secrets = ["whsec_test"]
+[route.forward]
+url = "http://127.0.0.1:9/"
+sign = { scheme = "stripe", secret = "whsec_test" }
+
+[[route]]
+name = "slack"
+path = "/slack"
+[route.verify]
+scheme = "slack"
+secrets = ["8f742231b10e8888abcd99yyyzzz85a5"]
+[route.forward]
+url = "http://127.0.0.1:9/"
+sign = { scheme = "slack", secret = "8f742231b10e8888abcd99yyyzzz85a5" }
+"#,
+        )
+        .unwrap();
+        let now = std::time::SystemTime::now();
+        let secs = now
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        for route in &cfg.routes {
+            let s = route.forward.sign.as_ref().unwrap();
+            let body = br#"{"id":"evt_1","type":"x"}"#;
+            let mut h = HeaderMap::new();
+            // A stale header of the provider's, as forwarded from the original request, is
+            // replaced, not kept beside the fresh one.
+            h.insert("stripe-signature", HeaderValue::from_static("t=1,v1=00"));
+            h.insert("x-slack-signature", HeaderValue::from_static("v0=00"));
+            sign(&s.scheme, &s.secret, "e", secs, body, &mut h);
+            let mut req = http::Request::post("/").body(()).unwrap();
+            *req.headers_mut() = h;
+            let (parts, ()) = req.into_parts();
+            assert!(
+                route.verifier.verify(&parts, body, now).is_ok(),
+                "{}: {:?}",
+                route.name,
+                parts.headers
+            );
+            assert!(route.verifier.verify(&parts, b"{}", now).is_err());
+        }
     }
 
     #[test]
