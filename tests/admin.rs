@@ -465,6 +465,20 @@ async fn a_dead_event_is_discarded_and_only_a_dead_one() {
             v["detail"].as_str().unwrap().contains("discarded"),
             "a 404 for an id hookgate answered with says why it may be gone: {v}"
         );
+        // A provider's id where an event id belongs (what an operator is handed) is said to
+        // be one, with where to look it up, not "never recorded".
+        let r = c
+            .get(gw.admin_url("/admin/events/evt_1QfinanceX"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        let v: serde_json::Value = r.json().await.unwrap();
+        let detail = v["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("not a hookgate event id") && detail.contains("key="),
+            "{v}"
+        );
         // Its attempt log went with it.
         match &backend {
             Backend::Embedded => {

@@ -1221,6 +1221,20 @@ url = "{up}/generic"
     let (s3, v, _) = answer(generic("k-1")).await;
     assert_eq!((s1, s2, s3), (202, 202, 200));
     assert_eq!(v["event_id"], a["event_id"]);
+    // Each request's line names its key: the sender's id is what an operator is handed.
+    let log = gw.log();
+    for key in ["header:k-1", "header:k-2"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("outcome=\"accepted\"") && l.contains(&format!("key={key} "))),
+            "{key}: {log}"
+        );
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.contains("outcome=\"duplicate\"") && l.contains("key=header:k-1 ")),
+        "{log}"
+    );
 
     gw.wait_event_state(&first, "delivered", Duration::from_secs(10))
         .await;

@@ -201,12 +201,17 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
 /// 404 for an event id the store does not hold. An id hookgate answered with may be gone:
 /// delivered events go after `store.retention`, and a discarded dead one at once (its dedupe
 /// key stays, so a redelivery is still answered as a duplicate with its id).
-fn unknown_event() -> Reply {
-    error_detail(
-        StatusCode::NOT_FOUND,
-        "unknown_event",
-        "no event with this id: never recorded (a mode = \"proxy\" route records none: its Hookgate-Event-Id is in the request's log line only), delivered longer ago than store.retention, or discarded".into(),
-    )
+/// An id that is not one hookgate gives (a provider's `evt_…`, say: what an operator is
+/// handed at 3 a.m.) is said to be so, with where to look it up, rather than "never recorded".
+fn unknown_event(id: &str) -> Reply {
+    let detail = if uuid::Uuid::parse_str(id).is_err() {
+        format!(
+            "{id:?} is not a hookgate event id (those are UUIDs: the event_id of the 202 answer, sent upstream as Hookgate-Event-Id); to find an event by the id its sender gave it, list with key= set to it (GET /admin/events?key=…, hookgate events list --key …)"
+        )
+    } else {
+        "no event with this id: never recorded (a mode = \"proxy\" route records none: its Hookgate-Event-Id is in the request's log line only), delivered longer ago than store.retention, or discarded".into()
+    };
+    error_detail(StatusCode::NOT_FOUND, "unknown_event", detail)
 }
 
 /// `before=`: an event id, spelled as event ids are (hyphenated, lowercase: the stores compare
@@ -305,7 +310,7 @@ pub async fn show(admin: &Admin, id: &str) -> Reply {
                 _ => ok_json(StatusCode::OK, &ev),
             }
         }
-        Ok(None) => unknown_event(),
+        Ok(None) => unknown_event(id),
         Err(e) => unavailable(e),
     }
 }
@@ -355,7 +360,7 @@ fn redact_credentials(headers: &mut serde_json::Value, credentials: &[&str], onl
 pub async fn replay(admin: &Admin, id: &str) -> Reply {
     let (route, was, attempts) = match admin.store.get(id).await {
         Ok(Some(ev)) => (ev.summary.route, ev.summary.state, ev.summary.attempts),
-        Ok(None) => return unknown_event(),
+        Ok(None) => return unknown_event(id),
         Err(e) => return unavailable(e),
     };
     if !delivered_by_a_worker(admin, &route) {
@@ -375,10 +380,10 @@ pub async fn replay(admin: &Admin, id: &str) -> Reply {
             tracing::info!(route = %route, event_id = %id, was = was.as_str(), after_attempts = attempts, "replay requested");
             ok_json(
                 StatusCode::ACCEPTED,
-                &serde_json::json!({ "status": "replaying", "event_id": id }),
+                &serde_json::json!({ "status": "replaying", "event_id": id, "was": was.as_str() }),
             )
         }
-        Ok(false) => unknown_event(),
+        Ok(false) => unknown_event(id),
         Err(e) => unavailable(e),
     }
 }
@@ -390,7 +395,7 @@ pub async fn replay(admin: &Admin, id: &str) -> Reply {
 pub async fn discard(admin: &Admin, id: &str) -> Reply {
     let ev = match admin.store.get(id).await {
         Ok(Some(ev)) => ev.summary,
-        Ok(None) => return unknown_event(),
+        Ok(None) => return unknown_event(id),
         Err(e) => return unavailable(e),
     };
     let not_dead = |state: &str| {
@@ -414,7 +419,7 @@ pub async fn discard(admin: &Admin, id: &str) -> Reply {
         // A replay came first, or another discard.
         Ok(false) => match admin.store.get(id).await {
             Ok(Some(ev)) => not_dead(ev.summary.state.as_str()),
-            Ok(None) => unknown_event(),
+            Ok(None) => unknown_event(id),
             Err(e) => unavailable(e),
         },
         Err(e) => unavailable(e),

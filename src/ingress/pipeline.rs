@@ -18,9 +18,12 @@ use crate::store::{Accept, DedupeKey, NewEvent};
 use crate::telemetry;
 
 enum Outcome {
-    Accepted(String),
-    /// The original's id, and whether this copy carries the original's very signature.
-    Duplicate(String, Option<bool>),
+    /// The event's id, and its dedupe key (for the log line: the sender's own id, which is
+    /// what an operator is handed when an event goes missing).
+    Accepted(String, Key),
+    /// The original's id, whether this copy carries the original's very signature, and the
+    /// dedupe key it matched by (or the first of two).
+    Duplicate(String, Option<bool>, Key),
     Handshake(Reply),
     /// `mode = "proxy"`: the event id, the answer (the upstream's, or the gateway's 502, 504 or
     /// 503), its outcome, and why there was no upstream answer.
@@ -48,26 +51,26 @@ pub async fn handle(ctx: Arc<Ingress>, peer: SocketAddr, req: Request<Incoming>)
     // Whole microseconds, so a log line reads `3.38` rather than `3.3799170000000003`.
     let latency_ms = elapsed.as_micros() as f64 / 1000.0;
     match result {
-        Ok(Outcome::Accepted(id)) => {
+        Ok(Outcome::Accepted(id, key)) => {
             route.metrics.request("accepted", elapsed);
-            tracing::info!(route = name, event_id = %id, outcome = "accepted", latency_ms, "request");
+            tracing::info!(route = name, event_id = %id, key = %key, outcome = "accepted", latency_ms, "request");
             reject::accepted(&id)
         }
-        Ok(Outcome::Duplicate(id, same_signature)) => {
+        Ok(Outcome::Duplicate(id, same_signature, key)) => {
             route.metrics.request("duplicate", elapsed);
             if same_signature == Some(true) && route.cfg.verifier.retries_resigned() {
                 // The provider re-signs its retries (new timestamp): a byte-identical copy of
                 // the signed request is what a replayed capture looks like.
-                tracing::warn!(route = name, event_id = %id, outcome = "duplicate", client = %peer.ip().to_canonical(), latency_ms, "request: duplicate with the original's signature: possible replay");
+                tracing::warn!(route = name, event_id = %id, key = %key, outcome = "duplicate", client = %peer.ip().to_canonical(), latency_ms, "request: duplicate with the original's signature: possible replay");
             } else if same_signature == Some(true) {
                 // GitHub, Shopify, Twilio, Meta… send a redelivery with the same signature: no
                 // warning that every redelivery would raise.
-                tracing::info!(route = name, event_id = %id, outcome = "duplicate", latency_ms, "request: duplicate with the original's signature: a redelivery");
+                tracing::info!(route = name, event_id = %id, key = %key, outcome = "duplicate", latency_ms, "request: duplicate with the original's signature: a redelivery");
             } else if same_signature == Some(false) {
-                tracing::info!(route = name, event_id = %id, outcome = "duplicate", latency_ms, "request: duplicate re-signed by the sender: a provider retry");
+                tracing::info!(route = name, event_id = %id, key = %key, outcome = "duplicate", latency_ms, "request: duplicate re-signed by the sender: a provider retry");
             } else {
                 // No signature to compare (an unsigned route), or the original is gone.
-                tracing::info!(route = name, event_id = %id, outcome = "duplicate", latency_ms, "request: duplicate");
+                tracing::info!(route = name, event_id = %id, key = %key, outcome = "duplicate", latency_ms, "request: duplicate");
             }
             reject::duplicate(&id)
         }
@@ -190,28 +193,49 @@ async fn process(
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
     let dedupe_key = key.map(|key| DedupeKey {
-        also: dedupe::replay_key(&cfg.dedupe, &verified, &key, &body),
+        also: dedupe::replay_key(&cfg.dedupe, &verified, &key),
         key,
         expires_at_ms: received_at_ms.saturating_add(cfg.dedupe.ttl.as_millis() as i64),
     });
     let mut event = NewEvent::new(&cfg.name, &parts, body, &verified, received_at_ms);
     event.dedupe_key = dedupe_key.as_ref().map(|k| k.key.clone());
+    let logged = Key(event.dedupe_key.clone());
     event.keep = crate::store::Keep::new(held);
     match ctx.store.accept(event, dedupe_key).await {
         Ok(Accept::Accepted(id)) => {
             if let Some(wake) = &route.wake_on_accept {
                 wake.notify_one();
             }
-            Ok(Outcome::Accepted(id))
+            Ok(Outcome::Accepted(id, logged))
         }
         Ok(Accept::Duplicate(id)) => {
             let same = same_signature(&ctx.store, &id, &parts.headers).await;
-            Ok(Outcome::Duplicate(id, same))
+            Ok(Outcome::Duplicate(id, same, logged))
         }
         Err(e) => {
             metrics::counter!("hookgate_store_errors_total").increment(1);
             tracing::error!(route = %cfg.name, error = %e, "store refused the event");
             Err(Reject::Unavailable)
+        }
+    }
+}
+
+/// A dedupe key as a log line shows it: `-` for none, cut to 128 bytes (a header's value may
+/// be long).
+struct Key(Option<String>);
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            None => f.write_str("-"),
+            Some(k) if k.len() <= 128 => f.write_str(k),
+            Some(k) => {
+                let mut end = 128;
+                while !k.is_char_boundary(end) {
+                    end -= 1;
+                }
+                write!(f, "{}…", &k[..end])
+            }
         }
     }
 }
