@@ -206,8 +206,21 @@ async fn below_min_free_space_new_events_get_503_until_a_reload_lowers_it() {
         "the store logs that it started refusing: {}",
         gw.log()
     );
+    // Not ready while refusing: a Service sends senders to replicas that have room.
     let ready = reqwest::get(gw.admin_url("/readyz")).await.unwrap();
-    assert_eq!(ready.status(), 200, "the store is reachable; it is full");
+    assert_eq!(
+        ready.status(),
+        503,
+        "not ready while new events are refused"
+    );
+    let v: serde_json::Value = ready.json().await.unwrap();
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("store.min_free_space"),
+        "says why: {v}"
+    );
 
     gw.reload(&cfg(0), "ok").await;
     assert_eq!(
@@ -221,6 +234,8 @@ async fn below_min_free_space_new_events_get_503_until_a_reload_lowers_it() {
         || async { gw.log().contains("store: accepting new events again") },
     )
     .await;
+    let ready = reqwest::get(gw.admin_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200, "ready again once it takes new events");
     let delivered = up.wait_delivered(2, Duration::from_secs(10)).await;
     let mut bodies: Vec<_> = delivered.iter().map(|r| r.body.to_vec()).collect();
     bodies.sort();

@@ -482,26 +482,23 @@ impl DiskGuard {
         }
         if refused && !self.low && !self.gone.load(Ordering::Relaxed) {
             self.low = true;
+            // Before the log line: `/readyz` agrees with it from then on.
+            self.refusing.store(true, Ordering::Relaxed);
             tracing::error!(
                 path = %self.dir.display(),
                 min_free_space = self.min_free.load(Ordering::Relaxed),
                 "store: refusing new events: the disk space available to the store is down to store.min_free_space; they get 503 and /readyz is not ready until space is freed (deliveries go on)"
             );
         }
-        self.refusing.store(self.low, Ordering::Relaxed);
     }
 
     fn look(&mut self, conn: &Connection, min: u64) {
-        self.look_and_decide(conn, min);
-        self.refusing.store(self.low, Ordering::Relaxed);
-    }
-
-    fn look_and_decide(&mut self, conn: &Connection, min: u64) {
         self.checked = Some((Instant::now(), min));
         metrics::gauge!("hookgate_store_min_free_space_bytes").set(min as f64);
         if self.file_gone() {
             self.room = 0;
             self.low = true;
+            self.refusing.store(true, Ordering::Relaxed);
             metrics::gauge!("hookgate_store_room_bytes").set(0.0);
             return;
         }
@@ -542,16 +539,20 @@ impl DiskGuard {
     /// Sets the room from what the disk has, and ends refusing once an eighth of the reserve
     /// is free beyond it (then the whole room is there again). True when refusing ended.
     fn decide(&mut self, fs: u64, free_pages: u64, min: u64) -> bool {
-        if min == 0 {
+        let ended = if min == 0 {
             self.room = u64::MAX;
-            return std::mem::take(&mut self.low);
-        }
-        let above = room_above(fs, free_pages, min);
-        let ended = self.low && above > min / 8;
-        if ended {
-            self.low = false;
-        }
-        self.room = if self.low { 0 } else { above };
+            std::mem::take(&mut self.low)
+        } else {
+            let above = room_above(fs, free_pages, min);
+            let ended = self.low && above > min / 8;
+            if ended {
+                self.low = false;
+            }
+            self.room = if self.low { 0 } else { above };
+            ended
+        };
+        // Before the caller logs the end: `/readyz` agrees with the log from then on.
+        self.refusing.store(self.low, Ordering::Relaxed);
         ended
     }
 }
