@@ -50,6 +50,8 @@ ssl_options.keyfile = $dir/server.key
 ssl_options.verify = verify_none
 ssl_options.fail_if_no_peer_cert = false
 loopback_users = none
+# Small enough that a test can pass it (tests/sinks.rs), far above what other tests send.
+max_message_size = 524288
 CONF
   printf '%s\n' "$node" >"$dir/node"
   # As root, the Debian wrapper drops to the rabbitmq user: that user must own the dir.

@@ -1316,3 +1316,60 @@ async fn amqp_a_connection_that_stops_answering_is_noticed_and_made_again() {
         .collect();
     assert_eq!(ids, [first, second], "each once");
 }
+
+/// A message larger than the stream's own `max_msg_size` is refused by a healthy server:
+/// permanent at once (each retry gets the same answer, and counted as the sink being down it
+/// opened the route's circuit, holding the route's other events back for minutes), and the
+/// route's next event is delivered.
+#[tokio::test]
+async fn nats_a_message_over_the_streams_max_msg_size_is_permanent_and_holds_nothing_back() {
+    let n = Nats::start().await;
+    n.js()
+        .await
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "SMALL".into(),
+            subjects: vec!["small.in".into()],
+            max_message_size: 1024,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let gw = gateway(&format!("url = {:?}\nsubject = \"small.in\"", n.url()));
+    let big = gw.post(vec![b'x'; 4096]).await;
+    let ev = gw.wait_outcome(&big, "dead").await;
+    let log = ev["attempt_log"].as_array().unwrap();
+    assert_eq!(log.len(), 1, "permanent at once: {ev:#}");
+    let detail = log[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("too large") && detail.contains("max_msg_size"),
+        "{detail}"
+    );
+    let small = gw.post(b"small".to_vec()).await;
+    gw.wait_outcome(&small, "delivered").await;
+}
+
+/// A message over RabbitMQ's `max_message_size` (512 KiB on the test node) is refused by a
+/// healthy broker: permanent at once, saying what to raise, and the route's next event is
+/// delivered (retried, each refusal counted as the broker being down and opened the route's
+/// circuit: a helper saw the next event wait 19 minutes).
+#[tokio::test]
+async fn amqp_a_message_over_max_message_size_is_permanent_and_holds_nothing_back() {
+    let _one_at_a_time = AMQP_LOCK.lock().await;
+    let name = unique("big");
+    amqp_declare(&name).await;
+    let gw = gateway(&format!(
+        "url = {:?}\nexchange = {name:?}\nrouting_key = \"rk\"",
+        amqp_url()
+    ));
+    let big = gw.post(vec![b'x'; 600 * 1024]).await;
+    let ev = gw.wait_outcome(&big, "dead").await;
+    let log = ev["attempt_log"].as_array().unwrap();
+    assert_eq!(log.len(), 1, "permanent at once: {ev:#}");
+    let detail = log[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("too large") && detail.contains("max_message_size"),
+        "{detail}"
+    );
+    let small = gw.post(b"small".to_vec()).await;
+    gw.wait_outcome(&small, "delivered").await;
+}

@@ -379,6 +379,21 @@ impl AmqpSink {
 
     fn classify(&self, e: &lapin::Error) -> DeliveryError {
         let text = e.to_string();
+        // RabbitMQ's `max_message_size` (a channel error: 406 PRECONDITION_FAILED "message
+        // size … is larger than configured max size …"): the broker answered, and every retry
+        // of this message gets the same answer. Retried, each failure also counted against the
+        // route's circuit, so the route's other events waited behind its probes.
+        if text.contains("larger than configured max size") {
+            let detail = format!(
+                "route {:?}: the amqp broker at {} refuses the message as too large: {text};                  raise max_message_size in rabbitmq.conf",
+                self.route, self.url
+            );
+            tracing::error!(route = %self.route, "{detail}");
+            return DeliveryError::Permanent {
+                status: None,
+                detail,
+            };
+        }
         if text.contains("NOT_FOUND") {
             let detail = format!(
                 "route {:?}: exchange {:?} (forward.exchange) does not exist at {}: {text}; \

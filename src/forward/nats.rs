@@ -242,6 +242,21 @@ impl NatsSink {
             retry_after: None,
             detail,
         };
+        // A stream's own `max_msg_size` (JetStream error 10054): the server answered, and
+        // every retry of this message gets the same answer. Retried, each failure also counted
+        // against the route's circuit, so the route's other events waited behind its probes.
+        let text = e.to_string();
+        if text.contains("10054") || text.contains("message size exceeds maximum") {
+            let detail = format!(
+                "route {:?}: the JetStream stream capturing {:?} at {} refuses the message as                  too large ({text}); raise the stream's max_msg_size (`nats stream edit                  --max-msg-size`)",
+                self.route, self.subject, self.url
+            );
+            tracing::error!(route = %self.route, subject = %self.subject, "{detail}");
+            return DeliveryError::Permanent {
+                status: None,
+                detail,
+            };
+        }
         if kind != PublishErrorKind::StreamNotFound {
             return retry(format!(
                 "JetStream publish to {:?} at {} failed: {e}",
