@@ -1373,3 +1373,37 @@ async fn amqp_a_message_over_max_message_size_is_permanent_and_holds_nothing_bac
     let small = gw.post(b"small".to_vec()).await;
     gw.wait_outcome(&small, "delivered").await;
 }
+
+/// A peer that accepts AMQP connections but never answers (a proxy with nothing behind it):
+/// lapin's connect blocks a thread that an attempt's timeout does not stop. Attempts wait for
+/// the connect under way instead of starting another (before: one more connection and thread
+/// per attempt, and with `amqps://` enough of them filled tokio's blocking pool, stalling the
+/// embedded store), and say so.
+#[tokio::test]
+async fn amqp_a_peer_that_never_answers_gets_one_connect_not_one_per_attempt() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let held = accepted.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            held.lock().unwrap().push(s); // kept open, never answered
+        }
+    });
+    let gw = gateway(&format!(
+        "url = \"amqp://guest:guest@127.0.0.1:{port}/%2f\"\nexchange = \"\"\nrouting_key = \"q\""
+    ));
+    let id = gw.post(b"x".to_vec()).await;
+    let ev = wait_for("three attempts", || async {
+        let ev = gw.event(&id).await;
+        (ev["attempt_log"].as_array().map_or(0, |a| a.len()) >= 3).then_some(ev)
+    })
+    .await;
+    assert_eq!(
+        accepted.lock().unwrap().len(),
+        1,
+        "one connect for all the attempts: {ev:#}"
+    );
+    let detail = ev["attempt_log"][2]["detail"].as_str().unwrap();
+    assert!(detail.contains("the connect goes on"), "{detail}");
+}

@@ -77,6 +77,63 @@ impl Drop for Parked {
     }
 }
 
+/// A connect under way: lapin connects (TCP, TLS, then the AMQP handshake) on a thread an
+/// attempt's timeout does not stop, and a peer that accepts but never answers (a proxy with
+/// nothing behind it) holds that thread until the peer closes. So the next attempt waits for
+/// the connect under way rather than starting another: one such thread per route, not one per
+/// attempt. A connect older than `CONNECT_GIVE_UP` is left to itself and a new one made (a
+/// route stuck behind a hung connect would never reconnect).
+struct Connecting {
+    since: Instant,
+    task: tokio::task::JoinHandle<lapin::Result<Connection>>,
+}
+
+const CONNECT_GIVE_UP: Duration = Duration::from_secs(600);
+
+/// lapin's executor: tokio's, but its blocking work (the connect and the TLS handshake) on
+/// threads of its own. A hung connect (see `Connecting`) on tokio's blocking pool held a slot
+/// of it; enough of them (many routes, or `amqps://` to a silent peer) filled the pool, which
+/// the embedded store's reads share, and stalled every route's deliveries and `/readyz`.
+#[derive(Debug, Clone)]
+struct LapinExecutor(tokio_executor_trait::Tokio);
+
+impl executor_trait::Executor for LapinExecutor {
+    fn block_on(&self, f: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>) {
+        self.0.block_on(f)
+    }
+
+    fn spawn(
+        &self,
+        f: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    ) -> Box<dyn executor_trait::Task> {
+        self.0.spawn(f)
+    }
+}
+
+#[async_trait]
+impl executor_trait::BlockingExecutor for LapinExecutor {
+    async fn spawn_blocking(&self, f: Box<dyn FnOnce() + Send + 'static>) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("hookgate-amqp-connect".into())
+            .spawn(move || {
+                f();
+                let _ = done.send(());
+            });
+        match spawned {
+            Ok(_) => {
+                let _ = wait.await;
+            }
+            // The connect then never finishes; its attempt times out and says so.
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a thread to connect to the amqp broker")
+            }
+        }
+    }
+}
+
+impl executor_trait::FullExecutor for LapinExecutor {}
+
 /// The route's connection and its channels that have no publish in flight.
 struct Link {
     conn: Arc<Connection>,
@@ -86,6 +143,8 @@ struct Link {
 pub struct AmqpSink {
     uri: String,
     link: tokio::sync::Mutex<Option<Link>>,
+    /// Taken and put back by `connect`, which runs under `link`'s lock.
+    connecting: std::sync::Mutex<Option<Connecting>>,
     /// At most this many idle channels are kept (`forward.concurrency`), and as many
     /// publishes parked.
     channels_max: usize,
@@ -158,6 +217,7 @@ impl AmqpSink {
         Ok(AmqpSink {
             uri: url.to_string(),
             link: tokio::sync::Mutex::new(None),
+            connecting: std::sync::Mutex::new(None),
             channels_max: route.forward.concurrency.max(1),
             parked: std::sync::Mutex::new(Vec::new()),
             route: route.name.clone(),
@@ -288,20 +348,20 @@ impl AmqpSink {
         Ok(None)
     }
 
-    async fn connect(&self, deadline: Instant) -> Result<Connection, DeliveryError> {
-        let made = tokio::time::timeout_at(deadline, async {
-            let props = ConnectionProperties::default()
-                .with_executor(tokio_executor_trait::Tokio::current())
-                .with_reactor(tokio_reactor_trait::Tokio)
-                .with_connection_name(format!("hookgate route {}", self.route).into());
-            // lapin connects on a blocking thread that an attempt's timeout abandons, not
-            // stops: without a connect timeout of its own, an unreachable broker (no answer to
-            // the SYN) would hold one thread per attempt for the OS's ~2 min.
-            let mut uri = parse_uri(&self.uri)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    fn start_connect(&self) -> Connecting {
+        let props = ConnectionProperties::default()
+            .with_executor(LapinExecutor(tokio_executor_trait::Tokio::current()))
+            .with_reactor(tokio_reactor_trait::Tokio)
+            .with_connection_name(format!("hookgate route {}", self.route).into());
+        let uri = parse_uri(&self.uri);
+        let timeout = self.timeout;
+        let task = tokio::spawn(async move {
+            let mut uri =
+                uri.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            // Without a connect timeout of its own, an unreachable broker (no answer to the
+            // SYN) would hold the connect's thread for the OS's ~2 min.
             if uri.query.connection_timeout.is_none() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                uri.query.connection_timeout = Some(left.as_millis().max(1) as u64);
+                uri.query.connection_timeout = Some(timeout.as_millis().max(1) as u64);
             }
             // A connection that stops answering without closing (a broker host gone, a NAT
             // entry lost) is noticed by missed heartbeats: RabbitMQ's default of 60 s held a
@@ -310,15 +370,40 @@ impl AmqpSink {
                 uri.query.heartbeat = Some(DEFAULT_HEARTBEAT_SECS);
             }
             Connection::connect_uri(uri, props).await
-        })
-        .await;
-        let err = match made {
-            Ok(Ok(c)) => {
+        });
+        Connecting {
+            since: Instant::now(),
+            task,
+        }
+    }
+
+    async fn connect(&self, deadline: Instant) -> Result<Connection, DeliveryError> {
+        let under_way = self
+            .connecting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let mut connecting = match under_way {
+            Some(c) if c.since.elapsed() < CONNECT_GIVE_UP => c,
+            Some(c) => {
+                tracing::warn!(route = %self.route, url = %self.url, since_s = c.since.elapsed().as_secs(), "a connect to the amqp broker has not finished (the peer accepts but does not answer?): leaving it and connecting anew");
+                c.task.abort();
+                self.start_connect()
+            }
+            None => self.start_connect(),
+        };
+        let err = match tokio::time::timeout_at(deadline, &mut connecting.task).await {
+            Ok(Ok(Ok(c))) => {
                 tracing::info!(route = %self.route, url = %self.url, "connected to amqp broker (forward.url)");
                 return Ok(c);
             }
+            Ok(Ok(Err(e))) => e.to_string(),
             Ok(Err(e)) => e.to_string(),
-            Err(_) => "timed out".to_string(),
+            Err(_) => {
+                let since = connecting.since.elapsed().as_secs();
+                *self.connecting.lock().unwrap_or_else(|e| e.into_inner()) = Some(connecting);
+                format!("timed out (the connect goes on, {since} s so far: the next attempt waits for it rather than starting another)")
+            }
         };
         tracing::warn!(route = %self.route, url = %self.url, error = %err, "cannot connect to amqp broker (forward.url)");
         Err(retryable(format!(
