@@ -1407,3 +1407,48 @@ async fn amqp_a_peer_that_never_answers_gets_one_connect_not_one_per_attempt() {
     let detail = ev["attempt_log"][2]["detail"].as_str().unwrap();
     assert!(detail.contains("the connect goes on"), "{detail}");
 }
+
+/// No acknowledgement because nothing JetStream captures the subject (only a plain NATS
+/// subscriber listens), or because the stream has `no_ack`: permanent at once, saying which
+/// (before: retried until dead as "timed out", the plain subscriber getting a copy each time,
+/// and a stored message recorded as never delivered).
+#[tokio::test]
+async fn nats_no_acknowledgement_from_a_plain_subscriber_or_a_no_ack_stream_is_permanent() {
+    let n = Nats::start().await;
+    let client = async_nats::connect(n.url()).await.unwrap();
+    let mut plain = client.subscribe("plain.in").await.unwrap();
+    client.flush().await.unwrap();
+    n.js()
+        .await
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "NOACK".into(),
+            subjects: vec!["noack.in".into()],
+            no_ack: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for (subject, says) in [
+        ("plain.in", "plain NATS subscriber"),
+        ("noack.in", "no_ack"),
+    ] {
+        let gw = gateway(&format!("url = {:?}\nsubject = {subject:?}", n.url()));
+        let id = gw.post(b"x".to_vec()).await;
+        let ev = gw.wait_outcome(&id, "dead").await;
+        let log = ev["attempt_log"].as_array().unwrap();
+        assert_eq!(log.len(), 1, "{subject}: permanent at once: {ev:#}");
+        let detail = log[0]["detail"].as_str().unwrap();
+        assert!(detail.contains(says), "{subject}: {detail}");
+    }
+    // The plain subscriber got the one attempt's copy, not one per retry.
+    let mut copies = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(
+        Duration::from_millis(300),
+        futures_util::StreamExt::next(&mut plain),
+    )
+    .await
+    {
+        copies += 1;
+    }
+    assert_eq!(copies, 1);
+}

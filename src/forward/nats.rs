@@ -231,6 +231,39 @@ impl NatsSink {
         })
     }
 
+    /// No acknowledgement came: the server may be gone (retried), or it answered with nothing
+    /// JetStream says. With no stream on the subject the publish reached only plain NATS
+    /// subscribers, if any (each retry another copy to them, and the event recorded "timed
+    /// out"); a stream with `no_ack` stores the message and never acknowledges it. Both are
+    /// permanent, saying so. Asked briefly: a server that is gone is not waited for twice.
+    async fn why_no_ack(&self, js: &async_nats::jetstream::Context) -> Option<DeliveryError> {
+        let ask = async {
+            match js.stream_by_subject(self.subject.clone()).await {
+                Err(e) if e.kind() == GetStreamByNameErrorKind::NotFound => Some(format!(
+                    "route {:?}: no JetStream stream captures subject {:?} (forward.subject) at                      {}, and the publish got no acknowledgement: a plain NATS subscriber on the                      subject may have received the message without storing it; create a                      stream, e.g. `nats stream add --subjects {:?}`",
+                    self.route, self.subject, self.url, self.subject
+                )),
+                Ok(name) => match js.get_stream(&name).await {
+                    Ok(stream) if stream.cached_info().config.no_ack => Some(format!(
+                        "route {:?}: stream {name:?} captures subject {:?} at {} with no_ack                          set: it stores messages without acknowledging them, so no delivery                          can be confirmed (this one is likely stored); turn no_ack off",
+                        self.route, self.subject, self.url
+                    )),
+                    _ => None,
+                },
+                Err(_) => None,
+            }
+        };
+        let detail = tokio::time::timeout(Duration::from_secs(1), ask)
+            .await
+            .ok()
+            .flatten()?;
+        tracing::error!(route = %self.route, subject = %self.subject, "{detail}");
+        Some(DeliveryError::Permanent {
+            status: None,
+            detail,
+        })
+    }
+
     async fn classify(
         &self,
         js: &async_nats::jetstream::Context,
@@ -256,6 +289,11 @@ impl NatsSink {
                 status: None,
                 detail,
             };
+        }
+        if kind == PublishErrorKind::TimedOut {
+            if let Some(permanent) = self.why_no_ack(js).await {
+                return permanent;
+            }
         }
         if kind != PublishErrorKind::StreamNotFound {
             return retry(format!(
