@@ -724,12 +724,13 @@ fn signed_request(key: &str, body: &[u8], chunked: bool) -> (Vec<u8>, Vec<u8>) {
     (head.into_bytes(), framed)
 }
 
-/// Bodies being received are counted, all routes together, against `server.max_body_memory`:
-/// a declared length whole before any byte is read, a chunked body as it arrives. With two
-/// senders holding most of it (one with `Content-Length`, one chunked), a third body that does
-/// not fit waits up to a second for room and is then refused `503` + `Retry-After`, while a
-/// small one still fits; once the holders finish or go away, the refused one goes through.
-/// Without the budget nothing bounded them: 300 senders of 1 MiB bodies took 330 MB.
+/// Bodies being received are counted, all routes together, against `server.max_body_memory`,
+/// as their bytes arrive (a declared length too: counted whole up front, senders declaring
+/// bodies they never sent held the budget). With two senders holding most of it (one with
+/// `Content-Length`, one chunked), a third body that does not fit waits up to a second for
+/// room and is then refused `503` + `Retry-After`, while a small one still fits; once the
+/// holders finish or go away, the refused one goes through. Without the budget nothing bounded
+/// them: 300 senders of 1 MiB bodies took 330 MB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_held_at_once_are_bounded_by_max_body_memory() {
     let f = fixture("max_body = \"4KiB\"\nmax_body_memory = \"8KiB\"").await;
@@ -739,8 +740,7 @@ async fn bodies_held_at_once_are_bounded_by_max_body_memory() {
         8192.0
     );
     let held = "hookgate_body_memory_bytes";
-    // Two senders send 3,000 of their 4,000 bytes and wait: the first, with Content-Length,
-    // holds all 4,000 it declared; the chunked one the 3,000 received.
+    // Two senders send 3,000 of their 4,000 bytes and wait: each holds the 3,000 received.
     let body_a = vec![b'a'; 4000];
     let (head_a, framed_a) = signed_request("mem-a", &body_a, false);
     let mut a = TcpStream::connect(addr).unwrap();
@@ -756,7 +756,7 @@ async fn bodies_held_at_once_are_bounded_by_max_body_memory() {
     wait_until(
         Duration::from_secs(10),
         "both bodies' bytes held",
-        async || f.gw.counter(held).await == 7000.0,
+        async || f.gw.counter(held).await == 6000.0,
     )
     .await;
 
@@ -818,6 +818,38 @@ async fn bodies_held_at_once_are_bounded_by_max_body_memory() {
         f.gw.log().contains("fill server.max_body_memory"),
         "the refusal says why"
     );
+}
+
+/// Connections that declare a body and send (almost) none of it hold only what they sent of
+/// `server.max_body_memory`: counted whole up front, three of them (each declaring the route's
+/// 4 KiB limit) held the 8 KiB budget for `body_timeout`, and every real webhook got 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_bodies_that_never_come_do_not_hold_the_body_budget() {
+    let f = fixture("max_body = \"4KiB\"\nmax_body_memory = \"8KiB\"").await;
+    let addr = f.gw.ingress;
+    // Each sends its head and the first byte of its body, then nothing more.
+    let idle: Vec<TcpStream> = (0..3)
+        .map(|i| {
+            let (head, framed) = signed_request(&format!("idle-{i}"), &[b'i'; 4000], false);
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(&head).unwrap();
+            s.write_all(&framed[..1]).unwrap();
+            s
+        })
+        .collect();
+    wait_until(
+        Duration::from_secs(10),
+        "the three bodies begun",
+        async || f.gw.counter("hookgate_body_memory_bytes").await >= 3.0,
+    )
+    .await;
+    let (head, framed) = signed_request("real", &[b'r'; 3000], false);
+    let req = [head, framed].concat();
+    let answer = tokio::task::spawn_blocking(move || raw_exchange(addr, &[&req], Duration::ZERO).0)
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    drop(idle);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,9 +2,10 @@
 //! over it is refused before reading anything; a chunked body is cut off at the limit), and
 //! the whole body must arrive within `server.body_timeout`. The bytes are kept as received.
 //!
-//! Every body is counted against one budget shared by all routes (`server.max_body_memory`):
-//! a declared `Content-Length` is taken whole before any byte is read (so a request admitted
-//! is never refused half-way), a chunked body as its bytes arrive. A request that finds no room
+//! Every body is counted against one budget shared by all routes (`server.max_body_memory`)
+//! as its bytes arrive, a declared `Content-Length` too (taken whole before any byte was read,
+//! connections declaring bodies they never sent held the budget, and real webhooks got 503;
+//! a body may now be refused part-way, also with 503). A request that finds no room
 //! waits up to `ROOM_WAIT` for bodies ahead of it to finish, then is refused with `503` +
 //! `Retry-After`, so many large bodies at once (a retry storm, or a sender trickling them in
 //! on purpose) cannot take more memory than that; without it 300 senders of 1 MiB bodies took
@@ -186,7 +187,7 @@ impl Gathered {
         *self = match std::mem::replace(self, Gathered::Empty) {
             Gathered::Empty => Gathered::One(chunk),
             Gathered::One(first) => {
-                // The declared length is held in the budget already.
+                // Room for the declared length (within the limit), not counted until it comes.
                 let want = expected.unwrap_or(0).max(first.len() + chunk.len());
                 let mut buf = BytesMut::with_capacity(want);
                 buf.extend_from_slice(&first);
@@ -226,12 +227,10 @@ pub async fn read(
     // Within the limit, so it fits a usize.
     let expected = declared.map(|n| n as usize);
     let mut held = Held::none(budget);
-    let read = async {
-        if !held.grow_to(expected.unwrap_or(0), ROOM_WAIT).await {
-            return Err(Reject::BodyMemoryFull);
-        }
-        gather(body, limit, expected, &mut held).await
-    };
+    // Bytes are counted as they arrive, a declared length too: counted whole before any byte
+    // came, 64 connections declaring 1 MiB and sending nothing held the whole default budget
+    // for `body_timeout`, and every real webhook got 503 meanwhile (a review's reproduction).
+    let read = gather(body, limit, expected, &mut held);
     match tokio::time::timeout(timeout, read).await {
         Err(_) => Err(Reject::RequestTimeout),
         Ok(Ok(gathered)) => Ok((gathered.into_bytes(), held)),
@@ -256,7 +255,6 @@ async fn gather(
         if total > limit {
             return Err(Reject::BodyTooLarge);
         }
-        // Only a chunked body grows its hold: a declared one holds its length already.
         if !held.grow_to(total, ROOM_WAIT).await {
             return Err(Reject::BodyMemoryFull);
         }
