@@ -81,14 +81,23 @@ impl Drop for Parked {
 /// attempt's timeout does not stop, and a peer that accepts but never answers (a proxy with
 /// nothing behind it) holds that thread until the peer closes. So the next attempt waits for
 /// the connect under way rather than starting another: one such thread per route, not one per
-/// attempt. A connect older than `CONNECT_GIVE_UP` is left to itself and a new one made (a
-/// route stuck behind a hung connect would never reconnect).
+/// attempt. One still under way after `give_up` (2 × `timeout`, at least a minute) is left to
+/// itself and a new one made, so a route is never stuck behind a hung one; at most
+/// `ABANDONED_MAX` of those may still hang before the route waits for one to end.
 struct Connecting {
     since: Instant,
     task: tokio::task::JoinHandle<lapin::Result<Connection>>,
 }
 
-const CONNECT_GIVE_UP: Duration = Duration::from_secs(600);
+#[derive(Default)]
+struct Connects {
+    current: Option<Connecting>,
+    /// Left to themselves, still hanging (kept to count them; dropped once finished, which
+    /// closes a connection one of them made after all).
+    abandoned: Vec<tokio::task::JoinHandle<lapin::Result<Connection>>>,
+}
+
+const ABANDONED_MAX: usize = 3;
 
 /// lapin's executor: tokio's, but its blocking work (the connect and the TLS handshake) on
 /// threads of its own. A hung connect (see `Connecting`) on tokio's blocking pool held a slot
@@ -143,8 +152,8 @@ struct Link {
 pub struct AmqpSink {
     uri: String,
     link: tokio::sync::Mutex<Option<Link>>,
-    /// Taken and put back by `connect`, which runs under `link`'s lock.
-    connecting: std::sync::Mutex<Option<Connecting>>,
+    /// Used by `connect`, which runs under `link`'s lock.
+    connecting: std::sync::Mutex<Connects>,
     /// At most this many idle channels are kept (`forward.concurrency`), and as many
     /// publishes parked.
     channels_max: usize,
@@ -217,7 +226,7 @@ impl AmqpSink {
         Ok(AmqpSink {
             uri: url.to_string(),
             link: tokio::sync::Mutex::new(None),
-            connecting: std::sync::Mutex::new(None),
+            connecting: std::sync::Mutex::new(Connects::default()),
             channels_max: route.forward.concurrency.max(1),
             parked: std::sync::Mutex::new(Vec::new()),
             route: route.name.clone(),
@@ -348,20 +357,21 @@ impl AmqpSink {
         Ok(None)
     }
 
-    fn start_connect(&self) -> Connecting {
+    fn start_connect(&self, deadline: Instant) -> Connecting {
         let props = ConnectionProperties::default()
             .with_executor(LapinExecutor(tokio_executor_trait::Tokio::current()))
             .with_reactor(tokio_reactor_trait::Tokio)
             .with_connection_name(format!("hookgate route {}", self.route).into());
         let uri = parse_uri(&self.uri);
-        let timeout = self.timeout;
+        let left = deadline.saturating_duration_since(Instant::now());
         let task = tokio::spawn(async move {
             let mut uri =
                 uri.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
             // Without a connect timeout of its own, an unreachable broker (no answer to the
-            // SYN) would hold the connect's thread for the OS's ~2 min.
+            // SYN) would hold the connect's thread for the OS's ~2 min. The attempt's time
+            // left: a TCP connect is over by its end, and only a handshake goes on.
             if uri.query.connection_timeout.is_none() {
-                uri.query.connection_timeout = Some(timeout.as_millis().max(1) as u64);
+                uri.query.connection_timeout = Some(left.as_millis().max(1) as u64);
             }
             // A connection that stops answering without closing (a broker host gone, a NAT
             // entry lost) is noticed by missed heartbeats: RabbitMQ's default of 60 s held a
@@ -377,20 +387,44 @@ impl AmqpSink {
         }
     }
 
+    fn connects(&self) -> std::sync::MutexGuard<'_, Connects> {
+        self.connecting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     async fn connect(&self, deadline: Instant) -> Result<Connection, DeliveryError> {
-        let under_way = self
-            .connecting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let give_up = (self.timeout * 2).max(Duration::from_secs(60));
+        let under_way = {
+            let mut c = self.connects();
+            c.abandoned.retain(|t| !t.is_finished());
+            c.current.take()
+        };
         let mut connecting = match under_way {
-            Some(c) if c.since.elapsed() < CONNECT_GIVE_UP => c,
+            // Finished after its attempt ended: a connection still up is taken; an error (or
+            // a connection closed since) was that attempt's answer, not this one's.
+            Some(c) if c.task.is_finished() => match c.task.await {
+                Ok(Ok(conn)) if conn.status().connected() => {
+                    tracing::info!(route = %self.route, url = %self.url, "connected to amqp broker (forward.url)");
+                    return Ok(conn);
+                }
+                _ => self.start_connect(deadline),
+            },
+            Some(c) if c.since.elapsed() < give_up => c,
             Some(c) => {
+                let mut connects = self.connects();
+                if connects.abandoned.len() >= ABANDONED_MAX {
+                    let hung = connects.abandoned.len() + 1;
+                    connects.current = Some(c);
+                    return Err(retryable(format!(
+                        "cannot connect to amqp broker at {}: {hung} connects have not finished (the peer accepts but does not answer?); waiting for one to end before starting another",
+                        self.url
+                    )));
+                }
                 tracing::warn!(route = %self.route, url = %self.url, since_s = c.since.elapsed().as_secs(), "a connect to the amqp broker has not finished (the peer accepts but does not answer?): leaving it and connecting anew");
-                c.task.abort();
-                self.start_connect()
+                connects.abandoned.push(c.task);
+                drop(connects);
+                self.start_connect(deadline)
             }
-            None => self.start_connect(),
+            None => self.start_connect(deadline),
         };
         let err = match tokio::time::timeout_at(deadline, &mut connecting.task).await {
             Ok(Ok(Ok(c))) => {
@@ -401,7 +435,7 @@ impl AmqpSink {
             Ok(Err(e)) => e.to_string(),
             Err(_) => {
                 let since = connecting.since.elapsed().as_secs();
-                *self.connecting.lock().unwrap_or_else(|e| e.into_inner()) = Some(connecting);
+                self.connects().current = Some(connecting);
                 format!("timed out (the connect goes on, {since} s so far: the next attempt waits for it rather than starting another)")
             }
         };
@@ -470,7 +504,7 @@ impl AmqpSink {
         // route's circuit, so the route's other events waited behind its probes.
         if text.contains("larger than configured max size") {
             let detail = format!(
-                "route {:?}: the amqp broker at {} refuses the message as too large: {text};                  raise max_message_size in rabbitmq.conf",
+                "route {:?}: the amqp broker at {} refuses the message as too large: {text}; raise max_message_size in rabbitmq.conf",
                 self.route, self.url
             );
             tracing::error!(route = %self.route, "{detail}");

@@ -235,17 +235,18 @@ impl NatsSink {
     /// JetStream says. With no stream on the subject the publish reached only plain NATS
     /// subscribers, if any (each retry another copy to them, and the event recorded "timed
     /// out"); a stream with `no_ack` stores the message and never acknowledges it. Both are
-    /// permanent, saying so. Asked briefly: a server that is gone is not waited for twice.
+    /// permanent, saying so. Asked briefly (in what is left of the attempt): a server that is
+    /// gone is not waited for twice.
     async fn why_no_ack(&self, js: &async_nats::jetstream::Context) -> Option<DeliveryError> {
         let ask = async {
             match js.stream_by_subject(self.subject.clone()).await {
                 Err(e) if e.kind() == GetStreamByNameErrorKind::NotFound => Some(format!(
-                    "route {:?}: no JetStream stream captures subject {:?} (forward.subject) at                      {}, and the publish got no acknowledgement: a plain NATS subscriber on the                      subject may have received the message without storing it; create a                      stream, e.g. `nats stream add --subjects {:?}`",
+                    "route {:?}: no JetStream stream captures subject {:?} (forward.subject) at {}, and the publish got no acknowledgement: a plain NATS subscriber on the subject may have received the message without storing it; create a stream, e.g. `nats stream add --subjects {:?}`",
                     self.route, self.subject, self.url, self.subject
                 )),
                 Ok(name) => match js.get_stream(&name).await {
                     Ok(stream) if stream.cached_info().config.no_ack => Some(format!(
-                        "route {:?}: stream {name:?} captures subject {:?} at {} with no_ack                          set: it stores messages without acknowledging them, so no delivery                          can be confirmed (this one is likely stored); turn no_ack off",
+                        "route {:?}: stream {name:?} captures subject {:?} at {} with no_ack set: it stores messages without acknowledging them, so no delivery can be confirmed (this one is likely stored); turn no_ack off",
                         self.route, self.subject, self.url
                     )),
                     _ => None,
@@ -253,10 +254,10 @@ impl NatsSink {
                 Err(_) => None,
             }
         };
-        let detail = tokio::time::timeout(Duration::from_secs(1), ask)
-            .await
-            .ok()
-            .flatten()?;
+        // The ack's wait took 0.9 of `timeout` and the worker ends the attempt at all of it:
+        // the lookup fits in most of what is left.
+        let left = self.timeout.mul_f64(0.08).min(Duration::from_secs(1));
+        let detail = tokio::time::timeout(left, ask).await.ok().flatten()?;
         tracing::error!(route = %self.route, subject = %self.subject, "{detail}");
         Some(DeliveryError::Permanent {
             status: None,
@@ -279,9 +280,9 @@ impl NatsSink {
         // every retry of this message gets the same answer. Retried, each failure also counted
         // against the route's circuit, so the route's other events waited behind its probes.
         let text = e.to_string();
-        if text.contains("10054") || text.contains("message size exceeds maximum") {
+        if text.contains("error code 10054") || text.contains("message size exceeds maximum") {
             let detail = format!(
-                "route {:?}: the JetStream stream capturing {:?} at {} refuses the message as                  too large ({text}); raise the stream's max_msg_size (`nats stream edit                  --max-msg-size`)",
+                "route {:?}: the JetStream stream capturing {:?} at {} refuses the message as too large ({text}); raise the stream's max_msg_size (`nats stream edit --max-msg-size`)",
                 self.route, self.subject, self.url
             );
             tracing::error!(route = %self.route, subject = %self.subject, "{detail}");

@@ -512,6 +512,7 @@ impl DiskGuard {
                 metrics::gauge!("hookgate_store_room_bytes").set(f64::NAN);
                 self.room = u64::MAX;
                 self.low = false;
+                self.refusing.store(false, Ordering::Relaxed);
                 return;
             }
         };

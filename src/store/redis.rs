@@ -690,7 +690,17 @@ impl Store for RedisStore {
         // (one call's worth alone looked like "nothing more is due": large events were
         // delivered ~8 at a time whatever the route's concurrency).
         while out.len() < limit {
-            let (more, cut_short) = self.lease_once(route, limit - out.len(), now_ms).await?;
+            let (more, cut_short) = match self.lease_once(route, limit - out.len(), now_ms).await {
+                Ok(r) => r,
+                // The events of the calls before are leased here already: returned, they are
+                // attempted; dropped with the error, they would stay leased (renewed by the
+                // heartbeat, taken over by no replica) and never attempted.
+                Err(e) if !out.is_empty() => {
+                    tracing::warn!(route = %route, leased = out.len(), error = %e, "cannot lease more events; delivering those leased");
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
             if !cut_short || more.is_empty() {
                 out.extend(more);
                 break;

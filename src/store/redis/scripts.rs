@@ -197,9 +197,12 @@ if entry ~= '' then
   redis.call('XDEL', stream, entry)
 end
 if redis.call('EXISTS', ev) == 0 then return 0 end
+-- The attempt: its entry and start (a replica taking over a lapsed lease shares the entry,
+-- not the start, and its attempt is logged too).
+local attempt = entry .. '@' .. ARGV[13]
 if entry ~= '' then
-  if redis.call('HGET', ev, 'settled') == entry then return 3 end
-  redis.call('HSET', ev, 'settled', entry)
+  if redis.call('HGET', ev, 'settled') == attempt then return 3 end
+  redis.call('HSET', ev, 'settled', attempt)
 end
 redis.call('RPUSH', log, ARGV[3])
 redis.call('LTRIM', log, -tonumber(ARGV[4]), -1)
