@@ -1258,13 +1258,14 @@ url = "{up}/generic"
     for key in ["header:k-1", "header:k-2"] {
         assert!(
             log.lines()
-                .any(|l| l.contains("outcome=\"accepted\"") && l.contains(&format!("key={key} "))),
+                .any(|l| l.contains("outcome=\"accepted\"")
+                    && l.contains(&format!("key=\"{key}\" "))),
             "{key}: {log}"
         );
     }
     assert!(
         log.lines()
-            .any(|l| l.contains("outcome=\"duplicate\"") && l.contains("key=header:k-1 ")),
+            .any(|l| l.contains("outcome=\"duplicate\"") && l.contains("key=\"header:k-1\" ")),
         "{log}"
     );
 

@@ -391,6 +391,30 @@ async fn a_request_replayed_under_a_fresh_unsigned_id_is_a_duplicate() {
         .await;
     assert_ne!(answered_id(status, &text, 202), original, "another event");
 
+    // Shopify sends orders/create and orders/updated with byte-identical bodies and ids of
+    // their own: two events, not a replay. The same topic under a fresh id is one.
+    let order = br#"{"id":820982911946154508,"email":"jon@example.com"}"#;
+    let (signed, _) = gw.hookgate_sign("shopify", order);
+    let shopify = |topic: &str, id: &str| {
+        with_id(
+            &with_id(&signed, "X-Shopify-Topic", topic),
+            "X-Shopify-Event-Id",
+            id,
+        )
+    };
+    let (status, text) = gw
+        .post("/shopify", &shopify("orders/create", "e-1"), order)
+        .await;
+    let created = answered_id(status, &text, 202);
+    let (status, text) = gw
+        .post("/shopify", &shopify("orders/updated", "e-2"), order)
+        .await;
+    assert_ne!(answered_id(status, &text, 202), created, "another topic");
+    let (status, text) = gw
+        .post("/shopify", &shopify("orders/create", "e-3"), order)
+        .await;
+    assert_eq!(answered_id(status, &text, 200), created, "a replay");
+
     // Twilio: the same parameters re-ordered (Twilio sorts them before signing) under a fresh
     // idempotency token.
     let form = b"AccountSid=AC1&Body=hello&From=%2B15551234&MessageSid=SM9";

@@ -21,8 +21,8 @@ enum Outcome {
     /// The event's id, and its dedupe key (for the log line: the sender's own id, which is
     /// what an operator is handed when an event goes missing).
     Accepted(String, Key),
-    /// The original's id, whether this copy carries the original's very signature, and the
-    /// dedupe key it matched by (or the first of two).
+    /// The original's id, whether this copy carries the original's very signature, and this
+    /// copy's dedupe key (it may have matched by the second one: `DedupeKey::also`).
     Duplicate(String, Option<bool>, Key),
     Handshake(Reply),
     /// `mode = "proxy"`: the event id, the answer (the upstream's, or the gateway's 502, 504 or
@@ -220,21 +220,21 @@ async fn process(
     }
 }
 
-/// A dedupe key as a log line shows it: `-` for none, cut to 128 bytes (a header's value may
-/// be long).
+/// A dedupe key as a log line shows it: quoted (it is the sender's text), `-` for none, cut to
+/// 128 bytes (a header's value may be long).
 struct Key(Option<String>);
 
 impl std::fmt::Display for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.0 {
             None => f.write_str("-"),
-            Some(k) if k.len() <= 128 => f.write_str(k),
+            Some(k) if k.len() <= 128 => write!(f, "{k:?}"),
             Some(k) => {
                 let mut end = 128;
                 while !k.is_char_boundary(end) {
                     end -= 1;
                 }
-                write!(f, "{}…", &k[..end])
+                write!(f, "{:?}", format!("{}…", &k[..end]))
             }
         }
     }

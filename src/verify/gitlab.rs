@@ -81,7 +81,9 @@ impl super::Verifier for GitlabVerifier {
         let id = preset::header_nonempty(req, "idempotency-key")
             .or_else(|| preset::header_nonempty(req, "x-gitlab-event-uuid"))
             .map(str::to_string);
-        Ok(preset::verified_unsigned_id(SCHEME, id, Some(i), body))
+        // The token signs nothing: a key over the body would stop no forgery, only merge two
+        // real events with equal bodies ("Test hook" pressed twice).
+        Ok(preset::verified(SCHEME, id, Some(i)))
     }
 
     fn sign(

@@ -51,7 +51,7 @@ impl super::Verifier for LinearVerifier {
         let ts = body_timestamp(body).ok_or(VerifyError::StaleTimestamp)?;
         check_fresh(ts, Duration::from_millis(1), now, self.tolerance)?;
         let id = preset::header_nonempty(req, "linear-delivery").map(str::to_string);
-        Ok(preset::verified_unsigned_id(SCHEME, id, Some(i), body))
+        Ok(preset::verified_unsigned_id(SCHEME, id, Some(i), &[body]))
     }
 
     /// The body must carry a current `webhookTimestamp` (ms) for the request to pass.

@@ -112,17 +112,25 @@ pub(crate) fn verified(
 }
 
 /// `verified` for a scheme whose event id comes from a header its signature does not cover:
-/// the replay key is the SHA-256 of `signed`, what the signature does cover (see
-/// `Verified::replay_key`).
+/// the replay key (see `Verified::replay_key`) is a SHA-256 over `parts`, what the signature
+/// covers plus what tells the provider's events with equal content apart (Shopify sends
+/// `orders/create` and `orders/updated` with byte-identical bodies: the topic is a part), each
+/// part with its length so no two lists give the same bytes.
 pub(crate) fn verified_unsigned_id(
     scheme: &'static str,
     event_id: Option<String>,
     secret_index: Option<usize>,
-    signed: &[u8],
+    parts: &[&[u8]],
 ) -> Verified {
+    use sha2::{Digest, Sha256};
     let mut v = verified(scheme, event_id, secret_index);
     if v.event_id.is_some() {
-        v.replay_key = Some(crate::dedupe::body_sha256(signed));
+        let mut h = Sha256::new();
+        for p in parts {
+            h.update((p.len() as u64).to_be_bytes());
+            h.update(p);
+        }
+        v.replay_key = Some(format!("signed:{}", hex::encode(h.finalize())));
     }
     v
 }

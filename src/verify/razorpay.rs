@@ -49,7 +49,7 @@ impl super::Verifier for RazorpayVerifier {
             SCHEME,
             id,
             Some(i),
-            body,
+            &[body],
         ))
     }
 }

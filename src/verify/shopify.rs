@@ -52,7 +52,15 @@ impl super::Verifier for ShopifyVerifier {
         .iter()
         .find_map(|h| preset::header_nonempty(req, h))
         .map(str::to_string);
-        Ok(preset::verified_unsigned_id(SCHEME, id, Some(i), body))
+        let topic = preset::header_nonempty(req, "x-shopify-topic")
+            .or_else(|| preset::header_nonempty(req, "shopify-topic"))
+            .unwrap_or("");
+        Ok(preset::verified_unsigned_id(
+            SCHEME,
+            id,
+            Some(i),
+            &[topic.as_bytes(), body],
+        ))
     }
 
     fn sign(

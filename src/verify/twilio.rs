@@ -138,15 +138,15 @@ impl super::Verifier for TwilioVerifier {
         })
         .ok_or(VerifyError::InvalidSignature)?;
         let id = preset::header_nonempty(req, "i-twilio-idempotency-token").map(str::to_string);
-        // What the signature covers besides the URL: the parameters as Twilio concatenates
-        // them (sorted, so a form re-ordered or re-encoded is the same), else the body (its
-        // SHA-256 is in the signed URL).
-        let signed = if params.is_empty() {
-            body
-        } else {
-            params.as_bytes()
-        };
-        Ok(preset::verified_unsigned_id(SCHEME, id, Some(i), signed))
+        // What the signature covers: the URL (a GET's parameters, a JSON body's SHA-256), and
+        // a form's parameters as Twilio joins them (sorted: a form re-ordered or re-encoded
+        // gives the same).
+        Ok(preset::verified_unsigned_id(
+            SCHEME,
+            id,
+            Some(i),
+            &[url.as_bytes(), params.as_bytes()],
+        ))
     }
 
     /// Signs `body` as Twilio's usual form POST to `url`.
