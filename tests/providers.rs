@@ -380,6 +380,26 @@ async fn a_request_replayed_under_a_fresh_unsigned_id_is_a_duplicate() {
         let (status, text) = gw.post("/github", &delivery(id), body).await;
         assert_eq!(answered_id(status, &text, 200), original, "delivery {id}");
     }
+    // The copies under another id are said to be possible replays (GitHub's own redelivery,
+    // d-1, is not).
+    let log = || std::fs::read_to_string(gw.dir.path().join("stderr.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let said = |l: &String| {
+        l.lines()
+            .filter(|l| l.contains("possibly a captured request sent again"))
+            .count()
+    };
+    while said(&log()) < 2 {
+        assert!(Instant::now() < deadline, "{}", log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        log()
+            .lines()
+            .all(|l| !l.contains("possibly a captured") || !l.contains(" key=\"id:d-1\"")),
+        "{}",
+        log()
+    );
     let other = br#"{"action":"opened","number":2}"#;
     let (signed_other, _) = gw.sdk_sign("node", "github", "gh-secret", other, &[]);
     let (status, text) = gw

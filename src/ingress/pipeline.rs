@@ -23,7 +23,7 @@ enum Outcome {
     Accepted(String, Key),
     /// The original's id, whether this copy carries the original's very signature, and this
     /// copy's dedupe key (it may have matched by the second one: `DedupeKey::also`).
-    Duplicate(String, Option<bool>, Key),
+    Duplicate(String, Compared, Key),
     Handshake(Reply),
     /// `mode = "proxy"`: the event id, the answer (the upstream's, or the gateway's 502, 504 or
     /// 503), its outcome, and why there was no upstream answer.
@@ -56,9 +56,15 @@ pub async fn handle(ctx: Arc<Ingress>, peer: SocketAddr, req: Request<Incoming>)
             tracing::info!(route = name, event_id = %id, key = %key, outcome = "accepted", latency_ms, "request");
             reject::accepted(&id)
         }
-        Ok(Outcome::Duplicate(id, same_signature, key)) => {
+        Ok(Outcome::Duplicate(id, copy, key)) => {
             route.metrics.request("duplicate", elapsed);
-            if same_signature == Some(true) && route.cfg.verifier.retries_resigned() {
+            let same_signature = copy.same_signature;
+            if let Some(original_key) = copy.under_another_key {
+                // Matched by what the signature covers, under an id the original did not
+                // have: the provider's own retries keep their id, a captured request sent
+                // again may not.
+                tracing::warn!(route = name, event_id = %id, key = %key, original_key = %Key(Some(original_key)), outcome = "duplicate", client = %peer.ip().to_canonical(), latency_ms, "request: duplicate by its signed content under another id than the original's: possibly a captured request sent again; not delivered");
+            } else if same_signature == Some(true) && route.cfg.verifier.retries_resigned() {
                 // The provider re-signs its retries (new timestamp): a byte-identical copy of
                 // the signed request is what a replayed capture looks like.
                 tracing::warn!(route = name, event_id = %id, key = %key, outcome = "duplicate", client = %peer.ip().to_canonical(), latency_ms, "request: duplicate with the original's signature: possible replay");
@@ -209,8 +215,8 @@ async fn process(
             Ok(Outcome::Accepted(id, logged))
         }
         Ok(Accept::Duplicate(id)) => {
-            let same = same_signature(&ctx.store, &id, &parts.headers).await;
-            Ok(Outcome::Duplicate(id, same, logged))
+            let copy = compare(&ctx.store, &id, &parts.headers, logged.0.as_deref()).await;
+            Ok(Outcome::Duplicate(id, copy, logged))
         }
         Err(e) => {
             metrics::counter!("hookgate_store_errors_total").increment(1);
@@ -322,13 +328,37 @@ fn signature_fingerprint<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) 
 }
 
 /// Whether a duplicate carries exactly the original's signature headers (`None`: unknown).
-async fn same_signature(
+/// A duplicate compared with its original (`Compared::default()` when the original is gone).
+#[derive(Default)]
+struct Compared {
+    /// Whether it carries the original's very signature (`None`: nothing to compare).
+    same_signature: Option<bool>,
+    /// The original's dedupe key, when this copy's is another (it matched by the second key).
+    under_another_key: Option<String>,
+}
+
+async fn compare(
     store: &std::sync::Arc<dyn crate::store::Store>,
     original: &str,
     headers: &http::HeaderMap,
-) -> Option<bool> {
-    let ev = store.get(original).await.ok()??;
-    let stored: crate::store::StoredHeaders = serde_json::from_value(ev.headers).ok()?;
+    key: Option<&str>,
+) -> Compared {
+    let Ok(Some(ev)) = store.get(original).await else {
+        return Compared::default();
+    };
+    let under_another_key = ev
+        .summary
+        .dedupe_key
+        .clone()
+        .filter(|k| Some(k.as_str()) != key);
+    Compared {
+        same_signature: same_signature(ev.headers, headers),
+        under_another_key,
+    }
+}
+
+fn same_signature(original: serde_json::Value, headers: &http::HeaderMap) -> Option<bool> {
+    let stored: crate::store::StoredHeaders = serde_json::from_value(original).ok()?;
     let map = stored.to_map();
     let old = signature_fingerprint(
         map.iter()
