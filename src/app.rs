@@ -56,6 +56,9 @@ pub struct RouteTable {
     pub router: Router,
     pub routes: Vec<Arc<RouteConfig>>,
     pub wake: HashMap<String, Arc<Notify>>,
+    /// Set by an operator's replay before it wakes the route's worker: an open circuit then
+    /// probes at once instead of waiting out its pause (the operator fixed the upstream).
+    pub replayed: HashMap<String, Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// The delivery workers of one config generation.
@@ -159,6 +162,7 @@ async fn build(
 ) -> anyhow::Result<(RouteTable, Generation)> {
     let (stop, stop_rx) = watch::channel(false);
     let mut wake = HashMap::new();
+    let mut replayed = HashMap::new();
     let mut routes = Vec::new();
     let mut sinks = Vec::new();
     for cfg in &config.routes {
@@ -188,11 +192,14 @@ async fn build(
             if handoff.is_some() {
                 routes[i].wake_on_accept = None;
             }
+            let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            replayed.insert(route.name.clone(), flag.clone());
             let worker = Worker {
                 route,
                 store: store.clone(),
                 sink,
                 wake,
+                replayed: flag,
                 handoff,
                 stop: stop_rx.clone(),
                 metrics: routes[i].metrics.clone(),
@@ -205,6 +212,7 @@ async fn build(
         router: Router::new(routes),
         routes: config.routes.clone(),
         wake,
+        replayed,
     };
     Ok((table, Generation { stop, workers }))
 }

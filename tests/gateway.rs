@@ -1071,6 +1071,40 @@ async fn an_open_circuit_is_logged_and_shown_as_a_gauge() {
     );
 }
 
+/// An operator's replay (after fixing the upstream) ends an open circuit's pause: the probe
+/// goes at once instead of up to a minute later, when the replay looked like it did nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_replay_ends_an_open_circuits_pause() {
+    let (_dir, up, gw) = failing_sink_gateway("max_attempts = 1000").await;
+    let c = reqwest::Client::new();
+    let id = accepted(signed(&c, &gw.url("/hooks/c"), SECRET, "held")).await;
+    // Failed probes double the pause: 1 s, 2 s, 4 s, then 8 s.
+    wait_until(Duration::from_secs(30), "an 8 s pause", async || {
+        gw.log().contains("pause_ms=8000")
+    })
+    .await;
+    up.always(200);
+    let replay = c
+        .post(gw.admin_url(&format!("/admin/events/{id}/replay")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 202);
+    let t0 = std::time::Instant::now();
+    gw.wait_event_state(&id, "delivered", Duration::from_secs(30))
+        .await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "delivered {:?} after the replay, not at the end of the pause",
+        t0.elapsed()
+    );
+    assert!(
+        gw.log().contains("an operator's replay ends its pause"),
+        "{}",
+        gw.log()
+    );
+}
+
 /// Runs Python from the project's `.venv` (the providers' SDKs: `scripts/sdk-setup.sh`) on
 /// `code`, with `args` as `sys.argv[1:]`; its stdout, trimmed.
 fn sdk_python(code: &str, args: &[&str]) -> String {

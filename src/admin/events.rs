@@ -374,9 +374,7 @@ pub async fn replay(admin: &Admin, id: &str) -> Reply {
             error(StatusCode::CONFLICT, "route_not_delivered")
         }
         Ok(true) => {
-            if let Some(w) = admin.table.load().wake.get(&route).cloned() {
-                w.notify_one();
-            }
+            wake_after_replay(admin, &route);
             tracing::info!(route = %route, event_id = %id, was = was.as_str(), after_attempts = attempts, "replay requested");
             ok_json(
                 StatusCode::ACCEPTED,
@@ -426,6 +424,18 @@ pub async fn discard(admin: &Admin, id: &str) -> Reply {
     }
 }
 
+/// Wakes the route's worker to deliver what was replayed, ending an open circuit's pause:
+/// the operator replays once the upstream is fixed.
+fn wake_after_replay(admin: &Admin, route: &str) {
+    let table = admin.table.load();
+    if let Some(flag) = table.replayed.get(route) {
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    if let Some(w) = table.wake.get(route) {
+        w.notify_one();
+    }
+}
+
 pub async fn replay_dead(admin: &Admin, name: &str) -> Reply {
     if !delivered_by_a_worker(admin, name) {
         // A route the config has (in proxy mode), or one it no longer has whose events the
@@ -447,9 +457,7 @@ pub async fn replay_dead(admin: &Admin, name: &str) -> Reply {
             error(StatusCode::CONFLICT, "route_not_delivered")
         }
         Ok(n) => {
-            if let Some(w) = admin.table.load().wake.get(name).cloned() {
-                w.notify_one();
-            }
+            wake_after_replay(admin, name);
             tracing::info!(route = %name, replayed = n, "dead events redriven");
             ok_json(
                 StatusCode::ACCEPTED,

@@ -42,6 +42,19 @@ impl Circuit {
         self.probing = false;
     }
 
+    /// Ends an open circuit's pause now (an operator replayed events: they fixed the
+    /// upstream, and waiting out a pause of up to a minute looked like the replay did
+    /// nothing). True if it was pausing.
+    pub fn end_pause(&mut self, now: Instant) -> bool {
+        match self.open_until {
+            Some(t) if t > now && !self.probing => {
+                self.open_until = Some(now);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Open: an attempt sent now is its probe.
     pub fn is_open(&self) -> bool {
         self.open_until.is_some()
@@ -143,6 +156,21 @@ mod tests {
             Some((THRESHOLD + 2, FIRST_COOLDOWN * 2)),
             "the probe's own failure opens it again, once"
         );
+    }
+
+    #[test]
+    fn an_operators_replay_ends_the_pause() {
+        let t0 = Instant::now();
+        let mut c = Circuit::default();
+        assert!(!c.end_pause(t0), "closed: nothing to end");
+        for _ in 0..THRESHOLD {
+            c.on_failure(t0, false);
+        }
+        assert_eq!(c.allowance(8, t0), 0);
+        assert!(c.end_pause(t0));
+        assert_eq!(c.allowance(8, t0), 1, "the probe may go now");
+        c.probe_started();
+        assert!(!c.end_pause(t0), "a probe is out already");
     }
 
     #[test]

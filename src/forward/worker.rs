@@ -49,6 +49,8 @@ pub struct Worker {
     pub sink: Arc<dyn Sink>,
     /// Replays (and, without a handoff, every recorded event) wake the worker through this.
     pub wake: Arc<Notify>,
+    /// Set with a wake by an operator's replay: an open circuit probes at once.
+    pub replayed: Arc<std::sync::atomic::AtomicBool>,
     /// Fresh events straight from the store, when it offers that (`Store::handoff`).
     pub handoff: Option<Handoff>,
     pub stop: watch::Receiver<bool>,
@@ -247,6 +249,11 @@ impl Worker {
                 _ = self.wake.notified() => {
                     scan = fresh_pass();
                     rescan_on_done = !inflight.is_empty();
+                    if self.replayed.swap(false, std::sync::atomic::Ordering::Relaxed)
+                        && circuit.end_pause(Instant::now())
+                    {
+                        tracing::info!(route = %route, "delivery circuit: an operator's replay ends its pause; probing now");
+                    }
                 }
                 _ = fresh => {}
                 Some(h) = freed.recv() => judge(&mut circuit, h, &self.route.name, &self.metrics),
@@ -745,6 +752,7 @@ mod tests {
             store,
             sink,
             wake: Arc::new(Notify::new()),
+            replayed: Default::default(),
             stop,
             metrics: Arc::new(crate::telemetry::RouteMetrics::new("r")),
         };
