@@ -1076,6 +1076,11 @@ async fn admin_is_separate_and_token_protected() {
     ]);
     assert_eq!(code, Some(1));
     assert!(err.contains("401"), "{err}");
+    assert!(
+        err.contains("is not the running gateway's server.admin_token")
+            && !err.contains("pass --token"),
+        "a token was given: the hint says it is the wrong one: {err}"
+    );
     let unknown = c
         .get(gw.admin_url("/admin/events/does-not-exist"))
         .bearer_auth("adm1n-t0ken")

@@ -95,6 +95,10 @@ pub async fn call(
     let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
     if !status.is_success() {
         let hint = match body["error"].as_str() {
+            Some("unauthorized") if t.token.is_some() => {
+                "\n  the token given (--token, HOOKGATE_ADMIN_TOKEN or the config's \
+                 server.admin_token) is not the running gateway's server.admin_token"
+            }
             Some("route_not_delivered") => {
                 "\n  nothing delivers this route's events now (removed, renamed, or in proxy \
                  mode): configure a route of that name with a sink, not in proxy mode, then \
