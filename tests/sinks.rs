@@ -1452,3 +1452,26 @@ async fn nats_no_acknowledgement_from_a_plain_subscriber_or_a_no_ack_stream_is_p
     }
     assert_eq!(copies, 1);
 }
+
+/// The default exchange takes no bindings: a message it cannot route (no queue of the routing
+/// key's name) says to declare that queue, not to bind one.
+#[tokio::test]
+async fn amqp_unroutable_on_the_default_exchange_says_to_declare_the_queue() {
+    let _one_at_a_time = AMQP_LOCK.lock().await;
+    let queue = unique("noqueue");
+    let gw = gateway(&format!(
+        "url = {:?}\nexchange = \"\"\nrouting_key = {queue:?}",
+        amqp_url()
+    ));
+    let id = gw.post(b"x".to_vec()).await;
+    let detail = wait_for("a first attempt", || async {
+        gw.event(&id).await["attempt_log"][0]["detail"]
+            .as_str()
+            .map(str::to_string)
+    })
+    .await;
+    assert!(
+        detail.contains(&format!("no queue named {queue:?} exists; declare it")),
+        "{detail}"
+    );
+}

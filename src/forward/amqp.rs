@@ -643,10 +643,20 @@ impl Sink for AmqpSink {
                 )));
             }
             Confirmation::Ack(Some(ret)) | Confirmation::Nack(Some(ret)) => {
+                // The default exchange takes no bindings: it routes to the queue named by the
+                // routing key, which must exist.
+                let fix = if self.exchange.is_empty() {
+                    format!(
+                        "no queue named {:?} exists; declare it (the default exchange routes to \
+                         the queue the routing key names)",
+                        self.routing_key
+                    )
+                } else {
+                    "no queue is bound for it; bind one (forward.routing_key)".to_string()
+                };
                 let detail = format!(
                     "route {:?}: message returned unroutable by exchange {} for routing key {:?} \
-                     ({} {}): no queue is bound for it; bind one (forward.routing_key), then \
-                     replay the event if it went dead meanwhile",
+                     ({} {}): {fix}, then replay the event if it went dead meanwhile",
                     self.route,
                     self.exchange_name(),
                     self.routing_key,
