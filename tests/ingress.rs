@@ -852,6 +852,43 @@ async fn declared_bodies_that_never_come_do_not_hold_the_body_budget() {
     drop(idle);
 }
 
+/// A declared body under way (64 KiB of it arrived) holds the rest of its length, so bodies
+/// starting after it cannot fill the budget with halves that none can finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_body_under_way_holds_its_whole_length() {
+    let f = fixture("max_body = \"256KiB\"\nmax_body_memory = \"256KiB\"").await;
+    let addr = f.gw.ingress;
+    // The "untimed" route: max_body 1 MiB, signed over the body alone.
+    let body = vec![b'u'; 200 * 1024];
+    let sig = {
+        use hmac::{Hmac, Mac};
+        let mut m = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+        m.update(&body);
+        hex::encode(m.finalize().into_bytes())
+    };
+    let head = format!(
+        "POST /hooks/untimed HTTP/1.1\r\nHost: gw\r\nX-Signature: {sig}\r\n\
+         Idempotency-Key: under-way\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    let framed = body.clone();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&head).unwrap();
+    s.write_all(&framed[..70 * 1024]).unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the whole declared length held",
+        async || f.gw.counter("hookgate_body_memory_bytes").await == (200 * 1024) as f64,
+    )
+    .await;
+    s.write_all(&framed[70 * 1024..]).unwrap();
+    let mut answer = String::new();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_its_answers_is_cut_off() {
     let f = fixture("header_timeout = \"1s\"\nbody_timeout = \"1s\"").await;

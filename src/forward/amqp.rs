@@ -82,8 +82,9 @@ impl Drop for Parked {
 /// nothing behind it) holds that thread until the peer closes. So the next attempt waits for
 /// the connect under way rather than starting another: one such thread per route, not one per
 /// attempt. One still under way after `give_up` (2 × `timeout`, at least a minute) is left to
-/// itself and a new one made, so a route is never stuck behind a hung one; at most
-/// `ABANDONED_MAX` of those may still hang before the route waits for one to end.
+/// itself and a new one made, so a route is never stuck behind a hung one; past
+/// `ABANDONED_MAX` of those still hanging, the oldest is let go (its thread stays blocked
+/// until the peer closes: at most one more per `give_up`, said at error level).
 struct Connecting {
     since: Instant,
     task: tokio::task::JoinHandle<lapin::Result<Connection>>,
@@ -363,7 +364,11 @@ impl AmqpSink {
             .with_reactor(tokio_reactor_trait::Tokio)
             .with_connection_name(format!("hookgate route {}", self.route).into());
         let uri = parse_uri(&self.uri);
-        let left = deadline.saturating_duration_since(Instant::now());
+        // The attempt's time left, but not next to nothing (an attempt that waited for the
+        // link's lock): the connect goes on past its attempt anyway.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(self.timeout.min(Duration::from_secs(5)) / 2);
         let task = tokio::spawn(async move {
             let mut uri =
                 uri.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -412,12 +417,11 @@ impl AmqpSink {
             Some(c) => {
                 let mut connects = self.connects();
                 if connects.abandoned.len() >= ABANDONED_MAX {
-                    let hung = connects.abandoned.len() + 1;
-                    connects.current = Some(c);
-                    return Err(retryable(format!(
-                        "cannot connect to amqp broker at {}: {hung} connects have not finished (the peer accepts but does not answer?); waiting for one to end before starting another",
-                        self.url
-                    )));
+                    // Never stuck for good behind connects nothing will end (lapin has no
+                    // handshake timeout): the oldest is let go (its thread lives on until the
+                    // peer closes), and said loudly.
+                    connects.abandoned.remove(0);
+                    tracing::error!(route = %self.route, url = %self.url, "connects to the amqp broker keep hanging (the peer accepts but does not answer?): one more thread is left blocked; check what answers at forward.url");
                 }
                 tracing::warn!(route = %self.route, url = %self.url, since_s = c.since.elapsed().as_secs(), "a connect to the amqp broker has not finished (the peer accepts but does not answer?): leaving it and connecting anew");
                 connects.abandoned.push(c.task);

@@ -3,9 +3,11 @@
 //! the whole body must arrive within `server.body_timeout`. The bytes are kept as received.
 //!
 //! Every body is counted against one budget shared by all routes (`server.max_body_memory`)
-//! as its bytes arrive, a declared `Content-Length` too (taken whole before any byte was read,
-//! connections declaring bodies they never sent held the budget, and real webhooks got 503;
-//! a body may now be refused part-way, also with 503). A request that finds no room
+//! as its bytes arrive, and a declared `Content-Length` is taken whole once `RESERVE_AFTER`
+//! bytes of it (or all of a smaller one) arrived: taken whole before any byte was read,
+//! connections declaring bodies they never sent held the budget and real webhooks got 503;
+//! counted only as bytes arrive, a burst of large bodies filled it with halves, none could
+//! finish, and most were refused part-way. A request that finds no room
 //! waits up to `ROOM_WAIT` for bodies ahead of it to finish, then is refused with `503` +
 //! `Retry-After`, so many large bodies at once (a retry storm, or a sender trickling them in
 //! on purpose) cannot take more memory than that; without it 300 senders of 1 MiB bodies took
@@ -227,9 +229,10 @@ pub async fn read(
     // Within the limit, so it fits a usize.
     let expected = declared.map(|n| n as usize);
     let mut held = Held::none(budget);
-    // Bytes are counted as they arrive, a declared length too: counted whole before any byte
-    // came, 64 connections declaring 1 MiB and sending nothing held the whole default budget
-    // for `body_timeout`, and every real webhook got 503 meanwhile (a review's reproduction).
+    // Bytes are counted as they arrive, a declared length whole once under way (`gather`):
+    // counted whole before any byte came, 64 connections declaring 1 MiB and sending nothing
+    // held the whole default budget for `body_timeout`, and every real webhook got 503
+    // meanwhile (a review's reproduction).
     let read = gather(body, limit, expected, &mut held);
     match tokio::time::timeout(timeout, read).await {
         Err(_) => Err(Reject::RequestTimeout),
@@ -237,6 +240,9 @@ pub async fn read(
         Ok(Err(rej)) => Err(rej),
     }
 }
+
+/// Bytes of a declared body that must have arrived before the rest of it is held.
+const RESERVE_AFTER: usize = 64 * 1024;
 
 async fn gather(
     mut body: Incoming,
@@ -255,7 +261,12 @@ async fn gather(
         if total > limit {
             return Err(Reject::BodyTooLarge);
         }
-        if !held.grow_to(total, ROOM_WAIT).await {
+        // Under way: the rest of a declared body is held now, so it can finish.
+        let hold = match expected {
+            Some(n) if total >= n.min(RESERVE_AFTER) => n.max(total),
+            _ => total,
+        };
+        if !held.grow_to(hold, ROOM_WAIT).await {
             return Err(Reject::BodyMemoryFull);
         }
         gathered.push(chunk, expected);

@@ -42,13 +42,7 @@ impl super::Verifier for GithubVerifier {
         })
         .ok_or(VerifyError::InvalidSignature)?;
         let id = preset::header_nonempty(req, "x-github-delivery").map(str::to_string);
-        let event = preset::header_nonempty(req, "x-github-event").unwrap_or("");
-        Ok(preset::verified_unsigned_id(
-            SCHEME,
-            id,
-            Some(i),
-            &[event.as_bytes(), body],
-        ))
+        Ok(preset::verified_unsigned_id(SCHEME, id, Some(i), &[body]))
     }
 
     fn sign(

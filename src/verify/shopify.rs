@@ -52,9 +52,19 @@ impl super::Verifier for ShopifyVerifier {
         .iter()
         .find_map(|h| preset::header_nonempty(req, h))
         .map(str::to_string);
-        let topic = preset::header_nonempty(req, "x-shopify-topic")
+        // The topic tells apart events Shopify sends with byte-identical bodies
+        // (`orders/create` and `orders/updated`). It is not signed, so it is taken as Shopify's
+        // libraries read it (`ORDERS_CREATE`): a capture resent with the topic only re-spelled
+        // (`Orders/Create`, `orders.create`) is the same key.
+        let topic: String = preset::header_nonempty(req, "x-shopify-topic")
             .or_else(|| preset::header_nonempty(req, "shopify-topic"))
-            .unwrap_or("");
+            .unwrap_or("")
+            .chars()
+            .map(|c| match c {
+                '/' | '.' => '_',
+                c => c.to_ascii_uppercase(),
+            })
+            .collect();
         Ok(preset::verified_unsigned_id(
             SCHEME,
             id,
