@@ -450,6 +450,16 @@ async fn a_dead_event_is_discarded_and_only_a_dead_one() {
         );
         up.release();
 
+        // Any spelling of the UUID names the event (an id copied from a tool that upper-cases).
+        let shown = c
+            .get(gw.admin_url(&format!(
+                "/admin/events/{}",
+                dead.to_uppercase().replace('-', "")
+            )))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(shown.status(), 200, "{backend:?}");
         let stdout = events_cli(dir.path(), &gw, &["discard", &dead]);
         assert!(stdout.contains("discarded"), "{stdout}");
 

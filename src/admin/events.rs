@@ -201,6 +201,16 @@ pub async fn list(admin: &Admin, query: Option<&str>) -> Reply {
 /// 404 for an event id the store does not hold. An id hookgate answered with may be gone:
 /// delivered events go after `store.retention`, and a discarded dead one at once (its dedupe
 /// key stays, so a redelivery is still answered as a duplicate with its id).
+/// An event id as the stores spell it (hyphenated, lowercase: they compare it as text),
+/// whatever form of the UUID was sent (`01A2…`, without hyphens, `{…}`, `urn:uuid:…`); anything
+/// else as it came (`unknown_event` says what it is not).
+pub fn spelled(id: &str) -> String {
+    match uuid::Uuid::parse_str(id) {
+        Ok(u) => u.hyphenated().to_string(),
+        Err(_) => id.to_string(),
+    }
+}
+
 /// An id that is not one hookgate gives (a provider's `evt_…`, say: what an operator is
 /// handed at 3 a.m.) is said to be so, with where to look it up, rather than "never recorded".
 fn unknown_event(id: &str) -> Reply {
@@ -471,6 +481,21 @@ pub async fn replay_dead(admin: &Admin, name: &str) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_id_is_taken_in_any_spelling_of_its_uuid() {
+        let id = "01a24fd1-f003-712b-9ee3-10de5f38a24e";
+        for form in [
+            id.to_string(),
+            id.to_uppercase(),
+            id.replace('-', ""),
+            format!("{{{id}}}"),
+            format!("urn:uuid:{id}"),
+        ] {
+            assert_eq!(spelled(&form), id, "{form}");
+        }
+        assert_eq!(spelled("evt_1QfinanceX"), "evt_1QfinanceX");
+    }
 
     #[test]
     fn before_is_an_event_id_in_any_spelling_or_a_time() {

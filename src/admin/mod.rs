@@ -143,9 +143,13 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Reply {
         }
         (&Method::GET, ["admin", "routes"]) => events::routes(admin).await,
         (&Method::GET, ["admin", "events"]) => events::list(admin, req.uri().query()).await,
-        (&Method::GET, ["admin", "events", id]) => events::show(admin, id).await,
-        (&Method::DELETE, ["admin", "events", id]) => events::discard(admin, id).await,
-        (&Method::POST, ["admin", "events", id, "replay"]) => events::replay(admin, id).await,
+        (&Method::GET, ["admin", "events", id]) => events::show(admin, &events::spelled(id)).await,
+        (&Method::DELETE, ["admin", "events", id]) => {
+            events::discard(admin, &events::spelled(id)).await
+        }
+        (&Method::POST, ["admin", "events", id, "replay"]) => {
+            events::replay(admin, &events::spelled(id)).await
+        }
         (&Method::POST, ["admin", "routes", name, "replay-dead"]) => {
             events::replay_dead(admin, name).await
         }
