@@ -237,7 +237,11 @@ impl NatsSink {
     /// out"); a stream with `no_ack` stores the message and never acknowledges it. Both are
     /// permanent, saying so. Asked briefly (in what is left of the attempt): a server that is
     /// gone is not waited for twice.
-    async fn why_no_ack(&self, js: &async_nats::jetstream::Context) -> Option<DeliveryError> {
+    async fn why_no_ack(
+        &self,
+        js: &async_nats::jetstream::Context,
+        deadline: tokio::time::Instant,
+    ) -> Option<DeliveryError> {
         let ask = async {
             match js.stream_by_subject(self.subject.clone()).await {
                 Err(e) if e.kind() == GetStreamByNameErrorKind::NotFound => Some(format!(
@@ -254,10 +258,13 @@ impl NatsSink {
                 Err(_) => None,
             }
         };
-        // The ack's wait took 0.9 of `timeout` and the worker ends the attempt at all of it:
-        // the lookup fits in most of what is left.
-        let left = self.timeout.mul_f64(0.08).min(Duration::from_secs(1));
-        let detail = tokio::time::timeout(left, ask).await.ok().flatten()?;
+        // Within the attempt's time, less a margin for the answer to be recorded as this
+        // attempt's, at most a second.
+        let until = deadline
+            .checked_sub(Duration::from_millis(20))
+            .unwrap_or(deadline)
+            .min(tokio::time::Instant::now() + Duration::from_secs(1));
+        let detail = tokio::time::timeout_at(until, ask).await.ok().flatten()?;
         tracing::error!(route = %self.route, subject = %self.subject, "{detail}");
         Some(DeliveryError::Permanent {
             status: None,
@@ -269,6 +276,7 @@ impl NatsSink {
         &self,
         js: &async_nats::jetstream::Context,
         e: PublishError,
+        deadline: tokio::time::Instant,
     ) -> DeliveryError {
         let kind = e.kind();
         let retry = |detail: String| DeliveryError::Retryable {
@@ -292,7 +300,7 @@ impl NatsSink {
             };
         }
         if kind == PublishErrorKind::TimedOut {
-            if let Some(permanent) = self.why_no_ack(js).await {
+            if let Some(permanent) = self.why_no_ack(js, deadline).await {
                 return permanent;
             }
         }
@@ -336,6 +344,9 @@ impl Sink for NatsSink {
     }
 
     async fn deliver(&self, ev: &Event, attempt: u32) -> Result<Receipt, DeliveryError> {
+        // The worker ends the attempt at `timeout`; what is decided after the publish (the
+        // no-ack lookup) must fit before that.
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let (token, js) = self.context().await?;
         let headers = self.headers(ev, attempt);
         // JetStream's publish does not check the server's max_payload; the server answers a
@@ -367,7 +378,7 @@ impl Sink for NatsSink {
                 ) {
                     self.discard(&token).await;
                 }
-                Err(self.classify(&js, e).await)
+                Err(self.classify(&js, e, deadline).await)
             }
         }
     }
