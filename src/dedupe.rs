@@ -92,9 +92,7 @@ pub fn replay_key(cfg: &DedupeConfig, verified: &Verified, key: &str) -> Option<
     if !matches!(cfg.key, DedupeKeySpec::Auto) {
         return None;
     }
-    if !key.starts_with("id:") {
-        return None;
-    }
+    // Only presets set `replay_key`: the generic scheme's `header:` key never gets one.
     verified.replay_key.clone().filter(|a| a != key)
 }
 
@@ -209,9 +207,23 @@ mod tests {
         };
         assert_eq!(replay_key(&auto, &unsigned, "id:d-1"), Some(signed.clone()));
         assert_eq!(
-            replay_key(&auto, &unsigned, "header:k1"),
+            replay_key(&auto, &verified(None), "header:k1"),
             None,
             "the generic scheme's Idempotency-Key is the sender's word"
+        );
+        assert_eq!(
+            replay_key(&auto, &unsigned, &body_sha256(b"{}")),
+            None,
+            "the key itself"
+        );
+        let without_id = Verified {
+            replay_key: Some("signed:1".into()),
+            ..verified(None)
+        };
+        assert_eq!(
+            replay_key(&auto, &without_id, &body_sha256(b"x")),
+            Some("signed:1".into()),
+            "a capture resent without its id matches by what is signed"
         );
         assert_eq!(
             replay_key(&auto, &verified(Some("evt_1")), "id:evt_1"),

@@ -181,6 +181,20 @@ async fn below_min_free_space_new_events_get_503_until_a_reload_lowers_it() {
     );
 
     gw.reload(&cfg(free * 2), "ok").await;
+    // Not ready once it has no room (the idle look at the disk, every 5 s), before an event
+    // comes to be refused.
+    wait_until(
+        Duration::from_secs(20),
+        "/readyz 503 after the reload",
+        || async {
+            reqwest::get(gw.admin_url("/readyz"))
+                .await
+                .unwrap()
+                .status()
+                == 503
+        },
+    )
+    .await;
     let r = send("second").await.unwrap();
     assert_eq!(r.status(), 503);
     assert!(

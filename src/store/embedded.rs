@@ -552,8 +552,11 @@ impl DiskGuard {
             self.room = if self.low { 0 } else { above };
             ended
         };
-        // Before the caller logs the end: `/readyz` agrees with the log from then on.
-        self.refusing.store(self.low, Ordering::Relaxed);
+        // Before the caller logs the end: `/readyz` agrees with the log from then on. No room
+        // at all (a reload raised the reserve above what is free) is not ready either, before
+        // an event comes to be refused.
+        self.refusing
+            .store(self.low || (min != 0 && self.room == 0), Ordering::Relaxed);
         ended
     }
 }

@@ -123,15 +123,14 @@ pub(crate) fn verified_unsigned_id(
     parts: &[&[u8]],
 ) -> Verified {
     use sha2::{Digest, Sha256};
+    // With or without an id: a capture resent with the id header left out must match too.
     let mut v = verified(scheme, event_id, secret_index);
-    if v.event_id.is_some() {
-        let mut h = Sha256::new();
-        for p in parts {
-            h.update((p.len() as u64).to_be_bytes());
-            h.update(p);
-        }
-        v.replay_key = Some(format!("signed:{}", hex::encode(h.finalize())));
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
     }
+    v.replay_key = Some(format!("signed:{}", hex::encode(h.finalize())));
     v
 }
 
