@@ -78,7 +78,14 @@ pub fn derive(
     match found {
         Some(k) => Ok(Some(k)),
         None if cfg.required => Err(MissingKey),
-        None => Ok(Some(body_sha256(body))),
+        // Where the verifier keyed what its signature covers, that is the fallback: a Twilio
+        // GET's body is empty, so its body's hash was every GET's key.
+        None => Ok(Some(
+            verified
+                .replay_key
+                .clone()
+                .unwrap_or_else(|| body_sha256(body)),
+        )),
     }
 }
 
@@ -236,6 +243,24 @@ mod tests {
         );
         let named = cfg(DedupeKeySpec::Header("x-key".parse().unwrap()), false);
         assert_eq!(replay_key(&named, &unsigned, "header:k1"), None);
+    }
+
+    #[test]
+    fn without_an_id_the_signed_key_is_the_fallback() {
+        let v = Verified {
+            replay_key: Some("signed:abc".into()),
+            ..verified(None)
+        };
+        let auto = cfg(DedupeKeySpec::Auto, false);
+        assert_eq!(
+            derive(&auto, &v, &HeaderMap::new(), b""),
+            Ok(Some("signed:abc".into()))
+        );
+        assert_eq!(
+            replay_key(&auto, &v, "signed:abc"),
+            None,
+            "one key, not two"
+        );
     }
 
     #[test]
