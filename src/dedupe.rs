@@ -93,8 +93,10 @@ pub fn derive(
 /// header its signature does not cover (`Verified::replay_key`). A request matching either key
 /// is a duplicate, so a captured request sent again under a fresh id is one, while the
 /// provider's own retries still match by id (even where a retry's signed content changes, as
-/// with a fresh signed timestamp). Only for `auto`'s provider ids: a key the operator named,
-/// and the generic scheme's `Idempotency-Key` (SPEC §3), are taken as the sender's word.
+/// with a fresh signed timestamp). Only under `auto`, beside a provider's id or its body's hash
+/// (without an id `derive` gives the `signed:` key itself, and none is added): a key the
+/// operator named, and the generic scheme's `Idempotency-Key` (SPEC §3), are taken as the
+/// sender's word.
 pub fn replay_key(cfg: &DedupeConfig, verified: &Verified, key: &str) -> Option<String> {
     if !matches!(cfg.key, DedupeKeySpec::Auto) {
         return None;

@@ -1335,13 +1335,23 @@ async fn nats_a_message_over_the_streams_max_msg_size_is_permanent_and_holds_not
         .await
         .unwrap();
     let gw = gateway(&format!("url = {:?}\nsubject = \"small.in\"", n.url()));
-    let big = gw.post(vec![b'x'; 4096]).await;
+    too_large_is_dead_at_once_and_the_next_delivered(&gw, 4096, "max_msg_size").await;
+}
+
+/// An event of `size` bytes dies at its first attempt, the detail naming `setting`, and a
+/// small one after it on the route is delivered.
+async fn too_large_is_dead_at_once_and_the_next_delivered(
+    gw: &Gateway,
+    size: usize,
+    setting: &str,
+) {
+    let big = gw.post(vec![b'x'; size]).await;
     let ev = gw.wait_outcome(&big, "dead").await;
     let log = ev["attempt_log"].as_array().unwrap();
     assert_eq!(log.len(), 1, "permanent at once: {ev:#}");
     let detail = log[0]["detail"].as_str().unwrap();
     assert!(
-        detail.contains("too large") && detail.contains("max_msg_size"),
+        detail.contains("too large") && detail.contains(setting),
         "{detail}"
     );
     let small = gw.post(b"small".to_vec()).await;
@@ -1361,17 +1371,7 @@ async fn amqp_a_message_over_max_message_size_is_permanent_and_holds_nothing_bac
         "url = {:?}\nexchange = {name:?}\nrouting_key = \"rk\"",
         amqp_url()
     ));
-    let big = gw.post(vec![b'x'; 600 * 1024]).await;
-    let ev = gw.wait_outcome(&big, "dead").await;
-    let log = ev["attempt_log"].as_array().unwrap();
-    assert_eq!(log.len(), 1, "permanent at once: {ev:#}");
-    let detail = log[0]["detail"].as_str().unwrap();
-    assert!(
-        detail.contains("too large") && detail.contains("max_message_size"),
-        "{detail}"
-    );
-    let small = gw.post(b"small".to_vec()).await;
-    gw.wait_outcome(&small, "delivered").await;
+    too_large_is_dead_at_once_and_the_next_delivered(&gw, 600 * 1024, "max_message_size").await;
 }
 
 /// A peer that accepts AMQP connections but never answers (a proxy with nothing behind it):

@@ -101,6 +101,15 @@ impl Circuit {
 mod tests {
     use super::*;
 
+    /// A circuit just opened at `t0` by `THRESHOLD` failures in a row.
+    fn opened(t0: Instant) -> Circuit {
+        let mut c = Circuit::default();
+        for _ in 0..THRESHOLD {
+            c.on_failure(t0, false);
+        }
+        c
+    }
+
     #[test]
     fn opens_probes_and_closes() {
         let t0 = Instant::now();
@@ -143,10 +152,7 @@ mod tests {
     #[test]
     fn a_late_failure_of_an_attempt_sent_before_opening_is_not_the_probes_answer() {
         let t0 = Instant::now();
-        let mut c = Circuit::default();
-        for _ in 0..THRESHOLD {
-            c.on_failure(t0, false);
-        }
+        let mut c = opened(t0);
         let t1 = t0 + FIRST_COOLDOWN;
         c.probe_started();
         assert_eq!(c.on_failure(t1, false), None, "not the probe's answer");
@@ -161,11 +167,8 @@ mod tests {
     #[test]
     fn an_operators_replay_ends_the_pause() {
         let t0 = Instant::now();
-        let mut c = Circuit::default();
-        assert!(!c.end_pause(t0), "closed: nothing to end");
-        for _ in 0..THRESHOLD {
-            c.on_failure(t0, false);
-        }
+        assert!(!Circuit::default().end_pause(t0), "closed: nothing to end");
+        let mut c = opened(t0);
         assert_eq!(c.allowance(8, t0), 0);
         assert!(c.end_pause(t0));
         assert_eq!(c.allowance(8, t0), 1, "the probe may go now");
@@ -176,10 +179,7 @@ mod tests {
     #[test]
     fn a_probe_that_got_no_answer_lets_the_next_one_through() {
         let t0 = Instant::now();
-        let mut c = Circuit::default();
-        for _ in 0..THRESHOLD {
-            c.on_failure(t0, false);
-        }
+        let mut c = opened(t0);
         let t1 = t0 + FIRST_COOLDOWN;
         c.probe_started();
         assert_eq!((c.allowance(8, t1), c.reopens_at()), (0, None), "probing");

@@ -186,11 +186,6 @@ sign = { scheme = "slack", secret = "8f742231b10e8888abcd99yyyzzz85a5" }
 "#,
         )
         .unwrap();
-        let now = std::time::SystemTime::now();
-        let secs = now
-            .duration_since(std::time::SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
         for route in &cfg.routes {
             let s = route.forward.sign.as_ref().unwrap();
             let body = br#"{"id":"evt_1","type":"x"}"#;
@@ -199,10 +194,7 @@ sign = { scheme = "slack", secret = "8f742231b10e8888abcd99yyyzzz85a5" }
             // replaced, not kept beside the fresh one.
             h.insert("stripe-signature", HeaderValue::from_static("t=1,v1=00"));
             h.insert("x-slack-signature", HeaderValue::from_static("v0=00"));
-            sign(&s.scheme, &s.secret, "e", secs, body, &mut h);
-            let mut req = http::Request::post("/").body(()).unwrap();
-            *req.headers_mut() = h;
-            let (parts, ()) = req.into_parts();
+            let (now, parts) = signed_now(&s.scheme, &s.secret, body, h);
             assert!(
                 route.verifier.verify(&parts, body, now).is_ok(),
                 "{}: {:?}",
@@ -211,6 +203,24 @@ sign = { scheme = "slack", secret = "8f742231b10e8888abcd99yyyzzz85a5" }
             );
             assert!(route.verifier.verify(&parts, b"{}", now).is_err());
         }
+    }
+
+    /// A request whose `headers` were signed for `body` by `scheme` now, and that instant.
+    fn signed_now(
+        scheme: &str,
+        key: &Secret,
+        body: &[u8],
+        mut headers: HeaderMap,
+    ) -> (std::time::SystemTime, http::request::Parts) {
+        let now = std::time::SystemTime::now();
+        let secs = now
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        sign(scheme, key, "msg_1", secs, body, &mut headers);
+        let mut req = http::Request::post("/").body(()).unwrap();
+        *req.headers_mut() = headers;
+        (now, req.into_parts().0)
     }
 
     #[test]
@@ -233,16 +243,7 @@ sign = { scheme = "standard-webhooks", secret = "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS
         .unwrap();
         let route = &cfg.routes[0];
         let key = &route.forward.sign.as_ref().unwrap().secret;
-        let now = std::time::SystemTime::now();
-        let secs = now
-            .duration_since(std::time::SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
-        let mut h = HeaderMap::new();
-        sign("standard-webhooks", key, "msg_1", secs, b"{}", &mut h);
-        let mut req = http::Request::post("/a").body(()).unwrap();
-        *req.headers_mut() = h;
-        let (parts, ()) = req.into_parts();
+        let (now, parts) = signed_now("standard-webhooks", key, b"{}", HeaderMap::new());
         assert!(route.verifier.verify(&parts, b"{}", now).is_ok());
     }
 }
