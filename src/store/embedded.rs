@@ -1428,7 +1428,7 @@ fn accept_tx(
     dups: &mut Vec<(String, i64)>,
 ) -> rusqlite::Result<Option<Accept>> {
     if let Some(k) = key {
-        for key in std::iter::once(&k.key).chain(&k.also) {
+        for key in k.keys() {
             if let Some(original) = keys.seen(tx, &ev.route, key, ev.received_at_ms)? {
                 dups.push((original.clone(), ev.received_at_ms));
                 return Ok(Some(Accept::Duplicate(original)));
@@ -1441,7 +1441,7 @@ fn accept_tx(
     }
     *room -= cost;
     if let Some(k) = key {
-        for key in std::iter::once(&k.key).chain(&k.also) {
+        for key in k.keys() {
             keys.insert(tx, &ev.route, key, &ev.id, k.expires_at_ms)?;
         }
     }

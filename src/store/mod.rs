@@ -37,6 +37,13 @@ pub struct DedupeKey {
     pub expires_at_ms: i64,
 }
 
+impl DedupeKey {
+    /// The key, then `also` if there is one: each is checked, and each recorded.
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.key).chain(&self.also)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Accept {
     Accepted(EventId),

@@ -652,9 +652,8 @@ impl Store for RedisStore {
             .key(k.state(&ev.route, State::Pending));
         let ttl = match &dedupe {
             Some(d) => {
-                inv.key(k.dedupe(&ev.route, &d.key));
-                if let Some(also) = &d.also {
-                    inv.key(k.dedupe(&ev.route, also));
+                for key in d.keys() {
+                    inv.key(k.dedupe(&ev.route, key));
                 }
                 (d.expires_at_ms - ev.received_at_ms).max(1)
             }
