@@ -11,6 +11,9 @@ use crate::verify::Verified;
 #[derive(Debug, PartialEq, Eq)]
 pub struct MissingKey;
 
+/// `key = "none"`: the route records no key.
+struct NoKey;
+
 /// The one scheme whose `auto` key may come from the `Idempotency-Key` header.
 const GENERIC_HMAC: &str = "hmac";
 
@@ -54,26 +57,14 @@ pub fn derive(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Option<String>, MissingKey> {
-    let found = match &cfg.key {
-        DedupeKeySpec::None => return Ok(None),
-        DedupeKeySpec::BodySha256 => return Ok(Some(body_sha256(body))),
-        DedupeKeySpec::Header(name) => {
-            header_value(headers, name.as_str()).map(|v| format!("header:{v}"))
-        }
-        DedupeKeySpec::Json(ptr) => json_value(body, ptr).map(|v| format!("json:{v}")),
-        // SPEC §3: the preset's event id; for the generic `hmac` scheme only, the sender's
-        // `Idempotency-Key` (a preset's signature does not cover that header, so honouring it
-        // would let a captured request be replayed under a fresh key).
-        DedupeKeySpec::Auto => verified
-            .event_id
-            .clone()
-            .map(|id| format!("id:{id}"))
-            .or_else(|| {
-                (verified.scheme == GENERIC_HMAC)
-                    .then(|| header_value(headers, "idempotency-key"))
-                    .flatten()
-                    .map(|v| format!("header:{v}"))
-            }),
+    let Ok(found) = found(
+        cfg,
+        verified.scheme,
+        verified.event_id.as_deref(),
+        headers,
+        body,
+    ) else {
+        return Ok(None);
     };
     match found {
         Some(k) => Ok(Some(k)),
@@ -87,6 +78,46 @@ pub fn derive(
                 .unwrap_or_else(|| body_sha256(body)),
         )),
     }
+}
+
+/// The key a request that failed verification would have been recorded under, from the event
+/// id it claims (`Verifier::claims`), for its log line; `None` where only the fallback would
+/// have keyed it (that hash would find nothing an operator is asked about).
+pub fn claimed(
+    cfg: &DedupeConfig,
+    scheme: &'static str,
+    event_id: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Option<String> {
+    found(cfg, scheme, event_id, headers, body).ok().flatten()
+}
+
+/// The key `cfg.key` names, if the request has it; `Err` for `key = "none"`.
+fn found(
+    cfg: &DedupeConfig,
+    scheme: &str,
+    event_id: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Option<String>, NoKey> {
+    Ok(match &cfg.key {
+        DedupeKeySpec::None => return Err(NoKey),
+        DedupeKeySpec::BodySha256 => Some(body_sha256(body)),
+        DedupeKeySpec::Header(name) => {
+            header_value(headers, name.as_str()).map(|v| format!("header:{v}"))
+        }
+        DedupeKeySpec::Json(ptr) => json_value(body, ptr).map(|v| format!("json:{v}")),
+        // SPEC §3: the preset's event id; for the generic `hmac` scheme only, the sender's
+        // `Idempotency-Key` (a preset's signature does not cover that header, so honouring it
+        // would let a captured request be replayed under a fresh key).
+        DedupeKeySpec::Auto => event_id.map(|id| format!("id:{id}")).or_else(|| {
+            (scheme == GENERIC_HMAC)
+                .then(|| header_value(headers, "idempotency-key"))
+                .flatten()
+                .map(|v| format!("header:{v}"))
+        }),
+    })
 }
 
 /// A second key to record beside `key` (what `derive` gave) when a provider's id comes from a
@@ -125,6 +156,57 @@ mod tests {
             secret_index: None,
             replay_key: None,
         }
+    }
+
+    /// A refused request's key, for its log line: as `derive` would give it, but never the
+    /// fallback hash of the body (nothing an operator asks about).
+    #[test]
+    fn a_claimed_key_is_derived_without_the_fallback() {
+        let mut h = HeaderMap::new();
+        let body = br#"{"s":"x"}"#;
+        let auto = cfg(DedupeKeySpec::Auto, false);
+        assert_eq!(
+            claimed(&auto, "stripe", Some("evt_1"), &h, body),
+            Some("id:evt_1".into())
+        );
+        assert_eq!(claimed(&auto, "stripe", None, &h, body), None);
+        assert_eq!(claimed(&auto, "hmac", None, &h, body), None);
+        h.insert("idempotency-key", "k1".parse().unwrap());
+        assert_eq!(
+            claimed(&auto, "hmac", None, &h, body),
+            Some("header:k1".into())
+        );
+        assert_eq!(claimed(&auto, "github", None, &h, body), None);
+        assert_eq!(
+            claimed(
+                &cfg(DedupeKeySpec::Json("/s".into()), true),
+                "hmac",
+                None,
+                &h,
+                body
+            ),
+            Some("json:x".into())
+        );
+        assert_eq!(
+            claimed(
+                &cfg(DedupeKeySpec::BodySha256, false),
+                "hmac",
+                None,
+                &h,
+                body
+            ),
+            Some(body_sha256(body))
+        );
+        assert_eq!(
+            claimed(
+                &cfg(DedupeKeySpec::None, false),
+                "hmac",
+                Some("e"),
+                &h,
+                body
+            ),
+            None
+        );
     }
 
     #[test]

@@ -164,6 +164,21 @@ impl Gateway {
         (status, resp.text().await.unwrap())
     }
 
+    /// The first line of the gateway's log that has every one of `needles`, waited for up to
+    /// 10 s (a line is written before its answer, but the file is read from another process).
+    fn log_line(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default();
+            if let Some(l) = log.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return l.to_string();
+            }
+            assert!(Instant::now() < deadline, "no line with {needles:?}: {log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn body_file(&self, body: &[u8]) -> PathBuf {
         let p = self
             .dir
@@ -672,4 +687,66 @@ async fn an_identical_copy_of_a_stripe_event_warns_as_a_possible_replay() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(log().contains("WARN"), "{}", log());
+}
+
+/// A refused request's log line names the event id it claims, as the dedupe key it would have
+/// had (`key="id:…"`, as on an accepted request's line), so "did evt_… ever come?" finds it;
+/// and a refused timestamp says how far it is from this host's clock (`skew_s`, seconds
+/// behind; negative: ahead), which tells a capture or a late retry from a wrong clock.
+#[tokio::test]
+async fn a_refused_request_is_logged_with_the_id_it_claims_and_its_skew() {
+    require_sdks();
+    let gw = Gateway::start();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let stripe = |id: &str, at: u64| {
+        let body = format!(r#"{{"id":"{id}","object":"event"}}"#);
+        let at = at.to_string();
+        let (headers, _) = gw.sdk_sign(
+            "python",
+            "stripe",
+            "whsec_e2e",
+            body.as_bytes(),
+            &["--timestamp", &at],
+        );
+        (headers, body)
+    };
+    let (old, old_body) = stripe("evt_late", now - 600);
+    assert_eq!(gw.post("/stripe", &old, old_body.as_bytes()).await.0, 401);
+    let (ahead, ahead_body) = stripe("evt_ahead", now + 900);
+    assert_eq!(
+        gw.post("/stripe", &ahead, ahead_body.as_bytes()).await.0,
+        401
+    );
+    let (fresh, fresh_body) = stripe("evt_forged", now);
+    // Changed on its way, still JSON (a body that is not JSON claims no id).
+    let forged = fresh_body.replace("\"event\"", "\"events\"");
+    assert_eq!(gw.post("/stripe", &fresh, forged.as_bytes()).await.0, 401);
+    let body = br#"{"action":"opened"}"#;
+    let (mut github, _) = gw.sdk_sign("node", "github", "gh-secret", body, &[]);
+    github.retain(|(k, _)| !k.eq_ignore_ascii_case("X-GitHub-Delivery"));
+    github.push(("X-GitHub-Delivery".into(), "d-refused".into()));
+    assert_eq!(gw.post("/github", &github, &tampered(body)).await.0, 401);
+
+    let line = |key: &str| gw.log_line(&[&format!(" key=\"id:{key}\"")]);
+    let late = line("evt_late");
+    assert!(late.contains("outcome=\"stale_timestamp\""), "{late}");
+    let skew = |l: &str| -> i64 {
+        let v = l.split(" skew_s=").nth(1).unwrap_or_else(|| panic!("{l}"));
+        v.split(' ').next().unwrap().parse().unwrap()
+    };
+    assert!((600..=605).contains(&skew(&late)), "{late}");
+    assert!(late.contains("behind this host's clock"), "{late}");
+    let ahead = line("evt_ahead");
+    assert!((-900..=-895).contains(&skew(&ahead)), "{ahead}");
+    assert!(ahead.contains("ahead of this host's clock"), "{ahead}");
+    for (key, l) in [
+        ("evt_forged", line("evt_forged")),
+        ("d-refused", line("d-refused")),
+    ] {
+        assert!(l.contains("outcome=\"invalid_signature\""), "{key}: {l}");
+        assert!(!l.contains("skew_s="), "{key}: {l}");
+    }
 }

@@ -122,6 +122,17 @@ pub async fn handle(ctx: Arc<Ingress>, peer: SocketAddr, req: Request<Incoming>)
                     latency_ms,
                     "request refused: the bodies being received fill server.max_body_memory; answered 503, to be retried"
                 );
+            } else if let Reject::Verify(e, claimed) = &rej {
+                tracing::warn!(
+                    route = name,
+                    outcome = rej.code(),
+                    key = %Key(claimed.key.clone()),
+                    skew_s = claimed.skew_secs,
+                    client = %peer.ip().to_canonical(),
+                    latency_ms,
+                    "{}",
+                    refusal(*e, claimed.skew_secs)
+                );
             } else {
                 tracing::warn!(route = name, outcome = rej.code(), client = %peer.ip().to_canonical(), latency_ms, "request rejected");
             }
@@ -168,7 +179,7 @@ async fn process(
     let now = SystemTime::now();
 
     if let Some(hs) = cfg.verifier.handshake(&parts, &body, now) {
-        let hs = hs.map_err(Reject::Verify)?;
+        let hs = hs.map_err(|e| refused(route, &parts, &body, now, e))?;
         let mut reply = reject::json(hs.status, String::new());
         *reply.body_mut() = http_body_util::Full::new(hs.body);
         reply.headers_mut().insert(
@@ -180,7 +191,7 @@ async fn process(
     let verified = cfg
         .verifier
         .verify(&parts, &body, now)
-        .map_err(Reject::Verify)?;
+        .map_err(|e| refused(route, &parts, &body, now, e))?;
     if let Some(i) = verified.secret_index {
         route.metrics.secret_matched(i);
     }
@@ -223,6 +234,61 @@ async fn process(
             tracing::error!(route = %cfg.name, error = %e, "store refused the event");
             Err(Reject::Unavailable)
         }
+    }
+}
+
+/// A verification failure, with what the request claimed for its log line.
+fn refused(
+    route: &Route,
+    parts: &http::request::Parts,
+    body: &[u8],
+    now: SystemTime,
+    e: crate::verify::VerifyError,
+) -> Reject {
+    let cfg = &route.cfg;
+    let claims = cfg.verifier.claims(parts, body);
+    let key = dedupe::claimed(
+        &cfg.dedupe,
+        cfg.verifier.scheme(),
+        claims.event_id.as_deref(),
+        &parts.headers,
+        body,
+    );
+    let skew_secs = match e {
+        crate::verify::VerifyError::StaleTimestamp => claims.signed_at.map(|at| {
+            let now = now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            (now.as_secs() as i64).saturating_sub(at)
+        }),
+        _ => None,
+    };
+    Reject::Verify(e, Box::new(reject::Claimed { key, skew_secs }))
+}
+
+/// What a verification failure tells the operator reading its log line (`key` there is the
+/// request's claim, not verified).
+fn refusal(e: crate::verify::VerifyError, skew_secs: Option<i64>) -> &'static str {
+    use crate::verify::VerifyError::*;
+    match (e, skew_secs) {
+        (MissingSignature, _) => {
+            "request rejected: no signature where the route's scheme expects one (a sender not \
+             set up to sign, or sent to the wrong route)"
+        }
+        (InvalidSignature, _) => {
+            "request rejected: the signature matches none of the route's secrets (a wrong or \
+             rotated secret, a body changed on its way, or a forgery)"
+        }
+        (StaleTimestamp, Some(s)) if s >= 0 => {
+            "request rejected: its signed timestamp is skew_s seconds behind this host's clock, \
+             beyond the route's tolerance (a capture sent again, an old request retried with its \
+             first signature, or a clock that is wrong)"
+        }
+        (StaleTimestamp, Some(_)) => {
+            "request rejected: its signed timestamp is -skew_s seconds ahead of this host's \
+             clock, beyond the route's tolerance (the sender's clock or this host's is wrong)"
+        }
+        (StaleTimestamp, None) => "request rejected: no signed timestamp that can be read",
     }
 }
 

@@ -11,6 +11,15 @@ use crate::verify::VerifyError;
 
 pub type Reply = Response<Full<Bytes>>;
 
+/// What a request refused by verification claimed, unverified: the dedupe key it would have
+/// been recorded under and, for a refused timestamp, how many seconds it lies behind this
+/// host's clock (negative: ahead). Only logged.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Claimed {
+    pub key: Option<String>,
+    pub skew_secs: Option<i64>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reject {
     NotFound,
@@ -18,7 +27,8 @@ pub enum Reject {
     Forbidden,
     RateLimited(Duration),
     BodyTooLarge,
-    Verify(VerifyError),
+    /// Verification failed; what the request claimed, for the log line.
+    Verify(VerifyError, Box<Claimed>),
     MissingDedupeKey,
     Unavailable,
     /// The bytes of bodies being received, all routes together, fill
@@ -46,7 +56,7 @@ impl Reject {
             Reject::Forbidden => "forbidden",
             Reject::RateLimited(_) => "rate_limited",
             Reject::BodyTooLarge => "body_too_large",
-            Reject::Verify(e) => e.code(),
+            Reject::Verify(e, _) => e.code(),
             Reject::MissingDedupeKey => "missing_dedupe_key",
             Reject::Unavailable | Reject::BodyMemoryFull => "unavailable",
             Reject::RequestTimeout => "request_timeout",
@@ -73,7 +83,7 @@ impl Reject {
             Reject::Forbidden => StatusCode::FORBIDDEN,
             Reject::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Reject::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Reject::Verify(_) => StatusCode::UNAUTHORIZED,
+            Reject::Verify(..) => StatusCode::UNAUTHORIZED,
             Reject::MissingDedupeKey | Reject::BadRequest => StatusCode::BAD_REQUEST,
             Reject::Unavailable | Reject::BodyMemoryFull => StatusCode::SERVICE_UNAVAILABLE,
             Reject::RequestTimeout => StatusCode::REQUEST_TIMEOUT,

@@ -63,6 +63,13 @@ impl super::Verifier for DiscordVerifier {
         SCHEME
     }
 
+    fn claims(&self, req: &Parts, body: &[u8]) -> super::Claims {
+        preset::claims(
+            preset::json_field(body, "id"),
+            preset::header_nonempty(req, "x-signature-timestamp"),
+        )
+    }
+
     fn verify(&self, req: &Parts, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {
         let h = preset::header_nonempty(req, "x-signature-ed25519")
             .ok_or(VerifyError::MissingSignature)?;

@@ -25,9 +25,18 @@ pub fn build(raw: &RawVerify, at: &str, p: &mut Problems) -> Option<GithubVerifi
     (!secrets.is_empty()).then_some(GithubVerifier { secrets })
 }
 
+/// GitHub's delivery id, the same on a redelivery; not signed.
+fn delivery(req: &Parts) -> Option<String> {
+    preset::header_nonempty(req, "x-github-delivery").map(str::to_string)
+}
+
 impl super::Verifier for GithubVerifier {
     fn scheme(&self) -> &'static str {
         SCHEME
+    }
+
+    fn claims(&self, req: &Parts, _body: &[u8]) -> super::Claims {
+        preset::claims(delivery(req), None)
     }
 
     fn verify(&self, req: &Parts, body: &[u8], _now: SystemTime) -> Result<Verified, VerifyError> {
@@ -41,8 +50,12 @@ impl super::Verifier for GithubVerifier {
             crypto::ct_eq(&sig, &crypto::mac(Algorithm::Sha256, s, &[body]))
         })
         .ok_or(VerifyError::InvalidSignature)?;
-        let id = preset::header_nonempty(req, "x-github-delivery").map(str::to_string);
-        Ok(preset::verified_unsigned_id(SCHEME, id, Some(i), &[body]))
+        Ok(preset::verified_unsigned_id(
+            SCHEME,
+            delivery(req),
+            Some(i),
+            &[body],
+        ))
     }
 
     fn sign(

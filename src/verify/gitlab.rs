@@ -58,9 +58,24 @@ pub fn build(raw: &RawVerify, at: &str, p: &mut Problems) -> Option<GitlabVerifi
     })
 }
 
+/// The id of a token-mode GitLab event: its `Idempotency-Key` (the same on every retry), else
+/// its event UUID; neither is signed.
+fn event_uuid(req: &Parts) -> Option<String> {
+    preset::header_nonempty(req, "idempotency-key")
+        .or_else(|| preset::header_nonempty(req, "x-gitlab-event-uuid"))
+        .map(str::to_string)
+}
+
 impl super::Verifier for GitlabVerifier {
     fn scheme(&self) -> &'static str {
         SCHEME
+    }
+
+    fn claims(&self, req: &Parts, body: &[u8]) -> super::Claims {
+        if req.headers.contains_key("webhook-signature") {
+            return self.signed.claims(req, body);
+        }
+        preset::claims(event_uuid(req), None)
     }
 
     fn credential_header(&self) -> Option<&str> {
@@ -78,9 +93,7 @@ impl super::Verifier for GitlabVerifier {
             preset::header_nonempty(req, TOKEN_HEADER).ok_or(VerifyError::MissingSignature)?;
         let i = find_secret(&self.secrets, |s| preset::token_eq(token.as_bytes(), s))
             .ok_or(VerifyError::InvalidSignature)?;
-        let id = preset::header_nonempty(req, "idempotency-key")
-            .or_else(|| preset::header_nonempty(req, "x-gitlab-event-uuid"))
-            .map(str::to_string);
+        let id = event_uuid(req);
         // The token signs nothing: a key over the body would stop no forgery, only merge two
         // real events with equal bodies ("Test hook" pressed twice).
         Ok(preset::verified(SCHEME, id, Some(i)))

@@ -33,9 +33,21 @@ fn body_timestamp(body: &[u8]) -> Option<i64> {
     doc.get("webhookTimestamp")?.as_i64()
 }
 
+/// Linear's delivery id; not signed.
+fn delivery(req: &Parts) -> Option<String> {
+    preset::header_nonempty(req, "linear-delivery").map(str::to_string)
+}
+
 impl super::Verifier for LinearVerifier {
     fn scheme(&self) -> &'static str {
         SCHEME
+    }
+
+    fn claims(&self, req: &Parts, body: &[u8]) -> super::Claims {
+        super::Claims {
+            event_id: delivery(req),
+            signed_at: body_timestamp(body).map(|ms| ms.div_euclid(1000)),
+        }
     }
 
     fn verify(&self, req: &Parts, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {
@@ -50,8 +62,12 @@ impl super::Verifier for LinearVerifier {
         .ok_or(VerifyError::InvalidSignature)?;
         let ts = body_timestamp(body).ok_or(VerifyError::StaleTimestamp)?;
         check_fresh(ts, Duration::from_millis(1), now, self.tolerance)?;
-        let id = preset::header_nonempty(req, "linear-delivery").map(str::to_string);
-        Ok(preset::verified_unsigned_id(SCHEME, id, Some(i), &[body]))
+        Ok(preset::verified_unsigned_id(
+            SCHEME,
+            delivery(req),
+            Some(i),
+            &[body],
+        ))
     }
 
     /// The body must carry a current `webhookTimestamp` (ms) for the request to pass.

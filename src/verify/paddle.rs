@@ -39,6 +39,12 @@ impl super::Verifier for PaddleVerifier {
         SCHEME
     }
 
+    fn claims(&self, req: &Parts, body: &[u8]) -> super::Claims {
+        let ts = preset::header_nonempty(req, "paddle-signature")
+            .and_then(|h| preset::timestamp_and_hex_signatures(h, ';', "ts", "h1").0);
+        preset::claims(preset::json_field(body, "event_id"), ts)
+    }
+
     fn verify(&self, req: &Parts, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {
         let h = preset::header_nonempty(req, "paddle-signature")
             .ok_or(VerifyError::MissingSignature)?;

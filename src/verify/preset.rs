@@ -65,6 +65,14 @@ pub(crate) fn parse_ts(s: &str) -> Result<i64, VerifyError> {
     s.parse().map_err(|_| VerifyError::StaleTimestamp)
 }
 
+/// A request's [`super::Claims`] from its event id and its timestamp's text (unix seconds).
+pub(crate) fn claims(event_id: Option<String>, ts: Option<&str>) -> super::Claims {
+    super::Claims {
+        event_id: event_id.filter(|s| !s.is_empty()),
+        signed_at: ts.and_then(|t| parse_ts(t).ok()),
+    }
+}
+
 /// Checks `ts` (in `unit`s since the epoch) against `now ± tolerance`, both directions.
 pub(crate) fn check_fresh(
     ts: i64,
@@ -134,14 +142,46 @@ pub(crate) fn verified_unsigned_id(
     v
 }
 
-/// A top-level field of a JSON object body as text; call only on verified bytes.
+/// A top-level string or number field of a JSON object body, as text (the last one where the
+/// key repeats, as a parsed document would have it); `None` for anything else, including
+/// a body that is not JSON throughout. The other fields are skipped, not built: the body may
+/// be a forged one, read for a rejection's log line ([`super::Claims`]).
 pub(crate) fn json_field(body: &[u8], key: &str) -> Option<String> {
-    let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
-    match doc.get(key)? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+    use std::borrow::Cow;
+
+    struct Field<'k>(&'k str);
+    impl<'de> Visitor<'de> for Field<'_> {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found = None;
+            while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                if k == self.0 {
+                    found = match map.next_value::<serde_json::Value>()? {
+                        serde_json::Value::String(s) => Some(s),
+                        serde_json::Value::Number(n) => Some(n.to_string()),
+                        _ => None,
+                    };
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(found)
+        }
     }
+    impl<'de> DeserializeSeed<'de> for Field<'_> {
+        type Value = Option<String>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let found = Field(key).deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    found
 }
 
 /// A header as text, non-empty.
@@ -183,6 +223,32 @@ pub(crate) fn token_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_json_field_reads_as_a_parsed_document_would() {
+        let f = |body: &str| json_field(body.as_bytes(), "id");
+        assert_eq!(
+            f(r#"{"id":"evt_1","object":"event"}"#),
+            Some("evt_1".into())
+        );
+        assert_eq!(f(r#"{"data":{"id":"inner"},"id":42}"#), Some("42".into()));
+        assert_eq!(f(r#"{"id":"a\u00e9\"b"}"#), Some("aé\"b".into()));
+        // A repeated key: the last, as serde_json's document keeps it.
+        assert_eq!(f(r#"{"id":"first","id":"last"}"#), Some("last".into()));
+        assert_eq!(f(r#"{"other":[1,{"id":"x"}]}"#), None);
+        for not_one in [
+            r#"{"id":null}"#,
+            r#"{"id":{"x":1}}"#,
+            r#"["id","evt_1"]"#,
+            r#""evt_1""#,
+            r#"{"id":"evt_1"} trailing"#,
+            r#"{"id":"evt_1","broken":}"#,
+            "",
+            "id=evt_1",
+        ] {
+            assert_eq!(f(not_one), None, "{not_one}");
+        }
+    }
 
     #[test]
     fn timestamps() {

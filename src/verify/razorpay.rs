@@ -35,19 +35,27 @@ pub fn build(raw: &RawVerify, at: &str, p: &mut Problems) -> Option<RazorpayVeri
     })
 }
 
+/// Razorpay's event id; not signed.
+fn event_id(req: &Parts) -> Option<String> {
+    header(req, "x-razorpay-event-id")
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
 impl super::Verifier for RazorpayVerifier {
     fn scheme(&self) -> &'static str {
         SCHEME
     }
 
+    fn claims(&self, req: &Parts, _body: &[u8]) -> super::Claims {
+        super::preset::claims(event_id(req), None)
+    }
+
     fn verify(&self, req: &Parts, body: &[u8], _now: SystemTime) -> Result<Verified, VerifyError> {
         let i = self.mac.check(req, body)?;
-        let id = header(req, "x-razorpay-event-id")
-            .filter(|s| !s.is_empty())
-            .map(str::to_string);
         Ok(super::preset::verified_unsigned_id(
             SCHEME,
-            id,
+            event_id(req),
             Some(i),
             &[body],
         ))

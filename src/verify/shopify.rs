@@ -27,9 +27,27 @@ pub fn build(raw: &RawVerify, at: &str, p: &mut Problems) -> Option<ShopifyVerif
     (!secrets.is_empty()).then_some(ShopifyVerifier { secrets })
 }
 
+/// Shopify's event id (the same for every subscription the event reaches) or, from older
+/// senders, its webhook id; not signed.
+fn event_id(req: &Parts) -> Option<String> {
+    [
+        "x-shopify-event-id",
+        "x-shopify-webhook-id",
+        "shopify-event-id",
+        "shopify-webhook-id",
+    ]
+    .iter()
+    .find_map(|h| preset::header_nonempty(req, h))
+    .map(str::to_string)
+}
+
 impl super::Verifier for ShopifyVerifier {
     fn scheme(&self) -> &'static str {
         SCHEME
+    }
+
+    fn claims(&self, req: &Parts, _body: &[u8]) -> super::Claims {
+        preset::claims(event_id(req), None)
     }
 
     fn verify(&self, req: &Parts, body: &[u8], _now: SystemTime) -> Result<Verified, VerifyError> {
@@ -43,15 +61,7 @@ impl super::Verifier for ShopifyVerifier {
             crypto::ct_eq(&sig, &crypto::mac(Algorithm::Sha256, s, &[body]))
         })
         .ok_or(VerifyError::InvalidSignature)?;
-        let id = [
-            "x-shopify-event-id",
-            "x-shopify-webhook-id",
-            "shopify-event-id",
-            "shopify-webhook-id",
-        ]
-        .iter()
-        .find_map(|h| preset::header_nonempty(req, h))
-        .map(str::to_string);
+        let id = event_id(req);
         // The topic tells apart events Shopify sends with byte-identical bodies
         // (`orders/create` and `orders/updated`). It is not signed, so it is taken as Shopify's
         // libraries read it (`ORDERS_CREATE`): a capture resent with the topic only re-spelled

@@ -44,6 +44,13 @@ impl super::Verifier for SlackVerifier {
         SCHEME
     }
 
+    fn claims(&self, req: &Parts, body: &[u8]) -> super::Claims {
+        preset::claims(
+            preset::json_field(body, "event_id"),
+            preset::header_nonempty(req, "x-slack-request-timestamp"),
+        )
+    }
+
     fn retries_resigned(&self) -> bool {
         true
     }

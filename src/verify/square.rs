@@ -43,6 +43,10 @@ impl super::Verifier for SquareVerifier {
         SCHEME
     }
 
+    fn claims(&self, _req: &Parts, body: &[u8]) -> super::Claims {
+        preset::claims(preset::json_field(body, "event_id"), None)
+    }
+
     fn verify(&self, req: &Parts, body: &[u8], _now: SystemTime) -> Result<Verified, VerifyError> {
         let h = preset::header_nonempty(req, "x-square-hmacsha256-signature")
             .ok_or(VerifyError::MissingSignature)?;

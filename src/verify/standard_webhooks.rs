@@ -115,6 +115,12 @@ impl super::Verifier for StandardWebhooksVerifier {
         self.scheme
     }
 
+    fn claims(&self, req: &Parts, _body: &[u8]) -> super::Claims {
+        let f = self.family(req);
+        let h = |name: &str| preset::header_nonempty(req, &format!("{f}-{name}"));
+        preset::claims(h("id").map(str::to_string), h("timestamp"))
+    }
+
     fn retries_resigned(&self) -> bool {
         true
     }

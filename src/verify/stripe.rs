@@ -43,6 +43,12 @@ impl super::Verifier for StripeVerifier {
         true
     }
 
+    fn claims(&self, req: &Parts, body: &[u8]) -> super::Claims {
+        let ts = preset::header_nonempty(req, HEADER)
+            .and_then(|h| preset::timestamp_and_hex_signatures(h, ',', "t", "v1").0);
+        preset::claims(preset::json_field(body, "id"), ts)
+    }
+
     fn verify(&self, req: &Parts, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {
         let h = preset::header_nonempty(req, HEADER).ok_or(VerifyError::MissingSignature)?;
         let (ts, sigs) = preset::timestamp_and_hex_signatures(h, ',', "t", "v1");

@@ -98,9 +98,18 @@ fn is_form(req: &Parts) -> bool {
         })
 }
 
+/// Twilio's idempotency token, the same on its retries; not signed.
+fn idempotency_token(req: &Parts) -> Option<String> {
+    preset::header_nonempty(req, "i-twilio-idempotency-token").map(str::to_string)
+}
+
 impl super::Verifier for TwilioVerifier {
     fn scheme(&self) -> &'static str {
         SCHEME
+    }
+
+    fn claims(&self, req: &Parts, _body: &[u8]) -> super::Claims {
+        preset::claims(idempotency_token(req), None)
     }
 
     fn verify(&self, req: &Parts, body: &[u8], _now: SystemTime) -> Result<Verified, VerifyError> {
@@ -137,7 +146,7 @@ impl super::Verifier for TwilioVerifier {
             })
         })
         .ok_or(VerifyError::InvalidSignature)?;
-        let id = preset::header_nonempty(req, "i-twilio-idempotency-token").map(str::to_string);
+        let id = idempotency_token(req);
         // What the signature covers: the URL (a GET's parameters, a JSON body's SHA-256), and
         // a form's parameters as Twilio joins them (sorted: a form re-ordered or re-encoded
         // gives the same).

@@ -39,6 +39,10 @@ impl super::Verifier for ZoomVerifier {
         SCHEME
     }
 
+    fn claims(&self, req: &Parts, _body: &[u8]) -> super::Claims {
+        preset::claims(None, preset::header_nonempty(req, "x-zm-request-timestamp"))
+    }
+
     fn verify(&self, req: &Parts, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {
         let h =
             preset::header_nonempty(req, "x-zm-signature").ok_or(VerifyError::MissingSignature)?;
