@@ -448,3 +448,51 @@ async fn proxy_answers_waiting_for_a_slow_reader_still_count() {
     )
     .await;
 }
+
+/// A proxy route records nothing, so it de-duplicates nothing, but `required = true` still
+/// refuses a request without its key (SPEC §5: every rejection row stays as it is in proxy
+/// mode), and `check` warns that `key`/`ttl` do nothing there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_refuses_a_request_without_a_required_key() {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    let route = format!(
+        "{}[route.dedupe]\nkey = \"header:X-Command-Id\"\nrequired = true\n",
+        proxy_route("keyed", &up.url("/cmd"))
+    );
+    let cfg = config(&Backend::Embedded, dir.path(), "", &route);
+    let file = dir.path().join("check.toml");
+    std::fs::write(&file, &cfg).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: route[0].dedupe.key: is not used with mode = \"proxy\""),
+        "{err}"
+    );
+
+    let gw = proxy_gateway(dir.path(), "", &route);
+    let c = reqwest::Client::new();
+    let r = signed(&c, &gw.url("/p/keyed"), SECRET, "x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error"],
+        "missing_dedupe_key"
+    );
+    assert!(up.received().is_empty(), "nothing forwarded");
+    up.push(Plan::Status(200));
+    let r = signed(&c, &gw.url("/p/keyed"), SECRET, "x")
+        .header("X-Command-Id", "c-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.received().len(), 1);
+}

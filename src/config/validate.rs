@@ -553,6 +553,22 @@ fn check_route(
     }
     let methods = check_methods(r.methods.as_deref(), verifier.as_deref(), at, p);
     let dedupe = check_dedupe(r.dedupe.as_ref(), &format!("{at}.dedupe"), p);
+    if mode == Mode::Proxy {
+        // Nothing is recorded, so there is nothing to find a copy in; `required` still refuses
+        // a request without the key (SPEC §5: every rejection row stays in proxy mode).
+        let d = r.dedupe.as_ref();
+        for (key, set) in [
+            ("key", d.is_some_and(|d| d.key.is_some())),
+            ("ttl", d.is_some_and(|d| d.ttl.is_some())),
+        ] {
+            if set {
+                p.warn(
+                    format!("{at}.dedupe.{key}"),
+                    "is not used with mode = \"proxy\": nothing is recorded, so copies are forwarded too (only `required` applies: a request without the key is refused)",
+                );
+            }
+        }
+    }
     let forward = match &r.forward {
         None => {
             p.error(format!("{at}.forward"), "is required");

@@ -200,6 +200,12 @@ async fn process(
     route.check_rate().map_err(Reject::RateLimited)?;
 
     if let Some(upstream) = &route.proxy {
+        // Nothing is de-duplicated in proxy mode, but a required key is still required (SPEC
+        // §5: every rejection row stays as it is).
+        if cfg.dedupe.required {
+            dedupe::derive(&cfg.dedupe, &verified, &parts.headers, &body)
+                .map_err(|_| Reject::MissingDedupeKey)?;
+        }
         return Ok(proxy(upstream, &cfg.name, &parts, body, &verified, now, held).await);
     }
 
