@@ -331,6 +331,51 @@ async fn delivery_permanent_4xx_is_dead_at_once(b: Backend) {
     assert_eq!(dead["events"][0]["event_id"], v["event_id"]);
 }
 
+/// A redirect is not followed, and not a permanent failure either (SPEC §6 makes only "other
+/// 4xx" permanent): retried, with where it pointed in the attempt's detail, so a receiver
+/// redirecting during a deploy gets the event once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_retried_and_says_where_it_pointed() {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    up.push(Plan::Headers(
+        302,
+        vec![("location", b"https://moved.example/in")],
+    ));
+    let gw = Gateway::start(
+        dir.path(),
+        &config(
+            &Backend::Embedded,
+            dir.path(),
+            "",
+            &hmac_route("r", &up.url("/in"), "", ""),
+        ),
+    );
+    let c = reqwest::Client::new();
+    let (_, v) = json(
+        signed(&c, &gw.url("/hooks/r"), SECRET, "redirected")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let id = v["event_id"].as_str().unwrap();
+    let ev = gw
+        .wait_event_state(id, "delivered", Duration::from_secs(10))
+        .await;
+    let log = ev["attempt_log"].as_array().unwrap();
+    assert_eq!(log.len(), 2, "{ev}");
+    assert_eq!(
+        (log[0]["outcome"].as_str(), log[0]["status"].as_u64()),
+        (Some("retry"), Some(302))
+    );
+    let detail = log[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("HTTP 302: redirect to \"https://moved.example/in\" not followed"),
+        "{detail}"
+    );
+}
+
 async fn delivery_honours_retry_after(b: Backend) {
     let dir = tempdir();
     let up = Upstream::start().await;

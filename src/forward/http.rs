@@ -388,11 +388,30 @@ pub fn parse_retry_after(v: &HeaderValue, now: SystemTime) -> Option<Duration> {
     Some(when.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
+/// `None` delivered, `Some(true)` retried, `Some(false)` dead at once. Redirects are not
+/// followed but retried (SPEC §6 names only "other 4xx" permanent): a redirect during a deploy
+/// passes, and a moved receiver's events wait, pending, for `forward.url` to be corrected by a
+/// reload instead of all going to the dead letters.
 pub fn classify(status: u16) -> Option<bool> {
     match status {
         200..=299 => None,
-        408 | 425 | 429 | 500..=599 => Some(true),
+        300..=399 | 408 | 425 | 429 | 500..=599 => Some(true),
         _ => Some(false),
+    }
+}
+
+/// What a redirect's attempt log says besides its answer: where it points, and that it was
+/// not followed.
+fn redirect_note(status: u16, headers: &http::HeaderMap) -> String {
+    if !(300..=399).contains(&status) {
+        return String::new();
+    }
+    match headers.get(http::header::LOCATION) {
+        Some(to) => format!(
+            "redirect to {:?} not followed (set forward.url to where it points if it moved); ",
+            String::from_utf8_lossy(to.as_bytes())
+        ),
+        None => "redirect not followed; ".into(),
     }
 }
 
@@ -468,6 +487,7 @@ impl Sink for HttpSink {
             .headers()
             .get(http::header::RETRY_AFTER)
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let note = redirect_note(status, resp.headers());
         // The status decides the outcome; at most 1 KiB of the answer is kept for the attempt
         // log, read under its own short deadline that ends before forward.timeout, so an
         // upstream that answers 2xx and then withholds its body has still accepted the event.
@@ -481,7 +501,7 @@ impl Sink for HttpSink {
             Some(true) => Err(DeliveryError::Retryable {
                 status: Some(status),
                 retry_after,
-                detail: format!("HTTP {status}: {detail}"),
+                detail: format!("HTTP {status}: {note}{detail}"),
             }),
             Some(false) => Err(DeliveryError::Permanent {
                 status: Some(status),
@@ -683,10 +703,10 @@ mod tests {
     fn classification() {
         assert_eq!(classify(200), None);
         assert_eq!(classify(204), None);
-        for s in [408, 425, 429, 500, 502, 503, 599] {
+        for s in [301, 302, 307, 308, 408, 425, 429, 500, 502, 503, 599] {
             assert_eq!(classify(s), Some(true), "{s}");
         }
-        for s in [301, 400, 401, 404, 410, 422] {
+        for s in [400, 401, 404, 410, 422] {
             assert_eq!(classify(s), Some(false), "{s}");
         }
     }
