@@ -36,7 +36,7 @@ pub struct Running {
     table: Arc<ArcSwap<RouteTable>>,
     generation: tokio::sync::Mutex<Generation>,
     /// What a reload cannot change (listeners, store): compared to warn that it needs a restart.
-    fixed: String,
+    fixed: Vec<(&'static str, String)>,
     /// Where a reload puts the new `admin_token`.
     admin: Arc<Admin>,
     /// The TLS certificate in use (when TLS is on); a reload swaps in the files' new content.
@@ -59,6 +59,11 @@ pub struct RouteTable {
     /// Set by an operator's replay before it wakes the route's worker: an open circuit then
     /// probes at once instead of waiting out its pause (the operator fixed the upstream).
     pub replayed: HashMap<String, Arc<std::sync::atomic::AtomicBool>>,
+    /// `server.trusted_proxies`, `header_timeout` and `body_timeout`: read per request or
+    /// connection, so a reload takes them up.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
 }
 
 /// The delivery workers of one config generation.
@@ -67,24 +72,34 @@ struct Generation {
     workers: Vec<JoinHandle<()>>,
 }
 
-fn fixed_part(config: &Config) -> String {
+/// The settings a reload cannot change, by key (values only compared, never logged).
+fn fixed_part(config: &Config) -> Vec<(&'static str, String)> {
     let s = &config.server;
     // store.min_free_space is applied on reload, so a change of it alone is not reported.
     let mut store = config.store.clone();
     if let StoreBackend::Embedded { min_free_space, .. } = &mut store.backend {
         *min_free_space = 0;
     }
-    format!(
-        "{} {} {:?} {:?} {:?} {:?} {:?} tls={}",
-        s.listen,
-        s.admin_listen,
-        store,
-        s.trusted_proxies,
-        s.body_timeout,
-        s.header_timeout,
-        s.shutdown_grace,
-        s.tls.is_some()
-    )
+    vec![
+        ("server.listen", s.listen.to_string()),
+        ("server.admin_listen", s.admin_listen.to_string()),
+        ("server.shutdown_grace", format!("{:?}", s.shutdown_grace)),
+        ("server.tls (on or off)", s.tls.is_some().to_string()),
+        ("store", format!("{store:?}")),
+    ]
+}
+
+/// The keys of `fixed_part` whose values differ.
+fn restart_needed(
+    running: &[(&'static str, String)],
+    loaded: &[(&'static str, String)],
+) -> Vec<&'static str> {
+    running
+        .iter()
+        .zip(loaded)
+        .filter(|(a, b)| a.1 != b.1)
+        .map(|(a, _)| a.0)
+        .collect()
 }
 
 /// Whether a worker delivers the route's accepted events (every route but an HTTP proxy).
@@ -213,6 +228,9 @@ async fn build(
         routes: config.routes.clone(),
         wake,
         replayed,
+        trusted_proxies: config.server.trusted_proxies.clone(),
+        header_timeout: config.server.header_timeout,
+        body_timeout: config.server.body_timeout,
     };
     Ok((table, Generation { stop, workers }))
 }
@@ -254,8 +272,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let ctx = Arc::new(Ingress {
         table: table.clone(),
         store: store.clone(),
-        trusted_proxies: config.server.trusted_proxies.clone(),
-        body_timeout: config.server.body_timeout,
         max_connections: ingress::connection_cap(nofile),
         bodies: bodies.clone(),
     });
@@ -263,7 +279,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let ingress = tokio::spawn(ingress::serve(
         ingress_listener,
         ctx,
-        config.server.header_timeout,
         config.server.shutdown_grace,
         tls.clone(),
         stop_rx,
@@ -355,9 +370,15 @@ impl Running {
         if let (Some(current), Some(new)) = (&self.tls, &config.server.tls) {
             current.store(new.clone());
         }
-        if fixed_part(&config) != self.fixed {
-            tracing::warn!("config reload: [server] listeners, timeouts, trusted_proxies, shutdown_grace, turning [server.tls] on or off, and [store] changes other than store.min_free_space take effect only after a restart (store.page_size only for a new store)");
+        let pending = restart_needed(&self.fixed, &fixed_part(&config));
+        if !pending.is_empty() {
+            tracing::warn!(keys = ?pending, "config reload: the rest is applied, but these keys keep their running values until a restart: [server] listen, admin_listen, shutdown_grace, turning [server.tls] on or off, and [store] (but min_free_space) take effect only after a restart (store.page_size only for a new store)");
         }
+        metrics::gauge!("hookgate_config_restart_pending").set(if pending.is_empty() {
+            0.0
+        } else {
+            1.0
+        });
         let routes = table.routes.len();
         self.table.store(Arc::new(table));
         let old = std::mem::replace(&mut *current, generation);

@@ -109,6 +109,10 @@ fn describe() {
         "hookgate_config_last_reload_successful",
         "1 when the config serving is the one last read (at start or the last reload); 0 after a refused reload."
     );
+    describe_gauge!(
+        "hookgate_config_restart_pending",
+        "1 when a reload was taken but changed keys only a restart applies (the log's warn line names them); 0 otherwise."
+    );
     describe_gauge!("hookgate_build_info", "Build information; always 1.");
     describe_counter!(
         "hookgate_secret_matches_total",
@@ -123,6 +127,7 @@ fn describe() {
         counter!("hookgate_config_reloads_total", "result" => result).absolute(0);
     }
     gauge!("hookgate_config_last_reload_successful").set(1.0);
+    gauge!("hookgate_config_restart_pending").set(0.0);
 }
 
 /// Turns transparent huge pages off for this process, as Redis does for itself, unless

@@ -691,3 +691,67 @@ async fn a_removed_routes_gauge_is_cleared_once_its_last_event_is_delivered() {
     .await;
     assert!(gw.terminate().success());
 }
+
+/// `trusted_proxies` (with `header_timeout` and `body_timeout`) is read per request, so a reload
+/// takes it up: a proxy added to it and to a route's `allow_ips` in one reload lets that
+/// proxy's traffic in at once (it was 403 until a restart). Keys only a restart applies leave
+/// the rest applied, are named in the warn line and raise `hookgate_config_restart_pending`
+/// until they are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxies_apply_on_reload_and_restart_only_keys_are_reported() {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    let cfg = |server: &str| {
+        config(
+            &Backend::Embedded,
+            dir.path(),
+            server,
+            &route("a", "sec", &up.url("/a")).replace(
+                "[route.verify]",
+                "allow_ips = [\"10.0.0.0/8\"]\n[route.verify]",
+            ),
+        )
+    };
+    let gw = Gateway::start(dir.path(), &cfg(""));
+    let c = reqwest::Client::new();
+    let send = |body: &'static str| {
+        signed(&c, &gw.url("/hooks/a"), "sec", body)
+            .header("X-Forwarded-For", "10.1.2.3")
+            .send()
+    };
+    assert_eq!(
+        send("one").await.unwrap().status(),
+        403,
+        "127.0.0.1 is no trusted proxy yet"
+    );
+    assert_eq!(gauge(&gw, "hookgate_config_restart_pending").await, 0.0);
+
+    gw.reload(
+        &cfg("trusted_proxies = [\"127.0.0.1/32\"]")
+            .replace("shutdown_grace = \"5s\"", "shutdown_grace = \"7s\""),
+        "ok",
+    )
+    .await;
+    assert_eq!(
+        send("two").await.unwrap().status(),
+        202,
+        "taken up by the reload"
+    );
+    assert_eq!(gauge(&gw, "hookgate_config_restart_pending").await, 1.0);
+    let line = gw
+        .log()
+        .lines()
+        .find(|l| l.contains("keep their running values until a restart"))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("{}", gw.log()));
+    assert!(line.contains("keys=[\"server.shutdown_grace\"]"), "{line}");
+
+    gw.reload(&cfg("trusted_proxies = [\"127.0.0.1/32\"]"), "ok")
+        .await;
+    assert_eq!(
+        gauge(&gw, "hookgate_config_restart_pending").await,
+        0.0,
+        "back as running"
+    );
+    assert_eq!(send("three").await.unwrap().status(), 202);
+}

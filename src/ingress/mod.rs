@@ -18,7 +18,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::Watcher;
-use ipnet::IpNet;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -28,8 +27,6 @@ pub struct Ingress {
     /// The current routes; swapped whole on reload.
     pub table: Arc<arc_swap::ArcSwap<crate::app::RouteTable>>,
     pub store: Arc<dyn Store>,
-    pub trusted_proxies: Vec<IpNet>,
-    pub body_timeout: Duration,
     /// Public connections open at once, at most ([`connection_cap`]).
     pub max_connections: usize,
     /// `server.max_body_memory`: the bytes of bodies held at once; its limit changes on reload.
@@ -65,7 +62,6 @@ pub fn connection_cap(nofile: u64) -> usize {
 pub async fn serve(
     listener: TcpListener,
     ctx: Arc<Ingress>,
-    header_timeout: Duration,
     grace: Duration,
     tls: Option<Arc<arc_swap::ArcSwap<rustls::ServerConfig>>>,
     mut stop: watch::Receiver<bool>,
@@ -78,7 +74,11 @@ pub async fn serve(
         // connection forever once the socket's buffers fill: a write that makes no progress
         // for body_timeout ends it.
         let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
-        stream.set_write_timeout(Some(ctx.body_timeout));
+        let (header_timeout, body_timeout) = {
+            let t = ctx.table.load();
+            (t.header_timeout, t.body_timeout)
+        };
+        stream.set_write_timeout(Some(body_timeout));
         let stream = Box::pin(stream);
         // The certificate of the moment: a reload swaps in renewed files.
         let tls = tls

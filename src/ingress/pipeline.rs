@@ -38,7 +38,9 @@ enum Outcome {
 pub async fn handle(ctx: Arc<Ingress>, peer: SocketAddr, req: Request<Incoming>) -> Reply {
     let t0 = Instant::now();
     let (parts, body) = req.into_parts();
-    let Some(route) = ctx.table.load().router.get(parts.uri.path()).cloned() else {
+    // The whole table, held for the request: a reload mid-request does not mix generations.
+    let table = ctx.table.load_full();
+    let Some(route) = table.router.get(parts.uri.path()).cloned() else {
         let elapsed = t0.elapsed();
         telemetry::request("unmatched", "not_found", elapsed);
         let latency_ms = elapsed.as_micros() as f64 / 1000.0;
@@ -46,7 +48,7 @@ pub async fn handle(ctx: Arc<Ingress>, peer: SocketAddr, req: Request<Incoming>)
         return Reject::NotFound.response();
     };
     let name = route.cfg.name.as_str();
-    let result = process(&ctx, &route, peer, parts, body).await;
+    let result = process(&ctx, &table, &route, peer, parts, body).await;
     let elapsed = t0.elapsed();
     // Whole microseconds, so a log line reads `3.38` rather than `3.3799170000000003`.
     let latency_ms = elapsed.as_micros() as f64 / 1000.0;
@@ -143,6 +145,7 @@ pub async fn handle(ctx: Arc<Ingress>, peer: SocketAddr, req: Request<Incoming>)
 
 async fn process(
     ctx: &Ingress,
+    table: &crate::app::RouteTable,
     route: &Route,
     peer: SocketAddr,
     parts: http::request::Parts,
@@ -155,7 +158,7 @@ async fn process(
     }
     if !cfg.allow_ips.is_empty() {
         let xff = forwarded_for(&parts.headers);
-        if !route.ip_allowed(client_ip(peer.ip(), xff.as_deref(), &ctx.trusted_proxies)) {
+        if !route.ip_allowed(client_ip(peer.ip(), xff.as_deref(), &table.trusted_proxies)) {
             return Err(Reject::Forbidden);
         }
     }
@@ -172,7 +175,7 @@ async fn process(
         body,
         &parts.headers,
         cfg.max_body,
-        ctx.body_timeout,
+        table.body_timeout,
         &ctx.bodies,
     )
     .await?;
