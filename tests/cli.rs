@@ -87,6 +87,33 @@ fn check_reports_a_missing_file_and_serve_refuses_a_bad_config() {
     );
 }
 
+/// A `store.path` that cannot hold the store is a problem for `check` (it said "ok") and the
+/// same words from `serve` (it said "cannot create …: File exists").
+#[test]
+fn check_and_serve_name_a_store_path_that_is_not_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let route = "[[route]]\nname = \"o\"\npath = \"/o\"\n[route.verify]\nscheme = \"none\"\n[route.forward]\nurl = \"http://127.0.0.1:9/x\"\n";
+    for (name, path) in [
+        ("file.toml", file.clone()),
+        ("under.toml", file.join("data")),
+    ] {
+        let p = write_config(
+            &dir,
+            name,
+            &format!("[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[store]\npath = {path:?}\n{route}"),
+        );
+        let want = format!("store.path: {} is not a directory", file.display());
+        let (code, out, err) = hookgate(&["check", "-c", &p]);
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(out.contains(&want), "{out}");
+        let (code, _, err) = hookgate(&["serve", "-c", &p]);
+        assert_eq!(code, 1);
+        assert!(err.contains(&want), "{err}");
+    }
+}
+
 fn write_config(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
     let p = dir.path().join(name);
     std::fs::write(&p, text).unwrap();

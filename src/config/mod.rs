@@ -265,7 +265,7 @@ pub fn parse_raw(text: &str) -> Result<raw::RawConfig, Problems> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         // One line per problem: toml's syntax messages span two ("invalid array\nexpected `]`").
-        let msg = inner.message().trim().replace('\n', ": ");
+        let msg = readable(&path, &inner.message().trim().replace('\n', ": "));
         let msg = if raw::holds_secret(&path) {
             redact_value(&msg)
         } else {
@@ -288,6 +288,24 @@ pub fn parse_raw(text: &str) -> Result<raw::RawConfig, Problems> {
         p.error(path, format!("{msg}{line}"));
         p
     })
+}
+
+/// serde's wording in the user's terms: `expected struct RawRateLimit` names a type of ours, not
+/// a TOML table; `[route]` written for `[[route]]` gets the fix spelled out.
+fn readable(path: &str, msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("struct Raw") {
+        out.push_str(&rest[..i]);
+        out.push_str("a table");
+        rest =
+            rest[i + "struct Raw".len()..].trim_start_matches(|c: char| c.is_ascii_alphanumeric());
+    }
+    out.push_str(rest);
+    if path == "route" && out.contains("expected a sequence") {
+        out.push_str(": write [[route]], with double brackets, for each route");
+    }
+    out
 }
 
 /// serde's `invalid type: string "hunter2", expected a sequence` without the value:

@@ -588,6 +588,40 @@ fn warn_if_reserve_exceeds_disk(dir: &Path, min_free: u64) {
     }
 }
 
+/// Why `store.path` cannot hold the store, if it cannot: not a directory, or one this user
+/// cannot write to (a volume mounted without the pod's `fsGroup`), or, before the first start,
+/// a nearest existing parent that is either. `hookgate check` says it as `serve` would.
+pub fn unusable(path: &Path) -> Option<String> {
+    use rustix::fs::{access, Access};
+    let (at, exists) = match path
+        .ancestors()
+        .find(|p| p.as_os_str().is_empty() || p.exists())
+    {
+        Some(p) if p.as_os_str().is_empty() => (Path::new("."), false),
+        Some(p) => (p, p == path),
+        None => return None,
+    };
+    let whose = if exists {
+        String::new()
+    } else {
+        format!(" (it does not exist yet, and is made in {})", at.display())
+    };
+    if !at.is_dir() {
+        return Some(format!(
+            "store.path: {} is not a directory{whose}",
+            at.display()
+        ));
+    }
+    match access(at, Access::WRITE_OK | Access::EXEC_OK) {
+        Ok(()) => None,
+        Err(e) => Some(format!(
+            "store.path: {} is not writable by this process (uid {}){whose}: {e}",
+            at.display(),
+            rustix::process::geteuid().as_raw()
+        )),
+    }
+}
+
 /// For `hookgate check`: warnings about the disk under `store.path` (or its nearest existing
 /// parent, before the first start), each starting with the key's path.
 pub fn check(path: &Path, min_free: u64) -> Vec<String> {
@@ -744,6 +778,9 @@ impl EmbeddedStore {
     /// `opts.page_size` applies only if the store does not exist yet.
     pub fn open_with(dir: &Path, opts: &Options) -> anyhow::Result<Self> {
         let page_size = opts.page_size;
+        if let Some(problem) = unusable(dir) {
+            anyhow::bail!("{problem}");
+        }
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("store.path: cannot create {}: {e}", dir.display()))?;
         let lock = lock_dir(dir)?;

@@ -483,7 +483,10 @@ pub fn check(cfg: &StoreConfig) -> (Vec<String>, Vec<String>) {
             path,
             min_free_space,
             ..
-        } => (embedded::check(path, *min_free_space), Vec::new()),
+        } => (
+            embedded::check(path, *min_free_space),
+            embedded::unusable(path).into_iter().collect(),
+        ),
         StoreBackend::Redis { url, .. } => redis::check(url),
     }
 }

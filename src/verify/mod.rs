@@ -168,6 +168,37 @@ pub struct BuildCtx<'a> {
     pub public_url: Option<&'a str>,
 }
 
+/// Every `scheme` `build` knows, for the message naming an unknown one.
+const SCHEMES: &[&str] = &[
+    "hmac",
+    "none",
+    "stripe",
+    "github",
+    "standard-webhooks",
+    "svix",
+    "slack",
+    "shopify",
+    "twilio",
+    "discord",
+    "paddle",
+    "square",
+    "zoom",
+    "linear",
+    "gitlab",
+    "basic",
+    "bearer",
+    "typeform",
+    "razorpay",
+    "twitch",
+    "meta",
+    "intercom",
+    "calendly",
+    "hubspot",
+    "sendgrid",
+    "msgraph",
+    "okta",
+];
+
 /// Builds the route's verifier from `[route.verify]`, recording problems under `at`.
 pub fn build(
     raw: &RawVerify,
@@ -214,7 +245,13 @@ pub fn build(
         "basic" => basic::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
         "bearer" => bearer::build(raw, at, p).map(|v| Arc::new(v) as Arc<dyn Verifier>),
         other => {
-            p.error(format!("{at}.scheme"), format!("unknown scheme {other:?}"));
+            p.error(
+                format!("{at}.scheme"),
+                format!(
+                    "unknown scheme {other:?} (expected one of {})",
+                    SCHEMES.join(", ")
+                ),
+            );
             None
         }
     }
@@ -283,4 +320,23 @@ pub(crate) fn fresh(ts_secs: i64, now: SystemTime, tolerance: std::time::Duratio
         Err(_) => return false,
     };
     now.abs_diff(ts_secs) <= tolerance.as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The list an unknown scheme's message gives holds only schemes `build` knows.
+    #[test]
+    fn every_listed_scheme_is_known() {
+        for scheme in super::SCHEMES {
+            let raw: crate::config::raw::RawVerify =
+                toml::from_str(&format!("scheme = {scheme:?}")).unwrap();
+            let mut p = crate::config::Problems::default();
+            super::build(&raw, &super::BuildCtx { public_url: None }, "v", &mut p);
+            assert!(
+                p.errors.iter().all(|e| !e.contains("unknown scheme")),
+                "{scheme}: {:?}",
+                p.errors
+            );
+        }
+    }
 }
