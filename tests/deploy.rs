@@ -173,3 +173,67 @@ async fn every_series_the_alerts_and_dashboard_select_exists() {
     }
     assert!(checked >= 6, "only {checked} label values checked");
 }
+
+/// The Kubernetes example's config passes `check` with its Secret's keys as the files it names,
+/// and re-signs with a key of its own: one key for Stripe's secret and the app's made a
+/// rotation of Stripe's secret dead-letter every event until the app had the new one too.
+#[test]
+fn the_sidecar_examples_config_checks_and_keeps_the_apps_secret_apart() {
+    let yaml = std::fs::read_to_string(root().join("deploy/kubernetes/sidecar.yaml")).unwrap();
+    let toml: String = yaml
+        .split("  hookgate.toml: |\n")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .take_while(|l| *l != "---")
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let secrets: Vec<(String, String)> = yaml
+        .split("stringData:\n")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .take_while(|l| *l != "---")
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.trim().split_once(": ")?;
+            let v = v.split('#').next()?.trim().trim_matches('"');
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect();
+    let dir = tempdir();
+    for (k, v) in &secrets {
+        std::fs::write(dir.path().join(k), v).unwrap();
+    }
+    let file = |name: &str| format!("file:{}/{name}", dir.path().display());
+    let verify = toml.find("secrets = [\"file:/etc/hookgate/secrets/orders-secret\"]");
+    let sign = toml.find("secret = \"file:/etc/hookgate/secrets/app-signing-secret\"");
+    assert!(verify.is_some() && sign.is_some(), "{toml}");
+    let toml = toml
+        .replace(
+            "file:/etc/hookgate/secrets/orders-secret",
+            &file("orders-secret"),
+        )
+        .replace(
+            "file:/etc/hookgate/secrets/app-signing-secret",
+            &file("app-signing-secret"),
+        )
+        .replace(
+            "/var/lib/hookgate",
+            &dir.path().join("data").display().to_string(),
+        );
+    let path = dir.path().join("sidecar.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .env("HOOKGATE_ADMIN_TOKEN", "t")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
