@@ -523,7 +523,18 @@ async fn gauge_loop(
             .collect();
         for r in &routes {
             match store.counts(r).await {
-                Ok(c) => telemetry::event_counts(r, c.pending, c.dead),
+                Ok(c) => {
+                    telemetry::event_counts(r, c.pending, c.dead);
+                    if configured
+                        .iter()
+                        .all(|cfg| cfg.name != *r || !has_worker(cfg))
+                    {
+                        telemetry::unconfigured(r, c.pending + c.dead);
+                    } else {
+                        metrics::gauge!("hookgate_unconfigured_events", "route" => r.clone())
+                            .set(0.0);
+                    }
+                }
                 // Looked at again next time, whatever the config says by then.
                 Err(_) if !last.contains(r) => last.push(r.clone()),
                 Err(_) => {}

@@ -113,6 +113,10 @@ fn describe() {
         "hookgate_config_restart_pending",
         "1 when a reload was taken but changed keys only a restart applies (the log's warn line names them); 0 otherwise."
     );
+    describe_gauge!(
+        "hookgate_unconfigured_events",
+        "Events (pending and dead) of a route the config does not deliver (removed, renamed, or in proxy mode): they wait until a route of that name is configured again."
+    );
     describe_gauge!("hookgate_build_info", "Build information; always 1.");
     describe_counter!(
         "hookgate_secret_matches_total",
@@ -298,6 +302,15 @@ pub fn clock_step(direction: &'static str) {
 pub fn event_counts(route: &str, pending: u64, dead: u64) {
     gauge!("hookgate_pending_events", "route" => route.to_string()).set(pending as f64);
     gauge!("hookgate_dead_events", "route" => route.to_string()).set(dead as f64);
+}
+
+/// A route this config does not deliver (removed, renamed, or in proxy mode): its events
+/// (pending and dead) wait in the store for a route of that name (`hookgate_unconfigured_events`,
+/// alert `HookgateEventsWithoutRoute`), and no circuit of it is open (a removed route's worker
+/// stopped; its gauge would otherwise keep the last state, and its alert fire, forever).
+pub fn unconfigured(route: &str, events: u64) {
+    gauge!("hookgate_unconfigured_events", "route" => route.to_string()).set(events as f64);
+    gauge!("hookgate_circuit_open", "route" => route.to_string()).set(0.0);
 }
 
 /// Logs: `HOOKGATE_LOG` sets the filter (default `info,async_nats=warn`),

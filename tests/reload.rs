@@ -576,6 +576,10 @@ async fn a_removed_route_with_pending_events_is_reported_and_delivered_once_rest
     let c = reqwest::Client::new();
     let id = accepted(signed(&c, &gw.url("/hooks/a"), "s", "left behind")).await;
     up.wait_received(1, Duration::from_secs(10)).await;
+    wait_until(Duration::from_secs(15), "the circuit opened", || {
+        metric(&gw, r#"hookgate_circuit_open{route="a"} 1"#)
+    })
+    .await;
 
     gw.reload(&cfg("renamed"), "ok").await;
     wait_until(
@@ -603,6 +607,18 @@ async fn a_removed_route_with_pending_events_is_reported_and_delivered_once_rest
     wait_until(Duration::from_secs(15), "the gauge kept", || {
         metric(&gw, r#"hookgate_pending_events{route="a"} 1"#)
     })
+    .await;
+    // Said by a gauge of its own (and its alert), and no circuit of it is left open: the
+    // route has no worker, and its circuit alert would fire for ever.
+    wait_until(
+        Duration::from_secs(15),
+        "counted as without a route",
+        || async {
+            metric(&gw, r#"hookgate_unconfigured_events{route="a"} 1"#).await
+                && metric(&gw, r#"hookgate_circuit_open{route="a"} 0"#).await
+                && metric(&gw, r#"hookgate_unconfigured_events{route="renamed"} 0"#).await
+        },
+    )
     .await;
     // A replay answers that nothing would deliver it, rather than "replaying"; a route the
     // store has never seen is still unknown.
@@ -651,6 +667,10 @@ async fn a_removed_route_with_pending_events_is_reported_and_delivered_once_rest
     signal(gw.pid(), "HUP");
     gw.wait_event_state(&id, "delivered", Duration::from_secs(15))
         .await;
+    wait_until(Duration::from_secs(15), "configured again", || {
+        metric(&gw, r#"hookgate_unconfigured_events{route="a"} 0"#)
+    })
+    .await;
     assert!(gw.terminate().success());
 }
 
