@@ -23,15 +23,19 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: usize = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?} (e.g. \"512\", \"64KiB\", \"1MiB\")"))?;
-    let mult: usize = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "KB" | "K" | "k" | "kB" => 1 << 10,
-        "MiB" | "MB" | "M" => 1 << 20,
-        "GiB" | "GB" | "G" => 1 << 30,
-        _ => return Err(format!("invalid size {s:?} (use B, KiB, MiB or GiB)")),
+    let invalid = || {
+        format!(
+            "invalid size {s:?}: a whole number of B, KiB, MiB or GiB (e.g. \"512\", \"64KiB\", \"1MiB\"; KB, MB and GB are read as KiB, MiB and GiB)"
+        )
+    };
+    let n: usize = num.parse().map_err(|_| invalid())?;
+    // Any case: "1mb" is no less clear than "1MB".
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "kb" | "k" => 1 << 10,
+        "mib" | "mb" | "m" => 1 << 20,
+        "gib" | "gb" | "g" => 1 << 30,
+        _ => return Err(invalid()),
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("size {s:?} is too large"))
@@ -46,8 +50,14 @@ mod tests {
         assert_eq!(parse_size("1MiB"), Ok(1 << 20));
         assert_eq!(parse_size("256KiB"), Ok(256 << 10));
         assert_eq!(parse_size("100"), Ok(100));
-        assert!(parse_size("1 potato").is_err());
-        assert!(parse_size("MiB").is_err());
+        assert_eq!(parse_size("1mb"), Ok(1 << 20));
+        assert_eq!(parse_size("2 GiB"), Ok(2 << 30));
+        for bad in ["1 potato", "MiB", "1.5MiB", "-1KiB", "1 TiB"] {
+            assert!(
+                parse_size(bad).unwrap_err().ends_with("(e.g. \"512\", \"64KiB\", \"1MiB\"; KB, MB and GB are read as KiB, MiB and GiB)"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -995,11 +995,11 @@ url = "http://127.0.0.1:3000/x"
         );
 
         let e = errors(&format!(
-            "[server]\nmax_body = \"1mb\"\nmax_body_memory = \"512KiB\"\n{ROUTE}"
+            "[server]\nmax_body = \"1.5mb\"\nmax_body_memory = \"512KiB\"\n{ROUTE}"
         ));
         assert_eq!(e.len(), 1, "only the size the user wrote: {e:?}");
         assert!(
-            e[0].starts_with("server.max_body: invalid size \"1mb\""),
+            e[0].starts_with("server.max_body: invalid size \"1.5mb\""),
             "{e:?}"
         );
 
@@ -1091,7 +1091,7 @@ url = "http://127.0.0.1:3000/x"
                 "max_body = \"5MiB\""
             ),
             vec![
-                "server.max_body_memory: invalid size \"lots\" (e.g. \"512\", \"64KiB\", \"1MiB\")"
+                "server.max_body_memory: invalid size \"lots\": a whole number of B, KiB, MiB or GiB (e.g. \"512\", \"64KiB\", \"1MiB\"; KB, MB and GB are read as KiB, MiB and GiB)"
             ],
             "no comparison with a limit the user did not set"
         );
@@ -1605,9 +1605,19 @@ backoff_max = "200y"
             .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
             .collect();
         assert!(toml.contains("[[route]]"), "{toml}");
+        // The app's secret is a key of its own: with Stripe's for both, rotating Stripe's made
+        // the app refuse every event (400, dead) until it had the new one too.
+        assert!(
+            toml.contains("secret = \"file:/etc/hookgate/secrets/app-signing-secret\""),
+            "{toml}"
+        );
         let toml = toml
             .replace("env:HOOKGATE_ADMIN_TOKEN", "admin-token")
-            .replace("file:/etc/hookgate/secrets/orders-secret", "whsec_dGVzdA==");
+            .replace("file:/etc/hookgate/secrets/orders-secret", "whsec_dGVzdA==")
+            .replace(
+                "file:/etc/hookgate/secrets/app-signing-secret",
+                "whsec_YXBw",
+            );
         let (cfg, _) = parse(&toml).unwrap();
         let r = &cfg.routes[0];
         assert_eq!(r.verifier.scheme(), "stripe");
