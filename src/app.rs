@@ -525,10 +525,14 @@ async fn gauge_loop(
             match store.counts(r).await {
                 Ok(c) => {
                     telemetry::event_counts(r, c.pending, c.dead);
-                    if configured
+                    // The table of now, not of the loop's start: a reload during the awaits may
+                    // have configured the route again, its new worker's circuit already open.
+                    let delivered = table
+                        .load()
+                        .routes
                         .iter()
-                        .all(|cfg| cfg.name != *r || !has_worker(cfg))
-                    {
+                        .any(|cfg| cfg.name == *r && has_worker(cfg));
+                    if !delivered {
                         telemetry::unconfigured(r, c.pending + c.dead);
                     } else {
                         metrics::gauge!("hookgate_unconfigured_events", "route" => r.clone())

@@ -80,17 +80,25 @@ pub fn derive(
     }
 }
 
-/// The key a request that failed verification would have been recorded under, from the event
-/// id it claims (`Verifier::claims`), for its log line; `None` where only the fallback would
-/// have keyed it (that hash would find nothing an operator is asked about).
+/// The key a request that failed verification would have been recorded under, for its log
+/// line: from a header, or the event id it claims (`event_id`, asked only then). `None` for a
+/// key of the body (`json:`, `body-sha256`) — a forged body is not parsed or hashed again
+/// (SPEC §5: the signature is checked before the body is parsed) — and where only the
+/// fallback would have keyed it.
 pub fn claimed(
     cfg: &DedupeConfig,
     scheme: &'static str,
-    event_id: Option<&str>,
+    event_id: impl FnOnce() -> Option<String>,
     headers: &HeaderMap,
-    body: &[u8],
 ) -> Option<String> {
-    found(cfg, scheme, event_id, headers, body).ok().flatten()
+    match &cfg.key {
+        DedupeKeySpec::Auto | DedupeKeySpec::Header(_) => {
+            found(cfg, scheme, event_id().as_deref(), headers, b"")
+                .ok()
+                .flatten()
+        }
+        DedupeKeySpec::None | DedupeKeySpec::BodySha256 | DedupeKeySpec::Json(_) => None,
+    }
 }
 
 /// The key `cfg.key` names, if the request has it; `Err` for `key = "none"`.
@@ -158,55 +166,43 @@ mod tests {
         }
     }
 
-    /// A refused request's key, for its log line: as `derive` would give it, but never the
-    /// fallback hash of the body (nothing an operator asks about).
+    /// A refused request's key, for its log line: as `derive` would give it from a header or
+    /// the claimed id, but never from the body (not parsed or hashed again) nor the fallback.
     #[test]
-    fn a_claimed_key_is_derived_without_the_fallback() {
+    fn a_claimed_key_is_derived_without_the_body() {
         let mut h = HeaderMap::new();
-        let body = br#"{"s":"x"}"#;
+        fn id(v: Option<&'static str>) -> impl FnOnce() -> Option<String> {
+            move || v.map(str::to_string)
+        }
         let auto = cfg(DedupeKeySpec::Auto, false);
         assert_eq!(
-            claimed(&auto, "stripe", Some("evt_1"), &h, body),
+            claimed(&auto, "stripe", id(Some("evt_1")), &h),
             Some("id:evt_1".into())
         );
-        assert_eq!(claimed(&auto, "stripe", None, &h, body), None);
-        assert_eq!(claimed(&auto, "hmac", None, &h, body), None);
+        assert_eq!(claimed(&auto, "stripe", id(None), &h), None);
+        assert_eq!(claimed(&auto, "hmac", id(None), &h), None);
         h.insert("idempotency-key", "k1".parse().unwrap());
         assert_eq!(
-            claimed(&auto, "hmac", None, &h, body),
+            claimed(&auto, "hmac", id(None), &h),
             Some("header:k1".into())
         );
-        assert_eq!(claimed(&auto, "github", None, &h, body), None);
-        assert_eq!(
-            claimed(
-                &cfg(DedupeKeySpec::Json("/s".into()), true),
-                "hmac",
-                None,
-                &h,
-                body
-            ),
-            Some("json:x".into())
+        assert_eq!(claimed(&auto, "github", id(None), &h), None);
+        let header = cfg(
+            DedupeKeySpec::Header(http::HeaderName::from_static("idempotency-key")),
+            true,
         );
         assert_eq!(
-            claimed(
-                &cfg(DedupeKeySpec::BodySha256, false),
-                "hmac",
-                None,
-                &h,
-                body
-            ),
-            Some(body_sha256(body))
+            claimed(&header, "stripe", id(None), &h),
+            Some("header:k1".into())
         );
-        assert_eq!(
-            claimed(
-                &cfg(DedupeKeySpec::None, false),
-                "hmac",
-                Some("e"),
-                &h,
-                body
-            ),
-            None
-        );
+        let never = || -> Option<String> { panic!("the id is not asked for") };
+        for body_key in [
+            DedupeKeySpec::Json("/s".into()),
+            DedupeKeySpec::BodySha256,
+            DedupeKeySpec::None,
+        ] {
+            assert_eq!(claimed(&cfg(body_key, false), "hmac", never, &h), None);
+        }
     }
 
     #[test]

@@ -94,17 +94,20 @@ fn check_and_serve_name_a_store_path_that_is_not_a_directory() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a-file");
     std::fs::write(&file, "").unwrap();
+    let dangling = dir.path().join("a-link");
+    std::os::unix::fs::symlink(dir.path().join("nothing-here"), &dangling).unwrap();
     let route = "[[route]]\nname = \"o\"\npath = \"/o\"\n[route.verify]\nscheme = \"none\"\n[route.forward]\nurl = \"http://127.0.0.1:9/x\"\n";
-    for (name, path) in [
-        ("file.toml", file.clone()),
-        ("under.toml", file.join("data")),
+    for (name, path, named) in [
+        ("file.toml", file.clone(), &file),
+        ("under.toml", file.join("data"), &file),
+        ("link.toml", dangling.clone(), &dangling),
     ] {
         let p = write_config(
             &dir,
             name,
             &format!("[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[store]\npath = {path:?}\n{route}"),
         );
-        let want = format!("store.path: {} is not a directory", file.display());
+        let want = format!("store.path: {} is not a directory", named.display());
         let (code, out, err) = hookgate(&["check", "-c", &p]);
         assert_eq!(code, 1, "{out}{err}");
         assert!(out.contains(&want), "{out}");

@@ -572,8 +572,10 @@ fn check_route(
         // Nothing is recorded, so there is nothing to find a copy in; `required` still refuses
         // a request without the key (SPEC §5: every rejection row stays in proxy mode).
         let d = r.dedupe.as_ref();
+        // `key` names what `required` demands, so it is used then.
+        let required = d.is_some_and(|d| d.required == Some(true));
         for (key, set) in [
-            ("key", d.is_some_and(|d| d.key.is_some())),
+            ("key", d.is_some_and(|d| d.key.is_some() && !required)),
             ("ttl", d.is_some_and(|d| d.ttl.is_some())),
         ] {
             if set {

@@ -406,11 +406,18 @@ fn redirect_note(status: u16, headers: &http::HeaderMap) -> String {
     if !(300..=399).contains(&status) {
         return String::new();
     }
+    // Its first 256 bytes: the attempt log keeps 1 KiB of an answer, and a redirect's URL may
+    // carry a token (a presigned URL, an SSO state).
+    const KEEP: usize = 256;
     match headers.get(http::header::LOCATION) {
-        Some(to) => format!(
-            "redirect to {:?} not followed (set forward.url to where it points if it moved); ",
-            String::from_utf8_lossy(to.as_bytes())
-        ),
+        Some(to) => {
+            let to = to.as_bytes();
+            let cut = if to.len() > KEEP { "…" } else { "" };
+            format!(
+                "redirect to {:?}{cut} not followed (set forward.url to where it points if it moved); ",
+                String::from_utf8_lossy(&to[..to.len().min(KEEP)])
+            )
+        }
         None => "redirect not followed; ".into(),
     }
 }
@@ -697,6 +704,22 @@ mod tests {
         assert!(query_fits(&url, &exact), "exactly at http::Uri's limit");
         assert!(!query_fits(&url, &format!("{exact}a")), "one byte past it");
         assert!(query_fits(&url, "a=1"), "the common case");
+    }
+
+    /// Where a redirect pointed, its first 256 bytes (a URL may carry a token).
+    #[test]
+    fn a_redirect_note_names_its_location_cut_short() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(redirect_note(200, &h), "");
+        assert_eq!(redirect_note(302, &h), "redirect not followed; ");
+        let long = format!("https://sso.example/cb?state={}", "s".repeat(1000));
+        h.insert(http::header::LOCATION, long.parse().unwrap());
+        let note = redirect_note(302, &h);
+        assert!(
+            note.starts_with(&format!("redirect to {:?}…", &long[..256])),
+            "{note}"
+        );
+        assert!(note.len() < 400, "{note}");
     }
 
     #[test]

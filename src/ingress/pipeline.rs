@@ -255,21 +255,21 @@ fn refused(
     e: crate::verify::VerifyError,
 ) -> Reject {
     let cfg = &route.cfg;
-    let claims = cfg.verifier.claims(parts, body);
     let key = dedupe::claimed(
         &cfg.dedupe,
         cfg.verifier.scheme(),
-        claims.event_id.as_deref(),
+        || cfg.verifier.claimed_id(parts, body),
         &parts.headers,
-        body,
     );
     let skew_secs = match e {
-        crate::verify::VerifyError::StaleTimestamp => claims.signed_at.map(|at| {
-            let now = now
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default();
-            (now.as_secs() as i64).saturating_sub(at)
-        }),
+        crate::verify::VerifyError::StaleTimestamp => {
+            cfg.verifier.signed_at(parts, body).map(|at| {
+                let now = now
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default();
+                (now.as_secs() as i64).saturating_sub(at)
+            })
+        }
         _ => None,
     };
     Reject::Verify(e, Box::new(reject::Claimed { key, skew_secs }))
@@ -297,7 +297,10 @@ fn refusal(e: crate::verify::VerifyError, skew_secs: Option<i64>) -> &'static st
             "request rejected: its signed timestamp is -skew_s seconds ahead of this host's \
              clock, beyond the route's tolerance (the sender's clock or this host's is wrong)"
         }
-        (StaleTimestamp, None) => "request rejected: no signed timestamp that can be read",
+        (StaleTimestamp, None) => {
+            "request rejected: its signed timestamp is missing, unreadable or beyond the route's \
+             tolerance"
+        }
     }
 }
 

@@ -593,10 +593,9 @@ fn warn_if_reserve_exceeds_disk(dir: &Path, min_free: u64) {
 /// a nearest existing parent that is either. `hookgate check` says it as `serve` would.
 pub fn unusable(path: &Path) -> Option<String> {
     use rustix::fs::{access, Access};
-    let (at, exists) = match path
-        .ancestors()
-        .find(|p| p.as_os_str().is_empty() || p.exists())
-    {
+    // A dangling symlink exists too (creating the directory would fail on it).
+    let there = |p: &Path| p.as_os_str().is_empty() || p.symlink_metadata().is_ok();
+    let (at, exists) = match path.ancestors().find(|p| there(p)) {
         Some(p) if p.as_os_str().is_empty() => (Path::new("."), false),
         Some(p) => (p, p == path),
         None => return None,
@@ -617,7 +616,7 @@ pub fn unusable(path: &Path) -> Option<String> {
         Err(e) => Some(format!(
             "store.path: {} is not writable by this process (uid {}){whose}: {e}",
             at.display(),
-            rustix::process::geteuid().as_raw()
+            rustix::process::getuid().as_raw()
         )),
     }
 }

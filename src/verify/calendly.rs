@@ -36,6 +36,13 @@ impl super::Verifier for CalendlyVerifier {
         SCHEME
     }
 
+    fn signed_at(&self, req: &Parts, _body: &[u8]) -> Option<i64> {
+        let value = header(req, "calendly-webhook-signature")?;
+        super::preset::signed_at(
+            super::preset::timestamp_and_hex_signatures(value, ',', "t", "v1").0,
+        )
+    }
+
     fn verify(&self, req: &Parts, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {
         let value = header(req, "calendly-webhook-signature")
             .filter(|s| !s.is_empty())

@@ -63,11 +63,12 @@ impl super::Verifier for DiscordVerifier {
         SCHEME
     }
 
-    fn claims(&self, req: &Parts, body: &[u8]) -> super::Claims {
-        preset::claims(
-            preset::json_field(body, "id"),
-            preset::header_nonempty(req, "x-signature-timestamp"),
-        )
+    fn claimed_id(&self, _req: &Parts, body: &[u8]) -> Option<String> {
+        preset::claimed_json_field(body, "id")
+    }
+
+    fn signed_at(&self, req: &Parts, _body: &[u8]) -> Option<i64> {
+        preset::signed_at(preset::header_nonempty(req, "x-signature-timestamp"))
     }
 
     fn verify(&self, req: &Parts, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {

@@ -35,8 +35,8 @@ impl super::Verifier for GithubVerifier {
         SCHEME
     }
 
-    fn claims(&self, req: &Parts, _body: &[u8]) -> super::Claims {
-        preset::claims(delivery(req), None)
+    fn claimed_id(&self, req: &Parts, _body: &[u8]) -> Option<String> {
+        delivery(req)
     }
 
     fn verify(&self, req: &Parts, body: &[u8], _now: SystemTime) -> Result<Verified, VerifyError> {

@@ -71,11 +71,15 @@ impl super::Verifier for GitlabVerifier {
         SCHEME
     }
 
-    fn claims(&self, req: &Parts, body: &[u8]) -> super::Claims {
+    fn claimed_id(&self, req: &Parts, body: &[u8]) -> Option<String> {
         if req.headers.contains_key("webhook-signature") {
-            return self.signed.claims(req, body);
+            return self.signed.claimed_id(req, body);
         }
-        preset::claims(event_uuid(req), None)
+        event_uuid(req)
+    }
+
+    fn signed_at(&self, req: &Parts, body: &[u8]) -> Option<i64> {
+        self.signed.signed_at(req, body)
     }
 
     fn credential_header(&self) -> Option<&str> {

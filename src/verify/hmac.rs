@@ -261,19 +261,18 @@ impl super::Verifier for HmacVerifier {
         "hmac"
     }
 
-    fn claims(&self, req: &Parts, _body: &[u8]) -> super::Claims {
-        super::Claims {
-            event_id: self
-                .id_header
-                .as_ref()
-                .and_then(|h| header(req, h))
-                .filter(|s| !s.is_empty())
-                .map(str::to_string),
-            signed_at: self
-                .signs(&Part::Timestamp)
-                .then(|| header(req, &self.timestamp_header)?.parse().ok())
-                .flatten(),
-        }
+    fn claimed_id(&self, req: &Parts, _body: &[u8]) -> Option<String> {
+        self.id_header
+            .as_ref()
+            .and_then(|h| header(req, h))
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    }
+
+    fn signed_at(&self, req: &Parts, _body: &[u8]) -> Option<i64> {
+        self.signs(&Part::Timestamp)
+            .then(|| header(req, &self.timestamp_header)?.parse().ok())
+            .flatten()
     }
 
     /// Unknown: a sender of the generic scheme may retry with the same bytes (its HTTP

@@ -87,6 +87,11 @@ impl super::Verifier for HubspotVerifier {
         SCHEME
     }
 
+    fn signed_at(&self, req: &Parts, _body: &[u8]) -> Option<i64> {
+        let ms = super::preset::signed_at(header(req, "x-hubspot-request-timestamp"))?;
+        Some(ms.div_euclid(1000))
+    }
+
     fn verify(&self, req: &Parts, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {
         let sig = header(req, "x-hubspot-signature-v3")
             .filter(|s| !s.is_empty())
@@ -170,6 +175,8 @@ mod tests {
             .unwrap();
         assert_eq!(ok.secret_index, Some(1));
         assert_eq!(ok.event_id.as_deref(), Some("62515:12345:1:1564113600000"));
+        // In milliseconds on the wire; a refusal's log line takes seconds.
+        assert_eq!(v(&[SECRET]).signed_at(&r, BODY), Some(1_564_113_600));
     }
 
     #[test]

@@ -43,11 +43,14 @@ impl super::Verifier for LinearVerifier {
         SCHEME
     }
 
-    fn claims(&self, req: &Parts, body: &[u8]) -> super::Claims {
-        super::Claims {
-            event_id: delivery(req),
-            signed_at: body_timestamp(body).map(|ms| ms.div_euclid(1000)),
-        }
+    fn claimed_id(&self, req: &Parts, _body: &[u8]) -> Option<String> {
+        delivery(req)
+    }
+
+    /// Asked only of a request refused as stale, which Linear's is only once its signature
+    /// checked out (the timestamp is in the signed body): never a parse of a forged body.
+    fn signed_at(&self, _req: &Parts, body: &[u8]) -> Option<i64> {
+        body_timestamp(body).map(|ms| ms.div_euclid(1000))
     }
 
     fn verify(&self, req: &Parts, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {

@@ -66,17 +66,6 @@ pub struct Verified {
     pub replay_key: Option<String>,
 }
 
-/// What a request says about itself before it is verified: shown, quoted, in the log line of
-/// a rejection, so an operator asked about a provider's event can find that it came and why it
-/// was refused. Never trusted for anything else.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Claims {
-    /// The provider's event id, where the request carries one.
-    pub event_id: Option<String>,
-    /// The timestamp the request says it was signed at, in seconds since the epoch.
-    pub signed_at: Option<i64>,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VerifyError {
     MissingSignature,
@@ -108,11 +97,18 @@ pub trait Verifier: Send + Sync + fmt::Debug {
     /// Pure: no I/O; `now` passed in. Tries every configured secret.
     fn verify(&self, req: &Parts, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError>;
 
-    /// The event id and signing time the request claims, read as `verify` reads them, for the
-    /// log line of a request `verify` refused. `Claims::default()` where the scheme has
-    /// neither or they are not read yet.
-    fn claims(&self, _req: &Parts, _body: &[u8]) -> Claims {
-        Claims::default()
+    /// The provider's event id a request `verify` refused carries, read where `verify` reads
+    /// it, for its log line only (never trusted): an operator asked about a provider's event
+    /// finds that it came and why it was refused. A body is only scanned, never built
+    /// (`preset::claimed_json_field`): it is anyone's.
+    fn claimed_id(&self, _req: &Parts, _body: &[u8]) -> Option<String> {
+        None
+    }
+
+    /// The time (unix seconds) a request refused as stale says it was signed at, read where
+    /// `verify` reads it, for its log line (`skew_s`).
+    fn signed_at(&self, _req: &Parts, _body: &[u8]) -> Option<i64> {
+        None
     }
 
     /// A provider handshake this request is, answered by the gateway (after verifying it where

@@ -65,12 +65,9 @@ pub(crate) fn parse_ts(s: &str) -> Result<i64, VerifyError> {
     s.parse().map_err(|_| VerifyError::StaleTimestamp)
 }
 
-/// A request's [`super::Claims`] from its event id and its timestamp's text (unix seconds).
-pub(crate) fn claims(event_id: Option<String>, ts: Option<&str>) -> super::Claims {
-    super::Claims {
-        event_id: event_id.filter(|s| !s.is_empty()),
-        signed_at: ts.and_then(|t| parse_ts(t).ok()),
-    }
+/// A timestamp header's text (unix seconds) as `Verifier::signed_at` gives it.
+pub(crate) fn signed_at(ts: Option<&str>) -> Option<i64> {
+    ts.and_then(|t| parse_ts(t).ok())
 }
 
 /// Checks `ts` (in `unit`s since the epoch) against `now ± tolerance`, both directions.
@@ -142,46 +139,66 @@ pub(crate) fn verified_unsigned_id(
     v
 }
 
-/// A top-level string or number field of a JSON object body, as text (the last one where the
-/// key repeats, as a parsed document would have it); `None` for anything else, including
-/// a body that is not JSON throughout. The other fields are skipped, not built: the body may
-/// be a forged one, read for a rejection's log line ([`super::Claims`]).
+/// A top-level field of a JSON object body as text; call only on verified bytes.
 pub(crate) fn json_field(body: &[u8], key: &str) -> Option<String> {
-    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-    use std::borrow::Cow;
+    let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+    match doc.get(key)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
 
-    struct Field<'k>(&'k str);
+/// How much of a refused body `claimed_json_field` looks at: a provider's id comes first or
+/// near it (Stripe's `{"id":"evt_…","object":"event",…}`).
+const CLAIM_SCAN: usize = 64 << 10;
+
+/// `json_field` of a body that failed verification, for its log line only: the first string
+/// or number under `key` at the top level within the body's first 64 KiB. The fields before it
+/// are skipped, not built, and nothing after it is read: the body is anyone's. (Where it
+/// differs from what `json_field` would say of the same bytes, a repeated key or a malformed
+/// document, the log line is only a claim anyway.)
+pub(crate) fn claimed_json_field(body: &[u8], key: &str) -> Option<String> {
+    use serde::de::{DeserializeSeed, Error, IgnoredAny, MapAccess, Visitor};
+    use std::cell::RefCell;
+
+    struct Field<'k> {
+        key: &'k str,
+        found: &'k RefCell<Option<String>>,
+    }
     impl<'de> Visitor<'de> for Field<'_> {
-        type Value = Option<String>;
+        type Value = ();
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a JSON object")
         }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut found = None;
-            while let Some(k) = map.next_key::<Cow<'de, str>>()? {
-                if k == self.0 {
-                    found = match map.next_value::<serde_json::Value>()? {
-                        serde_json::Value::String(s) => Some(s),
-                        serde_json::Value::Number(n) => Some(n.to_string()),
-                        _ => None,
-                    };
-                } else {
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if k != self.key {
                     map.next_value::<IgnoredAny>()?;
+                    continue;
                 }
+                *self.found.borrow_mut() = match map.next_value::<serde_json::Value>()? {
+                    serde_json::Value::String(s) => Some(s),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                };
+                // Stop here: what follows is not read.
+                return Err(A::Error::custom("found"));
             }
-            Ok(found)
+            Ok(())
         }
     }
     impl<'de> DeserializeSeed<'de> for Field<'_> {
-        type Value = Option<String>;
-        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
             d.deserialize_map(self)
         }
     }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let found = Field(key).deserialize(&mut de).ok()?;
-    de.end().ok()?;
-    found
+    let found = RefCell::new(None);
+    let scanned = &body[..body.len().min(CLAIM_SCAN)];
+    let mut de = serde_json::Deserializer::from_slice(scanned);
+    let _ = Field { key, found: &found }.deserialize(&mut de);
+    found.into_inner().filter(|s| !s.is_empty())
 }
 
 /// A header as text, non-empty.
@@ -224,25 +241,28 @@ pub(crate) fn token_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    /// A refused body's id, for its log line: found without building the document, the first
+    /// one, and nothing past the first 64 KiB looked at.
     #[test]
-    fn a_json_field_reads_as_a_parsed_document_would() {
-        let f = |body: &str| json_field(body.as_bytes(), "id");
+    fn a_claimed_json_field_is_the_first_at_the_top_level() {
+        let f = |body: &str| claimed_json_field(body.as_bytes(), "id");
         assert_eq!(
             f(r#"{"id":"evt_1","object":"event"}"#),
             Some("evt_1".into())
         );
         assert_eq!(f(r#"{"data":{"id":"inner"},"id":42}"#), Some("42".into()));
         assert_eq!(f(r#"{"id":"a\u00e9\"b"}"#), Some("aé\"b".into()));
-        // A repeated key: the last, as serde_json's document keeps it.
-        assert_eq!(f(r#"{"id":"first","id":"last"}"#), Some("last".into()));
-        assert_eq!(f(r#"{"other":[1,{"id":"x"}]}"#), None);
+        assert_eq!(f(r#"{"id":"first","id":"last"}"#), Some("first".into()));
+        assert_eq!(f(r#"{"id":"evt_1","broken":}"#), Some("evt_1".into()));
+        let late = format!(r#"{{"pad":"{}","id":"evt_late"}}"#, "x".repeat(CLAIM_SCAN));
+        assert_eq!(f(&late), None, "past the first 64 KiB");
         for not_one in [
+            r#"{"other":[1,{"id":"x"}]}"#,
             r#"{"id":null}"#,
+            r#"{"id":""}"#,
             r#"{"id":{"x":1}}"#,
             r#"["id","evt_1"]"#,
             r#""evt_1""#,
-            r#"{"id":"evt_1"} trailing"#,
-            r#"{"id":"evt_1","broken":}"#,
             "",
             "id=evt_1",
         ] {

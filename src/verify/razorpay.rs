@@ -47,8 +47,8 @@ impl super::Verifier for RazorpayVerifier {
         SCHEME
     }
 
-    fn claims(&self, req: &Parts, _body: &[u8]) -> super::Claims {
-        super::preset::claims(event_id(req), None)
+    fn claimed_id(&self, req: &Parts, _body: &[u8]) -> Option<String> {
+        event_id(req)
     }
 
     fn verify(&self, req: &Parts, body: &[u8], _now: SystemTime) -> Result<Verified, VerifyError> {

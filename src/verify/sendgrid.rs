@@ -78,6 +78,10 @@ impl super::Verifier for SendgridVerifier {
         SCHEME
     }
 
+    fn signed_at(&self, req: &Parts, _body: &[u8]) -> Option<i64> {
+        super::preset::signed_at(header(req, TIMESTAMP))
+    }
+
     fn verify(&self, req: &Parts, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {
         let sig = header(req, SIGNATURE)
             .filter(|s| !s.is_empty())

@@ -44,11 +44,12 @@ impl super::Verifier for SlackVerifier {
         SCHEME
     }
 
-    fn claims(&self, req: &Parts, body: &[u8]) -> super::Claims {
-        preset::claims(
-            preset::json_field(body, "event_id"),
-            preset::header_nonempty(req, "x-slack-request-timestamp"),
-        )
+    fn claimed_id(&self, _req: &Parts, body: &[u8]) -> Option<String> {
+        preset::claimed_json_field(body, "event_id")
+    }
+
+    fn signed_at(&self, req: &Parts, _body: &[u8]) -> Option<i64> {
+        preset::signed_at(preset::header_nonempty(req, "x-slack-request-timestamp"))
     }
 
     fn retries_resigned(&self) -> bool {

@@ -43,8 +43,8 @@ impl super::Verifier for SquareVerifier {
         SCHEME
     }
 
-    fn claims(&self, _req: &Parts, body: &[u8]) -> super::Claims {
-        preset::claims(preset::json_field(body, "event_id"), None)
+    fn claimed_id(&self, _req: &Parts, body: &[u8]) -> Option<String> {
+        preset::claimed_json_field(body, "event_id")
     }
 
     fn verify(&self, req: &Parts, body: &[u8], _now: SystemTime) -> Result<Verified, VerifyError> {

@@ -101,6 +101,11 @@ pub fn build(
 
 impl StandardWebhooksVerifier {
     /// The header family the request uses: `svix-*` (svix only) or `webhook-*`.
+    /// The request's `{family}-{name}` header, non-empty.
+    fn header<'a>(&self, req: &'a Parts, name: &str) -> Option<&'a str> {
+        preset::header_nonempty(req, &format!("{}-{name}", self.family(req)))
+    }
+
     fn family(&self, req: &Parts) -> &'static str {
         if self.scheme == "svix" && req.headers.contains_key("svix-signature") {
             "svix"
@@ -115,10 +120,12 @@ impl super::Verifier for StandardWebhooksVerifier {
         self.scheme
     }
 
-    fn claims(&self, req: &Parts, _body: &[u8]) -> super::Claims {
-        let f = self.family(req);
-        let h = |name: &str| preset::header_nonempty(req, &format!("{f}-{name}"));
-        preset::claims(h("id").map(str::to_string), h("timestamp"))
+    fn claimed_id(&self, req: &Parts, _body: &[u8]) -> Option<String> {
+        self.header(req, "id").map(str::to_string)
+    }
+
+    fn signed_at(&self, req: &Parts, _body: &[u8]) -> Option<i64> {
+        preset::signed_at(self.header(req, "timestamp"))
     }
 
     fn retries_resigned(&self) -> bool {
@@ -126,8 +133,7 @@ impl super::Verifier for StandardWebhooksVerifier {
     }
 
     fn verify(&self, req: &Parts, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {
-        let f = self.family(req);
-        let h = |name: &str| preset::header_nonempty(req, &format!("{f}-{name}"));
+        let h = |name: &str| self.header(req, name);
         let sig_header = h("signature").ok_or(VerifyError::MissingSignature)?;
         let ts = h("timestamp").ok_or(VerifyError::StaleTimestamp)?;
         check_fresh(parse_ts(ts)?, Duration::from_secs(1), now, self.tolerance)?;

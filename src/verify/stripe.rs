@@ -43,10 +43,15 @@ impl super::Verifier for StripeVerifier {
         true
     }
 
-    fn claims(&self, req: &Parts, body: &[u8]) -> super::Claims {
-        let ts = preset::header_nonempty(req, HEADER)
-            .and_then(|h| preset::timestamp_and_hex_signatures(h, ',', "t", "v1").0);
-        preset::claims(preset::json_field(body, "id"), ts)
+    fn claimed_id(&self, _req: &Parts, body: &[u8]) -> Option<String> {
+        preset::claimed_json_field(body, "id")
+    }
+
+    fn signed_at(&self, req: &Parts, _body: &[u8]) -> Option<i64> {
+        preset::signed_at(
+            preset::header_nonempty(req, HEADER)
+                .and_then(|h| preset::timestamp_and_hex_signatures(h, ',', "t", "v1").0),
+        )
     }
 
     fn verify(&self, req: &Parts, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {

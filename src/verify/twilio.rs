@@ -108,8 +108,8 @@ impl super::Verifier for TwilioVerifier {
         SCHEME
     }
 
-    fn claims(&self, req: &Parts, _body: &[u8]) -> super::Claims {
-        preset::claims(idempotency_token(req), None)
+    fn claimed_id(&self, req: &Parts, _body: &[u8]) -> Option<String> {
+        idempotency_token(req)
     }
 
     fn verify(&self, req: &Parts, body: &[u8], _now: SystemTime) -> Result<Verified, VerifyError> {

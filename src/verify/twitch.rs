@@ -46,6 +46,15 @@ impl super::Verifier for TwitchVerifier {
         SCHEME
     }
 
+    fn signed_at(&self, req: &Parts, _body: &[u8]) -> Option<i64> {
+        let t = humantime::parse_rfc3339(header(req, TIMESTAMP)?).ok()?;
+        let secs = match t.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => d.as_secs() as i64,
+            Err(e) => -(e.duration().as_secs() as i64),
+        };
+        Some(secs)
+    }
+
     fn verify(&self, req: &Parts, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {
         let sig = header(req, SIGNATURE)
             .filter(|s| !s.is_empty())
@@ -187,7 +196,8 @@ mod tests {
             good.verify(&no_id, BODY, now).unwrap_err(),
             VerifyError::InvalidSignature
         );
-        // 10 minutes, both directions.
+        // 10 minutes, both directions; a refusal's log line says when it was signed.
+        assert_eq!(good.signed_at(&r, BODY), Some(NOW as i64));
         assert!(good.verify(&r, BODY, at(NOW + 600)).is_ok());
         assert_eq!(
             good.verify(&r, BODY, at(NOW + 601)).unwrap_err(),

@@ -39,8 +39,8 @@ impl super::Verifier for ZoomVerifier {
         SCHEME
     }
 
-    fn claims(&self, req: &Parts, _body: &[u8]) -> super::Claims {
-        preset::claims(None, preset::header_nonempty(req, "x-zm-request-timestamp"))
+    fn signed_at(&self, req: &Parts, _body: &[u8]) -> Option<i64> {
+        preset::signed_at(preset::header_nonempty(req, "x-zm-request-timestamp"))
     }
 
     fn verify(&self, req: &Parts, body: &[u8], now: SystemTime) -> Result<Verified, VerifyError> {
