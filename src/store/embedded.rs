@@ -86,14 +86,27 @@ CREATE TABLE IF NOT EXISTS duplicates (
     n INTEGER NOT NULL,
     last_at INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS payloads (
+    event_id TEXT PRIMARY KEY,
+    raw_headers TEXT NOT NULL,
+    raw_body BLOB NOT NULL
+) WITHOUT ROWID;
 ";
+
+/// Events with what they carry. Since layout 2 an event's headers and body are in `payloads`,
+/// written once, and its `events` row (state, attempts, times) is all a settle rewrites: with
+/// the body in the row, every settle wrote the whole body to the WAL again, and draining a
+/// backlog of large events after an outage filled the disk past `min_free_space` (a 40 MiB
+/// disk and 50 KB bodies: 0 bytes free, checkpoints failing, deliveries never recorded). Rows
+/// written before keep theirs in `events` (`headers`, `body`; empty in rows written since).
+const EVENTS: &str = "events LEFT JOIN payloads ON event_id = id";
 
 /// The layout of the tables this build reads and writes, stamped in the file's header
 /// (`PRAGMA user_version`; 0 in a store written before the stamp, read as 1). A build that
 /// changes the layout raises it and migrates older stores; a store stamped higher than this
 /// build knows is refused at open, before anything is written: a rollback to an older binary
 /// (at 3 a.m., after a bad deploy) must not read a newer layout wrongly or write into it.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 /// `PRAGMA application_id`: "hkgt", marking the file as a hookgate store (`file(1)` shows it).
 const APPLICATION_ID: i64 = 0x686b_6774;
 
@@ -1484,7 +1497,7 @@ fn accept_tx(
     tx.prepare_cached(
         "INSERT INTO events (id, route, received_at, method, query, headers, body, scheme, dedupe_key,
                              state, cycle_started_at, next_attempt_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', ?3, ?3, ?3)",
+         VALUES (?1, ?2, ?3, ?4, ?5, '', x'', ?6, ?7, 'pending', ?3, ?3, ?3)",
     )?
     .execute(params![
         ev.id,
@@ -1492,11 +1505,13 @@ fn accept_tx(
         ev.received_at_ms,
         ev.method,
         ev.query,
-        headers_json,
-        &ev.body[..],
         ev.scheme,
         key.map(|k| k.key.as_str()),
     ])?;
+    tx.prepare_cached(
+        "INSERT INTO payloads (event_id, raw_headers, raw_body) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![ev.id, headers_json, &ev.body[..]])?;
     Ok(Some(Accept::Accepted(ev.id.clone())))
 }
 
@@ -1526,7 +1541,8 @@ fn settle_tx(
     };
     // Past this start of its cycle, the event was replayed before a delivering attempt began.
     let delivering_start = matches!(next, Next::Delivered).then_some(a.started_at_ms);
-    // One statement (each UPDATE rewrites the whole row, body included): the attempt count
+    // One statement (each UPDATE rewrites the whole row; the body is in `payloads`, but for
+    // events written before layout 2): the attempt count
     // always moves; the state only if the event is still in the cycle the attempt began in
     // (or the attempt delivered it after it was replayed).
     tx.prepare_cached(
@@ -1572,6 +1588,7 @@ fn discard_tx(tx: &Connection, id: &str) -> rusqlite::Result<u64> {
         tx.execute("DELETE FROM attempts WHERE event_id = ?1", params![id])?;
         tx.execute("DELETE FROM replays WHERE event_id = ?1", params![id])?;
         tx.execute("DELETE FROM duplicates WHERE event_id = ?1", params![id])?;
+        tx.execute("DELETE FROM payloads WHERE event_id = ?1", params![id])?;
     }
     Ok(n as u64)
 }
@@ -1606,11 +1623,13 @@ fn purge_tx(
     let mut attempts = tx.prepare_cached("DELETE FROM attempts WHERE event_id = ?1")?;
     let mut replays = tx.prepare_cached("DELETE FROM replays WHERE event_id = ?1")?;
     let mut duplicates = tx.prepare_cached("DELETE FROM duplicates WHERE event_id = ?1")?;
+    let mut payloads = tx.prepare_cached("DELETE FROM payloads WHERE event_id = ?1")?;
     let mut events = tx.prepare_cached("DELETE FROM events WHERE id = ?1")?;
     for (id, _) in looked.iter().filter(|(_, expired)| *expired) {
         attempts.execute(params![id])?;
         replays.execute(params![id])?;
         duplicates.execute(params![id])?;
+        payloads.execute(params![id])?;
         events.execute(params![id])?;
     }
     Ok((looked.len(), looked.last().map(|(id, _)| id.clone())))
@@ -1632,12 +1651,12 @@ fn read_events(
     ids: &[String],
     due_at: Option<i64>,
 ) -> rusqlite::Result<Vec<Event>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, route, received_at, method, query, headers, body, scheme, attempts,
-                cycle_attempts, cycle_started_at
-         FROM events WHERE id = ?1
-           AND (?2 IS NULL OR (state = 'pending' AND next_attempt_at <= ?2))",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT id, route, received_at, method, query, COALESCE(raw_headers, headers),
+                COALESCE(raw_body, body), scheme, attempts, cycle_attempts, cycle_started_at
+         FROM {EVENTS} WHERE id = ?1
+           AND (?2 IS NULL OR (state = 'pending' AND next_attempt_at <= ?2))"
+    ))?;
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         let ev = stmt
@@ -1662,7 +1681,8 @@ fn read_events(
     Ok(out)
 }
 
-const SUMMARY_COLS: &str = "id, route, state, received_at, attempts, next_attempt_at, last_error, dedupe_key, scheme, length(body)";
+/// Read `FROM {EVENTS}`.
+const SUMMARY_COLS: &str = "id, route, state, received_at, attempts, next_attempt_at, last_error, dedupe_key, scheme, COALESCE(length(raw_body), length(body))";
 
 fn summary(r: &rusqlite::Row) -> rusqlite::Result<EventSummary> {
     let state: String = r.get(2)?;
@@ -1830,7 +1850,7 @@ impl Store for EmbeddedStore {
         self.read(move |conn| {
             let found = conn
                 .query_row(
-                    &format!("SELECT {SUMMARY_COLS}, method, query, headers FROM events WHERE id = ?1"),
+                    &format!("SELECT {SUMMARY_COLS}, method, query, COALESCE(raw_headers, headers) FROM {EVENTS} WHERE id = ?1"),
                     params![id],
                     |r| Ok((summary(r)?, r.get::<_, String>(10)?, r.get::<_, Option<String>>(11)?, r.get::<_, String>(12)?)),
                 )
@@ -1908,8 +1928,9 @@ impl Store for EmbeddedStore {
                         .query_map(params![q.route, k0, k1, k2, k3, now], |r| r.get(0))?
                         .collect::<rusqlite::Result<_>>()?;
                     let mut events = Vec::new();
-                    let mut stmt =
-                        conn.prepare(&format!("SELECT {SUMMARY_COLS} FROM events WHERE id = ?1"))?;
+                    let mut stmt = conn.prepare(&format!(
+                        "SELECT {SUMMARY_COLS} FROM {EVENTS} WHERE id = ?1"
+                    ))?;
                     for id in ids {
                         if let Some(e) = stmt.query_row(params![id], summary).optional()? {
                             if q.state.is_none() || q.state == Some(e.state) {
@@ -1942,7 +1963,7 @@ impl Store for EmbeddedStore {
             // Spelled out only when given, so the index's range starts there.
             let before = if q.before.is_some() { "AND id < ?3" } else { "AND ?3 IS NULL" };
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {SUMMARY_COLS} FROM events WHERE {route} {state} {before} ORDER BY id DESC LIMIT ?2"
+                "SELECT {SUMMARY_COLS} FROM {EVENTS} WHERE {route} {state} {before} ORDER BY id DESC LIMIT ?2"
             ))?;
             let rows = stmt.query_map(params![q.route, q.limit as i64, q.before], summary)?;
             rows.collect()
@@ -2400,15 +2421,15 @@ mod tests {
             Ok(_) => panic!("opened"),
             Err(e) => e.to_string(),
         };
-        set("PRAGMA user_version = 2");
+        set("PRAGMA user_version = 3");
         let err = refused();
         assert!(
             err.contains(
-                "was written by a newer hookgate (store layout 2; this build reads up to 1)"
+                "was written by a newer hookgate (store layout 3; this build reads up to 2)"
             ) && err.contains("nothing was changed"),
             "{err}"
         );
-        assert_eq!(header("PRAGMA user_version"), 2, "left as it was");
+        assert_eq!(header("PRAGMA user_version"), 3, "left as it was");
 
         set("PRAGMA user_version = 1; PRAGMA application_id = 42");
         assert!(
@@ -3224,6 +3245,61 @@ mod tests {
         assert_eq!(attempts, 1, "the purged event's attempts went with it");
     }
 
+    /// Layout 2 keeps headers and body in `payloads`, so a settle rewrites a small row. A layout
+    /// 1 store (both in the `events` row) is stamped 2 at open and its events read as before;
+    /// new events leave the row's `headers` and `body` empty; a discard takes the payload too.
+    #[tokio::test]
+    async fn a_layout_1_store_is_read_as_before_and_new_payloads_stand_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hookgate.db");
+        let old = {
+            let store = EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
+            let Accept::Accepted(id) = store
+                .accept(event("r", "written by 1"), None)
+                .await
+                .unwrap()
+            else {
+                panic!()
+            };
+            id
+        };
+        Connection::open(&file)
+            .unwrap()
+            .execute_batch(
+                "UPDATE events SET headers = (SELECT raw_headers FROM payloads WHERE event_id = id),
+                                   body = (SELECT raw_body FROM payloads WHERE event_id = id);
+                 DROP TABLE payloads; PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        let store = EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
+        let db = Connection::open(&file).unwrap();
+        let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(count("PRAGMA user_version"), 2);
+        let Accept::Accepted(new) = store
+            .accept(event("r", "written by 2"), None)
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            count(&format!(
+                "SELECT length(body) + length(headers) FROM events WHERE id = '{new}'"
+            )),
+            0
+        );
+        let leased = store.lease("r", 10, 2_000).await.unwrap();
+        let bodies: Vec<&[u8]> = leased.iter().map(|e| &e.body[..]).collect();
+        assert_eq!(bodies, vec![&b"written by 1"[..], &b"written by 2"[..]]);
+        assert!(leased.iter().all(|e| e.query.as_deref() == Some("q=1")));
+        for (id, len) in [(&old, 12), (&new, 12)] {
+            let ev = store.get(id).await.unwrap().unwrap();
+            assert_eq!(ev.summary.body_bytes, len, "{id}");
+            assert!(ev.headers.is_array(), "{id}: {:?}", ev.headers);
+        }
+        assert_eq!(count("SELECT count(*) FROM payloads"), 1);
+    }
+
     /// A store made before the history tables (`replays`, `duplicates`) gains them when it
     /// is opened, and its events get a history from then on.
     #[tokio::test]
@@ -3416,7 +3492,8 @@ mod tests {
         }
         let db = Connection::open(dir.path().join("hookgate.db")).unwrap();
         db.execute_batch(&format!(
-            "UPDATE events SET state = CASE body WHEN x'{}' THEN 'dead' ELSE 'delivered' END,
+            "UPDATE events SET state = CASE (SELECT raw_body FROM payloads WHERE event_id = id)
+                                       WHEN x'{}' THEN 'dead' ELSE 'delivered' END,
                     next_attempt_at = NULL, updated_at = {t}",
             hex::encode("dead")
         ))
@@ -3434,6 +3511,11 @@ mod tests {
         assert_eq!(
             count("SELECT count(*) FROM events WHERE state = 'delivered'"),
             0
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM payloads"),
+            dead as i64,
+            "the purged events' payloads went with them"
         );
     }
 
