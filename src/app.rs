@@ -404,7 +404,17 @@ impl Running {
         let generation = self.generation.into_inner();
         let _ = generation.stop.send(true);
         let deadline = tokio::time::Instant::now() + self.grace;
-        let _ = tokio::time::timeout_at(deadline, self.ingress).await;
+        // The ingress's own bound is the same grace, begun a moment later: said here, or the
+        // process ended before it was said.
+        if tokio::time::timeout_at(deadline, self.ingress)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace = ?self.grace,
+                "shutdown grace period elapsed with requests still in flight: their connections are closed unanswered (nothing of them was recorded; senders retry)"
+            );
+        }
         let retired = self
             .retired
             .into_inner()

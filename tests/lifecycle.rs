@@ -177,6 +177,30 @@ async fn sigterm_stops_delivery_attempts_while_a_slow_request_drains() {
     assert!(gw.terminate_wait().success());
 }
 
+/// A request still in flight when the grace period ends is cut off unanswered, and the log
+/// says so (it said only "shutting down" and "stopped": the cut was seen by nobody).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cut_off_by_the_grace_period_is_logged() {
+    let dir = tempdir();
+    let up = Upstream::start().await;
+    let cfg = config(&Backend::Embedded, dir.path(), "", &route(&up.url("/in")))
+        .replace("shutdown_grace = \"5s\"", "shutdown_grace = \"1s\"");
+    let mut gw = Gateway::start(dir.path(), &cfg);
+    let mut slow = request_in_flight(
+        gw.ingress,
+        "POST /hooks/r HTTP/1.1\r\nHost: x\r\nContent-Length: 100",
+    );
+    slow.write_all(b"abc").unwrap();
+    signal(gw.pid(), "TERM");
+    assert!(gw.terminate_wait().success());
+    assert!(
+        gw.log()
+            .contains("shutdown grace period elapsed with requests still in flight"),
+        "{}",
+        gw.log()
+    );
+}
+
 /// With `HOOKGATE_LOG_FORMAT=json` every line the process writes, on stdout and stderr, is a
 /// JSON object (a container runtime puts both in one stream): the stdout line that says
 /// where it listens too.

@@ -247,6 +247,8 @@ pub struct EmbeddedStore {
     /// New events are refused for want of disk space (`DiskGuard`'s `low`, as of its last
     /// batch or look): `/readyz` is not ready meanwhile.
     refusing: Arc<AtomicBool>,
+    /// The writer's last batch failed as a whole (`DiskGuard::failing`).
+    failing: Arc<AtomicBool>,
     /// The database file, for connections of their own (`scan`).
     file: std::path::PathBuf,
     leases: Arc<Leases>,
@@ -420,6 +422,10 @@ struct DiskGuard {
     gone: Arc<AtomicBool>,
     /// `low`, for `/readyz` (`EmbeddedStore::ping`).
     refusing: Arc<AtomicBool>,
+    /// The last batch failed as a whole (disk full, I/O error): every write fails until one
+    /// commits again, so `/readyz` is not ready meanwhile, whatever `min_free_space` says (0
+    /// turns the reserve off, not the failures).
+    failing: Arc<AtomicBool>,
 }
 
 impl DiskGuard {
@@ -439,6 +445,18 @@ impl DiskGuard {
             file: open_for_link_count(&dir.join("hookgate.db")),
             gone,
             refusing,
+            failing: Arc::default(),
+        }
+    }
+
+    /// Whether the last batch failed as a whole; said once when it starts and when it ends.
+    fn batch_failed(&self, failed: bool) {
+        if self.failing.swap(failed, Ordering::Relaxed) != failed {
+            if failed {
+                tracing::error!("store: writes fail (see the 'batch failed' line): new events get 503 and /readyz is not ready until one commits");
+            } else {
+                tracing::warn!("store: writes commit again: ready");
+            }
         }
     }
 
@@ -842,6 +860,7 @@ impl EmbeddedStore {
         let gone = Arc::new(AtomicBool::new(false));
         let refusing = Arc::new(AtomicBool::new(false));
         let disk = DiskGuard::new(dir, min_free.clone(), gone.clone(), refusing.clone());
+        let failing = disk.failing.clone();
         warn_if_reserve_exceeds_disk(dir, opts.min_free_space);
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = commits.clone();
@@ -868,6 +887,7 @@ impl EmbeddedStore {
             reader: Arc::new(Mutex::new(reader)),
             gone,
             refusing,
+            failing,
             file,
             leases,
         })
@@ -1007,6 +1027,17 @@ fn writer_loop(
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 counts.flush(&mut conn);
                 disk.look_if_older(&conn, DISK_CHECK_IDLE);
+                // Not ready, so maybe nothing comes to find out that writes work again (space
+                // freed): a write of the file's header is tried instead.
+                if disk.failing.load(Ordering::Relaxed) {
+                    let probe =
+                        format!("BEGIN IMMEDIATE; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;");
+                    let ok = conn.execute_batch(&probe).is_ok();
+                    if !ok {
+                        let _ = conn.execute_batch("ROLLBACK");
+                    }
+                    disk.batch_failed(!ok);
+                }
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -1044,7 +1075,7 @@ fn writer_loop(
         } else {
             u64::MAX
         };
-        let (left, refused) = commit_batch(
+        let (left, refused, failed) = commit_batch(
             &mut conn,
             &mut batch,
             retention_ms,
@@ -1053,6 +1084,7 @@ fn writer_loop(
             room,
             &mut counts,
         );
+        disk.batch_failed(failed);
         disk.spent(room.saturating_sub(left), refused);
         disk.look_if_older(&conn, DISK_CHECK_IDLE);
         commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1373,9 +1405,10 @@ fn commit_batch(
     keys: &mut Keys,
     room: u64,
     counts: &mut DupCounts,
-) -> (u64, bool) {
+) -> (u64, bool, bool) {
     let mut left = room;
     let mut refused = false;
+    let mut failed = false;
     let mut dups = Vec::new();
     let fast = (|| -> rusqlite::Result<(Vec<Out>, bool)> {
         let tx = conn.transaction()?;
@@ -1411,6 +1444,7 @@ fn commit_batch(
             // fail now (accepts answer 503 + Retry-After; the worker retries its records).
             keys.rolled_back();
             left = room;
+            failed = true;
             tracing::warn!(error = %e, writes = batch.len(), "store: batch failed");
             let e = e.to_string();
             for w in batch.drain(..) {
@@ -1452,9 +1486,10 @@ fn commit_batch(
                 }
                 reply(w, r.map_err(|e| e.to_string()), leases);
             }
+            failed = store_failed.is_some();
         }
     }
-    (left, refused)
+    (left, refused, failed)
 }
 
 /// Whether an error is the store's, not one write's: retrying the batch's writes one by one
@@ -2114,6 +2149,11 @@ impl Store for EmbeddedStore {
                 "new events are refused: the disk space available to the store is down to store.min_free_space".into(),
             ));
         }
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(StoreError::Unavailable(
+                "the store's last write failed (disk full or an I/O error: see the log's 'store: batch failed' line); new events get 503 until one commits".into(),
+            ));
+        }
         self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
             .await
     }
@@ -2541,6 +2581,61 @@ mod tests {
 
     /// The room is counted per event, not per batch: a batch of big events cannot take more
     /// than the room its writer saw.
+    /// A batch the database cannot take (disk full, here its page limit) fails whole and says
+    /// so, which makes `/readyz` not ready (with `min_free_space = 0` it said ready while every
+    /// event got 503); the next batch that commits ends it.
+    #[tokio::test]
+    async fn a_batch_the_disk_cannot_take_makes_the_store_not_ready_until_one_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_conn(&dir.path().join("hookgate.db"), DEFAULT_PAGE_SIZE).unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        keys::migrate(&mut conn).unwrap();
+        let mut keys = Keys::load(&conn, 0).unwrap();
+        let leases = Leases::default();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        let body: &'static str = Box::leak("x".repeat(64 << 10).into_boxed_str());
+        let mut attempt = |conn: &mut Connection| {
+            let ev = event("r", body);
+            let headers = ev.headers.to_json();
+            let (tx, mut rx) = oneshot::channel();
+            let mut batch = vec![Write::Accept(
+                Box::new((ev, headers, Claim::default())),
+                None,
+                tx,
+            )];
+            let (_, _, failed) = commit_batch(
+                conn,
+                &mut batch,
+                60_000,
+                &leases,
+                &mut keys,
+                u64::MAX,
+                &mut DupCounts::default(),
+            );
+            (failed, rx.try_recv().unwrap())
+        };
+        conn.pragma_update(None, "max_page_count", pages).unwrap();
+        let (failed, answer) = attempt(&mut conn);
+        assert!(failed && answer.is_err(), "{answer:?}");
+        conn.pragma_update(None, "max_page_count", 1_000_000)
+            .unwrap();
+        let (failed, answer) = attempt(&mut conn);
+        assert!(
+            !failed && matches!(answer, Ok(Accept::Accepted(_))),
+            "{answer:?}"
+        );
+
+        let store = EmbeddedStore::open(&dir.path().join("s"), Duration::from_secs(60)).unwrap();
+        store.ping().await.unwrap();
+        store.failing.store(true, Ordering::Relaxed);
+        let Err(StoreError::Unavailable(why)) = store.ping().await else {
+            panic!("ready while writes fail")
+        };
+        assert!(why.contains("last write failed"), "{why}");
+    }
+
     #[test]
     fn a_batch_takes_new_events_only_while_they_fit_in_the_room() {
         let dir = tempfile::tempdir().unwrap();
@@ -2569,7 +2664,7 @@ mod tests {
             ));
             answers.push(rx);
         }
-        let (left, refused) = commit_batch(
+        let (left, refused, _) = commit_batch(
             &mut conn,
             &mut batch,
             60_000,
