@@ -680,10 +680,21 @@ fn check_dedupe(d: Option<&RawDedupe>, at: &str, p: &mut Problems) -> DedupeConf
         }
         k if k.starts_with("json:") => {
             let ptr = &k["json:".len()..];
+            // RFC 6901: `~` only as `~0` (a ~) or `~1` (a /); anything else would match no
+            // body, and a required key would refuse every request.
+            let bad_escape = ptr
+                .split('~')
+                .skip(1)
+                .any(|rest| !rest.starts_with('0') && !rest.starts_with('1'));
             if !ptr.starts_with('/') {
                 p.error(
                     format!("{at}.key"),
                     format!("{k:?}: a JSON pointer starts with / (e.g. json:/id)"),
+                );
+            } else if bad_escape {
+                p.error(
+                    format!("{at}.key"),
+                    format!("{k:?}: in a JSON pointer ~ is written ~0 and / inside a name ~1"),
                 );
             }
             DedupeKeySpec::Json(ptr.to_string())
@@ -1004,6 +1015,20 @@ url = "http://127.0.0.1:3000/x"
             e[0].starts_with("server.max_body: invalid size \"1.5mb\""),
             "{e:?}"
         );
+
+        let e = errors(&ROUTE.replace(
+            "[route.forward]",
+            "[route.dedupe]\nkey = \"json:/data/~2id\"\n[route.forward]",
+        ));
+        assert!(
+            e[0].ends_with("in a JSON pointer ~ is written ~0 and / inside a name ~1"),
+            "{e:?}"
+        );
+        assert!(errors(&ROUTE.replace(
+            "[route.forward]",
+            "[route.dedupe]\nkey = \"json:/a~1b/~0c\"\n[route.forward]"
+        ))
+        .is_empty());
 
         let e = errors(&ROUTE.replace("name = \"orders\"", "name = \"unmatched\""));
         assert!(
