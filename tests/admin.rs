@@ -506,6 +506,14 @@ async fn a_dead_event_is_discarded_and_only_a_dead_one() {
                     )
                     .unwrap();
                 assert_eq!(n, 0, "no row of the discarded event is left");
+                let orphans: i64 = db
+                    .query_row(
+                        "SELECT (SELECT COUNT(*) FROM payloads) - (SELECT COUNT(*) FROM events)",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                assert_eq!(orphans, 0, "its headers and body went too");
             }
             Backend::Redis(url) => {
                 let mut con = redis::Client::open(url.as_str())

@@ -87,10 +87,10 @@ CREATE TABLE IF NOT EXISTS duplicates (
     last_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS payloads (
-    event_id TEXT PRIMARY KEY,
+    pid INTEGER PRIMARY KEY,
     raw_headers TEXT NOT NULL,
     raw_body BLOB NOT NULL
-) WITHOUT ROWID;
+);
 ";
 
 /// Events with what they carry. Since layout 2 an event's headers and body are in `payloads`,
@@ -99,7 +99,25 @@ CREATE TABLE IF NOT EXISTS payloads (
 /// backlog of large events after an outage filled the disk past `min_free_space` (a 40 MiB
 /// disk and 50 KB bodies: 0 bytes free, checkpoints failing, deliveries never recorded). Rows
 /// written before keep theirs in `events` (`headers`, `body`; empty in rows written since).
-const EVENTS: &str = "events LEFT JOIN payloads ON event_id = id";
+///
+/// A payload is found by its `pid`, kept in the event's row (`events.payload`): rowids only
+/// grow, so an accept appends to one B-tree, and a row of a few KiB stays in its page (a
+/// table keyed by the event's id would need a second index, or, without a rowid, put every
+/// body over ~1 KB on an overflow page of its own).
+const EVENTS: &str = "events LEFT JOIN payloads ON pid = payload";
+
+/// Gives `events` its `payload` column (layout 2) where it has none yet.
+fn add_payload_column(conn: &Connection) -> rusqlite::Result<()> {
+    let has: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('events') WHERE name = 'payload'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has {
+        conn.execute_batch("ALTER TABLE events ADD COLUMN payload INTEGER")?;
+    }
+    Ok(())
+}
 
 /// The layout of the tables this build reads and writes, stamped in the file's header
 /// (`PRAGMA user_version`; 0 in a store written before the stamp, read as 1). A build that
@@ -831,6 +849,7 @@ impl EmbeddedStore {
             );
         }
         writer.execute_batch(SCHEMA)?;
+        add_payload_column(&writer)?;
         keys::migrate(&mut writer)?;
         if unstamped {
             writer.execute_batch(&format!(
@@ -1529,10 +1548,13 @@ fn accept_tx(
             keys.insert(tx, &ev.route, key, &ev.id, k.expires_at_ms)?;
         }
     }
+    tx.prepare_cached("INSERT INTO payloads (raw_headers, raw_body) VALUES (?1, ?2)")?
+        .execute(params![headers_json, &ev.body[..]])?;
+    let payload = tx.last_insert_rowid();
     tx.prepare_cached(
         "INSERT INTO events (id, route, received_at, method, query, headers, body, scheme, dedupe_key,
-                             state, cycle_started_at, next_attempt_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, '', x'', ?6, ?7, 'pending', ?3, ?3, ?3)",
+                             state, cycle_started_at, next_attempt_at, updated_at, payload)
+         VALUES (?1, ?2, ?3, ?4, ?5, '', x'', ?6, ?7, 'pending', ?3, ?3, ?3, ?8)",
     )?
     .execute(params![
         ev.id,
@@ -1542,11 +1564,8 @@ fn accept_tx(
         ev.query,
         ev.scheme,
         key.map(|k| k.key.as_str()),
+        payload,
     ])?;
-    tx.prepare_cached(
-        "INSERT INTO payloads (event_id, raw_headers, raw_body) VALUES (?1, ?2, ?3)",
-    )?
-    .execute(params![ev.id, headers_json, &ev.body[..]])?;
     Ok(Some(Accept::Accepted(ev.id.clone())))
 }
 
@@ -1615,17 +1634,21 @@ fn replay_tx(tx: &Connection, id: &str, now: i64) -> rusqlite::Result<u64> {
 /// Deletes a dead event and its attempt log (its dedupe key stays: a redelivery of it is
 /// still a duplicate). 0 when it is not dead (a replay may have come first) or not there.
 fn discard_tx(tx: &Connection, id: &str) -> rusqlite::Result<u64> {
-    let n = tx.execute(
-        "DELETE FROM events WHERE id = ?1 AND state = 'dead'",
-        params![id],
-    )?;
-    if n > 0 {
-        tx.execute("DELETE FROM attempts WHERE event_id = ?1", params![id])?;
-        tx.execute("DELETE FROM replays WHERE event_id = ?1", params![id])?;
-        tx.execute("DELETE FROM duplicates WHERE event_id = ?1", params![id])?;
-        tx.execute("DELETE FROM payloads WHERE event_id = ?1", params![id])?;
-    }
-    Ok(n as u64)
+    let deleted: Option<Option<i64>> = tx
+        .query_row(
+            "DELETE FROM events WHERE id = ?1 AND state = 'dead' RETURNING payload",
+            params![id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(payload) = deleted else {
+        return Ok(0);
+    };
+    tx.execute("DELETE FROM attempts WHERE event_id = ?1", params![id])?;
+    tx.execute("DELETE FROM replays WHERE event_id = ?1", params![id])?;
+    tx.execute("DELETE FROM duplicates WHERE event_id = ?1", params![id])?;
+    tx.execute("DELETE FROM payloads WHERE pid = ?1", params![payload])?;
+    Ok(1)
 }
 
 /// Deletes delivered events last updated before the retention. An event is updated after it
@@ -1658,14 +1681,15 @@ fn purge_tx(
     let mut attempts = tx.prepare_cached("DELETE FROM attempts WHERE event_id = ?1")?;
     let mut replays = tx.prepare_cached("DELETE FROM replays WHERE event_id = ?1")?;
     let mut duplicates = tx.prepare_cached("DELETE FROM duplicates WHERE event_id = ?1")?;
-    let mut payloads = tx.prepare_cached("DELETE FROM payloads WHERE event_id = ?1")?;
-    let mut events = tx.prepare_cached("DELETE FROM events WHERE id = ?1")?;
+    let mut payloads = tx.prepare_cached("DELETE FROM payloads WHERE pid = ?1")?;
+    let mut events = tx.prepare_cached("DELETE FROM events WHERE id = ?1 RETURNING payload")?;
     for (id, _) in looked.iter().filter(|(_, expired)| *expired) {
         attempts.execute(params![id])?;
         replays.execute(params![id])?;
         duplicates.execute(params![id])?;
-        payloads.execute(params![id])?;
-        events.execute(params![id])?;
+        let payload: Option<Option<i64>> =
+            events.query_row(params![id], |r| r.get(0)).optional()?;
+        payloads.execute(params![payload.flatten()])?;
     }
     Ok((looked.len(), looked.last().map(|(id, _)| id.clone())))
 }
@@ -2589,6 +2613,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = open_conn(&dir.path().join("hookgate.db"), DEFAULT_PAGE_SIZE).unwrap();
         conn.execute_batch(SCHEMA).unwrap();
+        add_payload_column(&conn).unwrap();
         keys::migrate(&mut conn).unwrap();
         let mut keys = Keys::load(&conn, 0).unwrap();
         let leases = Leases::default();
@@ -2641,6 +2666,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = open_conn(&dir.path().join("hookgate.db"), DEFAULT_PAGE_SIZE).unwrap();
         conn.execute_batch(SCHEMA).unwrap();
+        add_payload_column(&conn).unwrap();
         keys::migrate(&mut conn).unwrap();
         let mut keys = Keys::load(&conn, 0).unwrap();
         let leases = Leases::default();
@@ -3361,8 +3387,9 @@ mod tests {
         Connection::open(&file)
             .unwrap()
             .execute_batch(
-                "UPDATE events SET headers = (SELECT raw_headers FROM payloads WHERE event_id = id),
-                                   body = (SELECT raw_body FROM payloads WHERE event_id = id);
+                "UPDATE events SET headers = (SELECT raw_headers FROM payloads WHERE pid = payload),
+                                   body = (SELECT raw_body FROM payloads WHERE pid = payload);
+                 ALTER TABLE events DROP COLUMN payload;
                  DROP TABLE payloads; PRAGMA user_version = 1;",
             )
             .unwrap();
@@ -3587,7 +3614,7 @@ mod tests {
         }
         let db = Connection::open(dir.path().join("hookgate.db")).unwrap();
         db.execute_batch(&format!(
-            "UPDATE events SET state = CASE (SELECT raw_body FROM payloads WHERE event_id = id)
+            "UPDATE events SET state = CASE (SELECT raw_body FROM payloads WHERE pid = payload)
                                        WHEN x'{}' THEN 'dead' ELSE 'delivered' END,
                     next_attempt_at = NULL, updated_at = {t}",
             hex::encode("dead")
