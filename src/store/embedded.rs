@@ -444,6 +444,9 @@ struct DiskGuard {
     /// commits again, so `/readyz` is not ready meanwhile, whatever `min_free_space` says (0
     /// turns the reserve off, not the failures).
     failing: Arc<AtomicBool>,
+    /// What the failed batch's new events needed (at least 1 MiB): the idle probe ends
+    /// `failing` only once the disk has that much room again (one page fitting proves little).
+    needs: u64,
 }
 
 impl DiskGuard {
@@ -464,16 +467,21 @@ impl DiskGuard {
             gone,
             refusing,
             failing: Arc::default(),
+            needs: 0,
         }
     }
 
-    /// Whether the last batch failed as a whole; said once when it starts and when it ends.
-    fn batch_failed(&self, failed: bool) {
+    /// Whether the last batch that wrote failed as a whole (`needs`: what its new events
+    /// needed); said once when it starts and when it ends.
+    fn batch_failed(&mut self, failed: bool, needs: u64) {
+        if failed {
+            self.needs = needs.max(1 << 20);
+        }
         if self.failing.swap(failed, Ordering::Relaxed) != failed {
             if failed {
                 tracing::error!("store: writes fail (see the 'batch failed' line): new events get 503 and /readyz is not ready until one commits");
             } else {
-                tracing::warn!("store: writes commit again: ready");
+                tracing::warn!("store: writes commit again");
             }
         }
     }
@@ -848,13 +856,28 @@ impl EmbeddedStore {
                 "store: keeps the page size it was created with (store.page_size applies to new stores)"
             );
         }
-        writer.execute_batch(SCHEMA)?;
-        add_payload_column(&writer)?;
-        keys::migrate(&mut writer)?;
-        if unstamped {
-            writer.execute_batch(&format!(
-                "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
-            ))?;
+        // A new store's tables, or an older one's new tables and columns: a few pages.
+        let migrated = (|| -> rusqlite::Result<()> {
+            writer.execute_batch(SCHEMA)?;
+            add_payload_column(&writer)?;
+            keys::migrate(&mut writer)?;
+            if unstamped {
+                writer.execute_batch(&format!(
+                    "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
+                ))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = migrated {
+            anyhow::bail!(
+                "store.path: cannot make or update the store's tables in {} (store layout {SCHEMA_VERSION}): {e}{}",
+                file.display(),
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+                    "; free a few MiB on its disk and start again (nothing was lost)"
+                } else {
+                    ""
+                }
+            );
         }
         let keys = Keys::load(&writer, crate::forward::worker::now_ms())?;
         // Checkpoints run on their own thread, so no group commit waits for one.
@@ -1047,15 +1070,21 @@ fn writer_loop(
                 counts.flush(&mut conn);
                 disk.look_if_older(&conn, DISK_CHECK_IDLE);
                 // Not ready, so maybe nothing comes to find out that writes work again (space
-                // freed): a write of the file's header is tried instead.
-                if disk.failing.load(Ordering::Relaxed) {
+                // freed): once the disk has room for what failed, a durable write of the file's
+                // header is tried instead.
+                if disk.failing.load(Ordering::Relaxed) && disk.room(&conn) >= disk.needs {
+                    if !synchronous_full && conn.pragma_update(None, "synchronous", "FULL").is_ok()
+                    {
+                        synchronous_full = true;
+                    }
                     let probe =
                         format!("BEGIN IMMEDIATE; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;");
-                    let ok = conn.execute_batch(&probe).is_ok();
+                    let ok = synchronous_full && conn.execute_batch(&probe).is_ok();
                     if !ok {
                         let _ = conn.execute_batch("ROLLBACK");
                     }
-                    disk.batch_failed(!ok);
+                    let needs = disk.needs;
+                    disk.batch_failed(!ok, needs);
                 }
                 continue;
             }
@@ -1094,7 +1123,14 @@ fn writer_loop(
         } else {
             u64::MAX
         };
-        let (left, refused, failed) = commit_batch(
+        let needs: u64 = batch
+            .iter()
+            .map(|w| match w {
+                Write::Accept(b, ..) => disk_cost(&b.0, &b.1),
+                _ => 0,
+            })
+            .sum();
+        let (left, refused, failed, wrote) = commit_batch(
             &mut conn,
             &mut batch,
             retention_ms,
@@ -1103,7 +1139,11 @@ fn writer_loop(
             room,
             &mut counts,
         );
-        disk.batch_failed(failed);
+        // Only a durable (synchronous = FULL) batch that wrote proves writes work again: a
+        // settles-only one skips the fsync that may be what fails.
+        if failed || (wrote && full) {
+            disk.batch_failed(failed, needs);
+        }
         disk.spent(room.saturating_sub(left), refused);
         disk.look_if_older(&conn, DISK_CHECK_IDLE);
         commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1424,10 +1464,11 @@ fn commit_batch(
     keys: &mut Keys,
     room: u64,
     counts: &mut DupCounts,
-) -> (u64, bool, bool) {
+) -> (u64, bool, bool, bool) {
     let mut left = room;
     let mut refused = false;
     let mut failed = false;
+    let changes = conn.total_changes();
     let mut dups = Vec::new();
     let fast = (|| -> rusqlite::Result<(Vec<Out>, bool)> {
         let tx = conn.transaction()?;
@@ -1508,7 +1549,10 @@ fn commit_batch(
             failed = store_failed.is_some();
         }
     }
-    (left, refused, failed)
+    // Whether a row was written (a batch of duplicates, an empty purge or a replay of an
+    // unknown id commits without writing, which says nothing about the disk).
+    let wrote = conn.total_changes() > changes;
+    (left, refused, failed, wrote)
 }
 
 /// Whether an error is the store's, not one write's: retrying the batch's writes one by one
@@ -1657,8 +1701,8 @@ fn discard_tx(tx: &Connection, id: &str) -> rusqlite::Result<u64> {
 /// Looks at up to `limit` events of that range, in id order after `after` (where the previous
 /// chunk stopped), deleting the delivered ones among them. A bound on what is looked at, not
 /// on what is deleted: pending and dead events at the front of the range are kept, and a
-/// chunk that had to read past a million dead letters (their bodies too, to reach `state`)
-/// held the writer for seconds. Returns how many it looked at and the last one's id.
+/// chunk that had to read past a million dead letters (their bodies too, to reach `state`,
+/// before layout 2 and in rows written before it) held the writer for seconds. Returns how many it looked at and the last one's id.
 fn purge_tx(
     tx: &Connection,
     now: i64,
@@ -1712,7 +1756,8 @@ fn read_events(
 ) -> rusqlite::Result<Vec<Event>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT id, route, received_at, method, query, COALESCE(raw_headers, headers),
-                COALESCE(raw_body, body), scheme, attempts, cycle_attempts, cycle_started_at
+                COALESCE(raw_body, body), scheme, attempts, cycle_attempts, cycle_started_at,
+                payload IS NOT NULL AND pid IS NULL
          FROM {EVENTS} WHERE id = ?1
            AND (?2 IS NULL OR (state = 'pending' AND next_attempt_at <= ?2))"
     ))?;
@@ -1720,7 +1765,13 @@ fn read_events(
     for id in ids {
         let ev = stmt
             .query_row(params![id, due_at], |r| {
-                Ok(Event {
+                // A row naming a payload that is not there (the file changed outside hookgate,
+                // or by a build from before layout stamps): not delivered as an empty event.
+                if r.get::<_, bool>(11)? {
+                    tracing::error!(event_id = %id, "store: the event's headers and body are missing from the store; it is not delivered (stays pending)");
+                    return Ok(None);
+                }
+                Ok(Some(Event {
                     id: r.get(0)?,
                     route: r.get(1)?,
                     received_at_ms: r.get(2)?,
@@ -1732,10 +1783,10 @@ fn read_events(
                     attempts: r.get(8)?,
                     cycle_attempts: r.get(9)?,
                     cycle_started_at_ms: r.get(10)?,
-                })
+                }))
             })
             .optional()?;
-        out.extend(ev);
+        out.extend(ev.flatten());
     }
     Ok(out)
 }
@@ -1970,8 +2021,8 @@ impl Store for EmbeddedStore {
     async fn list(&self, q: &ListQuery) -> Result<Vec<EventSummary>, StoreError> {
         let q = q.clone();
         if let Some(key) = q.key.clone() {
-            // Through the dedupe keys (small rows; the events' rows hold their bodies, which a
-            // scan of them would read whole), on a connection of its own so the scan does not
+            // Through the dedupe keys (small rows; the events' rows of layout 1 hold their
+            // bodies, which a scan of them would read whole), on a connection of its own so the scan does not
             // hold up the reads deliveries make. An event is found while its key is kept (the
             // route's dedupe `ttl`), as with Redis.
             return self
@@ -2603,11 +2654,9 @@ mod tests {
         assert_eq!(room_above(0, 0, 64 * MIB), 0);
     }
 
-    /// The room is counted per event, not per batch: a batch of big events cannot take more
-    /// than the room its writer saw.
     /// A batch the database cannot take (disk full, here its page limit) fails whole and says
     /// so, which makes `/readyz` not ready (with `min_free_space = 0` it said ready while every
-    /// event got 503); the next batch that commits ends it.
+    /// event got 503); a batch that wrote ends it, one that committed nothing does not.
     #[tokio::test]
     async fn a_batch_the_disk_cannot_take_makes_the_store_not_ready_until_one_commits() {
         let dir = tempfile::tempdir().unwrap();
@@ -2630,7 +2679,7 @@ mod tests {
                 None,
                 tx,
             )];
-            let (_, _, failed) = commit_batch(
+            let (_, _, failed, wrote) = commit_batch(
                 conn,
                 &mut batch,
                 60_000,
@@ -2639,16 +2688,31 @@ mod tests {
                 u64::MAX,
                 &mut DupCounts::default(),
             );
-            (failed, rx.try_recv().unwrap())
+            (failed, wrote, rx.try_recv().unwrap())
         };
         conn.pragma_update(None, "max_page_count", pages).unwrap();
-        let (failed, answer) = attempt(&mut conn);
+        let (failed, _, answer) = attempt(&mut conn);
         assert!(failed && answer.is_err(), "{answer:?}");
+        // A batch that commits without writing (a replay of an unknown id) says nothing of
+        // the disk: it must not end `failing` (it made /readyz ready while accepts failed).
+        let (tx, _rx) = oneshot::channel();
+        let mut nothing = vec![Write::Replay("no-such-event".into(), 5, tx)];
+        let mut other_keys = Keys::load(&conn, 0).unwrap();
+        let (_, _, failed, wrote) = commit_batch(
+            &mut conn,
+            &mut nothing,
+            60_000,
+            &Leases::default(),
+            &mut other_keys,
+            u64::MAX,
+            &mut DupCounts::default(),
+        );
+        assert!(!failed && !wrote, "an empty commit is no sign");
         conn.pragma_update(None, "max_page_count", 1_000_000)
             .unwrap();
-        let (failed, answer) = attempt(&mut conn);
+        let (failed, wrote, answer) = attempt(&mut conn);
         assert!(
-            !failed && matches!(answer, Ok(Accept::Accepted(_))),
+            !failed && wrote && matches!(answer, Ok(Accept::Accepted(_))),
             "{answer:?}"
         );
 
@@ -2661,6 +2725,8 @@ mod tests {
         assert!(why.contains("last write failed"), "{why}");
     }
 
+    /// The room is counted per event, not per batch: a batch of big events cannot take more
+    /// than the room its writer saw.
     #[test]
     fn a_batch_takes_new_events_only_while_they_fit_in_the_room() {
         let dir = tempfile::tempdir().unwrap();
@@ -2690,7 +2756,7 @@ mod tests {
             ));
             answers.push(rx);
         }
-        let (left, refused, _) = commit_batch(
+        let (left, refused, _, _) = commit_batch(
             &mut conn,
             &mut batch,
             60_000,
@@ -3420,6 +3486,27 @@ mod tests {
             assert!(ev.headers.is_array(), "{id}: {:?}", ev.headers);
         }
         assert_eq!(count("SELECT count(*) FROM payloads"), 1);
+    }
+
+    /// An event whose payload row is missing (the file changed outside hookgate) is not
+    /// delivered as an empty event: it is not leased at all.
+    #[tokio::test]
+    async fn an_event_without_its_payload_is_not_leased_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap();
+        store.accept(event("r", "whole"), None).await.unwrap();
+        store.accept(event("r", "lost"), None).await.unwrap();
+        Connection::open(dir.path().join("hookgate.db"))
+            .unwrap()
+            .execute_batch("DELETE FROM payloads WHERE raw_body = CAST('lost' AS BLOB)")
+            .unwrap();
+        let store = {
+            drop(store);
+            EmbeddedStore::open(dir.path(), Duration::from_secs(60)).unwrap()
+        };
+        let leased = store.lease("r", 10, 2_000).await.unwrap();
+        let bodies: Vec<&[u8]> = leased.iter().map(|e| &e.body[..]).collect();
+        assert_eq!(bodies, vec![&b"whole"[..]]);
     }
 
     /// A store made before the history tables (`replays`, `duplicates`) gains them when it
