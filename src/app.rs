@@ -77,8 +77,15 @@ fn fixed_part(config: &Config) -> Vec<(&'static str, String)> {
     let s = &config.server;
     // store.min_free_space is applied on reload, so a change of it alone is not reported.
     let mut store = config.store.clone();
-    if let StoreBackend::Embedded { min_free_space, .. } = &mut store.backend {
+    if let StoreBackend::Embedded {
+        min_free_space,
+        path,
+        ..
+    } = &mut store.backend
+    {
         *min_free_space = 0;
+        // `data` and `data/` are one directory.
+        *path = path.components().collect();
     }
     vec![
         ("server.listen", s.listen.to_string()),

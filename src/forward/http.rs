@@ -411,11 +411,15 @@ fn redirect_note(status: u16, headers: &http::HeaderMap) -> String {
     const KEEP: usize = 256;
     match headers.get(http::header::LOCATION) {
         Some(to) => {
-            let to = to.as_bytes();
-            let cut = if to.len() > KEEP { "…" } else { "" };
+            let to = String::from_utf8_lossy(to.as_bytes());
+            let mut end = to.len().min(KEEP);
+            while !to.is_char_boundary(end) {
+                end -= 1;
+            }
+            let cut = if end < to.len() { "…" } else { "" };
             format!(
                 "redirect to {:?}{cut} not followed (set forward.url to where it points if it moved); ",
-                String::from_utf8_lossy(&to[..to.len().min(KEEP)])
+                &to[..end]
             )
         }
         None => "redirect not followed; ".into(),
@@ -720,6 +724,14 @@ mod tests {
             "{note}"
         );
         assert!(note.len() < 400, "{note}");
+        // Cut between characters, not inside one.
+        let euros = "€".repeat(100);
+        h.insert(
+            http::header::LOCATION,
+            http::HeaderValue::from_bytes(euros.as_bytes()).unwrap(),
+        );
+        let note = redirect_note(302, &h);
+        assert!(note.starts_with(&format!("redirect to {:?}…", "€".repeat(85))), "{note}");
     }
 
     #[test]

@@ -471,6 +471,15 @@ impl DiskGuard {
         }
     }
 
+    /// What the filesystem under the store has available now (`statvfs`; 0 if unreadable).
+    /// Not `room`: with `min_free_space = 0` that is unbounded, and the idle probe's one page
+    /// fits in space SQLite already holds, so a full disk looked writable again.
+    fn available(&self) -> u64 {
+        rustix::fs::statvfs(&self.dir)
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+            .unwrap_or(0)
+    }
+
     /// Whether the last batch that wrote failed as a whole (`needs`: what its new events
     /// needed); said once when it starts and when it ends.
     fn batch_failed(&mut self, failed: bool, needs: u64) {
@@ -1072,7 +1081,7 @@ fn writer_loop(
                 // Not ready, so maybe nothing comes to find out that writes work again (space
                 // freed): once the disk has room for what failed, a durable write of the file's
                 // header is tried instead.
-                if disk.failing.load(Ordering::Relaxed) && disk.room(&conn) >= disk.needs {
+                if disk.failing.load(Ordering::Relaxed) && disk.available() >= disk.needs {
                     if !synchronous_full && conn.pragma_update(None, "synchronous", "FULL").is_ok()
                     {
                         synchronous_full = true;
