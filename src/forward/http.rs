@@ -731,7 +731,10 @@ mod tests {
             http::HeaderValue::from_bytes(euros.as_bytes()).unwrap(),
         );
         let note = redirect_note(302, &h);
-        assert!(note.starts_with(&format!("redirect to {:?}…", "€".repeat(85))), "{note}");
+        assert!(
+            note.starts_with(&format!("redirect to {:?}…", "€".repeat(85))),
+            "{note}"
+        );
     }
 
     #[test]
