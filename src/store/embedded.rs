@@ -135,11 +135,23 @@ fn check_stamp(file: &Path) -> anyhow::Result<bool> {
     if !file.exists() {
         return Ok(true);
     }
+    // Reading a store in WAL mode may need its shared-memory file written: on a full disk
+    // that fails as an I/O error, which says nothing of the cause.
+    let full = || match file.parent().map(rustix::fs::statvfs) {
+        Some(Ok(s)) if s.f_bavail == 0 => {
+            "; the disk under it has no space available: free some (a few MiB) and start again"
+        }
+        _ => "",
+    };
     let conn = Connection::open_with_flags(file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| anyhow::anyhow!("store.path: cannot open {}: {e}", file.display()))?;
+        .map_err(|e| {
+            anyhow::anyhow!("store.path: cannot open {}: {e}{}", file.display(), full())
+        })?;
     let header = |pragma: &str| -> anyhow::Result<i64> {
         conn.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0))
-            .map_err(|e| anyhow::anyhow!("store.path: cannot read {}: {e}", file.display()))
+            .map_err(|e| {
+                anyhow::anyhow!("store.path: cannot read {}: {e}{}", file.display(), full())
+            })
     };
     let (app, version) = (header("application_id")?, header("user_version")?);
     // Every build that stamps a layout stamps the application id with it.
