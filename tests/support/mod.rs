@@ -419,18 +419,24 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// On a free port. A port found free may be taken by another test's server before this one
+    /// binds it (then that one answers there, or this one exits): a fresh port is tried then.
     pub fn start() -> RedisServer {
-        Self::start_on(free_port())
-    }
-
-    pub fn start_on(port: u16) -> RedisServer {
-        let dir = tempdir();
-        let child = Self::spawn(port, dir.path());
-        RedisServer {
-            child,
-            port,
-            _dir: dir,
+        let mut why = String::new();
+        for _ in 0..5 {
+            let (port, dir) = (free_port(), tempdir());
+            match Self::try_spawn(port, dir.path()) {
+                Ok(child) => {
+                    return RedisServer {
+                        child,
+                        port,
+                        _dir: dir,
+                    }
+                }
+                Err(e) => why = e,
+            }
         }
+        panic!("redis-server found no port of its own in 5 tries; the last: {why}");
     }
 
     /// Starts it again after `stop`, on the same port with the same data dir (its AOF).
@@ -439,11 +445,16 @@ impl RedisServer {
         self.child = Self::spawn(self.port, self._dir.path());
     }
 
-    /// Starts `redis-server` on `port` and returns once it answers there. A server that exits
-    /// (the port was taken meanwhile) or does not answer within 10 s fails the test with its
-    /// log, and is killed and reaped first; the answer is checked to come from this process,
-    /// never from another that holds the port.
+    /// `try_spawn`, failing the test if the port is taken (a restart keeps its port).
     fn spawn(port: u16, dir: &Path) -> Child {
+        Self::try_spawn(port, dir).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts `redis-server` on `port` and returns once it answers there. A server that exits
+    /// (the port was taken meanwhile) or finds another answering there is an `Err`, killed and
+    /// reaped first (the answer is checked to come from this process, never from another that
+    /// holds the port); one that does not answer within 10 s fails the test with its log.
+    fn try_spawn(port: u16, dir: &Path) -> Result<Child, String> {
         let log_path = dir.join(format!("redis-{port}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut child = ChildGuard::new(
@@ -471,17 +482,21 @@ impl RedisServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = child.get().try_wait().unwrap() {
-                panic!(
+                return Err(format!(
                     "redis-server on port {port} exited ({status}); log:\n{}",
                     log()
-                );
+                ));
             }
             if let Some(info) = Self::server_info(&url) {
-                assert!(
-                    info.lines().any(|l| l.trim() == format!("process_id:{pid}")),
-                    "port {port} is answered by another Redis than the one started (pid {pid}): {info}"
-                );
-                return child.into_inner();
+                if !info
+                    .lines()
+                    .any(|l| l.trim() == format!("process_id:{pid}"))
+                {
+                    return Err(format!(
+                        "port {port} is answered by another Redis than the one started (pid {pid}): {info}"
+                    ));
+                }
+                return Ok(child.into_inner());
             }
             assert!(
                 Instant::now() < deadline,
