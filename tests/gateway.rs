@@ -352,16 +352,9 @@ async fn a_redirect_is_retried_and_says_where_it_pointed() {
         ),
     );
     let c = reqwest::Client::new();
-    let (_, v) = json(
-        signed(&c, &gw.url("/hooks/r"), SECRET, "redirected")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let id = v["event_id"].as_str().unwrap();
+    let id = accepted(signed(&c, &gw.url("/hooks/r"), SECRET, "redirected")).await;
     let ev = gw
-        .wait_event_state(id, "delivered", Duration::from_secs(10))
+        .wait_event_state(&id, "delivered", Duration::from_secs(10))
         .await;
     let log = ev["attempt_log"].as_array().unwrap();
     assert_eq!(log.len(), 2, "{ev}");

@@ -106,6 +106,13 @@ CREATE TABLE IF NOT EXISTS payloads (
 /// body over ~1 KB on an overflow page of its own).
 const EVENTS: &str = "events LEFT JOIN payloads ON pid = payload";
 
+/// A new store's tables, or an older one's new tables and columns: a few pages.
+fn make_tables(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(SCHEMA)?;
+    add_payload_column(conn)?;
+    keys::migrate(conn)
+}
+
 /// Gives `events` its `payload` column (layout 2) where it has none yet.
 fn add_payload_column(conn: &Connection) -> rusqlite::Result<()> {
     let has: bool = conn.query_row(
@@ -877,11 +884,8 @@ impl EmbeddedStore {
                 "store: keeps the page size it was created with (store.page_size applies to new stores)"
             );
         }
-        // A new store's tables, or an older one's new tables and columns: a few pages.
         let migrated = (|| -> rusqlite::Result<()> {
-            writer.execute_batch(SCHEMA)?;
-            add_payload_column(&writer)?;
-            keys::migrate(&mut writer)?;
+            make_tables(&mut writer)?;
             if unstamped {
                 writer.execute_batch(&format!(
                     "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
@@ -2682,9 +2686,7 @@ mod tests {
     async fn a_batch_the_disk_cannot_take_makes_the_store_not_ready_until_one_commits() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = open_conn(&dir.path().join("hookgate.db"), DEFAULT_PAGE_SIZE).unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
-        add_payload_column(&conn).unwrap();
-        keys::migrate(&mut conn).unwrap();
+        make_tables(&mut conn).unwrap();
         let mut keys = Keys::load(&conn, 0).unwrap();
         let leases = Leases::default();
         let pages: i64 = conn
@@ -2752,9 +2754,7 @@ mod tests {
     fn a_batch_takes_new_events_only_while_they_fit_in_the_room() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = open_conn(&dir.path().join("hookgate.db"), DEFAULT_PAGE_SIZE).unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
-        add_payload_column(&conn).unwrap();
-        keys::migrate(&mut conn).unwrap();
+        make_tables(&mut conn).unwrap();
         let mut keys = Keys::load(&conn, 0).unwrap();
         let leases = Leases::default();
         let mut batch = Vec::new();
